@@ -1,0 +1,63 @@
+"""Turning user images and video frames into the model's normalised square input."""
+
+from __future__ import annotations
+
+from typing import Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+ImageLike = Union[np.ndarray, Tensor, Image.Image]
+
+
+def as_rgb_tensor(image: ImageLike) -> Tensor:
+    """An RGB image as a (3, H, W) tensor: uint8, or float already in [0, 1].
+
+    Accepts H x W x 3 numpy arrays or tensors (uint8, or float in [0, 1]), H x W grayscale, and PIL images.
+    """
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"))
+    if isinstance(image, np.ndarray):
+        if image.dtype == np.bool_ or image.dtype.kind not in "uif":
+            raise TypeError(f"expected an RGB image of uint8 or float values, got an array of {image.dtype}")
+        if not image.flags.writeable:
+            image = image.copy()  # torch wants writable memory; frames from decoders are often read-only
+        image = torch.from_numpy(np.ascontiguousarray(image))
+    if not isinstance(image, Tensor):
+        raise TypeError(f"expected an RGB image (numpy array, torch tensor or PIL image), got {type(image).__name__}")
+    if image.dim() == 2:
+        image = image.unsqueeze(-1).expand(-1, -1, 3)
+    if image.dim() != 3 or image.shape[-1] != 3:
+        raise ValueError(f"expected an image of shape (H, W, 3) in RGB order, got shape {tuple(image.shape)}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"the image is empty: shape {tuple(image.shape)}")
+    if image.dtype != torch.uint8 and not image.is_floating_point():
+        raise TypeError(f"expected uint8 pixel values (or floats in [0, 1]), got {image.dtype}")
+    return image.permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
+
+
+def normalize_frame(rgb: Tensor, image_size: int) -> Tensor:
+    """(3, H, W) uint8 or [0, 1] float on any device -> (1, 3, S, S) float32, resized and normalised.
+
+    Bilinear resizing with antialiasing, as the official image predictor does it (torchvision's Resize).
+    """
+    x = rgb.float()
+    if rgb.dtype == torch.uint8:
+        x = x / 255
+    x = F.interpolate(x[None], size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device)[:, None, None]
+    std = torch.tensor(IMAGENET_STD, device=x.device)[:, None, None]
+    return (x - mean) / std
+
+
+def prepare_image(image: ImageLike, image_size: int, device: torch.device) -> tuple[Tensor, tuple[int, int]]:
+    """An image as model input (1, 3, S, S) on `device`, with its original (height, width)."""
+    rgb = as_rgb_tensor(image)
+    height, width = rgb.shape[1:]
+    return normalize_frame(rgb.to(device, non_blocking=True), image_size), (int(height), int(width))

@@ -1,0 +1,63 @@
+"""Mask post-processing in plain PyTorch (CPU and GPU): small connected components, holes, sprinkles, overlap."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def small_components(mask: Tensor, max_area: int) -> Tensor:
+    """Pixels of `mask` (N, 1, H, W) bool that lie in an 8-connected component of at most `max_area` pixels.
+
+    Labels are spread by max-pooling for `max_area` steps: enough to settle every component of
+    that size, since its diameter is below its area. A label group then counts only if none of
+    its pixels touches a differently labelled pixel of the mask, i.e. if it is a whole component.
+    """
+    batch, _, height, width = mask.shape
+    if max_area <= 0 or mask.numel() == 0:
+        return torch.zeros_like(mask)
+    pixels = height * width
+    dtype = torch.float32 if pixels < 2**24 else torch.float64  # labels must be exact
+    index = torch.arange(1, pixels + 1, device=mask.device, dtype=dtype).reshape(1, 1, height, width)
+    labels = torch.where(mask, index, 0)
+    for _ in range(min(max_area, pixels)):
+        labels = torch.where(mask, F.max_pool2d(labels, 3, stride=1, padding=1), 0)
+
+    outside = torch.finfo(dtype).max
+    neighbour_max = F.max_pool2d(labels, 3, stride=1, padding=1)
+    neighbour_min = -F.max_pool2d(-torch.where(mask, labels, outside), 3, stride=1, padding=1)
+    unsettled = mask & ((neighbour_max != labels) | (neighbour_min != labels))
+
+    flat = labels.reshape(batch, pixels).long()  # (N, H*W), 0 off the mask
+    area = torch.zeros(batch, pixels + 1, device=mask.device, dtype=torch.long)
+    area.scatter_add_(1, flat, torch.ones_like(flat))
+    broken = torch.zeros(batch, pixels + 1, device=mask.device, dtype=torch.long)
+    broken.scatter_add_(1, flat, unsettled.reshape(batch, pixels).long())
+    small = (area <= max_area) & (broken == 0)
+    small[:, 0] = False  # label 0 is the background of `mask`
+    return small.gather(1, flat).reshape(mask.shape)
+
+
+def fill_holes(logits: Tensor, max_area: int, threshold: float = 0.0, fill_value: float = 0.1) -> Tensor:
+    """Set background regions (logits <= threshold) of at most `max_area` pixels to `fill_value`.
+
+    logits (N, 1, H, W); components are 8-connected and may touch the border.
+    """
+    holes = small_components(logits <= threshold, max_area)
+    return torch.where(holes, torch.as_tensor(fill_value, dtype=logits.dtype, device=logits.device), logits)
+
+
+def remove_sprinkles(logits: Tensor, max_area: int, threshold: float = 0.0, fill_value: float = -10.0) -> Tensor:
+    """Set foreground regions (logits > threshold) of at most `max_area` pixels to `fill_value`."""
+    sprinkles = small_components(logits > threshold, max_area)
+    return torch.where(sprinkles, torch.as_tensor(fill_value, dtype=logits.dtype, device=logits.device), logits)
+
+
+def keep_highest_object(logits: Tensor, floor: float = -10.0) -> Tensor:
+    """Non-overlapping masks: where an object (N, 1, H, W) does not have the highest logit, cap it at `floor`."""
+    if logits.shape[0] <= 1:
+        return logits
+    winner = logits.argmax(dim=0, keepdim=True)  # (1, 1, H, W)
+    rows = torch.arange(logits.shape[0], device=logits.device)[:, None, None, None]
+    return torch.where(winner == rows, logits, logits.clamp(max=floor))

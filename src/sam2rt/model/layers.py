@@ -1,0 +1,103 @@
+"""Building blocks shared by several modules: MLP, channel LayerNorm, and the one attention function."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class MLP(nn.Module):
+    """`num_layers` linear layers with an activation between them (none after the last)."""
+
+    def __init__(
+        self,
+        input_dim: int,
+        hidden_dim: int,
+        output_dim: int,
+        num_layers: int,
+        activation: type[nn.Module] = nn.ReLU,
+        sigmoid_output: bool = False,
+    ) -> None:
+        super().__init__()
+        dims = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
+        self.layers = nn.ModuleList(nn.Linear(d_in, d_out) for d_in, d_out in zip(dims[:-1], dims[1:]))
+        self.act = activation()
+        self.sigmoid_output = sigmoid_output
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer in self.layers[:-1]:
+            x = self.act(layer(x))
+        x = self.layers[-1](x)
+        return torch.sigmoid(x) if self.sigmoid_output else x
+
+
+class LayerNorm2d(nn.Module):
+    """LayerNorm over the channels of a (B, C, H, W) map."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        mean = x.mean(1, keepdim=True)
+        var = (x - mean).pow(2).mean(1, keepdim=True)
+        x = (x - mean) / torch.sqrt(var + self.eps)
+        return self.weight[:, None, None] * x + self.bias[:, None, None]
+
+
+def split_heads(x: Tensor, num_heads: int) -> Tensor:
+    """(B, N, heads * d) -> (B, heads, N, d)"""
+    batch, tokens, channels = x.shape
+    return x.reshape(batch, tokens, num_heads, channels // num_heads).transpose(1, 2)
+
+
+def merge_heads(x: Tensor) -> Tensor:
+    """(B, heads, N, d) -> (B, N, heads * d)"""
+    batch, heads, tokens, head_dim = x.shape
+    return x.transpose(1, 2).reshape(batch, tokens, heads * head_dim)
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor] = None) -> Tensor:
+    """Scaled dot-product attention over heads: q (B, h, Nq, d), k and v (B, h, Nk, d) -> (B, h, Nq, d).
+
+    `key_mask` (B, Nk) is True where a key may be attended; each row must keep at least one key.
+    """
+    if key_mask is not None:
+        key_mask = key_mask[:, None, None, :]  # (B, 1, 1, Nk), broadcast over heads and queries
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
+
+
+class Attention(nn.Module):
+    """Multi-head attention with separate projections; the projected width may be reduced by `downsample_rate`."""
+
+    def __init__(self, embedding_dim: int, num_heads: int, downsample_rate: int = 1, kv_in_dim: Optional[int] = None):
+        super().__init__()
+        internal_dim = embedding_dim // downsample_rate
+        if internal_dim % num_heads != 0:
+            raise ValueError(f"{num_heads} heads do not divide the attention width {internal_dim}")
+        kv_in_dim = kv_in_dim or embedding_dim
+        self.num_heads = num_heads
+        self.q_proj = nn.Linear(embedding_dim, internal_dim)
+        self.k_proj = nn.Linear(kv_in_dim, internal_dim)
+        self.v_proj = nn.Linear(kv_in_dim, internal_dim)
+        self.out_proj = nn.Linear(internal_dim, embedding_dim)
+
+    def project(self, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Project (B, N, C) inputs and split them into heads: (B, heads, N, d) each."""
+        return (
+            split_heads(self.q_proj(q), self.num_heads),
+            split_heads(self.k_proj(k), self.num_heads),
+            split_heads(self.v_proj(v), self.num_heads),
+        )
+
+    def finish(self, out: Tensor) -> Tensor:
+        """(B, heads, N, d) -> (B, N, C)"""
+        return self.out_proj(merge_heads(out))
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        return self.finish(attention(*self.project(q, k, v)))

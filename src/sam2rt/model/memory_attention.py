@@ -1,0 +1,101 @@
+"""Memory attention: conditions the current frame's features on an object's memories.
+
+Each layer runs self-attention over the frame's tokens and cross-attention from them to the
+memory: spatial memories of past frames (rotary-encoded by their position in the frame) followed
+by object-pointer tokens (no rotary encoding). Rotary encodings use real cos/sin tables.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .layers import Attention, attention
+from .positional import apply_rotary, rotary_tables
+
+
+class RotaryAttention(Attention):
+    """Attention whose queries and first `rotary_frames` frames of keys carry an axial rotary encoding."""
+
+    def forward(  # type: ignore[override]
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        rope: tuple[Tensor, Tensor],
+        rotary_frames: int,
+        key_mask: Optional[Tensor] = None,
+    ) -> Tensor:
+        q, k, v = self.project(q, k, v)  # (B, heads, N, d)
+        cos, sin = rope
+        q = apply_rotary(q, cos, sin)
+        tokens_per_frame = q.shape[2]
+        num_rotary = rotary_frames * tokens_per_frame
+        if num_rotary > 0:
+            batch, heads, _, head_dim = k.shape
+            frames = k[:, :, :num_rotary].reshape(batch, heads, rotary_frames, tokens_per_frame, head_dim)
+            rotated = apply_rotary(frames, cos, sin).flatten(2, 3)  # (B, heads, frames * N, d)
+            k = torch.cat([rotated, k[:, :, num_rotary:]], dim=2)
+        return self.finish(attention(q, k, v, key_mask))
+
+
+class MemoryAttentionLayer(nn.Module):
+    def __init__(self, d_model: int, memory_dim: int, dim_feedforward: int = 2048) -> None:
+        super().__init__()
+        self.self_attn = RotaryAttention(d_model, num_heads=1)
+        self.cross_attn_image = RotaryAttention(d_model, num_heads=1, kv_in_dim=memory_dim)
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.norm3 = nn.LayerNorm(d_model)
+
+    def forward(
+        self,
+        x: Tensor,
+        memory: Tensor,
+        memory_keys: Tensor,
+        rope: tuple[Tensor, Tensor],
+        rotary_frames: int,
+        key_mask: Optional[Tensor],
+    ) -> Tensor:
+        normed = self.norm1(x)
+        x = x + self.self_attn(normed, normed, normed, rope, rotary_frames=1)
+        x = x + self.cross_attn_image(self.norm2(x), memory_keys, memory, rope, rotary_frames, key_mask)
+        return x + self.linear2(F.relu(self.linear1(self.norm3(x))))
+
+
+class MemoryAttention(nn.Module):
+    def __init__(self, d_model: int, memory_dim: int, feature_size: int, num_layers: int = 4) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(MemoryAttentionLayer(d_model, memory_dim) for _ in range(num_layers))
+        self.norm = nn.LayerNorm(d_model)
+        cos, sin = rotary_tables(d_model, feature_size)  # one head spanning the model width
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    def forward(
+        self,
+        image: Tensor,
+        image_pos: Tensor,
+        memory: Tensor,
+        memory_pos: Tensor,
+        spatial_frames: int,
+        key_mask: Optional[Tensor] = None,
+    ) -> Tensor:
+        """Condition image tokens on memory tokens.
+
+        image (B, h*w, C) and image_pos (1 or B, h*w, C): the frame's features in raster order.
+        memory and memory_pos (B, L, C_mem): `spatial_frames` frames of h*w spatial memory tokens,
+        then object-pointer tokens. key_mask (B, L) is True for the memory tokens each row may use.
+        Returns (B, h*w, C).
+        """
+        x = image + 0.1 * image_pos
+        memory_keys = memory + memory_pos
+        rope = (self.rope_cos, self.rope_sin)
+        for layer in self.layers:
+            x = layer(x, memory, memory_keys, rope, spatial_frames, key_mask)
+        return self.norm(x)

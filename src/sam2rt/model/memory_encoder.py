@@ -1,0 +1,79 @@
+"""Memory encoder: fuses a frame's features with its predicted mask into a compact spatial memory.
+
+The mask (at the input resolution) is downsampled by 16 with strided convolutions, added to the
+projected image features, mixed by two ConvNeXt blocks and projected to the memory width.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .layers import LayerNorm2d
+from .positional import sine_grid
+
+
+class MaskDownSampler(nn.Module):
+    """Four 3x3 stride-2 convolutions (each with LayerNorm and GELU), channels x4 each, then a 1x1 projection."""
+
+    def __init__(self, embed_dim: int = 256, num_layers: int = 4) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = 1
+        for _ in range(num_layers):
+            layers += [
+                nn.Conv2d(channels, channels * 4, kernel_size=3, stride=2, padding=1),
+                LayerNorm2d(channels * 4),
+                nn.GELU(),
+            ]
+            channels *= 4
+        layers.append(nn.Conv2d(channels, embed_dim, kernel_size=1))
+        self.encoder = nn.Sequential(*layers)
+
+    def forward(self, mask: Tensor) -> Tensor:
+        return self.encoder(mask)
+
+
+class CXBlock(nn.Module):
+    """ConvNeXt block: depthwise 7x7 conv, LayerNorm, pointwise MLP, layer scale, residual."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)
+        self.norm = LayerNorm2d(dim)
+        self.pwconv1 = nn.Linear(dim, 4 * dim)
+        self.act = nn.GELU()
+        self.pwconv2 = nn.Linear(4 * dim, dim)
+        self.gamma = nn.Parameter(1e-6 * torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.norm(self.dwconv(x)).permute(0, 2, 3, 1)  # (B, C, H, W) -> (B, H, W, C)
+        y = self.gamma * self.pwconv2(self.act(self.pwconv1(y)))
+        return x + y.permute(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W)
+
+
+class Fuser(nn.Module):
+    def __init__(self, dim: int, num_layers: int = 2) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(CXBlock(dim) for _ in range(num_layers))
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+class MemoryEncoder(nn.Module):
+    def __init__(self, in_dim: int, out_dim: int, feature_size: int) -> None:
+        super().__init__()
+        self.mask_downsampler = MaskDownSampler(in_dim)
+        self.pix_feat_proj = nn.Conv2d(in_dim, in_dim, kernel_size=1)
+        self.fuser = Fuser(in_dim)
+        self.out_proj = nn.Conv2d(in_dim, out_dim, kernel_size=1)
+        pos = sine_grid(out_dim, feature_size, feature_size, device=None)
+        self.register_buffer("pos_grid", pos[None], persistent=False)  # (1, C_mem, h, w)
+
+    def forward(self, image_features: Tensor, mask: Tensor) -> Tensor:
+        """image_features (B, C, h, w) and a mask already scaled for memory (B, 1, 16h, 16w) -> (B, C_mem, h, w)."""
+        x = self.pix_feat_proj(image_features) + self.mask_downsampler(mask)
+        return self.out_proj(self.fuser(x))

@@ -1,0 +1,100 @@
+"""The official SAM 2 and SAM 2.1 variants as a table of frozen dataclasses.
+
+A variant differs from another only by its Hiera trunk and by the release it belongs to;
+everything else (widths of the heads, memory sizes) is the same in every released checkpoint
+and lives in the model code as a constant. Sizes that depend on the input resolution are
+derived from `image_size` by `ModelConfig`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class HieraSpec:
+    """The Hiera image trunk: four stages, each halving the resolution and doubling the width."""
+
+    embed_dim: int  # width of stage 1; stage i has embed_dim * 2**i
+    num_heads: int  # heads of stage 1; doubled at each stage like the width
+    stages: tuple[int, int, int, int]  # blocks per stage
+    global_attention_blocks: tuple[int, ...]  # blocks that attend globally instead of in windows
+    window_sizes: tuple[int, int, int, int] = (8, 4, 14, 7)  # attention window per stage
+    pos_embed_grid: int = 14  # side of the learned background position embedding
+
+    @property
+    def stage_dims(self) -> tuple[int, ...]:
+        return tuple(self.embed_dim * 2**i for i in range(len(self.stages)))
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str  # e.g. "sam2.1_hiera_tiny"
+    release: str  # "sam2" or "sam2.1"
+    trunk: HieraSpec
+
+    @property
+    def is_sam21(self) -> bool:
+        """SAM 2.1 adds an occlusion embedding to spatial memories and a temporal encoding of object pointers."""
+        return self.release == "sam2.1"
+
+    @property
+    def checkpoint_filename(self) -> str:
+        return f"{self.name}.pt"
+
+
+_TINY = HieraSpec(embed_dim=96, num_heads=1, stages=(1, 2, 7, 2), global_attention_blocks=(5, 7, 9), pos_embed_grid=7)
+_SMALL = HieraSpec(embed_dim=96, num_heads=1, stages=(1, 2, 11, 2), global_attention_blocks=(7, 10, 13), pos_embed_grid=7)
+_BASE_PLUS = HieraSpec(embed_dim=112, num_heads=2, stages=(2, 3, 16, 3), global_attention_blocks=(12, 16, 20))
+_LARGE = HieraSpec(
+    embed_dim=144,
+    num_heads=2,
+    stages=(2, 6, 36, 4),
+    global_attention_blocks=(23, 33, 43),
+    window_sizes=(8, 4, 16, 8),
+    pos_embed_grid=7,
+)
+
+VARIANTS: dict[str, Variant] = {
+    f"{release}_hiera_{size}": Variant(f"{release}_hiera_{size}", release, trunk)
+    for release in ("sam2", "sam2.1")
+    for size, trunk in (("tiny", _TINY), ("small", _SMALL), ("base_plus", _BASE_PLUS), ("large", _LARGE))
+}
+
+
+def get_variant(name: str) -> Variant:
+    """Look a variant up by its official name (`sam2.1_hiera_tiny`, `sam2_hiera_large`, ...)."""
+    try:
+        return VARIANTS[name]
+    except KeyError:
+        known = ", ".join(VARIANTS)
+        raise ValueError(f"unknown variant {name!r}; the variants are: {known}") from None
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A variant at a given input resolution, with the sizes derived from it."""
+
+    variant: Variant
+    image_size: int = 1024
+
+    # Constants shared by every released checkpoint.
+    backbone_stride = 16  # the lowest-resolution feature map the decoder and memory use
+    hidden_dim = 256  # width of the prompt encoder, mask decoder and memory attention
+    memory_dim = 64  # width of the spatial memories and of the object-pointer tokens
+    num_maskmem = 7  # one conditioning slot + 6 recent frames
+    max_obj_ptrs = 16  # object pointers the memory attention may see
+
+    def __post_init__(self) -> None:
+        if self.image_size <= 0 or self.image_size % 32 != 0:
+            raise ValueError(f"image_size must be a positive multiple of 32, got {self.image_size}")
+
+    @property
+    def feature_size(self) -> int:
+        """Side of the stride-16 feature map (64 at 1024)."""
+        return self.image_size // self.backbone_stride
+
+    @property
+    def low_res_mask_size(self) -> int:
+        """Side of the decoder's mask logits (256 at 1024)."""
+        return 4 * self.feature_size

@@ -1,0 +1,22 @@
+"""Real media from ../shared/data: tests that need it skip with a clear reason when it is absent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def shared_path(relative: str) -> Path:
+    path = SHARED_DATA / relative
+    if not path.exists():
+        pytest.skip(f"needs the shared test media {path} (../shared/data beside the repository)")
+    return path
+
+
+def shared_image(name: str) -> np.ndarray:
+    return np.asarray(Image.open(shared_path(f"images/{name}")).convert("RGB"))

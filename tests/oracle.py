@@ -1,0 +1,131 @@
+"""The official implementation (`sam2==1.1.0`) as the reference for every number.
+
+Both models get the same weights: the oracle's own random initialisation, every tensor perturbed
+with noise so that no zero or one initialisation hides a wrong path.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import sam2rt
+from sam2rt.variants import get_variant
+
+OBJECT_SCORE_BIAS = "sam_mask_decoder.pred_obj_score_head.layers.2.bias"
+_CONFIG_SUFFIX = {"tiny": "t", "small": "s", "base_plus": "b+", "large": "l"}
+
+
+def config_path(variant: str) -> str:
+    release, size = variant.split("_hiera_")
+    return f"configs/{release}/{release}_hiera_{_CONFIG_SUFFIX[size]}.yaml"
+
+
+def _overrides(image_size: int, extra: tuple[str, ...]) -> list[str]:
+    return [f"++model.image_size={image_size}", *extra]
+
+
+@lru_cache(maxsize=None)
+def perturbed_weights(variant: str, image_size: int = 1024, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A state dict of the official shapes: the oracle's initialisation plus Gaussian noise on every tensor."""
+    from sam2.build_sam import build_sam2
+
+    get_variant(variant)  # fail early on a typo
+    torch.manual_seed(seed)
+    reference = build_sam2(config_path(variant), None, device="cpu", hydra_overrides_extra=_overrides(image_size, ()))
+    generator = torch.Generator().manual_seed(seed + 1)
+    weights = {
+        key: value + 0.05 * torch.randn(value.shape, generator=generator) if value.is_floating_point() else value
+        for key, value in reference.state_dict().items()
+    }
+    # Random weights judge every object absent (score logits near -0.4), which would reduce every
+    # tracked mask to the constant no-object score; this shift makes present and absent both occur.
+    weights[OBJECT_SCORE_BIAS] = weights[OBJECT_SCORE_BIAS] + 0.45
+    return weights
+
+
+def oracle_model(variant: str, image_size: int = 1024, seed: int = 0, video: bool = False, extra: tuple[str, ...] = ()):
+    """The official SAM2Base (or SAM2VideoPredictor with `video=True`) carrying the perturbed weights."""
+    from sam2.build_sam import build_sam2, build_sam2_video_predictor
+
+    build = build_sam2_video_predictor if video else build_sam2
+    model = build(config_path(variant), None, device="cpu", hydra_overrides_extra=_overrides(image_size, extra))
+    model.load_state_dict(perturbed_weights(variant, image_size, seed))
+    return model.eval()
+
+
+def our_model(variant: str, image_size: int = 1024, seed: int = 0) -> sam2rt.SAM2Model:
+    model = sam2rt.build_model(variant, image_size=image_size)
+    model.load_state_dict(perturbed_weights(variant, image_size, seed), strict=True)
+    return model
+
+
+def assert_close_logits(ours: torch.Tensor, reference: torch.Tensor, rel: float = 1e-4, what: str = "logits") -> float:
+    """Max |difference| <= rel * max(1, largest |reference value|); returns the difference."""
+    assert ours.shape == reference.shape, f"{what}: shape {tuple(ours.shape)} != {tuple(reference.shape)}"
+    ours, reference = ours.float(), reference.float()
+    assert torch.isfinite(reference).all(), f"{what}: the reference is not finite"
+    diff = (ours - reference).abs().max().item() if ours.numel() else 0.0
+    bound = rel * max(1.0, reference.abs().max().item() if reference.numel() else 0.0)
+    assert diff <= bound, f"{what}: max |diff| {diff:.3g} > {bound:.3g}"
+    return diff
+
+
+def assert_close_scores(ours: torch.Tensor, reference: torch.Tensor, what: str = "scores") -> float:
+    return assert_close_logits(ours, reference, rel=1e-5, what=what)
+
+
+class _ToTensor:
+    """torchvision.transforms.ToTensor for HxWxC uint8 arrays."""
+
+    def __call__(self, picture):
+        tensor = torch.from_numpy(picture.transpose((2, 0, 1))).contiguous()
+        return tensor.to(torch.float32).div(255)
+
+
+class _Resize(nn.Module):
+    """torchvision.transforms.Resize on tensors: bilinear with antialiasing, as torchvision does it."""
+
+    def __init__(self, size: tuple[int, int]) -> None:
+        super().__init__()
+        self.size = [int(size[0]), int(size[1])]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batched = x.unsqueeze(0)
+        out = F.interpolate(batched, size=self.size, mode="bilinear", align_corners=False, antialias=True)
+        return out.squeeze(0)
+
+
+class _Normalize(nn.Module):
+    def __init__(self, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        self.mean = mean
+        self.std = std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device)[:, None, None]
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device)[:, None, None]
+        return (x - mean) / std
+
+
+def install_torchvision_standin() -> None:
+    """Register a minimal `torchvision` so that the oracle's image predictor imports on a CPU-only torch.
+
+    PyPI has no CPU torchvision, and its wheel pins an exact torch. The stand-in implements the
+    three transforms the oracle uses the way torchvision implements them for tensors.
+    """
+    if "torchvision" in sys.modules:
+        return
+    torchvision = types.ModuleType("torchvision")
+    transforms = types.ModuleType("torchvision.transforms")
+    transforms.ToTensor = _ToTensor
+    transforms.Resize = _Resize
+    transforms.Normalize = _Normalize
+    torchvision.transforms = transforms
+    sys.modules["torchvision"] = torchvision
+    sys.modules["torchvision.transforms"] = transforms
