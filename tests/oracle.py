@@ -26,8 +26,8 @@ def config_path(variant: str) -> str:
     return f"configs/{release}/{release}_hiera_{_CONFIG_SUFFIX[size]}.yaml"
 
 
-def _overrides(image_size: int, extra: tuple[str, ...]) -> list[str]:
-    return [f"++model.image_size={image_size}", *extra]
+def _overrides(image_size: int) -> list[str]:
+    return [f"++model.image_size={image_size}"]
 
 
 @lru_cache(maxsize=None)
@@ -37,7 +37,7 @@ def perturbed_weights(variant: str, image_size: int = 1024, seed: int = 0) -> di
 
     get_variant(variant)  # fail early on a typo
     torch.manual_seed(seed)
-    reference = build_sam2(config_path(variant), None, device="cpu", hydra_overrides_extra=_overrides(image_size, ()))
+    reference = build_sam2(config_path(variant), None, device="cpu", hydra_overrides_extra=_overrides(image_size))
     generator = torch.Generator().manual_seed(seed + 1)
     weights = {
         key: value + 0.05 * torch.randn(value.shape, generator=generator) if value.is_floating_point() else value
@@ -49,14 +49,60 @@ def perturbed_weights(variant: str, image_size: int = 1024, seed: int = 0) -> di
     return weights
 
 
-def oracle_model(variant: str, image_size: int = 1024, seed: int = 0, video: bool = False, extra: tuple[str, ...] = ()):
-    """The official SAM2Base (or SAM2VideoPredictor with `video=True`) carrying the perturbed weights."""
+def oracle_model(variant: str, image_size: int = 1024, seed: int = 0, video: bool = False, **attributes):
+    """The official SAM2Base (or SAM2VideoPredictor with `video=True`) carrying the perturbed weights.
+
+    `attributes` are set on the built model (e.g. fill_hole_area=0), after the builder's own settings.
+    """
     from sam2.build_sam import build_sam2, build_sam2_video_predictor
 
     build = build_sam2_video_predictor if video else build_sam2
-    model = build(config_path(variant), None, device="cpu", hydra_overrides_extra=_overrides(image_size, extra))
+    model = build(config_path(variant), None, device="cpu", hydra_overrides_extra=_overrides(image_size))
     model.load_state_dict(perturbed_weights(variant, image_size, seed))
+    for name, value in attributes.items():
+        if not hasattr(model, name):
+            raise AttributeError(f"the official model has no option {name!r}")
+        setattr(model, name, value)
+    if video:
+        _promote_memory_to_fp32(model.memory_attention)
     return model.eval()
+
+
+def _promote_memory_to_fp32(memory_attention: nn.Module) -> None:
+    """Let the official predictor's fp32 CPU path run on frames without object pointers.
+
+    It stores memories in bf16 and relies on CUDA autocast to mix them with fp32 weights.
+    Concatenating them with the fp32 object pointers promotes them to fp32 on almost every
+    frame; on a frame without pointers (an object tracked before its first prompt) nothing
+    does, and F.linear fails. Casting there is what the concatenation does everywhere else.
+    """
+    forward = memory_attention.forward
+
+    def promoted(curr, memory, curr_pos=None, memory_pos=None, num_obj_ptr_tokens=0):
+        return forward(curr, memory.float(), curr_pos, memory_pos.float(), num_obj_ptr_tokens)
+
+    memory_attention.forward = promoted
+
+
+def oracle_video_state(predictor, frames: list) -> dict:
+    """The official init_state over frames preprocessed exactly as sam2rt preprocesses them.
+
+    The official loader resizes JPEGs with PIL and videos with decord; the comparison is of the
+    models, so both sides get identical input tensors.
+    """
+    from unittest import mock
+
+    from sam2rt.frames import as_rgb_tensor, normalize_frame
+
+    size = predictor.image_size
+    images = torch.cat([normalize_frame(as_rgb_tensor(frame), size) for frame in frames])
+    height, width = frames[0].shape[:2]
+
+    def load_video_frames(**_):
+        return images, height, width
+
+    with mock.patch("sam2.sam2_video_predictor.load_video_frames", load_video_frames):
+        return predictor.init_state(video_path="<frames>")
 
 
 def our_model(variant: str, image_size: int = 1024, seed: int = 0) -> sam2rt.SAM2Model:
@@ -119,8 +165,12 @@ def install_torchvision_standin() -> None:
     PyPI has no CPU torchvision, and its wheel pins an exact torch. The stand-in implements the
     three transforms the oracle uses the way torchvision implements them for tensors.
     """
-    if "torchvision" in sys.modules:
+    try:
+        import torchvision  # noqa: F401  (the real one, where it exists: GPU machines)
+
         return
+    except ImportError:
+        pass
     torchvision = types.ModuleType("torchvision")
     transforms = types.ModuleType("torchvision.transforms")
     transforms.ToTensor = _ToTensor

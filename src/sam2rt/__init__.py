@@ -1,7 +1,26 @@
 """sam2rt: SAM 2 for live video."""
 
+from .checkpoints import CheckpointError, load_model
 from .image_predictor import ImagePredictor
 from .model.sam2 import SAM2Model, build_model
+from .tracking.camera import CameraPredictor
+from .tracking.stream import FrameResult, StreamTracker
+from .tracking.video import InferenceState, VideoPredictor
 from .variants import VARIANTS, ModelConfig, Variant, get_variant
 
-__all__ = ["ImagePredictor", "SAM2Model", "build_model", "VARIANTS", "ModelConfig", "Variant", "get_variant"]
+__all__ = [
+    "CameraPredictor",
+    "CheckpointError",
+    "FrameResult",
+    "ImagePredictor",
+    "InferenceState",
+    "ModelConfig",
+    "SAM2Model",
+    "StreamTracker",
+    "VARIANTS",
+    "Variant",
+    "VideoPredictor",
+    "build_model",
+    "get_variant",
+    "load_model",
+]

@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .frames import ImageLike, normalize_frame, as_rgb_tensor
+from .frames import ImageLike, as_rgb_tensor, normalize_frame
 from .masks import fill_holes, remove_sprinkles
 from .model.sam2 import SAM2Model
+from .prompts import BOX_CORNER_LABELS, box_corners, check_inside, float_tensor, point_tensors, to_model_frame
 
 LOW_RES_LOGIT_CLAMP = 32.0  # low-resolution logits are returned clamped, ready to feed back as mask_input
 
@@ -227,45 +228,32 @@ class ImagePredictor:
             raise ValueError("point_labels must be given with point_coords")
         if point_labels is not None and point_coords is None:
             raise ValueError("point_coords must be given with point_labels")
-        scale = self._coordinate_scale(normalize_coords, original_size)
+        size = self.model.config.image_size
         coords = labels = None
         if point_coords is not None:
-            coords = _as_float_tensor(point_coords, "point_coords", self.device)
-            labels = torch.as_tensor(np.asarray(point_labels), device=self.device)
+            coords, labels = point_tensors(point_coords, point_labels, self.device)
             if coords.dim() == 2:
                 coords, labels = coords[None], labels[None]
-            if coords.dim() != 3 or coords.shape[-1] != 2:
+            if coords.dim() != 3:
                 raise ValueError(f"point_coords must have shape (N, 2) or (B, N, 2), got {tuple(coords.shape)}")
-            if tuple(labels.shape) != tuple(coords.shape[:2]):
-                raise ValueError(
-                    f"point_labels must have one label per point: shape {tuple(coords.shape[:2])}, "
-                    f"got {tuple(labels.shape)}"
-                )
-            if labels.is_floating_point() or not bool(((labels >= -1) & (labels <= 3)).all()):
-                raise ValueError("point_labels must be integers: 1 foreground, 0 background (-1, 2, 3 for padding and box corners)")
-            _check_inside(coords, original_size, normalize_coords, "point")
-            coords, labels = coords * scale, labels.int()
+            check_inside(coords, original_size, normalize_coords, "point")
+            coords = to_model_frame(coords, original_size, size, normalize_coords)
         if box is not None:
-            boxes = _as_float_tensor(box, "box", self.device)
-            if boxes.dim() == 1:
-                boxes = boxes[None]
-            if boxes.dim() != 2 or boxes.shape[-1] != 4:
-                raise ValueError(f"box must have shape (4,) or (B, 4) as x0, y0, x1, y1, got {tuple(boxes.shape)}")
-            if bool((boxes[:, 2] < boxes[:, 0]).any() | (boxes[:, 3] < boxes[:, 1]).any()):
-                raise ValueError(f"box must be given as x0, y0, x1, y1 with x0 <= x1 and y0 <= y1, got {boxes.tolist()}")
-            corners = boxes.reshape(-1, 2, 2)  # (B, 2, 2): top-left, bottom-right
-            _check_inside(corners, original_size, normalize_coords, "box corner")
-            corner_labels = torch.tensor([[2, 3]], dtype=torch.int32, device=self.device).expand(len(corners), 2)
+            corners = box_corners(box, self.device)  # (B, 2, 2)
+            check_inside(corners, original_size, normalize_coords, "box corner")
+            corners = to_model_frame(corners, original_size, size, normalize_coords)
+            corner_labels = torch.tensor([BOX_CORNER_LABELS], dtype=torch.int32, device=self.device)
+            corner_labels = corner_labels.expand(len(corners), 2)
             if coords is not None:
                 if len(coords) != len(corners):
                     raise ValueError(f"{len(corners)} boxes but {len(coords)} sets of points: batch sizes must match")
-                coords = torch.cat([corners * scale, coords], dim=1)
+                coords = torch.cat([corners, coords], dim=1)
                 labels = torch.cat([corner_labels, labels], dim=1)
             else:
-                coords, labels = corners * scale, corner_labels
+                coords, labels = corners, corner_labels
         mask = None
         if mask_input is not None:
-            mask = _as_float_tensor(mask_input, "mask_input", self.device)
+            mask = float_tensor(mask_input, "mask_input", self.device)
             if mask.dim() == 3:
                 mask = mask[None]
             side = self.model.sam_prompt_encoder.mask_input_size
@@ -278,35 +266,7 @@ class ImagePredictor:
                 raise ValueError(f"{len(mask)} masks but {len(coords)} prompt sets: batch sizes must match")
         return _Prompts(coords, labels, mask)
 
-    def _coordinate_scale(self, normalize_coords: bool, original_size: tuple[int, int]) -> Tensor:
-        """Factors taking (x, y) to pixels of the model input."""
-        size = float(self.model.config.image_size)
-        height, width = original_size
-        factors = (size / width, size / height) if normalize_coords else (size, size)
-        return torch.tensor(factors, device=self.device)
-
 
 def _numpy(batch: Tensor) -> np.ndarray:
     """Drop the leading batch axis of a single prompt set, as the official predictor does, and leave the device."""
     return batch.squeeze(0).cpu().numpy()
-
-
-def _as_float_tensor(value, name: str, device: torch.device) -> Tensor:
-    try:
-        tensor = torch.as_tensor(np.asarray(value, dtype=np.float32), device=device)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{name} must be numeric, got {value!r}") from error
-    if not bool(torch.isfinite(tensor).all()):
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return tensor
-
-
-def _check_inside(coords: Tensor, original_size: tuple[int, int], normalized_pixels: bool, what: str) -> None:
-    """Points must lie on the image: within its pixel extent, or within [0, 1] for fractional coordinates."""
-    height, width = original_size
-    limits = torch.tensor([width, height] if normalized_pixels else [1.0, 1.0], device=coords.device)
-    outside = (coords < 0).any(-1) | (coords > limits).any(-1)
-    if bool(outside.any()):
-        bad = coords[outside][0].tolist()
-        frame = f"the {width}x{height} image" if normalized_pixels else "[0, 1] (normalize_coords=False)"
-        raise ValueError(f"{what} (x={bad[0]:g}, y={bad[1]:g}) lies outside {frame}")

@@ -1,0 +1,188 @@
+"""The tracking engine under StreamTracker, VideoPredictor and CameraPredictor.
+
+It runs the model for one frame at a time: tracking all objects that need it in one batched pass
+(one memory attention, one decoder, one memory encoder call), a prompt on one object, and the
+memory encoding of prompted frames. Which memories each object sees is the memory bank's job;
+where outputs are kept is the caller's.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable, NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..frames import normalize_frame
+from ..masks import fill_holes, keep_highest_object
+from ..model.sam2 import ImageFeatures, MaskPrediction, SAM2Model
+from .memory_bank import FrameOutput, MemoryView, gather
+
+PROMPT_MASK_LOGIT_CLAMP = 32.0  # previous logits fed back with new clicks are clamped for numerical safety
+HOLE_FILL_LOGIT = 0.1
+
+
+@dataclass(frozen=True)
+class TrackerOptions:
+    """Options with the official names; see StreamTracker and VideoPredictor for their defaults."""
+
+    fill_hole_area: int = 8  # fill background holes up to this many low-resolution pixels (0: off)
+    non_overlap_masks: bool = False  # each pixel goes to the object with the highest logit in the output
+    clear_non_cond_mem_around_input: bool = False  # drop tracked memories within num_maskmem frames of a prompt
+    add_all_frames_to_correct_as_cond: bool = False  # a correction becomes a conditioning (prompted) frame
+    max_cond_frames_in_attn: int = -1  # attend to this many closest prompted frames (-1: all)
+    memory_dtype: Optional[torch.dtype] = None  # spatial memories: None is bf16 on CUDA, fp32 elsewhere
+    offload_state_to_cpu: bool = False  # keep memories and masks in CPU memory
+
+
+class EncodedFrame(NamedTuple):
+    index: int
+    features: ImageFeatures
+    size: tuple[int, int]  # original (height, width)
+
+
+class TrackingEngine:
+    def __init__(self, model: SAM2Model, options: TrackerOptions, cached_frames: int = 2) -> None:
+        self.model = model
+        self.options = options
+        self.config = model.config
+        self.cached_frames = cached_frames
+        self._cache: OrderedDict[int, EncodedFrame] = OrderedDict()
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def storage_device(self) -> torch.device:
+        return torch.device("cpu") if self.options.offload_state_to_cpu else self.device
+
+    @property
+    def memory_dtype(self) -> torch.dtype:
+        if self.options.memory_dtype is not None:
+            return self.options.memory_dtype
+        return torch.bfloat16 if self.device.type == "cuda" else torch.float32
+
+    # Frames
+
+    def encode(self, index: int, load: Callable[[], Tensor]) -> EncodedFrame:
+        """The features of frame `index`, from the cache or by encoding `load()`, an RGB (3, H, W) tensor."""
+        if index in self._cache:
+            self._cache.move_to_end(index)
+            return self._cache[index]
+        rgb = load()
+        image = normalize_frame(rgb.to(self.device, non_blocking=True), self.config.image_size)
+        frame = EncodedFrame(index, self.model.encode_image(image.to(self.model.dtype)), (rgb.shape[1], rgb.shape[2]))
+        self._cache[index] = frame
+        while len(self._cache) > self.cached_frames:
+            self._cache.popitem(last=False)
+        return frame
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    def cached_tensors(self) -> list[Tensor]:
+        return [t for frame in self._cache.values() for t in (frame.features.embed, *frame.features.high_res)]
+
+    # Model steps
+
+    def track(
+        self, frame: EncodedFrame, views: list[MemoryView], reverse: bool, num_frames: Optional[int]
+    ) -> list[FrameOutput]:
+        """Track every object of `views` on `frame` in one batched pass; outputs carry their new memory."""
+        memory = gather(
+            views,
+            frame.index,
+            reverse,
+            self.config,
+            self.device,
+            self.options.max_cond_frames_in_attn,
+            num_frames,
+        )
+        features = frame.features
+        batch = len(views)
+        conditioned = self.model.condition_on_memory(features.embed, memory)
+        high_res = tuple(level.expand(batch, -1, -1, -1) for level in features.high_res)
+        prediction = self.model.segment(conditioned, high_res, None, None, None, multimask=True)
+        memories = self.model.encode_memory(
+            features.embed,
+            prediction.best_mask,
+            prediction.object_score_logits,
+            torch.zeros(batch, dtype=torch.bool, device=self.device),
+        )
+        outputs = self._outputs(prediction)
+        for output, spatial in zip(outputs, self._store_memory(memories)):
+            output.memory = spatial
+        return outputs
+
+    def prompt_points(
+        self,
+        frame: EncodedFrame,
+        coords: Tensor,
+        labels: Tensor,
+        memory: Optional[MemoryView],
+        previous_logits: Optional[Tensor],
+        reverse: bool,
+        num_frames: Optional[int],
+    ) -> FrameOutput:
+        """Segment one object from clicks (1, N, 2) in model pixels with labels (1, N).
+
+        Without `memory` the frame is a first prompt and is segmented without memory; otherwise the
+        clicks correct the tracked object, with its previous logits (1, 1, 4h, 4w) as a mask prompt.
+        """
+        features = frame.features
+        if memory is None:
+            embed = self.model.without_memory(features.embed)
+        else:
+            tokens = gather([memory], frame.index, reverse, self.config, self.device,
+                            self.options.max_cond_frames_in_attn, num_frames)
+            embed = self.model.condition_on_memory(features.embed, tokens)
+        if previous_logits is not None:
+            previous_logits = previous_logits.to(self.device).clamp(-PROMPT_MASK_LOGIT_CLAMP, PROMPT_MASK_LOGIT_CLAMP)
+        multimask = coords.shape[1] <= 1  # one click is ambiguous; more clicks or a box are not
+        prediction = self.model.segment(embed, features.high_res, coords, labels, previous_logits, multimask)
+        return self._outputs(prediction)[0]
+
+    def prompt_mask(self, frame: EncodedFrame, mask: Tensor) -> FrameOutput:
+        """Take a binary mask (1, 1, S, S) as one object's segmentation of `frame`."""
+        features = frame.features
+        prediction = self.model.mask_as_output(features.embed, features.high_res, mask.to(self.device))
+        return self._outputs(prediction)[0]
+
+    def encode_prompted(self, frame: EncodedFrame, outputs: list[FrameOutput]) -> None:
+        """Give prompted outputs of `frame` their memory, with the masks binarised as the user shaped them."""
+        if not outputs:
+            return
+        masks = torch.stack([out.mask_logits.to(self.device) for out in outputs])  # (B, 1, 4h, 4w)
+        scores = torch.stack([out.object_score.to(self.device) for out in outputs])  # (B, 1)
+        binarize = torch.ones(len(outputs), dtype=torch.bool, device=self.device)
+        memories = self.model.encode_memory(frame.features.embed, masks, scores, binarize)
+        for output, spatial in zip(outputs, self._store_memory(memories)):
+            output.memory = spatial
+
+    def to_video_resolution(self, mask_logits: Tensor, size: tuple[int, int]) -> Tensor:
+        """Low-resolution logits (N, 1, 4h, 4w) -> (N, 1, H, W) at the frame's size."""
+        logits = mask_logits.to(self.device)
+        if tuple(logits.shape[-2:]) != tuple(size):
+            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        if self.options.non_overlap_masks:
+            logits = keep_highest_object(logits)
+        return logits
+
+    def _outputs(self, prediction: MaskPrediction) -> list[FrameOutput]:
+        masks = prediction.best_mask
+        if self.options.fill_hole_area > 0:
+            masks = fill_holes(masks, self.options.fill_hole_area, fill_value=HOLE_FILL_LOGIT)
+        masks = masks.to(self.storage_device, non_blocking=True)
+        return [
+            FrameOutput(masks[row], prediction.obj_ptr[row], prediction.object_score_logits[row])
+            for row in range(masks.shape[0])
+        ]
+
+    def _store_memory(self, memories: Tensor) -> Tensor:
+        """(B, C_mem, h, w) -> (B, h*w, C_mem) in the storage dtype and device."""
+        flat = memories.flatten(2).transpose(1, 2)  # (B, h*w, C_mem)
+        return flat.to(self.memory_dtype).to(self.storage_device, non_blocking=True).contiguous()

@@ -1,0 +1,76 @@
+"""Connected-component post-processing against a brute-force flood fill."""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+import pytest
+import torch
+
+from sam2rt.masks import fill_holes, keep_highest_object, remove_sprinkles, small_components
+
+
+def _components(mask: np.ndarray) -> list[list[tuple[int, int]]]:
+    """8-connected components by breadth-first search."""
+    seen = np.zeros_like(mask, dtype=bool)
+    found = []
+    for start in zip(*np.nonzero(mask)):
+        if seen[start]:
+            continue
+        queue, pixels = deque([start]), []
+        seen[start] = True
+        while queue:
+            y, x = queue.popleft()
+            pixels.append((y, x))
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    ny, nx = y + dy, x + dx
+                    inside = 0 <= ny < mask.shape[0] and 0 <= nx < mask.shape[1]
+                    if inside and mask[ny, nx] and not seen[ny, nx]:
+                        seen[ny, nx] = True
+                        queue.append((ny, nx))
+        found.append(pixels)
+    return found
+
+
+@pytest.mark.parametrize("density", [0.2, 0.45, 0.6])
+@pytest.mark.parametrize("max_area", [1, 4, 8, 30])
+def test_small_components_match_flood_fill(density, max_area):
+    rng = np.random.default_rng(int(density * 100) + max_area)
+    masks = rng.random((3, 1, 40, 50)) < density
+    got = small_components(torch.from_numpy(masks), max_area).numpy()
+    for index in range(3):
+        expected = np.zeros((40, 50), dtype=bool)
+        for pixels in _components(masks[index, 0]):
+            if len(pixels) <= max_area:
+                for pixel in pixels:
+                    expected[pixel] = True
+        assert np.array_equal(got[index, 0], expected)
+
+
+def test_snake_longer_than_max_area_is_not_small():
+    """A thin component of 60 pixels must not be taken for a small one even though few steps are run."""
+    mask = torch.zeros(1, 1, 20, 20, dtype=torch.bool)
+    mask[0, 0, 2, 1:19] = True
+    mask[0, 0, 2:18, 18] = True
+    mask[0, 0, 17, 1:19] = True
+    assert not small_components(mask, 8).any()
+    assert small_components(mask, 60).sum() == mask.sum()
+
+
+def test_fill_holes_and_remove_sprinkles():
+    logits = torch.full((1, 1, 12, 12), -5.0)
+    logits[0, 0, 2:10, 2:10] = 5.0
+    logits[0, 0, 5, 5] = -3.0  # a one-pixel hole
+    logits[0, 0, 0, 11] = 4.0  # a one-pixel sprinkle
+    filled = fill_holes(logits, max_area=2)
+    assert filled[0, 0, 5, 5] == pytest.approx(0.1) and filled[0, 0, 0, 0] == -5.0
+    cleaned = remove_sprinkles(logits, max_area=2)
+    assert cleaned[0, 0, 0, 11] == -10.0 and cleaned[0, 0, 4, 4] == 5.0
+
+
+def test_keep_highest_object():
+    logits = torch.tensor([[[[3.0, -1.0]]], [[[2.0, 4.0]]]])
+    out = keep_highest_object(logits)
+    assert out[:, 0, 0].tolist() == [[3.0, -10.0], [-10.0, 4.0]]

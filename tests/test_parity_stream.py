@@ -1,0 +1,150 @@
+"""StreamTracker against the official video predictor driven as a stream, over a real clip.
+
+The official predictor is driven frame by frame: frame t is propagated alone, then the prompts
+scheduled on t land on it; t's expected result is each object's latest output there. Both
+correction modes, with the official predictor configured alike. fp32 on CPU, memories in bf16 on
+both sides, hole filling off on both sides.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import sam2rt
+from media import shared_path
+from oracle import assert_close_logits, assert_close_scores, oracle_model, oracle_video_state, our_model
+from sam2rt.io.video_file import VideoFileFrames
+
+VARIANT = "sam2.1_hiera_tiny"
+IMAGE_SIZE = 256
+NUM_FRAMES = 20
+
+
+def _box_mask(height, width):
+    mask = np.zeros((height, width), dtype=bool)
+    mask[200:500, 300:700] = True
+    return mask
+
+
+# frame -> actions: ("points", obj, points, labels, clear_old_points), ("box", obj, box), ("mask", obj), ("remove", obj)
+SCHEDULE = {
+    0: [("points", 1, [[640, 360]], [1], True), ("box", 2, [100, 80, 500, 400])],
+    4: [("points", 3, [[900, 500], [1000, 200]], [1, 0], True)],
+    7: [("points", 1, [[600, 300]], [0], True), ("points", 1, [[700, 400]], [1], False)],
+    9: [("mask", 2)],
+    12: [("remove", 2)],
+    15: [("box", 3, [800, 300, 1100, 650])],
+}
+
+
+@pytest.fixture(scope="module")
+def frames():
+    video = VideoFileFrames(shared_path("videos/02_cups.mp4"))
+    return [video[i] for i in range(NUM_FRAMES)]
+
+
+def _apply_ours(tracker, action, frame_hw):
+    kind, obj = action[0], action[1]
+    if kind == "points":
+        return tracker.add_prompt(obj, points=action[2], labels=action[3], clear_old_points=action[4])
+    if kind == "box":
+        return tracker.add_prompt(obj, box=action[2])
+    if kind == "mask":
+        return tracker.add_prompt(obj, mask=_box_mask(*frame_hw))
+    return tracker.remove_object(obj)
+
+
+def _apply_official(ref, state, t, action, frame_hw):
+    kind, obj = action[0], action[1]
+    if kind == "points":
+        ref.add_new_points_or_box(state, t, obj, points=action[2], labels=action[3], clear_old_points=action[4])
+    elif kind == "box":
+        ref.add_new_points_or_box(state, t, obj, box=action[2])
+    elif kind == "mask":
+        ref.add_new_mask(state, t, obj, _box_mask(*frame_hw))
+    else:
+        ref.remove_object(state, obj)
+
+
+def _official_latest(state, t, frame_hw):
+    """Each object's latest output on frame t: a pending prompt, else the stored output."""
+    logits, scores = [], []
+    for obj_idx in range(len(state["obj_ids"])):
+        pending = state["temp_output_dict_per_obj"][obj_idx]
+        stored = state["output_dict_per_obj"][obj_idx]
+        out = (
+            pending["cond_frame_outputs"].get(t)
+            or pending["non_cond_frame_outputs"].get(t)
+            or stored["cond_frame_outputs"].get(t)
+            or stored["non_cond_frame_outputs"].get(t)
+        )
+        logits.append(F.interpolate(out["pred_masks"], size=frame_hw, mode="bilinear", align_corners=False)[:, 0])
+        scores.append(out["object_score_logits"].reshape(1))
+    return list(state["obj_ids"]), torch.cat(logits), torch.cat(scores)
+
+
+def _assert_result(result, expected, what):
+    ids, logits, scores = expected
+    assert result.object_ids == ids, what
+    for row, obj_id in enumerate(ids):
+        assert_close_logits(result.mask_logits[row], logits[row], what=f"{what}, object {obj_id}")
+        assert_close_scores(result.object_scores[row], scores[row], what=f"{what}, score of object {obj_id}")
+
+
+@pytest.mark.parametrize("correction_as_cond", [True, False], ids=["corrections-as-cond", "official-default"])
+def test_stream_matches_official_driven_as_stream(frames, correction_as_cond):
+    model = our_model(VARIANT, IMAGE_SIZE)
+    tracker = sam2rt.StreamTracker(
+        model, fill_hole_area=0, add_all_frames_to_correct_as_cond=correction_as_cond, memory_dtype=torch.bfloat16
+    )
+    ref = oracle_model(
+        VARIANT, IMAGE_SIZE, video=True, fill_hole_area=0, add_all_frames_to_correct_as_cond=correction_as_cond
+    )
+    state = oracle_video_state(ref, frames)
+    frame_hw = frames[0].shape[:2]
+    present = []
+    for t, frame in enumerate(frames):
+        result = tracker.step(frame)
+        if state["obj_ids"]:
+            list(ref.propagate_in_video(state, start_frame_idx=t, max_frame_num_to_track=0))
+            _assert_result(result, _official_latest(state, t, frame_hw), f"frame {t}")
+        for action in SCHEDULE.get(t, []):
+            result = _apply_ours(tracker, action, frame_hw)
+            _apply_official(ref, state, t, action, frame_hw)
+            _assert_result(result, _official_latest(state, t, frame_hw), f"frame {t}, after {action[0]} on {action[1]}")
+        present += (result.object_scores > 0).tolist()
+    assert tracker.object_ids == [1, 3]
+    assert any(present) and not all(present)  # the weights exercise both the present and the absent paths
+
+
+def test_camera_predictor_gives_the_stream_tracker_outputs(frames):
+    model = our_model(VARIANT, IMAGE_SIZE)
+    tracker = sam2rt.StreamTracker(model)
+    camera = sam2rt.CameraPredictor(model)
+    frame_hw = frames[0].shape[:2]
+    for t, frame in enumerate(frames[:12]):
+        if t == 0:
+            camera.load_first_frame(frame)
+            result = tracker.step(frame)
+        else:
+            ids, logits = camera.track(frame)
+            result = tracker.step(frame)
+            assert ids == result.object_ids and torch.equal(logits[:, 0], result.mask_logits)
+        for action in SCHEDULE.get(t, []):
+            result = _apply_ours(tracker, action, frame_hw)
+            kind, obj = action[0], action[1]
+            if kind == "points":
+                out = camera.add_new_prompt(t, obj, points=action[2], labels=action[3], clear_old_points=action[4])
+            elif kind == "box":
+                x0, y0, x1, y1 = action[2]
+                out = camera.add_new_prompt(t, obj, bbox=[[x0, y0], [x1, y1]])
+            elif kind == "mask":
+                out = camera.add_new_mask(t, obj, _box_mask(*frame_hw))
+            else:
+                camera.remove_object(obj)
+                continue
+            assert out[0] == t and out[1] == result.object_ids
+            assert torch.equal(out[2][:, 0], result.mask_logits)

@@ -1,0 +1,89 @@
+"""VideoPredictor against the official SAM2VideoPredictor on a scripted session over a real clip.
+
+Three objects prompted by a click, a box and a mask on different frames, a correction click,
+forward then reverse propagation, an object removed, a propagation from a later start.
+fp32 on CPU, memories stored in bf16 on both sides (as the official predictor stores them),
+hole filling off on both sides (the official one needs its CUDA extension).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import sam2rt
+from media import shared_path
+from oracle import assert_close_logits, oracle_model, oracle_video_state, our_model
+from sam2rt.io.video_file import VideoFileFrames
+
+VARIANT = "sam2.1_hiera_tiny"
+IMAGE_SIZE = 256
+NUM_FRAMES = 24
+
+
+@pytest.fixture(scope="module")
+def frames():
+    video = VideoFileFrames(shared_path("videos/bedroom.mp4"))
+    return [video[i] for i in range(NUM_FRAMES)]
+
+
+def _assert_masks(ours, theirs, what):
+    """Per object: max |diff| <= 1e-4 x max(1, largest |oracle logit| of that object)."""
+    frame, ids, logits = ours
+    ref_frame, ref_ids, ref_logits = theirs
+    assert (frame, list(ids)) == (ref_frame, list(ref_ids)), what
+    for row, obj_id in enumerate(ids):
+        assert_close_logits(logits[row], ref_logits[row], what=f"{what}, object {obj_id}")
+
+
+def _propagate(ours, ref, state, ref_state, what, **kwargs):
+    mine = list(ours.propagate_in_video(state, **kwargs))
+    theirs = list(ref.propagate_in_video(ref_state, **kwargs))
+    assert [m[0] for m in mine] == [t[0] for t in theirs], what
+    for m, t in zip(mine, theirs):
+        _assert_masks(m, t, f"{what}, frame {m[0]}")
+    return mine
+
+
+@pytest.mark.parametrize("correction_as_cond", [False, True], ids=["official-default", "corrections-as-cond"])
+def test_scripted_session(frames, correction_as_cond):
+    ours = sam2rt.VideoPredictor(
+        our_model(VARIANT, IMAGE_SIZE),
+        fill_hole_area=0,
+        add_all_frames_to_correct_as_cond=correction_as_cond,
+        memory_dtype=torch.bfloat16,
+    )
+    ref = oracle_model(
+        VARIANT, IMAGE_SIZE, video=True, fill_hole_area=0, add_all_frames_to_correct_as_cond=correction_as_cond
+    )
+    state, ref_state = ours.init_state(frames), oracle_video_state(ref, frames)
+    height, width = frames[0].shape[:2]
+
+    def both(method, *args, **kwargs):
+        return getattr(ours, method)(state, *args, **kwargs), getattr(ref, method)(ref_state, *args, **kwargs)
+
+    _assert_masks(*both("add_new_points_or_box", 0, 1, points=[[210, 350]], labels=[1]), "click on frame 0")
+    _assert_masks(*both("add_new_points_or_box", 3, 2, box=[500, 120, 760, 470]), "box on frame 3")
+    mask = np.zeros((height, width), dtype=bool)
+    mask[250:480, 40:300] = True
+    _assert_masks(*both("add_new_mask", 6, 3, mask), "mask on frame 6")
+    _propagate(ours, ref, state, ref_state, "forward")
+
+    _assert_masks(*both("add_new_points_or_box", 10, 1, points=[[300, 300]], labels=[0]), "correction")
+    _assert_masks(
+        *both("add_new_points_or_box", 10, 1, points=[[220, 380]], labels=[1], clear_old_points=False),
+        "second correction click",
+    )
+    _assert_masks(*both("add_new_points_or_box", 12, 2, points=[[600, 300]], labels=[1]), "correction of object 2")
+    _propagate(ours, ref, state, ref_state, "reverse", start_frame_idx=NUM_FRAMES - 1, reverse=True)
+
+    ids, updated = ours.remove_object(state, 2)
+    ref_ids, ref_updated = ref.remove_object(ref_state, 2)
+    assert ids == ref_ids == [1, 3]
+    assert sorted(f for f, _ in updated) == sorted(f for f, _ in ref_updated) == [3, 12]
+    for (frame, logits), (_, ref_logits) in zip(sorted(updated), sorted(ref_updated, key=lambda u: u[0])):
+        _assert_masks((frame, ids, logits), (frame, ref_ids, ref_logits), f"after removal, frame {frame}")
+
+    _assert_masks(*both("clear_all_prompts_in_frame", 10, 1), "prompts cleared on frame 10")
+    _propagate(ours, ref, state, ref_state, "from frame 8", start_frame_idx=8, max_frame_num_to_track=6)
