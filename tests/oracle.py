@@ -88,14 +88,15 @@ def oracle_video_state(predictor, frames: list) -> dict:
     """The official init_state over frames preprocessed exactly as sam2rt preprocesses them.
 
     The official loader resizes JPEGs with PIL and videos with decord; the comparison is of the
-    models, so both sides get identical input tensors.
+    models, so both sides get identical input tensors. As with the official loader's default, the
+    frames are put on the model's device up front.
     """
     from unittest import mock
 
     from sam2rt.frames import as_rgb_tensor, normalize_frame
 
     size = predictor.image_size
-    images = torch.cat([normalize_frame(as_rgb_tensor(frame), size) for frame in frames])
+    images = torch.cat([normalize_frame(as_rgb_tensor(frame), size) for frame in frames]).to(predictor.device)
     height, width = frames[0].shape[:2]
 
     def load_video_frames(**_):

@@ -87,3 +87,32 @@ def test_scripted_session(frames, correction_as_cond):
 
     _assert_masks(*both("clear_all_prompts_in_frame", 10, 1), "prompts cleared on frame 10")
     _propagate(ours, ref, state, ref_state, "from frame 8", start_frame_idx=8, max_frame_num_to_track=6)
+
+
+def _add_missing_official_clear(predictor) -> None:
+    """sam2==1.1.0 calls `_clear_obj_non_cond_mem_around_input` when clear_non_cond_mem_around_input is
+    on, but does not define it (AttributeError). This is the per-object method later releases define:
+    drop the object's tracked frames within num_maskmem frames of the prompted one."""
+
+    def clear(self, inference_state, frame_idx, obj_idx):
+        tracked = inference_state["output_dict_per_obj"][obj_idx]["non_cond_frame_outputs"]
+        for t in range(frame_idx - self.num_maskmem, frame_idx + self.num_maskmem + 1):
+            tracked.pop(t, None)
+
+    predictor._clear_obj_non_cond_mem_around_input = clear.__get__(predictor)
+
+
+@pytest.mark.parametrize("clear_around_input", [False, True], ids=["keep-memory", "clear-around-input"])
+def test_attention_limited_to_closest_prompted_frames(frames, clear_around_input):
+    """One object prompted on four frames, the memory attention limited to the two closest of them."""
+    options = dict(fill_hole_area=0, max_cond_frames_in_attn=2, clear_non_cond_mem_around_input=clear_around_input)
+    ours = sam2rt.VideoPredictor(our_model(VARIANT, IMAGE_SIZE), memory_dtype=torch.bfloat16, **options)
+    ref = oracle_model(VARIANT, IMAGE_SIZE, video=True, **options)
+    _add_missing_official_clear(ref)
+    state, ref_state = ours.init_state(frames[:18]), oracle_video_state(ref, frames[:18])
+    for frame_idx, click in ((0, [210, 350]), (5, [230, 360]), (11, [250, 340]), (16, [240, 330])):
+        mine = ours.add_new_points_or_box(state, frame_idx, 1, points=[click], labels=[1])
+        theirs = ref.add_new_points_or_box(ref_state, frame_idx, 1, points=[click], labels=[1])
+        _assert_masks(mine, theirs, f"click on frame {frame_idx}")
+    _propagate(ours, ref, state, ref_state, "forward")
+    _propagate(ours, ref, state, ref_state, "reverse", start_frame_idx=17, reverse=True)

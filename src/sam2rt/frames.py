@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Union
 
 import numpy as np
@@ -51,13 +52,27 @@ def normalize_frame(rgb: Tensor, image_size: int) -> Tensor:
     if rgb.dtype == torch.uint8:
         x = x / 255
     x = F.interpolate(x[None], size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device)[:, None, None]
-    std = torch.tensor(IMAGENET_STD, device=x.device)[:, None, None]
+    mean, std = _normalization(x.device)
     return (x - mean) / std
+
+
+@lru_cache(maxsize=None)
+def _normalization(device: torch.device) -> tuple[Tensor, Tensor]:
+    """ImageNet mean and std as (3, 1, 1) tensors, made once per device (a copy per frame would stall the GPU)."""
+    mean = torch.tensor(IMAGENET_MEAN, device=device)[:, None, None]
+    std = torch.tensor(IMAGENET_STD, device=device)[:, None, None]
+    return mean, std
+
+
+def to_device(rgb: Tensor, device: torch.device) -> Tensor:
+    """Upload a frame without stalling the GPU queue: through pinned memory, asynchronously."""
+    if device.type == "cuda" and rgb.device.type == "cpu":
+        return rgb.pin_memory().to(device, non_blocking=True)
+    return rgb.to(device)
 
 
 def prepare_image(image: ImageLike, image_size: int, device: torch.device) -> tuple[Tensor, tuple[int, int]]:
     """An image as model input (1, 3, S, S) on `device`, with its original (height, width)."""
     rgb = as_rgb_tensor(image)
     height, width = rgb.shape[1:]
-    return normalize_frame(rgb.to(device, non_blocking=True), image_size), (int(height), int(width))
+    return normalize_frame(to_device(rgb, device), image_size), (int(height), int(width))

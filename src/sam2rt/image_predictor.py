@@ -14,11 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .frames import ImageLike, as_rgb_tensor, normalize_frame
+from .frames import ImageLike, as_rgb_tensor, normalize_frame, to_device
 from .masks import fill_holes, remove_sprinkles
 from .model.sam2 import SAM2Model
 from .prompts import BOX_CORNER_LABELS, box_corners, check_inside, float_tensor, point_tensors, to_model_frame
 
+_CPU = torch.device("cpu")
 LOW_RES_LOGIT_CLAMP = 32.0  # low-resolution logits are returned clamped, ready to feed back as mask_input
 
 
@@ -85,8 +86,8 @@ class ImagePredictor:
         self.reset_predictor()
         size = self.model.config.image_size
         rgbs = [as_rgb_tensor(image) for image in images]
-        batch = torch.cat([normalize_frame(rgb.to(self.device), size) for rgb in rgbs])
-        features = self.model.encode_image(batch.to(self.model.dtype))
+        batch = torch.cat([normalize_frame(to_device(rgb, self.device), size) for rgb in rgbs])
+        features = self.model.encode_image(batch)
         self._image = _ImageFeatures(
             embed=self.model.without_memory(features.embed),
             high_res=features.high_res,
@@ -223,7 +224,10 @@ class ImagePredictor:
     def _prepare_prompts(
         self, point_coords, point_labels, box, mask_input, normalize_coords: bool, original_size: tuple[int, int]
     ) -> _Prompts:
-        """Validate the prompts and bring them to the model's input frame; boxes become two labelled corners."""
+        """Validate the prompts and bring them to the model's input frame; boxes become two labelled corners.
+
+        Validation runs on CPU tensors: checks on GPU tensors would each wait for the GPU.
+        """
         if point_coords is not None and point_labels is None:
             raise ValueError("point_labels must be given with point_coords")
         if point_labels is not None and point_coords is None:
@@ -231,7 +235,7 @@ class ImagePredictor:
         size = self.model.config.image_size
         coords = labels = None
         if point_coords is not None:
-            coords, labels = point_tensors(point_coords, point_labels, self.device)
+            coords, labels = point_tensors(point_coords, point_labels, _CPU)
             if coords.dim() == 2:
                 coords, labels = coords[None], labels[None]
             if coords.dim() != 3:
@@ -239,10 +243,10 @@ class ImagePredictor:
             check_inside(coords, original_size, normalize_coords, "point")
             coords = to_model_frame(coords, original_size, size, normalize_coords)
         if box is not None:
-            corners = box_corners(box, self.device)  # (B, 2, 2)
+            corners = box_corners(box, _CPU)  # (B, 2, 2)
             check_inside(corners, original_size, normalize_coords, "box corner")
             corners = to_model_frame(corners, original_size, size, normalize_coords)
-            corner_labels = torch.tensor([BOX_CORNER_LABELS], dtype=torch.int32, device=self.device)
+            corner_labels = torch.tensor([BOX_CORNER_LABELS], dtype=torch.int32)
             corner_labels = corner_labels.expand(len(corners), 2)
             if coords is not None:
                 if len(coords) != len(corners):
@@ -253,7 +257,7 @@ class ImagePredictor:
                 coords, labels = corners, corner_labels
         mask = None
         if mask_input is not None:
-            mask = float_tensor(mask_input, "mask_input", self.device)
+            mask = float_tensor(mask_input, "mask_input", _CPU)
             if mask.dim() == 3:
                 mask = mask[None]
             side = self.model.sam_prompt_encoder.mask_input_size
@@ -264,7 +268,7 @@ class ImagePredictor:
                 )
             if coords is not None and len(mask) != len(coords):
                 raise ValueError(f"{len(mask)} masks but {len(coords)} prompt sets: batch sizes must match")
-        return _Prompts(coords, labels, mask)
+        return _Prompts(*(None if t is None else t.to(self.device, non_blocking=True) for t in (coords, labels, mask)))
 
 
 def _numpy(batch: Tensor) -> np.ndarray:

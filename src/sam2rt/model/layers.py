@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 class MLP(nn.Module):
@@ -62,6 +63,12 @@ def merge_heads(x: Tensor) -> Tensor:
     return x.transpose(1, 2).reshape(batch, tokens, heads * head_dim)
 
 
+# On CUDA, flash and memory-efficient kernels only: PyTorch's cuDNN attention, preferred by default on
+# Hopper, rebuilds its execution plan for each of the many shapes SAM 2 uses (Hiera windows, global
+# blocks, decoder, memory) at about 0.5 ms of CPU time per call, which dominates a tracking step.
+_CUDA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
 def attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor] = None) -> Tensor:
     """Scaled dot-product attention over heads: q (B, h, Nq, d), k and v (B, h, Nk, d) -> (B, h, Nq, d).
 
@@ -69,7 +76,10 @@ def attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor] = None
     """
     if key_mask is not None:
         key_mask = key_mask[:, None, None, :]  # (B, 1, 1, Nk), broadcast over heads and queries
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
+    if not q.is_cuda:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
+    with sdpa_kernel(_CUDA_BACKENDS):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
 
 
 class Attention(nn.Module):

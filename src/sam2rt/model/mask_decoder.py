@@ -125,7 +125,7 @@ class MaskDecoder(nn.Module):
         image = image_embed.expand(batch, -1, -1, -1) + dense
         height, width = image.shape[-2:]
 
-        tokens, image_tokens = self.transformer(image, image_pe, tokens)
+        tokens, image_tokens = self.transformer(image, image_pe.to(image.dtype), tokens)
         num_mask_tokens = NUM_MULTIMASK + 1
         mask_tokens = tokens[:, 2 : 2 + num_mask_tokens]  # (B, 4, C)
 

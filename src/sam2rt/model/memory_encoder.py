@@ -75,5 +75,5 @@ class MemoryEncoder(nn.Module):
 
     def forward(self, image_features: Tensor, mask: Tensor) -> Tensor:
         """image_features (B, C, h, w) and a mask already scaled for memory (B, 1, 16h, 16w) -> (B, C_mem, h, w)."""
-        x = self.pix_feat_proj(image_features) + self.mask_downsampler(mask)
+        x = self.pix_feat_proj(image_features) + self.mask_downsampler(mask.to(image_features.dtype))
         return self.out_proj(self.fuser(x))

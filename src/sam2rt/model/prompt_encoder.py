@@ -51,7 +51,8 @@ class PromptEncoder(nn.Module):
         label_embeddings = torch.cat([e.weight for e in self.point_embeddings])  # (4, C)
         labelled = embedding + label_embeddings[labels.clamp(min=0).long()]
         is_padding = (labels == -1).unsqueeze(-1)
-        return torch.where(is_padding, self.not_a_point_embed.weight.expand_as(embedding), labelled)
+        embedded = torch.where(is_padding, self.not_a_point_embed.weight.expand_as(embedding), labelled)
+        return embedded.to(self.not_a_point_embed.weight.dtype)  # the Fourier features are computed in fp32
 
     def forward(
         self, coords: Optional[Tensor], labels: Optional[Tensor], mask: Optional[Tensor]
@@ -67,7 +68,7 @@ class PromptEncoder(nn.Module):
             batch = mask.shape[0] if mask is not None else 1
             sparse = self.no_mask_embed.weight.new_zeros(batch, 0, self.embed_dim)
         if mask is not None:
-            dense = self.mask_downscaling(mask)
+            dense = self.mask_downscaling(mask.to(self.no_mask_embed.weight.dtype))
         else:
             size = self.feature_size
             dense = self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(batch, -1, size, size)

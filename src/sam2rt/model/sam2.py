@@ -91,7 +91,7 @@ class SAM2Model(nn.Module):
         size = self.config.image_size
         if images.dim() != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != (size, size):
             raise ValueError(f"expected images of shape (B, 3, {size}, {size}), got {tuple(images.shape)}")
-        stride4, stride8, stride16 = self.image_encoder(images).levels
+        stride4, stride8, stride16 = self.image_encoder(images.to(self.dtype)).levels
         high_res = self.sam_mask_decoder.project_high_res(stride4, stride8)
         return ImageFeatures(stride16, high_res, self.image_encoder.neck.pos_grid)
 
@@ -164,7 +164,7 @@ class SAM2Model(nn.Module):
         logits = mask * MASK_LOGIT_SCALE + MASK_LOGIT_BIAS
         side = self.sam_prompt_encoder.mask_input_size
         low_res = F.interpolate(logits, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
-        pointer_source = self.segment(embed, high_res, None, None, self.mask_downsample(mask), multimask=False)
+        pointer_source = self.segment(embed, high_res, None, None, self.mask_downsample(mask.to(self.dtype)), multimask=False)
         present = mask.flatten(1).gt(0).any(dim=1, keepdim=True)  # (B, 1)
         obj_ptr = self._pointer(pointer_source.obj_ptr, present)
         scores = present.float() * MASK_LOGIT_SCALE + MASK_LOGIT_BIAS
@@ -199,19 +199,21 @@ class SAM2Model(nn.Module):
         """Features of the current frame (1 or B, C, h, w) conditioned on each object's memory: (B, C, h, w)."""
         batch, frames, tokens_per_frame, mem_dim = memory.spatial.shape
         _, channels, height, width = embed.shape
+        dtype = embed.dtype
         image = embed.flatten(2).transpose(1, 2).expand(batch, -1, -1)  # (B, h*w, C)
-        image_pos = self.image_encoder.neck.pos_grid.flatten(2).transpose(1, 2)  # (1, h*w, C)
+        image_pos = self.image_encoder.neck.pos_grid.flatten(2).transpose(1, 2).to(dtype)  # (1, h*w, C)
 
         spatial = memory.spatial.reshape(batch, frames * tokens_per_frame, mem_dim)  # (B, F*h*w, C_mem)
         grid_pos = self.memory_encoder.pos_grid.flatten(2).transpose(1, 2)  # (1, h*w, C_mem)
         tpos = self.maskmem_tpos_enc.reshape(-1, mem_dim)[memory.spatial_tpos]  # (B, F, C_mem)
-        spatial_pos = (grid_pos[:, None] + tpos[:, :, None]).reshape(batch, -1, mem_dim)  # (B, F*h*w, C_mem)
+        spatial_pos = (grid_pos[:, None] + tpos[:, :, None]).reshape(batch, -1, mem_dim).to(dtype)  # (B, F*h*w, C_mem)
 
         # A pointer of width C is split into C / C_mem consecutive tokens sharing one position.
         split = channels // mem_dim
-        pointers = memory.pointers.reshape(batch, -1, mem_dim)  # (B, P*split, C_mem)
+        pointers = memory.pointers.reshape(batch, -1, mem_dim).to(dtype)  # (B, P*split, C_mem)
         if self.config.variant.is_sam21:
-            pointer_pos = self.obj_ptr_tpos_proj(sine_1d(memory.pointer_positions, channels))  # (B, P, C_mem)
+            encoded = sine_1d(memory.pointer_positions, channels).to(dtype)
+            pointer_pos = self.obj_ptr_tpos_proj(encoded)  # (B, P, C_mem)
         else:
             pointer_pos = pointers.new_zeros(batch, memory.pointers.shape[1], mem_dim)
         pointer_pos = pointer_pos.repeat_interleave(split, dim=1)  # (B, P*split, C_mem)
@@ -226,7 +228,7 @@ class SAM2Model(nn.Module):
         out = self.memory_attention(
             image,
             image_pos,
-            torch.cat([spatial.to(image.dtype), pointers], dim=1),
+            torch.cat([spatial.to(dtype), pointers], dim=1),
             torch.cat([spatial_pos, pointer_pos], dim=1),
             spatial_frames=frames,
             key_mask=key_mask,

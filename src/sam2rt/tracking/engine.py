@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..frames import normalize_frame
+from ..frames import normalize_frame, to_device
 from ..masks import fill_holes, keep_highest_object
 from ..model.sam2 import ImageFeatures, MaskPrediction, SAM2Model
 from .memory_bank import FrameOutput, MemoryView, gather
@@ -74,8 +74,8 @@ class TrackingEngine:
             self._cache.move_to_end(index)
             return self._cache[index]
         rgb = load()
-        image = normalize_frame(rgb.to(self.device, non_blocking=True), self.config.image_size)
-        frame = EncodedFrame(index, self.model.encode_image(image.to(self.model.dtype)), (rgb.shape[1], rgb.shape[2]))
+        image = normalize_frame(to_device(rgb, self.device), self.config.image_size)
+        frame = EncodedFrame(index, self.model.encode_image(image), (rgb.shape[1], rgb.shape[2]))
         self._cache[index] = frame
         while len(self._cache) > self.cached_frames:
             self._cache.popitem(last=False)
@@ -134,6 +134,8 @@ class TrackingEngine:
         clicks correct the tracked object, with its previous logits (1, 1, 4h, 4w) as a mask prompt.
         """
         features = frame.features
+        coords = coords.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
         if memory is None:
             embed = self.model.without_memory(features.embed)
         else:

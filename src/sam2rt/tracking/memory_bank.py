@@ -120,35 +120,40 @@ def gather(
 ) -> MemoryTokens:
     """Pack the memories each object sees on `frame_idx` into fixed-size slots: (B, F, ...) and (B, P, ...)."""
     plans = [_plan(view, frame_idx, reverse, config, max_cond_in_attn, num_frames) for view in views]
-    batch = len(plans)
     frames = max(len(plan.spatial) for plan in plans)
     num_pointers = max(len(plan.pointers) for plan in plans)
     tokens = config.feature_size**2
-    spatial = torch.zeros(batch, frames, tokens, config.memory_dim, device=device)
-    spatial_tpos = torch.zeros(batch, frames, dtype=torch.long)
-    spatial_valid = torch.zeros(batch, frames, dtype=torch.bool)
-    pointers = torch.zeros(batch, num_pointers, config.hidden_dim, device=device)
-    offsets = torch.zeros(batch, num_pointers, dtype=torch.long)
-    pointer_valid = torch.zeros(batch, num_pointers, dtype=torch.bool)
-    for row, plan in enumerate(plans):
-        if plan.spatial:
-            memories, tpos = zip(*plan.spatial)
-            spatial[row, : len(memories)] = torch.stack([m.to(device, non_blocking=True) for m in memories])
-            spatial_tpos[row, : len(tpos)] = torch.tensor(tpos)
-            spatial_valid[row, : len(tpos)] = True
-        if plan.pointers:
-            row_offsets, row_pointers = zip(*plan.pointers)
-            pointers[row, : len(row_pointers)] = torch.stack([p.to(device) for p in row_pointers])
-            offsets[row, : len(row_offsets)] = torch.tensor(row_offsets)
-            pointer_valid[row, : len(row_offsets)] = True
+    empty_memory = torch.zeros(tokens, config.memory_dim, dtype=plans[0].spatial[0][0].dtype, device=device)
+    empty_pointer = torch.zeros(config.hidden_dim, device=device)
+
+    spatial, pointers, layout = [], [], []  # layout: per row, (tpos..., valid..., offsets..., pointer valid...)
+    for plan in plans:
+        padding = frames - len(plan.spatial)
+        spatial += [memory.to(device, non_blocking=True) for memory, _ in plan.spatial] + [empty_memory] * padding
+        layout += [tpos for _, tpos in plan.spatial] + [0] * padding
+        layout += [1] * len(plan.spatial) + [0] * padding
+        missing = num_pointers - len(plan.pointers)
+        pointers += [pointer.to(device, torch.float32, non_blocking=True) for _, pointer in plan.pointers]
+        pointers += [empty_pointer] * missing
+        layout += [offset for offset, _ in plan.pointers] + [0] * missing
+        layout += [1] * len(plan.pointers) + [0] * missing
+    # The small index tensors travel in one pinned, asynchronous copy: no stall of the GPU queue.
+    layout_tensor = torch.tensor(layout, dtype=torch.long)
+    if device.type == "cuda":
+        layout_tensor = layout_tensor.pin_memory()
+    layout_tensor = layout_tensor.to(device, non_blocking=True).reshape(len(plans), -1)  # (B, 2F + 2P)
+    tpos, spatial_valid, offsets, pointer_valid = layout_tensor.split([frames, frames, num_pointers, num_pointers], 1)
+    batch = len(plans)
     max_pointers = min(num_frames, config.max_obj_ptrs) if num_frames else config.max_obj_ptrs
     return MemoryTokens(
-        spatial=spatial,
-        spatial_tpos=spatial_tpos.to(device),
-        spatial_valid=spatial_valid.to(device),
-        pointers=pointers,
-        pointer_positions=(offsets / max(max_pointers - 1, 1)).to(device),
-        pointer_valid=pointer_valid.to(device),
+        spatial=torch.stack(spatial).reshape(batch, frames, tokens, config.memory_dim),
+        spatial_tpos=tpos,
+        spatial_valid=spatial_valid.bool(),
+        pointers=torch.stack(pointers).reshape(batch, num_pointers, config.hidden_dim)
+        if num_pointers
+        else empty_pointer.new_zeros(batch, 0, config.hidden_dim),
+        pointer_positions=offsets / max(max_pointers - 1, 1),
+        pointer_valid=pointer_valid.bool(),
     )
 
 

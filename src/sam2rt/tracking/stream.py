@@ -133,15 +133,21 @@ class StreamTracker:
             raise ValueError("give either a mask or points/box for one prompt, not both")
         if mask is None and points is None and box is None:
             raise ValueError("a prompt needs points (with labels), a box, or a mask")
-        obj = self._objects.get(obj_id) or self._new_object(obj_id)
-        is_init = not obj.tracked_on_latest
-        is_cond = is_init or self.engine.options.add_all_frames_to_correct_as_cond
-        size = self.model.config.image_size
+        obj = self._objects.get(obj_id)
+        if obj is None and (isinstance(obj_id, bool) or not isinstance(obj_id, int)):
+            raise TypeError(f"object ids are integers, got {obj_id!r}")
+        # Validate the prompt before anything changes: a refused prompt leaves the tracker as it was.
         if mask is not None:
-            output = self.engine.prompt_mask(frame, mask_to_model_frame(mask, size, self.engine.device))
-            obj.points = None
+            mask_input = mask_to_model_frame(mask, self.model.config.image_size, self.engine.device)
         else:
             coords, point_labels = self._points(obj, points, labels, box, clear_old_points, normalize_coords)
+        obj = obj or self._new_object(obj_id)
+        is_init = not obj.tracked_on_latest
+        is_cond = is_init or self.engine.options.add_all_frames_to_correct_as_cond
+        if mask is not None:
+            output = self.engine.prompt_mask(frame, mask_input)
+            obj.points = None
+        else:
             previous = obj.latest.mask_logits[None] if obj.latest is not None else None  # (1, 1, 4h, 4w)
             memory = None if is_init else obj.memory
             output = self.engine.prompt_points(frame, coords, point_labels, memory, previous, False, None)
@@ -184,17 +190,15 @@ class StreamTracker:
         return self._frame
 
     def _new_object(self, obj_id: int) -> _StreamObject:
-        if isinstance(obj_id, bool) or not isinstance(obj_id, int):
-            raise TypeError(f"object ids are integers, got {obj_id!r}")
         memory = RingMemory(self.model.config, self.max_cond_frames, self.engine.memory_dtype, self.engine.storage_device)
         obj = _StreamObject(obj_id, memory)
         self._objects[obj_id] = obj
         return obj
 
-    def _points(self, obj, points, labels, box, clear_old_points: bool, normalize_coords: bool):
+    def _points(self, obj: Optional[_StreamObject], points, labels, box, clear_old_points: bool, normalize_coords: bool):
         """The object's clicks on this frame in model pixels: (1, N, 2) and (1, N), box corners first."""
         frame_hw = self._frame.size
-        device = self.engine.device
+        device = torch.device("cpu")  # validate on the CPU: checks on GPU tensors would wait for the GPU
         coords = torch.zeros(0, 2, device=device)
         point_labels = torch.zeros(0, dtype=torch.int32, device=device)
         if points is not None or labels is not None:
@@ -213,7 +217,7 @@ class StreamTracker:
             point_labels = torch.cat([torch.tensor(BOX_CORNER_LABELS, dtype=torch.int32, device=device), point_labels])
         coords = to_model_frame(coords, frame_hw, self.model.config.image_size, normalize_coords)[None]
         point_labels = point_labels[None]
-        if not clear_old_points and obj.points is not None:
+        if not clear_old_points and obj is not None and obj.points is not None:
             coords = torch.cat([obj.points[0], coords], dim=1)
             point_labels = torch.cat([obj.points[1], point_labels], dim=1)
         return coords, point_labels

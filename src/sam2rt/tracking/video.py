@@ -300,7 +300,7 @@ class VideoPredictor:
 
     def _clicks(self, state, points, labels, box, clear_old_points: bool, normalize_coords: bool):
         """Clicks (1, N, 2) in model pixels and labels (1, N), box corners first."""
-        device = state.engine.device
+        device = torch.device("cpu")  # validate on the CPU: checks on GPU tensors would wait for the GPU
         frame_hw = (state.video_height, state.video_width)
         coords = torch.zeros(0, 2, device=device)
         point_labels = torch.zeros(0, dtype=torch.int32, device=device)

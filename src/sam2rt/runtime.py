@@ -1,0 +1,103 @@
+"""Speed settings applied from outside the model code.
+
+The model code stays plain PyTorch; this module changes how it runs:
+
+- `to_inference_dtype` casts the parameters to bf16 (or fp16), which is faster than autocast:
+  autocast converts weights and activations on every call. Positional tables and the prompt
+  encoder's random Fourier matrix stay in fp32, and mask logits come back in fp32.
+- `use_cuda_graphs` replays the image encoder and the memory attention from CUDA graphs, one graph
+  per input shape, captured on first use. A tracking step launches about a thousand small
+  kernels; replaying them from a graph takes the launch cost off the CPU, which otherwise
+  bounds the frame rate of the small variants.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import torch
+from torch import Tensor
+
+from .model.sam2 import SAM2Model
+
+
+@torch.no_grad()
+def to_inference_dtype(model: SAM2Model, dtype: torch.dtype = torch.bfloat16) -> SAM2Model:
+    """Cast the model's parameters (not its buffers) to `dtype`, in place; returns the model."""
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
+    for param in model.parameters():
+        param.data = param.data.to(dtype)
+    return model
+
+
+class _Graph(NamedTuple):
+    graph: torch.cuda.CUDAGraph
+    inputs: dict[str, Tensor]  # static copies of the tensor arguments, by argument name
+    output: object  # the static output structure
+
+
+def _signature(arguments: dict) -> tuple:
+    return tuple(
+        (name, tuple(a.shape), a.dtype, a.device) if isinstance(a, Tensor) else (name, a)
+        for name, a in arguments.items()
+    )
+
+
+def _clone_tree(value):
+    """Copy graph outputs out of the graph's memory, which the next replay overwrites."""
+    if isinstance(value, Tensor):
+        return value.clone()
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # NamedTuple
+        return type(value)(*(_clone_tree(v) for v in value))
+    if isinstance(value, (list, tuple)):
+        return type(value)(_clone_tree(v) for v in value)
+    return value
+
+
+class GraphedCallable:
+    """`fn(*args)` replayed from a CUDA graph captured per signature (shapes, dtypes, non-tensor values)."""
+
+    def __init__(self, fn: Callable, pool=None, warmup: int = 2) -> None:
+        self.fn = fn
+        self.pool = pool if pool is not None else torch.cuda.graph_pool_handle()
+        self.warmup = warmup
+        self.graphs: dict[tuple, _Graph] = {}
+
+    def __call__(self, *args, **kwargs):
+        arguments = {**{str(i): a for i, a in enumerate(args)}, **kwargs}
+        key = _signature(arguments)
+        entry = self.graphs.get(key)
+        if entry is None:
+            entry = self.graphs[key] = self._capture(arguments, len(args))
+        for name, static in entry.inputs.items():
+            static.copy_(arguments[name], non_blocking=True)
+        entry.graph.replay()
+        return _clone_tree(entry.output)
+
+    def _capture(self, arguments: dict, num_positional: int) -> _Graph:
+        inputs = {name: a.clone() for name, a in arguments.items() if isinstance(a, Tensor)}
+        bound = {name: inputs.get(name, a) for name, a in arguments.items()}
+        names = list(bound)
+        args = [bound[n] for n in names[:num_positional]]
+        kwargs = {n: bound[n] for n in names[num_positional:]}
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):  # warm-up outside the graph: lazy initialisations, kernel choices
+            for _ in range(self.warmup):
+                self.fn(*args, **kwargs)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            output = self.fn(*args, **kwargs)
+        return _Graph(graph, inputs, output)
+
+
+def use_cuda_graphs(model: SAM2Model) -> SAM2Model:
+    """Replay the image encoder and the memory attention from CUDA graphs (the model must be on CUDA)."""
+    if model.device.type != "cuda":
+        raise ValueError("CUDA graphs need the model on a CUDA device")
+    pool = torch.cuda.graph_pool_handle()
+    model.image_encoder.forward = GraphedCallable(model.image_encoder.forward, pool)
+    model.memory_attention.forward = GraphedCallable(model.memory_attention.forward, pool)
+    return model
