@@ -104,6 +104,8 @@ def test_missing_path_and_folder(tmp_path):
 
 
 def test_no_checkpoint_and_empty_cache_says_where_to_put_it(tmp_path, monkeypatch):
+    """The cache is empty and the download fails (nothing listens at the mirror): the error says where the file goes."""
     monkeypatch.setenv("SAM2RT_CACHE", str(tmp_path))
-    with pytest.raises(sam2rt.CheckpointError, match=str(tmp_path / "sam2.1_hiera_tiny.pt")):
+    monkeypatch.setenv("SAM2RT_DOWNLOAD_URL", "http://127.0.0.1:9")
+    with pytest.raises(sam2rt.CheckpointError, match=f"put it at {tmp_path / 'sam2.1_hiera_tiny.pt'}"):
         sam2rt.load_model(VARIANT, device="cpu")

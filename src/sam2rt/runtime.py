@@ -93,6 +93,13 @@ class GraphedCallable:
         return _Graph(graph, inputs, output)
 
 
+def optimize(model: SAM2Model) -> SAM2Model:
+    """On CUDA, bf16 parameters and CUDA graphs; elsewhere the model is left as it is. Returns the model."""
+    if model.device.type == "cuda":
+        use_cuda_graphs(to_inference_dtype(model))
+    return model
+
+
 def use_cuda_graphs(model: SAM2Model) -> SAM2Model:
     """Replay the image encoder and the memory attention from CUDA graphs (the model must be on CUDA)."""
     if model.device.type != "cuda":

@@ -98,7 +98,9 @@ class VideoFileFrames:
 
     def _seek(self, index: int) -> None:
         target = self._pts[index]
-        keyframe = self._keyframes[max(bisect.bisect_right(self._keyframes, target) - 1, 0)]
+        position = bisect.bisect_right(self._keyframes, target) - 1
+        # A damaged index may mark no keyframe at all: decode from the first frame then.
+        keyframe = self._keyframes[position] if position >= 0 else self._pts[0]
         self._container.seek(keyframe, stream=self._stream, backward=True)
         self._decoder = self._container.decode(self._stream)
         self._next = self._index_of.get(keyframe, 0)

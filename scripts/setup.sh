@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Set up .venv on a fresh machine: PyTorch, sam2rt and its dependencies.
+#   bash scripts/setup.sh          what running sam2rt needs
+#   bash scripts/setup.sh --test   plus pytest and the official sam2==1.1.0, the reference for the parity tests
+# torch==2.13.0 is installed first: on the CPU machines this project is developed on, that pins the
+# CPU wheel they hold and keeps pip from pulling several GB of CUDA packages.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip setuptools wheel
+.venv/bin/python -m pip install -q torch==2.13.0
+if [ "${1:-}" = "--test" ]; then
+  .venv/bin/python -m pip install -q -e ".[test]"
+  # The oracle: built without its optional CUDA extension, without its torchvision dependency
+  # (PyPI has no CPU torchvision; the tests stand in for the two transforms it uses).
+  SAM2_BUILD_CUDA=0 .venv/bin/python -m pip install -q --no-deps --no-build-isolation sam2==1.1.0
+else
+  .venv/bin/python -m pip install -q -e .
+fi

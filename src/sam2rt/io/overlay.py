@@ -1,0 +1,139 @@
+"""Masks drawn over the frames: translucent colours, outlines and object ids; written as H.264 video.
+
+The video has the source's frame rate and size (odd sizes are padded by one black row or column:
+H.264 in yuv420p needs even sides). Frames carry their source timestamps, so a live run whose
+dropped frames are missing still plays at the real speed.
+"""
+
+from __future__ import annotations
+
+import colorsys
+from fractions import Fraction
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .sinks import OutputError, TrackedFrame, check_writable_file, make_folder
+
+MASK_OPACITY = 0.5
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv")
+FALLBACK_FPS = 30.0  # for sources that do not say their rate (folders of frames)
+
+
+def object_color(obj_id: int) -> tuple[int, int, int]:
+    """A bright colour per object id; golden-ratio steps in hue keep neighbouring ids apart."""
+    hue = (obj_id * 0.6180339887) % 1.0
+    red, green, blue = colorsys.hsv_to_rgb(hue, 0.85, 1.0)
+    return int(red * 255), int(green * 255), int(blue * 255)
+
+
+def draw_overlay(image: np.ndarray, labels: np.ndarray, object_ids: Sequence[int]) -> np.ndarray:
+    """A copy of `image` (H, W, 3) uint8 with each object of `labels` (H, W) (0: background) coloured and numbered."""
+    import cv2
+
+    out = image.copy()
+    foreground = labels > 0
+    if not foreground.any():
+        return out
+    table = np.zeros((int(labels.max()) + 1, 3), dtype=np.float32)
+    for obj_id in object_ids:
+        if 0 < obj_id < len(table):
+            table[obj_id] = object_color(obj_id)
+    colours = table[labels[foreground]]  # (P, 3) for the P pixels on an object
+    blended = image[foreground] * (1 - MASK_OPACITY) + colours * MASK_OPACITY
+    out[foreground] = blended.astype(np.uint8)
+
+    # One-pixel outlines where the label changes, in the object's full colour.
+    edge = np.zeros_like(foreground)
+    edge[:-1] |= labels[:-1] != labels[1:]
+    edge[1:] |= labels[1:] != labels[:-1]
+    edge[:, :-1] |= labels[:, :-1] != labels[:, 1:]
+    edge[:, 1:] |= labels[:, 1:] != labels[:, :-1]
+    edge &= foreground
+    out[edge] = table[labels[edge]].astype(np.uint8)
+
+    # The id at each object's centroid, white on a dark outline so it reads on any background.
+    ys, xs = np.nonzero(foreground)
+    ids = labels[ys, xs]
+    counts = np.bincount(ids)
+    centre_x = np.bincount(ids, weights=xs) / np.maximum(counts, 1)
+    centre_y = np.bincount(ids, weights=ys) / np.maximum(counts, 1)
+    scale = max(0.4, image.shape[0] / 720)
+    thickness = max(1, round(2 * scale))
+    for obj_id in object_ids:
+        if not 0 < obj_id < len(counts) or counts[obj_id] == 0:
+            continue
+        text = str(obj_id)
+        (width, height), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+        origin = (int(centre_x[obj_id] - width / 2), int(centre_y[obj_id] + height / 2))
+        cv2.putText(out, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness + 2, cv2.LINE_AA)
+        cv2.putText(out, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness, cv2.LINE_AA)
+    return out
+
+
+def video_rate(fps: Optional[float]) -> Fraction:
+    """A frame rate as the exact fraction video files store: 29.97... -> 30000/1001."""
+    return Fraction(fps).limit_denominator(1001) if fps and fps > 0 else Fraction(FALLBACK_FPS)
+
+
+class OverlayVideoWriter:
+    """The frames with their masks drawn, as an H.264 (libx264, yuv420p) video through PyAV."""
+
+    def __init__(self, path: Path, fps: Optional[float], size: tuple[int, int]) -> None:
+        import av
+
+        self._av = av
+        self.path = self.check_path(Path(path))
+        make_folder(self.path.parent)
+        self.rate = video_rate(fps)
+        self.height, self.width = size
+        self.count = 0
+        try:
+            self._container = av.open(str(self.path), mode="w")
+            self._stream = self._container.add_stream("libx264", rate=self.rate)
+        except (av.error.FFmpegError, OSError) as error:
+            raise OutputError(f"cannot write {self.path}: {error}") from None
+        self._stream.width = self.width + self.width % 2
+        self._stream.height = self.height + self.height % 2
+        self._stream.pix_fmt = "yuv420p"
+        self._stream.options = {"crf": "20", "preset": "veryfast"}
+        self._time_base = 1 / self.rate
+
+    @staticmethod
+    def check_path(path: Path) -> Path:
+        if path.suffix.lower() not in VIDEO_SUFFIXES:
+            raise OutputError(f"the overlay video must end in {', '.join(VIDEO_SUFFIXES)}, got {path.name}")
+        return check_writable_file(path)
+
+    @property
+    def description(self) -> str:
+        return f"overlay video {self.path} ({self.count} frames)"
+
+    def write(self, frame: TrackedFrame) -> None:
+        picture = draw_overlay(frame.image, frame.labels, frame.object_ids)
+        if picture.shape[:2] != (self._stream.height, self._stream.width):
+            padded = np.zeros((self._stream.height, self._stream.width, 3), dtype=np.uint8)
+            padded[: picture.shape[0], : picture.shape[1]] = picture
+            picture = padded
+        video_frame = self._av.VideoFrame.from_ndarray(picture, format="rgb24")
+        video_frame.pts = frame.index  # source frame number, in units of 1 / rate
+        video_frame.time_base = self._time_base
+        self._encode(video_frame)
+        self.count += 1
+
+    def _encode(self, video_frame) -> None:
+        try:
+            for packet in self._stream.encode(video_frame):
+                self._container.mux(packet)
+        except (self._av.error.FFmpegError, OSError) as error:
+            raise OutputError(f"cannot write {self.path}: {error}") from None
+
+    def close(self) -> None:
+        """Flush the encoder and finish the file, so that it plays even when the run stopped early."""
+        try:
+            self._encode(None)
+        finally:
+            self._container.close()
+        if self.count == 0:
+            self.path.unlink(missing_ok=True)  # no frame: a video without frames helps nobody

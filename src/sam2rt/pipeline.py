@@ -1,0 +1,186 @@
+"""`sam2rt track` without the command line: a StreamTracker over a source, prompts on their frames, into outputs.
+
+Frames are tracked as they arrive. A prompt on frame k is added once frame k has been stepped,
+so it lands on frame k (StreamTracker's semantics); on a live source, where frames may be
+dropped, it lands on the first frame tracked at or after k. Whatever ends the run (the end of the
+source, --max-frames, an input that breaks midway, Ctrl+C), the outputs are closed so that what
+was written stays valid.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import NamedTuple, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .io.annotations import CocoWriter, YoloWriter
+from .io.live import SourceError
+from .io.overlay import OverlayVideoWriter
+from .io.prompt_file import Prompt, PromptError
+from .io.sinks import (
+    OutputError,
+    PngMaskWriter,
+    SinkSet,
+    TrackedFrame,
+    check_writable_file,
+    check_writable_folder,
+)
+from .io.track_source import TrackSource
+from .io.video_file import VideoReadError
+from .tracking.stream import FrameResult, StreamTracker
+
+# Errors of the input or the outputs, not of sam2rt: they end a run with a message, not a traceback.
+RUN_ERRORS = (VideoReadError, SourceError, PromptError, OutputError)
+
+
+class RunSummary(NamedTuple):
+    frames: int  # frames tracked
+    dropped: int  # frames a live source delivered while the tracker was busy
+    objects: int  # distinct objects tracked
+    seconds: float
+    outputs: list[str]  # what each output holds
+    error: Optional[BaseException]  # what ended the run early, if anything (KeyboardInterrupt for Ctrl+C)
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    def describe(self) -> str:
+        stopped = " (stopped early)" if self.error is not None else ""
+        lines = [
+            f"tracked {self.frames} frames{stopped}, {self.dropped} dropped, {self.objects} objects, "
+            f"in {self.seconds:.1f} s ({self.fps:.1f} frames/s)"
+        ]
+        lines += [f"wrote {output}" for output in self.outputs]
+        return "\n".join(lines)
+
+
+def tracked_frame(result: FrameResult, index: int, name: str, image: np.ndarray) -> TrackedFrame:
+    """A tracker result for source frame `index` as the outputs take it: masks, visibility, an object id per pixel.
+
+    `index` counts the source's frames; the tracker's own frame_idx skips the frames a live source dropped.
+    """
+    height, width = image.shape[:2]
+    if not result.object_ids:
+        empty = np.zeros((0, height, width), dtype=bool)
+        return TrackedFrame(index, name, image, [], empty, np.zeros(0), np.zeros((height, width), np.int32))
+    logits = result.mask_logits  # (N, H, W)
+    masks = logits > 0
+    ids = torch.tensor(result.object_ids, dtype=torch.int32, device=logits.device)
+    # Where masks overlap, the pixel goes to the object with the highest logit.
+    labels = torch.where(masks.any(0), ids[logits.argmax(0)], 0)  # (H, W)
+    return TrackedFrame(
+        index=index,
+        name=name,
+        image=image,
+        object_ids=list(result.object_ids),
+        masks=masks.cpu().numpy(),
+        scores=torch.sigmoid(result.object_scores.float()).cpu().numpy(),
+        labels=labels.cpu().numpy(),
+    )
+
+
+def apply_prompt(tracker: StreamTracker, prompt: Prompt) -> FrameResult:
+    """Add one prompt to the tracker's newest frame."""
+    try:
+        if prompt.mask is not None:
+            return tracker.add_prompt(prompt.obj_id, mask=prompt.mask)
+        return tracker.add_prompt(prompt.obj_id, points=prompt.points, labels=prompt.labels, box=prompt.box)
+    except ValueError as error:
+        raise PromptError(f"{prompt.describe()}: {error}") from None
+
+
+def run_tracking(
+    tracker: StreamTracker,
+    source: TrackSource,
+    prompts: Sequence[Prompt],
+    sinks: SinkSet,
+    max_frames: Optional[int] = None,
+    progress: Optional[bool] = None,
+) -> RunSummary:
+    """Track every frame of `source` (at most `max_frames`) into `sinks`; closes both.
+
+    Input and output errors, and Ctrl+C, end the run early and come back in the summary's
+    `error`; anything else is a bug and is raised, after the outputs are closed.
+    `progress`: show a progress bar (None: when stderr is a terminal).
+    """
+    from tqdm import tqdm
+
+    pending = sorted(prompts, key=lambda p: p.frame)  # stable: same-frame prompts keep their order
+    total = source.length if max_frames is None else min(max_frames, source.length or max_frames)
+    bar = tqdm(total=total, unit="frame", desc="tracking", disable=None if progress is None else not progress)
+    objects: set[int] = set()
+    frames = 0
+    error: Optional[BaseException] = None
+    start = time.monotonic()
+    try:
+        for index, image in source:
+            result = tracker.step(image)
+            while pending and pending[0].frame <= index:
+                result = apply_prompt(tracker, pending.pop(0))
+            sinks.write(tracked_frame(result, index, source.frame_name(index), image))
+            objects.update(result.object_ids)
+            frames += 1
+            bar.update(1)
+            if source.length is None:
+                bar.set_postfix(dropped=source.dropped, refresh=False)
+            if frames == max_frames:
+                break
+        if pending:
+            first = pending[0]
+            raise PromptError(
+                f"{first.describe()}: frame {first.frame} never came, the run ended after "
+                f"{frames} frames{f' (--max-frames {max_frames})' if frames == max_frames else ''}"
+            )
+    except RUN_ERRORS as caught:
+        error = caught
+    except KeyboardInterrupt as caught:
+        error = caught
+    finally:
+        seconds = time.monotonic() - start
+        bar.close()
+        close_error = sinks.close()
+        source.close()
+    if error is None and close_error is not None:
+        error = close_error
+    return RunSummary(frames, source.dropped, len(objects), seconds, sinks.descriptions(), error)
+
+
+def check_outputs(
+    overlay: Optional[Path], png_dir: Optional[Path], coco: Optional[Path], yolo_dir: Optional[Path]
+) -> None:
+    """Fail before any work (loading the model included) if an output cannot be written."""
+    if overlay is not None:
+        OverlayVideoWriter.check_path(overlay)
+    for folder in (png_dir, yolo_dir):
+        if folder is not None:
+            check_writable_folder(folder)
+    if coco is not None:
+        check_writable_file(coco)
+
+
+def open_sinks(
+    source: TrackSource,
+    overlay: Optional[Path],
+    png_dir: Optional[Path],
+    coco: Optional[Path],
+    yolo_dir: Optional[Path],
+) -> SinkSet:
+    """The outputs asked for, ready for the first frame."""
+    sinks = SinkSet()
+    try:
+        if overlay is not None:
+            sinks.add(OverlayVideoWriter(overlay, source.fps, source.size))
+        if png_dir is not None:
+            sinks.add(PngMaskWriter(png_dir))
+        if coco is not None:
+            sinks.add(CocoWriter(coco, source.name))
+        if yolo_dir is not None:
+            sinks.add(YoloWriter(yolo_dir))
+    except BaseException:
+        sinks.close()
+        raise
+    return sinks

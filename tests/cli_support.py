@@ -1,0 +1,146 @@
+"""Helpers for the command-line tests: a checkpoint with visible masks, synthetic clips, running `sam2rt`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+from typing import Optional
+
+import av
+import numpy as np
+import torch
+
+import sam2rt
+
+VARIANT = "sam2.1_hiera_tiny"
+IMAGE_SIZE = 128  # small and fast; a checkpoint does not depend on the input size
+CLIP_RATE = Fraction(30000, 1001)  # a rate that is not an integer, as NTSC cameras record
+CLIP_SIZE = (120, 160)  # (height, width)
+
+
+def make_checkpoint(path: Path, variant: str = VARIANT) -> Path:
+    """Random weights that give non-trivial masks: noise on every parameter, and objects judged present.
+
+    With plain random init the object-score head says "absent" and every mask is empty; the
+    outputs under test need masks with area, pieces and holes.
+    """
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(3)
+    model = sam2rt.build_model(variant, image_size=IMAGE_SIZE)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.02)
+        model.sam_mask_decoder.pred_obj_score_head.layers[2].bias.fill_(5.0)
+    temporary = path.with_name(path.name + ".tmp")
+    torch.save({"model": model.state_dict()}, temporary)
+    os.replace(temporary, path)
+    return path
+
+
+def clip_frames(count: int, size: tuple[int, int] = CLIP_SIZE) -> list[np.ndarray]:
+    """A red square moving right and a green rectangle, on a fixed noisy background."""
+    height, width = size
+    rng = np.random.default_rng(0)
+    background = rng.integers(0, 80, size=(height, width, 3), dtype=np.uint8)
+    frames = []
+    for t in range(count):
+        frame = background.copy()
+        x = 8 + (4 * t) % (width - 50)
+        frame[height // 4 : height // 4 + 40, x : x + 40] = (220, 40, 40)
+        frame[height - 40 : height - 10, width - 60 : width - 20] = (40, 200, 60)
+        frames.append(frame)
+    return frames
+
+
+def write_clip(path: Path, count: int = 10, size: tuple[int, int] = CLIP_SIZE, rate: Fraction = CLIP_RATE) -> Path:
+    """An H.264 mp4 of `clip_frames`, its index first (faststart) so that it streams over HTTP."""
+    container = av.open(str(path), mode="w", options={"movflags": "faststart"})
+    stream = container.add_stream("libx264", rate=rate)
+    stream.height, stream.width = size
+    stream.pix_fmt = "yuv420p"
+    for index, frame in enumerate(clip_frames(count, size)):
+        video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
+        video_frame.pts = index
+        for packet in stream.encode(video_frame):
+            container.mux(packet)
+    for packet in stream.encode(None):
+        container.mux(packet)
+    container.close()
+    return path
+
+
+def run_sam2rt(*args: object, env: Optional[dict] = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The real command, in a child process: `python -m sam2rt ARGS`."""
+    return subprocess.run(
+        [sys.executable, "-m", "sam2rt", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ, **(env or {})),
+    )
+
+
+def assert_clean_error(result: subprocess.CompletedProcess, message: str, code: int = 1) -> None:
+    """Exit `code`, and one `error:` line on stderr that contains `message`; no traceback."""
+    assert result.returncode == code, f"exit {result.returncode}\nstdout: {result.stdout}\nstderr: {result.stderr}"
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr
+    assert message in errors[0], errors[0]
+
+
+def model_args(checkpoint: Path) -> list[str]:
+    return ["--checkpoint", str(checkpoint), "--variant", VARIANT, "--image-size", str(IMAGE_SIZE), "--device", "cpu"]
+
+
+def decode_video(path: Path) -> tuple[int, tuple[int, int], Fraction]:
+    """Frames, (height, width) and average rate of a video file, by decoding every frame."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        count = sum(1 for _ in container.decode(stream))
+        return count, (stream.height, stream.width), stream.average_rate
+
+
+def _packet_spans(path: Path) -> list[tuple[int, int]]:
+    """(byte offset, size) of each video packet of a file, in presentation order."""
+    with av.open(str(path)) as container:
+        packets = [p for p in container.demux(container.streams.video[0]) if p.size]
+        return [(p.pos, p.size) for p in sorted(packets, key=lambda p: p.pts)]
+
+
+def damage_packet(source: Path, target: Path, index: int) -> Path:
+    """A copy of `source` whose packet `index` is overwritten with zeros: decoding fails there."""
+    data = bytearray(source.read_bytes())
+    offset, size = _packet_spans(source)[index]
+    data[offset : offset + size] = bytes(size)
+    target.write_bytes(bytes(data))
+    return target
+
+
+def truncate_in_packet(source: Path, target: Path, index: int) -> Path:
+    """A copy of `source` cut in the middle of packet `index`, as an interrupted copy or recording leaves it."""
+    offset, size = _packet_spans(source)[index]
+    target.write_bytes(source.read_bytes()[: offset + size // 2])
+    return target
+
+
+def invoke_in_process(capsys, *args: object) -> subprocess.CompletedProcess:
+    """`sam2rt ARGS` run in this process (no interpreter start-up): exit code and captured output.
+
+    Anything but a clean exit (an exception escaping the command) fails the test with its traceback.
+    """
+    from sam2rt.cli import app
+
+    capsys.readouterr()  # start from empty buffers
+    try:
+        app(args=[str(arg) for arg in args], prog_name="sam2rt")
+        code = 0
+    except SystemExit as exit:
+        code = exit.code if isinstance(exit.code, int) else 1
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(["sam2rt", *map(str, args)], code, captured.out, captured.err)

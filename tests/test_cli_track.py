@@ -1,0 +1,199 @@
+"""`sam2rt track` end to end, through the real command: every output read back and checked against the API."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from cli_support import (
+    CLIP_RATE,
+    CLIP_SIZE,
+    IMAGE_SIZE,
+    VARIANT,
+    decode_video,
+    make_checkpoint,
+    model_args,
+    run_sam2rt,
+    write_clip,
+)
+from media import shared_path
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+import sam2rt
+from sam2rt.io.sources import open_frames
+
+NUM_FRAMES = 6
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.getbasetemp() / "checkpoints" / "tiny.pt")
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return write_clip(tmp_path_factory.mktemp("clip") / "clip.mp4", NUM_FRAMES)
+
+
+def _api_masks(checkpoint: Path, clip: Path, prompts: list[tuple[int, int, dict]]) -> list[dict[int, np.ndarray]]:
+    """Per frame, object id -> mask logits (H, W), from the Python API given the same prompts."""
+    model = sam2rt.load_model(VARIANT, checkpoint, device="cpu", image_size=IMAGE_SIZE)
+    tracker = sam2rt.StreamTracker(model)
+    frames = open_frames(clip)
+    results = []
+    for index in range(len(frames)):
+        result = tracker.step(frames[index])
+        for frame, obj_id, prompt in prompts:
+            if frame == index:
+                result = tracker.add_prompt(obj_id, **prompt)
+        results.append({obj_id: logits.numpy() for obj_id, logits in zip(result.object_ids, result.mask_logits)})
+    return results
+
+
+def _label_map(logits: dict[int, np.ndarray]) -> np.ndarray:
+    """The object id per pixel the PNGs should hold: the highest logit among positive ones."""
+    if not logits:
+        return np.zeros(CLIP_SIZE, dtype=np.int64)
+    ids = np.array(list(logits))
+    stacked = np.stack(list(logits.values()))  # (N, H, W)
+    return np.where((stacked > 0).any(0), ids[stacked.argmax(0)], 0)
+
+
+def _rasterise(polygons: list[np.ndarray], size: tuple[int, int]) -> np.ndarray:
+    canvas = np.zeros(size, dtype=np.uint8)
+    cv2.fillPoly(canvas, [np.round(p).astype(np.int32) for p in polygons], 1)
+    return canvas.astype(bool)
+
+
+def _yolo_polygons(path: Path, size: tuple[int, int]) -> dict[int, list[np.ndarray]]:
+    """Object id -> its polygons in pixels, from a YOLO segmentation label file."""
+    height, width = size
+    polygons: dict[int, list[np.ndarray]] = {}
+    for line in path.read_text().splitlines():
+        values = line.split()
+        coords = np.asarray(values[1:], dtype=np.float64).reshape(-1, 2) * [width, height]  # (P, 2) pixels
+        assert (coords >= 0).all() and (coords <= [width, height]).all()
+        polygons.setdefault(int(values[0]), []).append(coords)
+    return polygons
+
+
+def test_track_writes_every_output_and_they_match_the_api(tmp_path, checkpoint, clip):
+    prompts_file = tmp_path / "prompts.json"
+    prompts_file.write_text(
+        json.dumps(
+            [
+                {"frame": 0, "obj_id": 1, "points": [[28, 50], [130, 100]], "labels": [1, 0]},
+                {"frame": 2, "obj_id": 2, "box": [95, 75, 145, 115]},
+            ]
+        )
+    )
+    out = tmp_path / "out"
+    result = run_sam2rt(
+        "track", clip, "--prompts", prompts_file, "--point", "60,40", "--frame", "3", "--obj", "3",
+        *model_args(checkpoint),
+        "--overlay", out / "overlay.mp4", "--png-dir", out / "png", "--coco", out / "masks.json",
+        "--yolo-dir", out / "yolo",
+        env={"SAM2RT_CACHE": str(tmp_path / "empty-cache")},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"tracked {NUM_FRAMES} frames, 0 dropped, 3 objects" in result.stdout
+    expected = _api_masks(
+        checkpoint,
+        clip,
+        [
+            (0, 1, {"points": [[28, 50], [130, 100]], "labels": [1, 0]}),
+            (2, 2, {"box": [95, 75, 145, 115]}),
+            (3, 3, {"points": [[60, 40]], "labels": [1]}),
+        ],
+    )
+    assert [sorted(frame) for frame in expected] == [[1]] * 2 + [[1, 2]] + [[1, 2, 3]] * 3
+    names = [f"{index:05d}" for index in range(NUM_FRAMES)]
+
+    # Overlay: H.264 with the source's frame count, size and rate.
+    assert decode_video(out / "overlay.mp4") == (NUM_FRAMES, CLIP_SIZE, CLIP_RATE)
+
+    # PNG: DAVIS layout, pixel value = object id.
+    assert sorted(p.name for p in (out / "png").iterdir()) == [f"{name}.png" for name in names]
+    for name, logits in zip(names, expected):
+        with Image.open(out / "png" / f"{name}.png") as png:
+            assert png.mode == "P"
+            np.testing.assert_array_equal(np.asarray(png), _label_map(logits))
+    with Image.open(out / "png" / f"{names[-1]}.png") as last:
+        assert {1, 2, 3} <= set(np.unique(np.asarray(last)))
+
+    # COCO: the RLEs decode to the API's masks; an object is annotated exactly on the frames where it is visible.
+    coco = json.loads((out / "masks.json").read_text())
+    assert [image["id"] for image in coco["images"]] == list(range(NUM_FRAMES))
+    assert all((image["height"], image["width"]) == CLIP_SIZE for image in coco["images"])
+    annotated = set()
+    for annotation in coco["annotations"]:
+        frame, obj_id = annotation["image_id"], annotation["object_id"]
+        annotated.add((frame, obj_id))
+        mask = mask_utils.decode(annotation["segmentation"]).astype(bool)
+        np.testing.assert_array_equal(mask, expected[frame][obj_id] > 0)
+        assert annotation["area"] == mask.sum()
+        assert annotation["bbox"] == pytest.approx(mask_utils.toBbox(annotation["segmentation"]).tolist())
+        assert 0 <= annotation["score"] <= 1
+    visible = {(f, obj) for f, frame in enumerate(expected) for obj, logits in frame.items() if (logits > 0).any()}
+    assert annotated == visible and len(visible) >= 12
+
+    # YOLO: the polygons fill back to the masks.
+    assert sorted(p.name for p in (out / "yolo").iterdir()) == [f"{name}.txt" for name in names]
+    for name, logits in zip(names, expected):
+        polygons = _yolo_polygons(out / "yolo" / f"{name}.txt", CLIP_SIZE)
+        for obj_id, object_logits in logits.items():
+            mask = object_logits > 0
+            if mask.sum() < 50:
+                continue
+            filled = _rasterise(polygons[obj_id], CLIP_SIZE)
+            iou = (filled & mask).sum() / (filled | mask).sum()
+            assert iou > 0.9, f"frame {name} object {obj_id}: polygons fill to IoU {iou:.3f}"
+
+
+def test_console_script_and_python_dash_m(tmp_path):
+    """`pip install` puts a `sam2rt` script beside the interpreter; `python -m sam2rt` is the same command."""
+    script = Path(sys.executable).with_name("sam2rt")
+    if not script.exists():
+        pytest.skip(f"{script} is not installed (pip install -e .)")
+    env = dict(os.environ, SAM2RT_CACHE=str(tmp_path))
+    result = subprocess.run([str(script), "models"], capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr
+    assert f"cache: {tmp_path}" in result.stdout and len(result.stdout.splitlines()) == 2 + len(sam2rt.VARIANTS)
+    assert run_sam2rt("models", env={"SAM2RT_CACHE": str(tmp_path)}).stdout == result.stdout
+
+
+REAL_SOURCES = ["bedroom.mp4", "01_dog.mp4", "02_cups.mp4", "04_coffee.mp4", "06_pingpong.mp4", "08_driving.mp4",
+                "21_biker.mp4", "bedroom"]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", REAL_SOURCES)
+def test_real_clips(tmp_path, checkpoint, name):
+    source = shared_path(f"videos/{name}")
+    frames = open_frames(source)
+    height, width = frames.size
+    result = run_sam2rt(
+        "track", source, "--point", f"{width // 2},{height // 2}", *model_args(checkpoint), "--max-frames", "2",
+        "--overlay", tmp_path / "overlay.mp4", "--png-dir", tmp_path / "png", "--coco", tmp_path / "masks.json",
+        "--yolo-dir", tmp_path / "yolo",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    count, size, rate = decode_video(tmp_path / "overlay.mp4")
+    assert (count, size) == (2, (height, width))
+    if frames.fps is not None:
+        assert float(rate) == pytest.approx(frames.fps, rel=1e-3)
+    pngs = sorted((tmp_path / "png").iterdir())
+    assert len(pngs) == 2 and len(list((tmp_path / "yolo").iterdir())) == 2
+    for png in pngs:
+        with Image.open(png) as image:
+            assert image.size == (width, height) and set(np.unique(np.asarray(image))) <= {0, 1}
+    coco = json.loads((tmp_path / "masks.json").read_text())
+    assert len(coco["images"]) == 2
+    assert all(annotation["object_id"] == 1 for annotation in coco["annotations"])
+    assert coco["annotations"], "random weights with objects judged present give non-empty masks"
