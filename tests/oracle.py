@@ -172,11 +172,11 @@ def install_torchvision_standin() -> None:
         return
     except ImportError:
         pass
-    torchvision = types.ModuleType("torchvision")
+    standin = types.ModuleType("torchvision")
     transforms = types.ModuleType("torchvision.transforms")
     transforms.ToTensor = _ToTensor
     transforms.Resize = _Resize
     transforms.Normalize = _Normalize
-    torchvision.transforms = transforms
-    sys.modules["torchvision"] = torchvision
+    standin.transforms = transforms
+    sys.modules["torchvision"] = standin
     sys.modules["torchvision.transforms"] = transforms

@@ -36,8 +36,12 @@ CASES = {
     "click": dict(point_coords=np.array([[500.0, 375.0]]), point_labels=np.array([1])),
     "clicks": dict(point_coords=np.array([[500.0, 375.0], [1125.0, 625.0]]), point_labels=np.array([1, 0])),
     "box": dict(box=np.array([425.0, 600.0, 700.0, 875.0])),
-    "box+click": dict(box=np.array([425.0, 600.0, 700.0, 875.0]), point_coords=np.array([[575.0, 750.0]]), point_labels=np.array([0])),
-    "boxes": dict(box=np.array([[75.0, 275.0, 1725.0, 850.0], [425.0, 600.0, 700.0, 875.0], [1240.0, 675.0, 1400.0, 750.0]])),
+    "box+click": dict(
+        box=np.array([425.0, 600.0, 700.0, 875.0]), point_coords=np.array([[575.0, 750.0]]), point_labels=np.array([0])
+    ),
+    "boxes": dict(
+        box=np.array([[75.0, 275.0, 1725.0, 850.0], [425.0, 600.0, 700.0, 875.0], [1240.0, 675.0, 1400.0, 750.0]])
+    ),
     "normalized": dict(point_coords=np.array([[0.3, 0.5]]), point_labels=np.array([1]), normalize_coords=False),
 }
 

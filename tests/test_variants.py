@@ -13,7 +13,9 @@ from oracle import config_path
 def test_state_dict_keys_and_shapes_match_official(variant):
     from sam2.build_sam import build_sam2
 
-    reference = {k: tuple(v.shape) for k, v in build_sam2(config_path(variant), None, device="cpu").state_dict().items()}
+    reference = {
+        k: tuple(v.shape) for k, v in build_sam2(config_path(variant), None, device="cpu").state_dict().items()
+    }
     ours = {k: tuple(v.shape) for k, v in sam2rt.build_model(variant).state_dict().items()}
     assert sorted(set(reference) - set(ours)) == []
     assert sorted(set(ours) - set(reference)) == []

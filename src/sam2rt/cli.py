@@ -138,9 +138,7 @@ def _check_model_options(variant: Optional[str], image_size: int) -> None:
         raise typer.BadParameter(f"must be a positive multiple of 32, got {image_size}", param_hint="--image-size")
 
 
-def _load_model(
-    checkpoint: Optional[Path], variant: Optional[str], image_size: int, device: Optional[str], fast: bool
-):
+def _load_model(checkpoint: Optional[Path], variant: Optional[str], image_size: int, device: Optional[str], fast: bool):
     from .runtime import optimize
 
     _check_model_options(variant, image_size)

@@ -81,6 +81,35 @@ def to_model_frame(coords: Tensor, frame_hw: tuple[int, int], image_size: int, n
     return coords * image_size
 
 
+def object_clicks(
+    points, labels, box, frame_hw: tuple[int, int], image_size: int, normalize_coords: bool
+) -> tuple[Tensor, Tensor]:
+    """One object's clicks and/or box on a frame -> model pixels (1, N, 2) and labels (1, N), on the CPU.
+
+    points (N, 2) or (1, N, 2) with labels (N,) or (1, N); box (4,) or [[x0, y0], [x1, y1]], its
+    corners first. Checked on the CPU, where a failed check does not wait for the GPU.
+    """
+    cpu = torch.device("cpu")
+    coords = torch.zeros(0, 2)
+    point_labels = torch.zeros(0, dtype=torch.int32)
+    if points is not None or labels is not None:
+        coords, point_labels = point_tensors(points, labels, cpu)
+        if coords.dim() == 3 and coords.shape[0] == 1:
+            coords, point_labels = coords[0], point_labels[0]
+        if coords.dim() != 2:
+            raise ValueError(f"points must have shape (N, 2), got {tuple(coords.shape)}")
+        check_inside(coords, frame_hw, normalize_coords, "point")
+    if box is not None:
+        corners = box_corners(box, cpu)
+        if len(corners) != 1:
+            raise ValueError(f"one box per object and frame, got {len(corners)}")
+        check_inside(corners[0], frame_hw, normalize_coords, "box corner")
+        coords = torch.cat([corners[0], coords])
+        point_labels = torch.cat([torch.tensor(BOX_CORNER_LABELS, dtype=torch.int32), point_labels])
+    coords = to_model_frame(coords, frame_hw, image_size, normalize_coords)
+    return coords[None], point_labels[None]
+
+
 def mask_to_model_frame(mask, image_size: int, device: torch.device) -> Tensor:
     """A mask (H, W) of the frame, non-zero on the object -> (1, 1, S, S) float 0/1 at the model's input size."""
     try:

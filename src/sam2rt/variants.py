@@ -44,7 +44,9 @@ class Variant:
 
 
 _TINY = HieraSpec(embed_dim=96, num_heads=1, stages=(1, 2, 7, 2), global_attention_blocks=(5, 7, 9), pos_embed_grid=7)
-_SMALL = HieraSpec(embed_dim=96, num_heads=1, stages=(1, 2, 11, 2), global_attention_blocks=(7, 10, 13), pos_embed_grid=7)
+_SMALL = HieraSpec(
+    embed_dim=96, num_heads=1, stages=(1, 2, 11, 2), global_attention_blocks=(7, 10, 13), pos_embed_grid=7
+)
 _BASE_PLUS = HieraSpec(embed_dim=112, num_heads=2, stages=(2, 3, 16, 3), global_attention_blocks=(12, 16, 20))
 _LARGE = HieraSpec(
     embed_dim=144,

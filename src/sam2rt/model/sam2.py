@@ -164,7 +164,9 @@ class SAM2Model(nn.Module):
         logits = mask * MASK_LOGIT_SCALE + MASK_LOGIT_BIAS
         side = self.sam_prompt_encoder.mask_input_size
         low_res = F.interpolate(logits, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
-        pointer_source = self.segment(embed, high_res, None, None, self.mask_downsample(mask.to(self.dtype)), multimask=False)
+        pointer_source = self.segment(
+            embed, high_res, None, None, self.mask_downsample(mask.to(self.dtype)), multimask=False
+        )
         present = mask.flatten(1).gt(0).any(dim=1, keepdim=True)  # (B, 1)
         obj_ptr = self._pointer(pointer_source.obj_ptr, present)
         scores = present.float() * MASK_LOGIT_SCALE + MASK_LOGIT_BIAS
@@ -178,7 +180,9 @@ class SAM2Model(nn.Module):
 
     # Memory
 
-    def encode_memory(self, embed: Tensor, mask_logits: Tensor, object_score_logits: Tensor, binarize: Tensor) -> Tensor:
+    def encode_memory(
+        self, embed: Tensor, mask_logits: Tensor, object_score_logits: Tensor, binarize: Tensor
+    ) -> Tensor:
         """A frame's spatial memory for each object: (B, C_mem, h, w).
 
         embed (1 or B, C, h, w): the frame's features without memory. mask_logits (B, 1, 4h, 4w)

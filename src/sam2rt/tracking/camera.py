@@ -34,7 +34,11 @@ class CameraPredictor(StreamTracker):
         """Clicks and/or a box for an object on the newest frame. bbox: [x0, y0, x1, y1] or [[x0, y0], [x1, y1]]."""
         self._check_frame(frame_idx)
         result = self.add_prompt(
-            obj_id, points=points, labels=labels, box=bbox, clear_old_points=clear_old_points,
+            obj_id,
+            points=points,
+            labels=labels,
+            box=bbox,
+            clear_old_points=clear_old_points,
             normalize_coords=normalize_coords,
         )
         return result.frame_idx, result.object_ids, _with_channel(result)

@@ -139,8 +139,15 @@ class TrackingEngine:
         if memory is None:
             embed = self.model.without_memory(features.embed)
         else:
-            tokens = gather([memory], frame.index, reverse, self.config, self.device,
-                            self.options.max_cond_frames_in_attn, num_frames)
+            tokens = gather(
+                [memory],
+                frame.index,
+                reverse,
+                self.config,
+                self.device,
+                self.options.max_cond_frames_in_attn,
+                num_frames,
+            )
             embed = self.model.condition_on_memory(features.embed, tokens)
         if previous_logits is not None:
             previous_logits = previous_logits.to(self.device).clamp(-PROMPT_MASK_LOGIT_CLAMP, PROMPT_MASK_LOGIT_CLAMP)

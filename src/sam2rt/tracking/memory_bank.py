@@ -73,7 +73,12 @@ class _ObjectMemoryPlan:
 
 
 def _plan(
-    view: MemoryView, frame_idx: int, reverse: bool, config: ModelConfig, max_cond_in_attn: int, num_frames: Optional[int]
+    view: MemoryView,
+    frame_idx: int,
+    reverse: bool,
+    config: ModelConfig,
+    max_cond_in_attn: int,
+    num_frames: Optional[int],
 ) -> _ObjectMemoryPlan:
     conditioning = view.conditioning()
     if not conditioning:

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ..frames import ImageLike, as_rgb_tensor
 from ..model.sam2 import SAM2Model
-from ..prompts import BOX_CORNER_LABELS, box_corners, check_inside, mask_to_model_frame, point_tensors, to_model_frame
+from ..prompts import mask_to_model_frame, object_clicks
 from .engine import EncodedFrame, TrackerOptions, TrackingEngine
 from .memory_bank import FrameOutput, RingMemory
 
@@ -177,7 +177,11 @@ class StreamTracker:
             held += obj.memory.tensors()
             for output in (obj.latest, obj.pending.output if obj.pending else None):
                 if output is not None:
-                    held += [t for t in (output.mask_logits, output.pointer, output.object_score, output.memory) if t is not None]
+                    held += [
+                        t
+                        for t in (output.mask_logits, output.pointer, output.object_score, output.memory)
+                        if t is not None
+                    ]
             if obj.points is not None:
                 held += list(obj.points)
         return held
@@ -190,33 +194,22 @@ class StreamTracker:
         return self._frame
 
     def _new_object(self, obj_id: int) -> _StreamObject:
-        memory = RingMemory(self.model.config, self.max_cond_frames, self.engine.memory_dtype, self.engine.storage_device)
+        memory = RingMemory(
+            self.model.config, self.max_cond_frames, self.engine.memory_dtype, self.engine.storage_device
+        )
         obj = _StreamObject(obj_id, memory)
         self._objects[obj_id] = obj
         return obj
 
-    def _points(self, obj: Optional[_StreamObject], points, labels, box, clear_old_points: bool, normalize_coords: bool):
+    def _points(
+        self, obj: Optional[_StreamObject], points, labels, box, clear_old_points: bool, normalize_coords: bool
+    ):
         """The object's clicks on this frame in model pixels: (1, N, 2) and (1, N), box corners first."""
-        frame_hw = self._frame.size
-        device = torch.device("cpu")  # validate on the CPU: checks on GPU tensors would wait for the GPU
-        coords = torch.zeros(0, 2, device=device)
-        point_labels = torch.zeros(0, dtype=torch.int32, device=device)
-        if points is not None or labels is not None:
-            coords, point_labels = point_tensors(points, labels, device)
-            if coords.dim() != 2:
-                raise ValueError(f"points must have shape (N, 2), got {tuple(coords.shape)}")
-            check_inside(coords, frame_hw, normalize_coords, "point")
-        if box is not None:
-            if not clear_old_points:
-                raise ValueError("a box must come first: add it with clear_old_points=True")
-            corners = box_corners(box, device)
-            if len(corners) != 1:
-                raise ValueError("one box per object and prompt")
-            check_inside(corners[0], frame_hw, normalize_coords, "box corner")
-            coords = torch.cat([corners[0], coords])
-            point_labels = torch.cat([torch.tensor(BOX_CORNER_LABELS, dtype=torch.int32, device=device), point_labels])
-        coords = to_model_frame(coords, frame_hw, self.model.config.image_size, normalize_coords)[None]
-        point_labels = point_labels[None]
+        if box is not None and not clear_old_points:
+            raise ValueError("a box must come first: add it with clear_old_points=True")
+        coords, point_labels = object_clicks(
+            points, labels, box, self._frame.size, self.model.config.image_size, normalize_coords
+        )
         if not clear_old_points and obj is not None and obj.points is not None:
             coords = torch.cat([obj.points[0], coords], dim=1)
             point_labels = torch.cat([obj.points[1], point_labels], dim=1)

@@ -17,7 +17,7 @@ from torch import Tensor
 from ..frames import as_rgb_tensor
 from ..io.sources import FrameSequence, open_frames
 from ..model.sam2 import NO_OBJECT_SCORE, SAM2Model
-from ..prompts import BOX_CORNER_LABELS, box_corners, check_inside, mask_to_model_frame, point_tensors, to_model_frame
+from ..prompts import mask_to_model_frame, object_clicks
 from .engine import EncodedFrame, TrackerOptions, TrackingEngine
 from .memory_bank import FrameArchive, FrameOutput
 
@@ -156,7 +156,9 @@ class VideoPredictor:
     add_new_points = add_new_points_or_box
 
     @torch.inference_mode()
-    def add_new_mask(self, inference_state: InferenceState, frame_idx: int, obj_id: int, mask) -> tuple[int, list[int], Tensor]:
+    def add_new_mask(
+        self, inference_state: InferenceState, frame_idx: int, obj_id: int, mask
+    ) -> tuple[int, list[int], Tensor]:
         """Give an object's mask (H, W) on a frame; returns (frame_idx, obj_ids, masks (N, 1, H, W))."""
         state = inference_state
         frame = state.frame(frame_idx)
@@ -183,12 +185,16 @@ class VideoPredictor:
         return frame_idx, state.obj_ids, self._consolidated(state, frame_idx, is_cond)
 
     @torch.inference_mode()
-    def remove_object(self, inference_state: InferenceState, obj_id: int, strict: bool = False, need_output: bool = True):
+    def remove_object(
+        self, inference_state: InferenceState, obj_id: int, strict: bool = False, need_output: bool = True
+    ):
         """Remove an object; returns (obj_ids, [(frame_idx, masks)]) for the frames where it had prompts."""
         state = inference_state
         if obj_id not in state.objects:
             if strict:
-                raise RuntimeError(f"Cannot remove object id {obj_id} as it doesn't exist. All existing object ids: {state.obj_ids}.")
+                raise RuntimeError(
+                    f"Cannot remove object id {obj_id} as it doesn't exist. All existing object ids: {state.obj_ids}."
+                )
             return state.obj_ids, []
         if len(state.objects) == 1:
             self.reset_state(state)
@@ -300,31 +306,13 @@ class VideoPredictor:
 
     def _clicks(self, state, points, labels, box, clear_old_points: bool, normalize_coords: bool):
         """Clicks (1, N, 2) in model pixels and labels (1, N), box corners first."""
-        device = torch.device("cpu")  # validate on the CPU: checks on GPU tensors would wait for the GPU
+        if box is not None and not clear_old_points:
+            raise ValueError(
+                "cannot add box without clearing old points, since box prompt must be provided before any "
+                "point prompt (please use clear_old_points=True instead)"
+            )
         frame_hw = (state.video_height, state.video_width)
-        coords = torch.zeros(0, 2, device=device)
-        point_labels = torch.zeros(0, dtype=torch.int32, device=device)
-        if points is not None:
-            coords, point_labels = point_tensors(points, labels, device)
-            if coords.dim() == 3 and coords.shape[0] == 1:
-                coords, point_labels = coords[0], point_labels[0]
-            if coords.dim() != 2:
-                raise ValueError(f"points must have shape (N, 2), got {tuple(coords.shape)}")
-            check_inside(coords, frame_hw, normalize_coords, "point")
-        if box is not None:
-            if not clear_old_points:
-                raise ValueError(
-                    "cannot add box without clearing old points, since box prompt must be provided before any "
-                    "point prompt (please use clear_old_points=True instead)"
-                )
-            corners = box_corners(box, device)
-            if len(corners) != 1:
-                raise ValueError("one box per object and frame")
-            check_inside(corners[0], frame_hw, normalize_coords, "box corner")
-            coords = torch.cat([corners[0], coords])
-            point_labels = torch.cat([torch.tensor(BOX_CORNER_LABELS, dtype=torch.int32, device=device), point_labels])
-        coords = to_model_frame(coords, frame_hw, self.model.config.image_size, normalize_coords)
-        return coords[None], point_labels[None]
+        return object_clicks(points, labels, box, frame_hw, self.model.config.image_size, normalize_coords)
 
     def _clear_prompts(self, obj: _VideoObject, frame_idx: int) -> None:
         obj.points.pop(frame_idx, None)
