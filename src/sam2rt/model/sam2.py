@@ -46,10 +46,10 @@ class MemoryTokens(NamedTuple):
 
     spatial: Tensor  # (B, F, h*w, C_mem) spatial memories of F frames
     spatial_tpos: Tensor  # (B, F) long: index into the temporal encodings (num_maskmem - 1 for prompted frames)
-    spatial_valid: Tensor  # (B, F) bool
+    spatial_valid: Optional[Tensor]  # (B, F) bool; None: every slot holds a memory
     pointers: Tensor  # (B, P, C) object pointers
     pointer_positions: Tensor  # (B, P) float: signed frame distance over the largest possible distance
-    pointer_valid: Tensor  # (B, P) bool
+    pointer_valid: Optional[Tensor]  # (B, P) bool; None: every slot holds a pointer
 
 
 class SAM2Model(nn.Module):
@@ -222,13 +222,20 @@ class SAM2Model(nn.Module):
             pointer_pos = pointers.new_zeros(batch, memory.pointers.shape[1], mem_dim)
         pointer_pos = pointer_pos.repeat_interleave(split, dim=1)  # (B, P*split, C_mem)
 
-        key_mask = torch.cat(
-            [
-                memory.spatial_valid.repeat_interleave(tokens_per_frame, dim=1),
-                memory.pointer_valid.repeat_interleave(split, dim=1),
-            ],
-            dim=1,
-        )  # (B, L)
+        key_mask = None  # without padding slots, attention runs unmasked (the fastest kernels)
+        if memory.spatial_valid is not None or memory.pointer_valid is not None:
+            spatial_valid, pointer_valid = memory.spatial_valid, memory.pointer_valid
+            if spatial_valid is None:
+                spatial_valid = torch.ones(batch, frames, dtype=torch.bool, device=embed.device)
+            if pointer_valid is None:
+                pointer_valid = torch.ones(batch, memory.pointers.shape[1], dtype=torch.bool, device=embed.device)
+            key_mask = torch.cat(
+                [
+                    spatial_valid.repeat_interleave(tokens_per_frame, dim=1),
+                    pointer_valid.repeat_interleave(split, dim=1),
+                ],
+                dim=1,
+            )  # (B, L)
         out = self.memory_attention(
             image,
             image_pos,

@@ -149,16 +149,18 @@ def gather(
     layout_tensor = layout_tensor.to(device, non_blocking=True).reshape(len(plans), -1)  # (B, 2F + 2P)
     tpos, spatial_valid, offsets, pointer_valid = layout_tensor.split([frames, frames, num_pointers, num_pointers], 1)
     batch = len(plans)
+    spatial_padding = any(len(plan.spatial) < frames for plan in plans)
+    pointer_padding = any(len(plan.pointers) < num_pointers for plan in plans)
     max_pointers = min(num_frames, config.max_obj_ptrs) if num_frames else config.max_obj_ptrs
     return MemoryTokens(
         spatial=torch.stack(spatial).reshape(batch, frames, tokens, config.memory_dim),
         spatial_tpos=tpos,
-        spatial_valid=spatial_valid.bool(),
+        spatial_valid=spatial_valid.bool() if spatial_padding else None,
         pointers=torch.stack(pointers).reshape(batch, num_pointers, config.hidden_dim)
         if num_pointers
         else empty_pointer.new_zeros(batch, 0, config.hidden_dim),
         pointer_positions=offsets / max(max_pointers - 1, 1),
-        pointer_valid=pointer_valid.bool(),
+        pointer_valid=pointer_valid.bool() if pointer_padding else None,
     )
 
 
