@@ -93,18 +93,9 @@ class TrackingEngine:
         self, frame: EncodedFrame, views: list[MemoryView], reverse: bool, num_frames: Optional[int]
     ) -> list[FrameOutput]:
         """Track every object of `views` on `frame` in one batched pass; outputs carry their new memory."""
-        memory = gather(
-            views,
-            frame.index,
-            reverse,
-            self.config,
-            self.device,
-            self.options.max_cond_frames_in_attn,
-            num_frames,
-        )
         features = frame.features
         batch = len(views)
-        conditioned = self.model.condition_on_memory(features.embed, memory)
+        conditioned = self._with_memory(frame, views, reverse, num_frames)
         high_res = tuple(level.expand(batch, -1, -1, -1) for level in features.high_res)
         prediction = self.model.segment(conditioned, high_res, None, None, None, multimask=True)
         memories = self.model.encode_memory(
@@ -139,16 +130,7 @@ class TrackingEngine:
         if memory is None:
             embed = self.model.without_memory(features.embed)
         else:
-            tokens = gather(
-                [memory],
-                frame.index,
-                reverse,
-                self.config,
-                self.device,
-                self.options.max_cond_frames_in_attn,
-                num_frames,
-            )
-            embed = self.model.condition_on_memory(features.embed, tokens)
+            embed = self._with_memory(frame, [memory], reverse, num_frames)
         if previous_logits is not None:
             previous_logits = previous_logits.to(self.device).clamp(-PROMPT_MASK_LOGIT_CLAMP, PROMPT_MASK_LOGIT_CLAMP)
         multimask = coords.shape[1] <= 1  # one click is ambiguous; more clicks or a box are not
@@ -180,6 +162,15 @@ class TrackingEngine:
         if self.options.non_overlap_masks:
             logits = keep_highest_object(logits)
         return logits
+
+    def _with_memory(
+        self, frame: EncodedFrame, views: list[MemoryView], reverse: bool, num_frames: Optional[int]
+    ) -> Tensor:
+        """The frame's features conditioned on each object's memory: (B, C, h, w)."""
+        memory = gather(
+            views, frame.index, reverse, self.config, self.device, self.options.max_cond_frames_in_attn, num_frames
+        )
+        return self.model.condition_on_memory(frame.features.embed, memory)
 
     def _outputs(self, prediction: MaskPrediction) -> list[FrameOutput]:
         masks = prediction.best_mask
