@@ -69,10 +69,3 @@ def to_device(rgb: Tensor, device: torch.device) -> Tensor:
     if device.type == "cuda" and rgb.device.type == "cpu":
         return rgb.pin_memory().to(device, non_blocking=True)
     return rgb.to(device)
-
-
-def prepare_image(image: ImageLike, image_size: int, device: torch.device) -> tuple[Tensor, tuple[int, int]]:
-    """An image as model input (1, 3, S, S) on `device`, with its original (height, width)."""
-    rgb = as_rgb_tensor(image)
-    height, width = rgb.shape[1:]
-    return normalize_frame(to_device(rgb, device), image_size), (int(height), int(width))
