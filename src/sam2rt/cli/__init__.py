@@ -1,0 +1,16 @@
+"""The `sam2rt` command: one thin module per job over the library.
+
+Each module registers its commands on the one typer app of `common`; importing them here is what
+makes them part of the command.
+"""
+
+from .common import app
+
+# The order of registration is the order of `sam2rt --help`.
+from . import models  # noqa: E402, F401
+from . import image  # noqa: E402, F401
+from . import track  # noqa: E402, F401
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,148 @@
+"""What the commands share: the model and prompt options, clean one-line errors, model loading.
+
+Exit codes: 0 success; 1 a bad input or a failure, told in one line `error: ...` on stderr
+(missing or unreadable files, corrupt videos, cameras that do not open, prompts outside the frame
+or past the end, malformed prompts files, wrong checkpoints, outputs that cannot be written);
+2 a wrong command line (unknown option, malformed value), told by typer with the usage; 130 Ctrl+C.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, NoReturn, Optional
+
+import numpy as np
+import typer
+
+from .. import checkpoints
+from ..checkpoints import CheckpointError
+from ..io.live import SourceError
+from ..io.prompt_file import Prompt, PromptError, make_prompt, read_mask
+from ..io.sinks import OutputError
+from ..io.video_file import VideoReadError
+from ..variants import VARIANTS
+
+DEFAULT_VARIANT = "sam2.1_hiera_tiny"
+
+app = typer.Typer(
+    name="sam2rt",
+    help="SAM 2 for live video: segment and track any object in images, videos, cameras and streams.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+# Options shared by the commands that run the model, and the prompt flags of `image` and `track`.
+CHECKPOINT = typer.Option(
+    None, "--checkpoint", "-c", help="Checkpoint file (.pt or .safetensors); its variant is read from it."
+)
+VARIANT = typer.Option(
+    None,
+    "--variant",
+    help=f"Model variant; without --checkpoint, from the cache, downloaded when missing (default: {DEFAULT_VARIANT}).",
+)
+IMAGE_SIZE = typer.Option(
+    1024, "--image-size", help="Model input side in pixels, a multiple of 32 (the checkpoints are trained at 1024)."
+)
+DEVICE = typer.Option(None, "--device", help="cpu, cuda, cuda:1, mps (default: cuda when available).")
+POINT = typer.Option([], "--point", "-p", help="X,Y pixel on the object (repeatable).")
+NEGATIVE = typer.Option([], "--negative", "-n", help="X,Y pixel not on the object (repeatable).")
+BOX = typer.Option(None, "--box", "-b", help="X0,Y0,X1,Y1 box around the object.")
+MASK = typer.Option(None, "--mask", "-m", help="Image file the size of the frame, non-zero on the object.")
+PROGRESS = typer.Option(None, "--progress/--no-progress", help="Progress bar on stderr (default: on a terminal).")
+FAST = typer.Option(
+    True, "--fast/--exact", help="On CUDA: bf16 weights and CUDA graphs (--exact: fp32 weights, no graphs)."
+)
+
+
+class RunFailed(Exception):
+    """Raised inside a command to end it with `error: <message>` and exit code 1."""
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    typer.echo(f"error: {' '.join(message.split())}", err=True)  # one line, whatever the message held
+    raise typer.Exit(code)
+
+
+@contextmanager
+def errors_as_messages() -> Iterator[None]:
+    """Bad inputs end the command with one line on stderr and exit code 1, never a traceback."""
+    try:
+        yield
+    except (CheckpointError, PromptError, SourceError, OutputError, VideoReadError, RunFailed) as error:
+        fail(str(error))
+    except FileNotFoundError as error:
+        fail(str(error) if error.filename is None else f"no such file: {error.filename}")
+    except OSError as error:  # unreadable files and folders: the system's reason and the path say it all
+        fail(str(error) if error.filename is None else f"{error.filename}: {error.strerror}")
+
+
+def parse_numbers(text: str, count: int, option: str, form: str) -> list[float]:
+    """`"12,34"` -> [12.0, 34.0], or a usage error that shows the expected form."""
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != count or not all(np.isfinite(values)):
+        raise typer.BadParameter(f"expected {form} (pixels), got {text!r}", param_hint=option)
+    return values
+
+
+def flag_prompt(
+    points: list[str], negatives: list[str], box: Optional[str], mask: Optional[Path], frame: int, obj_id: int
+) -> Optional[Prompt]:
+    """The prompt given by --point/--negative/--box/--mask, if any."""
+    if not points and not negatives and box is None and mask is None:
+        return None
+    clicks = [parse_numbers(p, 2, "--point", "X,Y") for p in points] + [
+        parse_numbers(n, 2, "--negative", "X,Y") for n in negatives
+    ]
+    labels = [1] * len(points) + [0] * len(negatives)
+    corners = parse_numbers(box, 4, "--box", "X0,Y0,X1,Y1") if box is not None else None
+    origin = "the command line"
+    mask_array = read_mask(mask, origin) if mask is not None else None
+    return make_prompt(frame, obj_id, clicks or None, labels or None, corners, mask_array, origin)
+
+
+def parse_device(name: Optional[str]):
+    import torch
+
+    if name is None:
+        return checkpoints.default_device()
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise RunFailed(f"unknown device {name!r} (expected cpu, cuda, cuda:N or mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RunFailed(f"device {name} was asked for, but CUDA is not available here")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise RunFailed(f"device {name} was asked for, but MPS is not available here")
+    return device
+
+
+def check_variant(variant: Optional[str], hint: str) -> None:
+    if variant is not None and variant not in VARIANTS:
+        raise typer.BadParameter(
+            f"unknown variant {variant!r}; the variants are: {', '.join(VARIANTS)}", param_hint=hint
+        )
+
+
+def check_model_options(variant: Optional[str], image_size: int) -> None:
+    """Usage errors in the model options, found before any work."""
+    check_variant(variant, "--variant")
+    if image_size <= 0 or image_size % 32:
+        raise typer.BadParameter(f"must be a positive multiple of 32, got {image_size}", param_hint="--image-size")
+
+
+def load_cli_model(
+    checkpoint: Optional[Path], variant: Optional[str], image_size: int, device: Optional[str], fast: bool
+):
+    from ..runtime import optimize
+
+    check_model_options(variant, image_size)
+    target = parse_device(device)
+    if checkpoint is not None and variant is None:
+        variant = checkpoints.checkpoint_variant(checkpoint)
+    model = checkpoints.load_model(variant or DEFAULT_VARIANT, checkpoint, target, image_size)
+    return optimize(model) if fast else model
