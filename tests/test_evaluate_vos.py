@@ -150,6 +150,9 @@ def test_eval_model_writes_the_predictors_masks_and_scores_them(vos_root, checkp
 def test_eval_model_errors(vos_root, checkpoint, tmp_path, capsys):
     args = ["--model", "--checkpoint", checkpoint, "--image-size", IMAGE_SIZE, "--device", "cpu"]
     annotations = vos_root / "Annotations"
+    assert_clean_error(
+        invoke_in_process(capsys, "eval", tmp_path / "nope", *args), f"no such folder: {tmp_path / 'nope'}"
+    )
     done = invoke_in_process(capsys, "eval", annotations, *args)
     assert_clean_error(done, f"{annotations} has no JPEGImages folder: give the frames' folder with --frames-dir")
 

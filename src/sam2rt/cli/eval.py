@@ -26,6 +26,8 @@ from .common import (
 
 
 def _frames_root(gt_dir: Path, frames_dir: Optional[Path]) -> Path:
+    if not gt_dir.is_dir():
+        raise RunFailed(f"no such folder: {gt_dir}")
     if frames_dir is not None:
         return frames_dir
     if (gt_dir / "JPEGImages").is_dir():
