@@ -81,7 +81,8 @@ class Client:
     """One session over a WebSocket: send frames and requests, read the replies by type."""
 
     def __init__(self, url: str, **options) -> None:
-        self.ws: ClientConnection = connect(url, open_timeout=30, max_size=None, **options)
+        self._connection = connect(url, open_timeout=30, max_size=None, **options)
+        self.ws: ClientConnection = self._connection.__enter__()  # as a context manager, the non-deprecated way
         self.session = self.next("session")
 
     def send(self, message: dict) -> None:
