@@ -175,7 +175,9 @@ def test_media_and_upload_sources_play_and_uploads_stay_private(server, media):
 
 def test_url_sources_cannot_read_local_files(server, bystander):
     client = Client(server.ws_url)
-    assert "a stream URL starts with" in error_for(client, {"type": "source", "kind": "url", "url": "file:///etc/passwd"})
+    assert "a stream URL starts with" in error_for(
+        client, {"type": "source", "kind": "url", "url": "file:///etc/passwd"}
+    )
     assert "could not be opened" in error_for(client, {"type": "source", "kind": "url", "url": "http://127.0.0.1:1/x"})
     assert_serving(bystander)
     client.close()

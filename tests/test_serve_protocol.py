@@ -49,7 +49,9 @@ def test_two_sessions_receive_the_stream_trackers_masks(server, model):
     scripts = [
         {
             0: [({"obj_id": 1, "points": [[28, 50]], "labels": [1]}, dict(obj_id=1, points=[[28, 50]], labels=[1]))],
-            2: [({"obj_id": 1, "points": [[120, 100]], "labels": [0]}, dict(obj_id=1, points=[[120, 100]], labels=[0]))],
+            2: [
+                ({"obj_id": 1, "points": [[120, 100]], "labels": [0]}, dict(obj_id=1, points=[[120, 100]], labels=[0]))
+            ],
             3: [({"obj_id": 2, "box": [100, 75, 150, 115]}, dict(obj_id=2, box=[100, 75, 150, 115]))],
             4: [("remove", 1)],
         },

@@ -171,7 +171,12 @@ async function startWebcam() {
     video.muted = true; video.playsInline = true; video.srcObject = stream;
     await video.play();
     camera = { stream, video, canvas: document.createElement("canvas"), timer: null };
-    camera.timer = setInterval(captureFrame, 1000 / 30);
+    if (video.requestVideoFrameCallback) {  // once per new camera frame, so that none is sent twice
+      const onFrame = () => { if (camera && camera.video === video) { captureFrame(); video.requestVideoFrameCallback(onFrame); } };
+      video.requestVideoFrameCallback(onFrame);
+    } else {
+      camera.timer = setInterval(captureFrame, 1000 / 30);
+    }
   } catch (error) {
     status(`webcam: ${error.message || error}`);
   }
