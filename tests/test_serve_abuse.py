@@ -21,7 +21,7 @@ from serve_support import Client, load_test_model, png_frame, rgb_frame, running
 
 from sam2rt.serve.app import ServerConfig
 from sam2rt.serve.protocol import FORMAT_JPEG, MAX_FRAME_BYTES, frame_header
-from sam2rt.serve.scheduler import TakeTurns
+from sam2rt.serve.scheduler import default_engine
 
 FRAMES = clip_frames(3)
 UPLOAD_CAP = 400_000
@@ -46,7 +46,7 @@ def media(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(model, media):
     config = ServerConfig(media_root=media, max_sessions=30, max_upload_bytes=UPLOAD_CAP)
-    with running_server(TakeTurns(model), config) as running:
+    with running_server(default_engine(model), config) as running:
         yield running
 
 
@@ -223,7 +223,7 @@ def test_twenty_sessions_opened_and_closed_leave_memory_at_baseline(server, byst
 
 
 def test_the_token_guards_every_request(model):
-    with running_server(TakeTurns(model), ServerConfig(token="s3cret")) as server:
+    with running_server(default_engine(model), ServerConfig(token="s3cret")) as server:
         assert get(f"{server.base}/")[0] == 401
         assert get(f"{server.base}/api/media?token=wrong")[0] == 401
         assert get(f"{server.base}/api/config", {"Authorization": "Bearer s3cret"})[0] == 200
@@ -244,7 +244,7 @@ def test_foreign_hosts_and_origins_are_refused(server):
 
 
 def test_idle_sessions_time_out_and_the_session_cap_holds(model):
-    with running_server(TakeTurns(model), ServerConfig(max_sessions=1, idle_timeout_s=1.0)) as server:
+    with running_server(default_engine(model), ServerConfig(max_sessions=1, idle_timeout_s=1.0)) as server:
         first = Client(server.ws_url)
         with connect(server.ws_url, open_timeout=30) as refused:
             assert "the server is full" in json.loads(refused.recv(timeout=30))["message"]

@@ -24,7 +24,7 @@ from media import SHARED_DATA
 from serve_support import load_test_model, running_server
 
 from sam2rt.serve.app import ServerConfig
-from sam2rt.serve.scheduler import TakeTurns
+from sam2rt.serve.scheduler import default_engine
 
 CHROMIUM = Path("/usr/bin/chromium")
 FRAME_SIZE = (180, 320)  # (height, width): small frames keep the CPU test fast
@@ -112,7 +112,7 @@ def clips(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     model = load_test_model(tmp_path_factory.mktemp("serve-model"))
-    with running_server(TakeTurns(model), ServerConfig()) as running:
+    with running_server(default_engine(model), ServerConfig()) as running:
         yield running
 
 

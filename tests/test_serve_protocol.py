@@ -13,7 +13,7 @@ from cli_support import clip_frames
 from serve_support import Client, decode_masks, load_test_model, png_frame, running_server
 
 from sam2rt.serve.app import ServerConfig
-from sam2rt.serve.scheduler import TakeTurns
+from sam2rt.serve.scheduler import default_engine
 
 FRAMES = clip_frames(6)
 SIZE = FRAMES[0].shape[:2]
@@ -26,7 +26,7 @@ def model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(model, tmp_path_factory):
-    with running_server(TakeTurns(model), ServerConfig(max_sessions=4)) as running:
+    with running_server(default_engine(model), ServerConfig(max_sessions=4)) as running:
         yield running
 
 

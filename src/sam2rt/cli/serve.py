@@ -49,7 +49,7 @@ def serve(
     import uvicorn
 
     from ..serve.app import ServerConfig, create_app
-    from ..serve.scheduler import TakeTurns
+    from ..serve.scheduler import default_engine
     from ..serve.security import is_loopback
 
     check_model_options(variant, image_size)
@@ -68,7 +68,7 @@ def serve(
     )
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(TakeTurns(model), config),
+            create_app(default_engine(model), config),
             host=host,
             port=port,
             ws_max_size=WS_MAX_BYTES,

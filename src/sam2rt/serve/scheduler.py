@@ -213,6 +213,11 @@ class Scheduler:
         session.deliver(json.dumps(message), picture)
 
 
+def default_engine(model) -> StreamEngine:
+    """The engine `sam2rt serve` runs its sessions on."""
+    return TakeTurns(model)
+
+
 class TakeTurns:
     """Until sam2rt.StreamPool: a StreamTracker per stream, the streams of a tick stepped one after the other."""
 
