@@ -1,7 +1,8 @@
 """Server-side sources of a session: a video file (media root or upload) or a stream URL, read in a thread.
 
-A file plays at the pace of its timestamps, as a camera would deliver it; pausing holds its clock.
-A stream arrives at its own pace and is read on while paused (its frames are then skipped). Each
+A recording (a file, or a file served over HTTP: it has a duration) plays at the pace of its
+timestamps, as a camera would deliver it; pausing holds its clock. A live stream arrives at its own
+pace and is read on while paused (its frames are then skipped). Each
 frame read is offered to the session, which keeps only the newest: what the tracker has no time
 for is dropped there, and counted.
 """
@@ -41,9 +42,8 @@ class Feed:
     """
 
     def __init__(self, source: Union[Path, str], on_frame: FrameCallback, on_end: EndCallback) -> None:
-        self.is_file = isinstance(source, Path)
         try:
-            self._capture = StreamCapture(str(source), paced=False, network_only=not self.is_file)
+            self._capture = StreamCapture(str(source), paced=None, network_only=not isinstance(source, Path))
             first = self._capture.read()
         except SourceError as error:
             raise FeedError(str(error)) from None
@@ -83,7 +83,7 @@ class Feed:
         frame = self._first
         try:
             while frame is not None and not self._stop.is_set():
-                if self.is_file:
+                if self._capture.paced:
                     while self._paused.is_set() and not self._stop.is_set():
                         time.sleep(0.05)
                         last_wall = time.monotonic()
@@ -93,7 +93,7 @@ class Feed:
                     played, last_wall = played + now - last_wall, now
                     if stamp - start > played:
                         self._stop.wait(stamp - start - played)
-                if not self._stop.is_set() and not (self._paused.is_set() and not self.is_file):
+                if not self._stop.is_set() and not (self._paused.is_set() and not self._capture.paced):
                     self._on_frame(number, frame.image)
                 number += 1
                 frame = self._capture.read()
