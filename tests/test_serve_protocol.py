@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 
 import numpy as np
@@ -41,8 +42,40 @@ def assert_same(received: dict, expected: tuple[list[int], np.ndarray]) -> None:
     assert np.array_equal(masks, expected[1]), f"masks differ in {(masks != expected[1]).sum()} pixels"
 
 
-def test_two_sessions_receive_the_stream_trackers_masks(server, model):
-    """Two sessions at once, each with its own prompts, corrections and removals: masks equal StreamTracker's."""
+class SlowPacer:
+    """The pool, but a tick with the first stream opened (the pacer's) lasts 0.3 s more, so that the
+    other sessions' frames arrive meanwhile and go through the next tick together."""
+
+    def __init__(self, model) -> None:
+        self.pool = default_engine(model)
+        self.pacer = None
+
+    def open_stream(self):
+        stream = self.pool.open_stream()
+        self.pacer = self.pacer or stream
+        return stream
+
+    def step(self, frames):
+        if self.pacer in frames:
+            time.sleep(0.3)
+        return self.pool.step(frames)
+
+    def close_stream(self, stream) -> None:
+        self.pool.close_stream(stream)
+
+
+def test_two_sessions_receive_the_stream_trackers_masks(model):
+    """Two sessions stepped together, each with its own prompts, corrections and removals: StreamTracker's masks."""
+    with running_server(SlowPacer(model)) as server:
+        pacer = Client(server.ws_url)
+        pacer.step(0, FRAMES[0])
+        run_two_sessions(server, model, pacer)
+        sizes = server.state.scheduler.batch_sizes
+        assert sizes.count(2) >= len(FRAMES) - 1, sizes  # the two sessions' frames went through the pool together
+        pacer.close()
+
+
+def run_two_sessions(server, model, pacer: Client) -> None:
     clients = [Client(server.ws_url), Client(server.ws_url)]
     references = [sam2rt.StreamTracker(model), sam2rt.StreamTracker(model)]
     # Per session: frame -> list of (message, reference call) applied after that frame was tracked.
@@ -63,7 +96,9 @@ def test_two_sessions_receive_the_stream_trackers_masks(server, model):
         },
     ]
     for index, frame in enumerate(FRAMES):
-        for client in clients:  # both frames are in flight together
+        pacer.ws.send(png_frame(index + 1, FRAMES[0]))
+        time.sleep(0.05)  # the pacer's tick starts first
+        for client in clients:  # both frames wait for the pacer's tick together
             client.ws.send(png_frame(index, frame))
         for client, reference, script in zip(clients, references, scripts):
             result = client.next("result")
@@ -80,6 +115,7 @@ def test_two_sessions_receive_the_stream_trackers_masks(server, model):
                 answer = client.next("result")
                 assert answer["prompted"] and answer["frame"] == index
                 assert_same(answer, reference_masks(expected))
+        assert pacer.next("result")["frame"] == index + 1
     assert [o["id"] for o in result["objects"]] == [3]  # the second session never saw the first's objects
     for client in clients:
         client.close()

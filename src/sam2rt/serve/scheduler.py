@@ -214,23 +214,7 @@ class Scheduler:
 
 
 def default_engine(model) -> StreamEngine:
-    """The engine `sam2rt serve` runs its sessions on."""
-    return TakeTurns(model)
+    """The engine `sam2rt serve` runs its sessions on: one StreamPool, StreamTracker's options."""
+    from ..tracking.pool import StreamPool
 
-
-class TakeTurns:
-    """Until sam2rt.StreamPool: a StreamTracker per stream, the streams of a tick stepped one after the other."""
-
-    def __init__(self, model) -> None:
-        self.model = model
-
-    def open_stream(self):
-        from ..tracking.stream import StreamTracker
-
-        return StreamTracker(self.model)
-
-    def step(self, frames: dict[Any, np.ndarray]) -> dict[Any, FrameResult]:
-        return {stream: stream.step(image) for stream, image in frames.items()}
-
-    def close_stream(self, stream: Any) -> None:
-        stream.reset()
+    return StreamPool(model)
