@@ -38,10 +38,11 @@ CLIENT_RATE = 30.0
 IN_FLIGHT = 2
 
 
-def load_frames(count: int, size: tuple[int, int]) -> list[np.ndarray]:
+def load_frames(source: Path, count: int, size: tuple[int, int]) -> list[np.ndarray]:
+    """`count` frames of a video file or folder of frames (looped), resized to `size` (H, W)."""
     height, width = size
-    if CLIP.exists():
-        video = open_frames(CLIP)
+    if source.exists():
+        video = open_frames(source)
         frames = [video[i % len(video)] for i in range(count)]
     else:  # no media: noise frames
         rng = np.random.default_rng(0)
@@ -160,6 +161,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=150, help="frames each client streams")
     parser.add_argument("--clients", default="1,4,8")
     parser.add_argument("--size", default="720x1280", help="HxW of the streamed frames")
+    parser.add_argument("--source", type=Path, default=CLIP, help="video file or folder of frames to stream")
     parser.add_argument("--exact", action="store_true", help="fp32 weights, no CUDA graphs")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
@@ -172,7 +174,7 @@ def main() -> None:
     from sam2rt.serve.scheduler import default_engine
 
     height, width = map(int, args.size.split("x"))
-    frames = load_frames(args.frames, (height, width))
+    frames = load_frames(args.source, args.frames, (height, width))
     payloads = [frame_header(i, FORMAT_JPEG, width, height) + jpeg(f) for i, f in enumerate(frames)]
     click = (int(width * 0.22), int(height * 0.65))
     warmup = min(20, args.frames // 3)
