@@ -134,6 +134,7 @@ def test_oversized_frames_and_size_changes_are_refused(server, bystander):
         ("/etc/passwd", "without '..'"),
         ("escape.mp4", "leads outside the media root"),
         ("clips/missing.mp4", "no such file"),
+        ("a" * 300 + ".mp4", "not a usable media path"),
     ],
 )
 def test_media_paths_outside_the_root_are_refused(server, bystander, path, expected):

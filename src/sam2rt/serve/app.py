@@ -122,7 +122,6 @@ class Server:
                 return
             if message["type"] == "websocket.disconnect":
                 return
-            session.last_active = time.monotonic()
             try:
                 if message.get("bytes") is not None:
                     await self._frame(session, message["bytes"])

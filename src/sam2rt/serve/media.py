@@ -32,10 +32,15 @@ def resolve_media_path(root: Optional[Path], relative: str) -> Path:
     if path.is_absolute() or ".." in path.parts or not path.parts:
         raise MediaError(f"media paths are relative to the media root, without '..': {relative!r:.80}")
     base = root.resolve()
-    resolved = (base / path).resolve()
-    if not resolved.is_relative_to(base):
+    try:
+        resolved = (base / path).resolve()
+        inside = resolved.is_relative_to(base)
+        found = inside and resolved.is_file()
+    except OSError as error:  # a name too long, a loop of links, ...
+        raise MediaError(f"not a usable media path: {relative!r:.80} ({error.strerror or error})") from None
+    if not inside:
         raise MediaError(f"{relative!r:.80} leads outside the media root")
-    if not resolved.is_file():
+    if not found:
         raise MediaError(f"no such file in the media root: {relative!r:.80}")
     return resolved
 

@@ -54,7 +54,6 @@ class Scheduler:
         self.engine = engine
         self.lock = threading.Condition()  # guards every session's shared fields, see sessions.py
         self.sessions: list[Session] = []
-        self.ticks = 0
         self.batch_sizes: list[int] = []  # sessions stepped per tick, the last 1000 ticks
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="sam2rt scheduler", daemon=True)
@@ -111,7 +110,6 @@ class Scheduler:
             for session in batch:
                 session.deliver(error_message("internal error while tracking (see the server log)"), None)
             return
-        self.ticks += 1
         self.batch_sizes = self.batch_sizes[-999:] + [len(batch)]
         for session, frame in batch.items():
             session.newest = frame.frame_id

@@ -89,7 +89,6 @@ class Session:
         self.source_name = ""
         self.fps: Optional[float] = None
         self.feed: Any = None  # the server-side Feed, if any (the connection starts and stops it)
-        self.last_active = time.monotonic()
         self.released = threading.Event()  # set once the scheduler has given the stream back
         # Shared with the scheduler, under `_lock`:
         self._lock = lock
