@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
 import time
 import urllib.request
+import zipfile
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import sam2rt
 from cli_support import clip_frames
@@ -163,7 +166,10 @@ def test_pause_reset_and_export(server, model):
     last = [a for a in coco["annotations"] if a["image_id"] == 1][0]
     assert np.array_equal(mask_utils.decode(last["segmentation"]).astype(bool), masks[0])  # the corrected masks
     with urllib.request.urlopen(f"{server.base}/api/export/{client.session['id']}/masks.zip", timeout=30) as reply:
-        assert reply.read(2) == b"PK"
+        archive = zipfile.ZipFile(io.BytesIO(reply.read()))
+    assert archive.namelist() == ["masks/00000.png", "masks/00001.png"]
+    labels = np.asarray(Image.open(archive.open("masks/00001.png")))
+    assert np.array_equal(labels == 7, masks[0]) and set(np.unique(labels)) <= {0, 7}  # DAVIS: pixel = object id
     client.send({"type": "resume"})
     client.send({"type": "reset"})
     assert client.step(3, FRAMES[3])["objects"] == []

@@ -37,7 +37,7 @@ class FrameRecord:
     object_ids: list[int]
     rles: list[dict]  # COCO RLE per object
     scores: list[float]  # probability that each object is visible
-    labels: bytes  # zlib of the (H, W) uint8 object id per pixel
+    labels: Optional[bytes]  # zlib of the (H, W) uint8 object id per pixel where masks overlap; else None
 
 
 class Recorder:
@@ -59,12 +59,14 @@ class Recorder:
         return len(self._records) >= self.max_frames
 
     def add(self, frame_id: int, encoded: bytes, format: int, tracked: TrackedFrame, rles: list[dict]) -> None:
+        overlap = len(tracked.object_ids) > 1 and tracked.masks.sum(0, dtype=np.uint8).max() > 1
+        # Without overlaps the labels follow from the masks; with them they say who has each pixel.
+        labels = zlib.compress(tracked.labels.astype(np.uint8).tobytes(), 1) if overlap else None
         with self._lock:
-            if frame_id not in self._records and self.full:
+            if self._spool.closed or (frame_id not in self._records and self.full):
                 return
             self._spool.seek(self._end)
             self._spool.write(encoded)
-            labels = zlib.compress(tracked.labels.astype(np.uint8).tobytes(), 1)
             self._records[frame_id] = FrameRecord(
                 frame_id,
                 self._end,
@@ -106,7 +108,11 @@ class Recorder:
             masks = mask_utils.decode(record.rles).transpose(2, 0, 1).astype(bool)  # (H, W, N) -> (N, H, W)
         else:
             masks = np.zeros((0, height, width), bool)
-        labels = np.frombuffer(zlib.decompress(record.labels), np.uint8).reshape(height, width).astype(np.int32)
+        if record.labels is not None:
+            labels = np.frombuffer(zlib.decompress(record.labels), np.uint8).reshape(height, width).astype(np.int32)
+        else:
+            ids = np.array(record.object_ids, np.int32).reshape(-1, 1, 1)  # (N, 1, 1)
+            labels = (masks * ids).sum(0, dtype=np.int32)  # masks do not overlap: at most one id per pixel
         name = f"{record.frame_id:05d}"
         return TrackedFrame(record.frame_id, name, image, record.object_ids, masks, np.array(record.scores), labels)
 

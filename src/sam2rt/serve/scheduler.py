@@ -12,7 +12,6 @@ holds, so that it becomes the newest and the prompt lands on the pixels the user
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from dataclasses import replace
@@ -20,7 +19,6 @@ from typing import Any, Optional, Protocol
 
 import numpy as np
 
-from ..io.annotations import encode_rle
 from ..pipeline import tracked_frame
 from ..tracking.stream import FrameResult
 from .protocol import (
@@ -34,6 +32,7 @@ from .protocol import (
     error_message,
     frame_header,
 )
+from .publisher import Outgoing, Publisher
 from .sessions import RECENT_FRAMES, Close, Command, Frame, Reset, Restart, Session, SessionStats
 
 log = logging.getLogger("sam2rt.serve")
@@ -55,10 +54,12 @@ class Scheduler:
         self.lock = threading.Condition()  # guards every session's shared fields, see sessions.py
         self.sessions: list[Session] = []
         self.batch_sizes: list[int] = []  # sessions stepped per tick, the last 1000 ticks
+        self.publisher = Publisher()
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="sam2rt scheduler", daemon=True)
 
     def start(self) -> None:
+        self.publisher.start()
         self._thread.start()
 
     def stop(self) -> None:
@@ -66,6 +67,7 @@ class Scheduler:
             self._stop = True
             self.lock.notify_all()
         self._thread.join(timeout=10.0)
+        self.publisher.stop()
 
     def add(self, session: Session) -> None:
         with self.lock:
@@ -141,6 +143,7 @@ class Scheduler:
             stream.reset()
             session.newest = None
             if isinstance(command, Restart):
+                session.generation += 1
                 session.recent.clear()
                 session.recorder.clear()
                 session.stats = SessionStats()
@@ -183,7 +186,7 @@ class Scheduler:
     # Results
 
     def _publish(self, session: Session, frame: Frame, result: FrameResult, prompted: bool) -> None:
-        """Send a frame's masks to its client (and a server-side frame's image first), and record them."""
+        """Bring a frame's masks to the CPU and hand them to the publisher (which encodes, records and sends)."""
         height, width = session.size or (0, 0)
         image = frame.image if frame.image is not None else np.broadcast_to(np.zeros(1, np.uint8), (height, width, 3))
         tracked = tracked_frame(result, frame.frame_id, f"{frame.frame_id:05d}", image)
@@ -193,22 +196,10 @@ class Scheduler:
             picture = frame_header(frame.frame_id, FORMAT_JPEG, width, height) + frame.encoded
         if not prompted:
             session.remember(frame)
-        rles = encode_rle(tracked.masks) if tracked.object_ids else []
-        if tracked.object_ids or session.recorder.frames:
-            session.recorder.add(frame.frame_id, frame.encoded, frame.format, tracked, rles)
-        objects = [
-            {"id": obj_id, "score": round(float(score), 4), "rle": rle}
-            for obj_id, score, rle in zip(tracked.object_ids, tracked.scores, rles)
-        ]
-        message = {
-            "type": "result",
-            "frame": frame.frame_id,
-            "index": result.frame_idx,
-            "prompted": prompted,
-            "objects": objects,
-            "stats": {**session.stats.as_json(), "recorded": session.recorder.frames},
-        }
-        session.deliver(json.dumps(message), picture)
+        stats = session.stats.as_json()
+        self.publisher.submit(
+            Outgoing(session, session.generation, frame, tracked, result.frame_idx, prompted, stats, picture)
+        )
 
 
 def default_engine(model) -> StreamEngine:

@@ -101,6 +101,7 @@ class Session:
         self.stream: Any = None
         self.recent: OrderedDict[int, Frame] = OrderedDict()
         self.newest: Optional[int] = None  # id of the frame the stream's newest frame is
+        self.generation = 0  # counts the sources: results of an earlier one are not sent
 
     def offer(self, frame: Frame) -> Optional[str]:
         """Hand the newest frame to the scheduler; returns why it was refused, if it was."""
