@@ -68,7 +68,7 @@ function keepFrame(id, bitmap) {
   state.frames.set(id, bitmap);
   while (state.frames.size > KEEP_FRAMES) {
     const oldest = state.frames.keys().next().value;
-    state.frames.get(oldest).then((b) => b.close && b.close()).catch(() => {});
+    state.frames.get(oldest).then((b) => { if (!state.shown || state.shown.bitmap !== b) b.close(); }).catch(() => {});
     state.frames.delete(oldest);
   }
 }
