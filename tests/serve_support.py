@@ -23,10 +23,18 @@ from sam2rt.serve.protocol import FORMAT_PNG, FORMAT_RGB, frame_header
 MESSAGE_TIMEOUT_S = 60.0
 
 
+_models: dict[str, sam2rt.SAM2Model] = {}
+
+
 def load_test_model(folder: Path) -> sam2rt.SAM2Model:
-    """The tiny model with visible masks (cli_support's checkpoint), on the CPU, at the tests' small size."""
-    checkpoint = make_checkpoint(folder / "visible.pt")
-    return sam2rt.load_model(VARIANT, checkpoint=checkpoint, device="cpu", image_size=IMAGE_SIZE)
+    """The tiny model with visible masks (cli_support's checkpoint), on the CPU, at the tests' small size.
+
+    Loaded once for all the serve tests: servers and trackers only read it.
+    """
+    if "model" not in _models:
+        checkpoint = make_checkpoint(folder / "visible.pt")
+        _models["model"] = sam2rt.load_model(VARIANT, checkpoint=checkpoint, device="cpu", image_size=IMAGE_SIZE)
+    return _models["model"]
 
 
 class RunningServer:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import signal
+import socket
+import subprocess
+import sys
 import time
 import urllib.request
 import zipfile
@@ -13,7 +17,7 @@ import pytest
 from PIL import Image
 
 import sam2rt
-from cli_support import clip_frames
+from cli_support import clip_frames, make_checkpoint, model_args
 from serve_support import Client, decode_masks, load_test_model, png_frame, running_server
 
 from sam2rt.serve.app import ServerConfig
@@ -174,3 +178,31 @@ def test_pause_reset_and_export(server, model):
     client.send({"type": "reset"})
     assert client.step(3, FRAMES[3])["objects"] == []
     client.close()
+
+
+def test_the_serve_command_serves_the_app(tmp_path):
+    """`sam2rt serve` as a user runs it: the model loads, the page and a session answer, Ctrl+C stops it."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    checkpoint = make_checkpoint(tmp_path / "visible.pt")
+    command = [sys.executable, "-m", "sam2rt", "serve", "--port", str(port), *model_args(checkpoint)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        banner = process.stdout.readline()
+        assert f"http://localhost:{port}/" in banner, banner + process.stderr.read()
+        page = ""
+        for _ in range(100):  # the banner comes just before uvicorn listens
+            try:
+                page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10).read().decode()
+                break
+            except OSError:
+                time.sleep(0.1)
+        assert '<canvas id="view"' in page
+        client = Client(f"ws://127.0.0.1:{port}/ws")
+        assert client.step(0, FRAMES[0])["objects"] == []
+        client.close()
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=30)
+    assert "Traceback" not in process.stderr.read()
