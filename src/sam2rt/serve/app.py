@@ -82,7 +82,11 @@ class Server:
                 outbox.get_nowait()  # a client that reads too slowly loses its oldest message
             outbox.put_nowait(item)
 
-        session = Session(self.scheduler.lock, lambda text, picture: loop.call_soon_threadsafe(put, (text, picture)))
+        def deliver(text: str, picture: Optional[bytes]) -> None:  # from any thread
+            with contextlib.suppress(RuntimeError):  # the event loop has closed: the server is shutting down
+                loop.call_soon_threadsafe(put, (text, picture))
+
+        session = Session(self.scheduler.lock, deliver)
         self.sessions[session.id] = session
         self.scheduler.add(session)
         sender = asyncio.create_task(self._send_loop(websocket, outbox))
