@@ -15,6 +15,7 @@ the official predictor under bf16 autocast with TF32 matmuls, as its own benchma
 - profile: ms per frame by stage (CUDA events around the encoder, memory attention, decoder,
   memory encoder, memory gather, output upsampling; the rest of the step is "other");
 - attention: the memory attention's cross-attention alone, per attention kernel (what bounds a step);
+- kernels: the GPU kernels of a 1-object step by time (torch.profiler, eager bf16);
 - cpu: 4 objects on the CPU, memory attention split per object or batched, against the official loop.
 """
 
@@ -35,7 +36,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import sam2rt  # noqa: E402
 from oracle import oracle_model, oracle_video_state, our_model  # noqa: E402
-from sam2rt.runtime import optimize  # noqa: E402
+from sam2rt.runtime import optimize, to_inference_dtype  # noqa: E402
 from tracking import CLICKS, load_frames, synchronize  # noqa: E402
 
 
@@ -255,6 +256,28 @@ def case_attention(model, frames, args) -> None:
     print(f"  (x4 layers per frame, plus self-attention over {tokens} tokens)")
 
 
+def case_kernels(model, frames, args) -> None:
+    """The GPU kernels of a tracking step with 1 object, eager bf16 (the kernels a graph replays), by time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    eager = to_inference_dtype(our_model(args.variant, args.image_size).to(model.device))
+    tracker = sam2rt.StreamTracker(eager, fill_hole_area=0)
+    tracker.step(frames[0])
+    tracker.add_prompt(1, points=_clicks(0), labels=[1])
+    for frame in frames[1:10]:
+        tracker.step(frame)
+    steps = 10
+    with profile(activities=[ProfilerActivity.CUDA]) as trace:
+        for frame in frames[10 : 10 + steps]:
+            tracker.step(frame)
+        torch.cuda.synchronize()
+    rows = sorted(trace.key_averages(), key=lambda e: e.device_time_total, reverse=True)[:15]
+    total = sum(e.device_time_total for e in trace.key_averages()) / steps / 1000
+    print(f"kernels: 1 object, eager bf16, GPU busy {total:.2f} ms/frame; top kernels (ms/frame, calls/frame):")
+    for e in rows:
+        print(f"  {e.device_time_total / steps / 1000:7.3f} {e.count / steps:6.1f}  {e.key[:110]}")
+
+
 def case_cpu(model, ref, frames, args) -> None:
     from sam2rt.tracking.engine import TrackingEngine
 
@@ -327,6 +350,8 @@ def main() -> None:
                 case_profile(model, frames, args)
             elif case == "attention":
                 case_attention(model, frames, args)
+            elif case == "kernels":
+                case_kernels(model, frames, args)
             elif case == "cpu":
                 case_cpu(model, ref, frames, args)
             else:

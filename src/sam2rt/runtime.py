@@ -9,8 +9,8 @@ The model code stays plain PyTorch; this module changes how it runs:
   encoder from CUDA graphs, one graph per input shape (a batch of frames, a number of objects, of
   clicks), captured on first use. A tracking step launches about a thousand small
   kernels; replaying them from a graph takes the launch cost off the CPU, which otherwise
-  bounds the frame rate of the small variants. Captured code uses cuDNN's attention kernels,
-  the fastest on Hopper, whose per-call CPU cost a graph pays only once.
+  bounds the frame rate of the small variants. Captured code uses cuDNN's attention kernels
+  on batches, the fastest there on Hopper, whose per-call CPU cost a graph pays only once.
 """
 
 from __future__ import annotations
