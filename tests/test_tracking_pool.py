@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import sam2rt
+from sam2rt.tracking.engine import TrackingEngine
 from oracle import assert_close_logits
 
 IMAGE_SIZE = 64
@@ -99,7 +100,8 @@ def test_pool_matches_separate_stream_trackers(model):
     assert streams["a"].frame_idx == 7 and streams["c"].frame_idx == 4
 
 
-def test_one_batched_pass_for_all_streams(model):
+def test_one_batched_pass_for_all_streams(model, monkeypatch):
+    monkeypatch.setattr(TrackingEngine, "split_cpu_attention", False)  # the batched attention of GPUs
     calls, batches = Counter(), {}
 
     def hook(name):

@@ -46,6 +46,8 @@ class EncodedFrame(NamedTuple):
 
 
 class TrackingEngine:
+    split_cpu_attention = True  # on CPU, memory attention runs one call per object (faster there than a batch)
+
     def __init__(self, model: SAM2Model, options: TrackerOptions, cached_frames: int = 2) -> None:
         self.model = model
         self.options = options
@@ -191,7 +193,16 @@ class TrackingEngine:
         num_frames: Optional[int],
     ) -> Tensor:
         """Features `embed` (1 or B, C, h, w) of each object's frame conditioned on its memory: (B, C, h, w)."""
-        indices = [frame.index for frame in frames] if len(frames) == len(views) else [frames[0].index] * len(views)
+        own_frames = list(frames) if len(frames) == len(views) else [frames[0]] * len(views)
+        if self.split_cpu_attention and self.device.type == "cpu" and len(views) > 1:
+            # PyTorch's CPU attention runs a batch of objects slower than one call per object.
+            rows = [embed[i : i + 1] if embed.shape[0] > 1 else embed for i in range(len(views))]
+            conditioned = [
+                self._with_memory([frame], row, [view], reverse, num_frames)
+                for frame, row, view in zip(own_frames, rows, views)
+            ]
+            return torch.cat(conditioned)  # (B, C, h, w)
+        indices = [frame.index for frame in own_frames]
         memory = gather(
             views, indices, reverse, self.config, self.device, self.options.max_cond_frames_in_attn, num_frames
         )
