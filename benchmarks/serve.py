@@ -1,6 +1,7 @@
 """`sam2rt serve` under load: N simulated clients stream a 720p clip over WebSocket, against the bare engine.
 
     python benchmarks/serve.py --device cuda                      # N = 1, 4, 8 at 1024, bf16 + CUDA graphs
+    python benchmarks/serve.py --device cuda --exact --clients 1 --frames 100   # fp32, no graphs
     python benchmarks/serve.py --device cpu --image-size 256 --frames 6 --clients 1,2 --size 180x320
 
 The server runs in this process (uvicorn in a thread, as `sam2rt serve` runs it); the clients run
