@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up .venv on a fresh machine: PyTorch, sam2rt and its dependencies.
 #   bash scripts/setup.sh          what running sam2rt needs
-#   bash scripts/setup.sh --test   plus pytest and the official sam2==1.1.0, the reference for the parity tests
+#   bash scripts/setup.sh --test   plus pytest and the official sam2==1.1.0, the reference for the parity tests,
+#                                  and Debian's chromium for the browser test of `sam2rt serve` (apt, as root)
 # torch==2.13.0 is installed first: on the CPU machines this project is developed on, that pins the
 # CPU wheel they hold and keeps pip from pulling several GB of CUDA packages.
 set -euo pipefail
@@ -15,6 +16,10 @@ if [ "${1:-}" = "--test" ]; then
   # The oracle: built without its optional CUDA extension, without its torchvision dependency
   # (PyPI has no CPU torchvision; the tests stand in for the two transforms it uses).
   SAM2_BUILD_CUDA=0 .venv/bin/python -m pip install -q --no-deps --no-build-isolation sam2==1.1.0
+  # The browser test drives the system's Chromium through Playwright (never `playwright install`).
+  if [ ! -x /usr/bin/chromium ]; then
+    apt-get update -q && apt-get install -y -q chromium
+  fi
 else
   .venv/bin/python -m pip install -q -e .
 fi

@@ -4,6 +4,8 @@ from .checkpoints import CheckpointError, load_model
 from .image_predictor import ImagePredictor
 from .model.sam2 import SAM2Model, build_model
 from .tracking.camera import CameraPredictor
+from .tracking.pool import StreamPool
+from .tracking.pooled_stream import PooledStream
 from .tracking.stream import FrameResult, StreamTracker
 from .tracking.video import InferenceState, VideoPredictor
 from .variants import VARIANTS, ModelConfig, Variant, get_variant
@@ -15,7 +17,9 @@ __all__ = [
     "ImagePredictor",
     "InferenceState",
     "ModelConfig",
+    "PooledStream",
     "SAM2Model",
+    "StreamPool",
     "StreamTracker",
     "VARIANTS",
     "Variant",

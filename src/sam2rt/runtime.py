@@ -5,10 +5,12 @@ The model code stays plain PyTorch; this module changes how it runs:
 - `to_inference_dtype` casts the parameters to bf16 (or fp16), which is faster than autocast:
   autocast converts weights and activations on every call. Positional tables and the prompt
   encoder's random Fourier matrix stay in fp32, and mask logits come back in fp32.
-- `use_cuda_graphs` replays the image encoder and the memory attention from CUDA graphs, one graph
-  per input shape, captured on first use. A tracking step launches about a thousand small
+- `use_cuda_graphs` replays the image encoder, the memory attention, the mask decoder and the memory
+  encoder from CUDA graphs, one graph per input shape (a batch of frames, a number of objects, of
+  clicks), captured on first use. A tracking step launches about a thousand small
   kernels; replaying them from a graph takes the launch cost off the CPU, which otherwise
-  bounds the frame rate of the small variants.
+  bounds the frame rate of the small variants. Captured code uses cuDNN's attention kernels
+  on batches, the fastest there on Hopper, whose per-call CPU cost a graph pays only once.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Callable, NamedTuple
 import torch
 from torch import Tensor
 
+from .model.layers import attention_for_graphs
 from .model.sam2 import SAM2Model
 
 
@@ -44,6 +47,28 @@ def _signature(arguments: dict) -> tuple:
     )
 
 
+def _is_tensor_tuple(value) -> bool:
+    return isinstance(value, tuple) and len(value) > 0 and all(isinstance(v, Tensor) for v in value)
+
+
+def _flatten(arguments: dict) -> dict:
+    """Arguments with each tuple of tensors spread into one entry per tensor ("name.0", ...)."""
+    flat = {}
+    for name, value in arguments.items():
+        if _is_tensor_tuple(value):
+            flat.update({f"{name}.{i}": v for i, v in enumerate(value)})
+        else:
+            flat[name] = value
+    return flat
+
+
+def _bind(name: str, value, inputs: dict[str, Tensor]):
+    """The static copy standing for argument `name` in the graph (a tuple of them for a tuple of tensors)."""
+    if _is_tensor_tuple(value):
+        return tuple(inputs[f"{name}.{i}"] for i in range(len(value)))
+    return inputs.get(name, value)
+
+
 def _clone_tree(value):
     """Copy graph outputs out of the graph's memory, which the next replay overwrites."""
     if isinstance(value, Tensor):
@@ -66,30 +91,32 @@ class GraphedCallable:
 
     def __call__(self, *args, **kwargs):
         arguments = {**{str(i): a for i, a in enumerate(args)}, **kwargs}
-        key = _signature(arguments)
+        flat = _flatten(arguments)
+        key = _signature(flat)
         entry = self.graphs.get(key)
         if entry is None:
-            entry = self.graphs[key] = self._capture(arguments, len(args))
+            entry = self.graphs[key] = self._capture(arguments, flat, len(args))
         for name, static in entry.inputs.items():
-            static.copy_(arguments[name], non_blocking=True)
+            static.copy_(flat[name], non_blocking=True)
         entry.graph.replay()
         return _clone_tree(entry.output)
 
-    def _capture(self, arguments: dict, num_positional: int) -> _Graph:
-        inputs = {name: a.clone() for name, a in arguments.items() if isinstance(a, Tensor)}
-        bound = {name: inputs.get(name, a) for name, a in arguments.items()}
+    def _capture(self, arguments: dict, flat: dict, num_positional: int) -> _Graph:
+        inputs = {name: a.clone() for name, a in flat.items() if isinstance(a, Tensor)}
+        bound = {name: _bind(name, a, inputs) for name, a in arguments.items()}
         names = list(bound)
         args = [bound[n] for n in names[:num_positional]]
         kwargs = {n: bound[n] for n in names[num_positional:]}
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):  # warm-up outside the graph: lazy initialisations, kernel choices
-            for _ in range(self.warmup):
-                self.fn(*args, **kwargs)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            output = self.fn(*args, **kwargs)
+        with attention_for_graphs():
+            with torch.cuda.stream(stream):  # warm-up outside the graph: lazy initialisations, kernel choices
+                for _ in range(self.warmup):
+                    self.fn(*args, **kwargs)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pool):
+                output = self.fn(*args, **kwargs)
         return _Graph(graph, inputs, output)
 
 
@@ -101,10 +128,11 @@ def optimize(model: SAM2Model) -> SAM2Model:
 
 
 def use_cuda_graphs(model: SAM2Model) -> SAM2Model:
-    """Replay the image encoder and the memory attention from CUDA graphs (the model must be on CUDA)."""
+    """Replay the image encoder, memory attention, mask decoder and memory encoder from CUDA graphs
+    (the model must be on CUDA)."""
     if model.device.type != "cuda":
         raise ValueError("CUDA graphs need the model on a CUDA device")
     pool = torch.cuda.graph_pool_handle()
-    model.image_encoder.forward = GraphedCallable(model.image_encoder.forward, pool)
-    model.memory_attention.forward = GraphedCallable(model.memory_attention.forward, pool)
+    for module in (model.image_encoder, model.memory_attention, model.sam_mask_decoder, model.memory_encoder):
+        module.forward = GraphedCallable(module.forward, pool)
     return model

@@ -11,6 +11,7 @@ from . import models  # noqa: E402, F401
 from . import image  # noqa: E402, F401
 from . import track  # noqa: E402, F401
 from . import eval  # noqa: E402, F401
+from . import serve  # noqa: E402, F401
 
 
 def main() -> None:

@@ -15,6 +15,8 @@ from typing import Iterator, NamedTuple, Optional, Protocol
 import numpy as np
 
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
+# What FFmpeg may use for a URL given by someone else (the live server's clients): no file://, no local concat.
+NETWORK_PROTOCOLS = "http,https,tls,tcp,udp,rtp,rtsp,rtsps,rtmp,rtmps,srt,crypto,hls,httpproxy"
 
 
 class SourceError(ValueError):
@@ -89,12 +91,16 @@ class StreamCapture:
     camera. A live stream (no duration) arrives at its own pace and is read as fast as it comes.
     """
 
-    def __init__(self, url: str, paced: Optional[bool] = None, timeout: float = 10.0) -> None:
+    def __init__(
+        self, url: str, paced: Optional[bool] = None, timeout: float = 10.0, network_only: bool = False
+    ) -> None:
         import av
 
         self._av = av
         self.name = url
         options = {"rtsp_transport": "tcp"} if url.lower().startswith("rtsp") else {}
+        if network_only:  # a URL from an untrusted client must not read local files
+            options["protocol_whitelist"] = NETWORK_PROTOCOLS
         try:
             self._container = av.open(url, options=options, timeout=timeout)
         except (av.error.FFmpegError, OSError) as error:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -66,7 +68,23 @@ def merge_heads(x: Tensor) -> Tensor:
 # On CUDA, flash and memory-efficient kernels only: PyTorch's cuDNN attention, preferred by default on
 # Hopper, rebuilds its execution plan for each of the many shapes SAM 2 uses (Hiera windows, global
 # blocks, decoder, memory) at about 0.5 ms of CPU time per call, which dominates a tracking step.
+# Captured into a CUDA graph, that CPU time is paid once per shape, and cuDNN's kernels are the fastest
+# on Hopper for batches (several objects' memory attention, a single head of width 256).
 _CUDA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+_CAPTURED_BACKENDS = [SDPBackend.CUDNN_ATTENTION, *_CUDA_BACKENDS]
+
+
+_for_graphs: ContextVar[bool] = ContextVar("attention_for_graphs", default=False)
+
+
+@contextmanager
+def attention_for_graphs() -> Iterator[None]:
+    """Within: attention prefers cuDNN's kernels, for code being warmed up and captured into CUDA graphs."""
+    token = _for_graphs.set(True)
+    try:
+        yield
+    finally:
+        _for_graphs.reset(token)
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor] = None) -> Tensor:
@@ -78,7 +96,9 @@ def attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor] = None
         key_mask = key_mask[:, None, None, :]  # (B, 1, 1, Nk), broadcast over heads and queries
     if not q.is_cuda:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
-    with sdpa_kernel(_CUDA_BACKENDS):
+    # cuDNN wins on batches (4 objects' memory attention: 0.69 ms against flash's 1.47 on an H200), flash on one row.
+    backends = _CAPTURED_BACKENDS if _for_graphs.get() and q.shape[0] > 1 else _CUDA_BACKENDS
+    with sdpa_kernel(backends, set_priority=True):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
 
 

@@ -1,8 +1,9 @@
-"""The tracking engine under StreamTracker, VideoPredictor and CameraPredictor.
+"""The tracking engine under StreamPool, StreamTracker, VideoPredictor and CameraPredictor.
 
-It runs the model for one frame at a time: tracking all objects that need it in one batched pass
-(one memory attention, one decoder, one memory encoder call), a prompt on one object, and the
-memory encoding of prompted frames. Which memories each object sees is the memory bank's job;
+It runs the model in batched passes: the image encoder over a batch of frames, tracking all
+objects that need it (one memory attention, one decoder, one memory encoder call, each object on
+its own frame: several streams step together), a prompt on one object, and the memory encoding
+of prompted frames. Which memories each object sees is the memory bank's job;
 where outputs are kept is the caller's.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +46,8 @@ class EncodedFrame(NamedTuple):
 
 
 class TrackingEngine:
+    split_cpu_attention = True  # on CPU, memory attention runs one call per object (faster there than a batch)
+
     def __init__(self, model: SAM2Model, options: TrackerOptions, cached_frames: int = 2) -> None:
         self.model = model
         self.options = options
@@ -81,6 +84,22 @@ class TrackingEngine:
             self._cache.popitem(last=False)
         return frame
 
+    def encode_batch(self, frames: Sequence[tuple[int, Tensor]]) -> list[EncodedFrame]:
+        """Encode (index, RGB (3, H, W)) frames of any sizes in one image-encoder call; nothing is cached."""
+        size = self.config.image_size
+        images = torch.cat([normalize_frame(to_device(rgb, self.device), size) for _, rgb in frames])  # (B, 3, S, S)
+        features = self.model.encode_image(images)
+        return [
+            EncodedFrame(
+                index,
+                ImageFeatures(
+                    features.embed[row : row + 1], tuple(h[row : row + 1] for h in features.high_res), features.pos
+                ),
+                (rgb.shape[1], rgb.shape[2]),
+            )
+            for row, (index, rgb) in enumerate(frames)
+        ]
+
     def clear_cache(self) -> None:
         self._cache.clear()
 
@@ -90,14 +109,14 @@ class TrackingEngine:
     # Model steps
 
     def track(
-        self, frame: EncodedFrame, views: list[MemoryView], reverse: bool, num_frames: Optional[int]
+        self, frames: Sequence[EncodedFrame], views: list[MemoryView], reverse: bool, num_frames: Optional[int]
     ) -> list[FrameOutput]:
-        """Track every object of `views` on `frame` in one batched pass; outputs carry their new memory."""
-        features = frame.features
+        """Track every object of `views` on its frame in `frames` (one per view, or one for all) in one
+        batched pass; outputs carry their new memory."""
         batch = len(views)
-        conditioned = self._with_memory(frame, views, reverse, num_frames)
-        high_res = tuple(level.expand(batch, -1, -1, -1) for level in features.high_res)
-        prediction = self.model.segment(conditioned, high_res, None, None, None, multimask=True)
+        features = _per_object(frames, batch)
+        conditioned = self._with_memory(frames, features.embed, views, reverse, num_frames)
+        prediction = self.model.segment(conditioned, features.high_res, None, None, None, multimask=True)
         memories = self.model.encode_memory(
             features.embed,
             prediction.best_mask,
@@ -130,7 +149,7 @@ class TrackingEngine:
         if memory is None:
             embed = self.model.without_memory(features.embed)
         else:
-            embed = self._with_memory(frame, [memory], reverse, num_frames)
+            embed = self._with_memory([frame], features.embed, [memory], reverse, num_frames)
         if previous_logits is not None:
             previous_logits = previous_logits.to(self.device).clamp(-PROMPT_MASK_LOGIT_CLAMP, PROMPT_MASK_LOGIT_CLAMP)
         multimask = coords.shape[1] <= 1  # one click is ambiguous; more clicks or a box are not
@@ -143,14 +162,16 @@ class TrackingEngine:
         prediction = self.model.mask_as_output(features.embed, features.high_res, mask.to(self.device))
         return self._outputs(prediction)[0]
 
-    def encode_prompted(self, frame: EncodedFrame, outputs: list[FrameOutput]) -> None:
-        """Give prompted outputs of `frame` their memory, with the masks binarised as the user shaped them."""
+    def encode_prompted(self, frames: Sequence[EncodedFrame], outputs: list[FrameOutput]) -> None:
+        """Give prompted outputs of `frames` (one per output, or one for all) their memory, with the masks
+        binarised as the user shaped them."""
         if not outputs:
             return
+        embed = _per_object(frames, len(outputs)).embed
         masks = torch.stack([out.mask_logits.to(self.device) for out in outputs])  # (B, 1, 4h, 4w)
         scores = torch.stack([out.object_score.to(self.device) for out in outputs])  # (B, 1)
         binarize = torch.ones(len(outputs), dtype=torch.bool, device=self.device)
-        memories = self.model.encode_memory(frame.features.embed, masks, scores, binarize)
+        memories = self.model.encode_memory(embed, masks, scores, binarize)
         for output, spatial in zip(outputs, self._store_memory(memories)):
             output.memory = spatial
 
@@ -164,13 +185,28 @@ class TrackingEngine:
         return logits
 
     def _with_memory(
-        self, frame: EncodedFrame, views: list[MemoryView], reverse: bool, num_frames: Optional[int]
+        self,
+        frames: Sequence[EncodedFrame],
+        embed: Tensor,
+        views: list[MemoryView],
+        reverse: bool,
+        num_frames: Optional[int],
     ) -> Tensor:
-        """The frame's features conditioned on each object's memory: (B, C, h, w)."""
+        """Features `embed` (1 or B, C, h, w) of each object's frame conditioned on its memory: (B, C, h, w)."""
+        own_frames = list(frames) if len(frames) == len(views) else [frames[0]] * len(views)
+        if self.split_cpu_attention and self.device.type == "cpu" and len(views) > 1:
+            # PyTorch's CPU attention runs a batch of objects slower than one call per object.
+            rows = [embed[i : i + 1] if embed.shape[0] > 1 else embed for i in range(len(views))]
+            conditioned = [
+                self._with_memory([frame], row, [view], reverse, num_frames)
+                for frame, row, view in zip(own_frames, rows, views)
+            ]
+            return torch.cat(conditioned)  # (B, C, h, w)
+        indices = [frame.index for frame in own_frames]
         memory = gather(
-            views, frame.index, reverse, self.config, self.device, self.options.max_cond_frames_in_attn, num_frames
+            views, indices, reverse, self.config, self.device, self.options.max_cond_frames_in_attn, num_frames
         )
-        return self.model.condition_on_memory(frame.features.embed, memory)
+        return self.model.condition_on_memory(embed, memory)
 
     def _outputs(self, prediction: MaskPrediction) -> list[FrameOutput]:
         masks = prediction.best_mask
@@ -186,3 +222,20 @@ class TrackingEngine:
         """(B, C_mem, h, w) -> (B, h*w, C_mem) in the storage dtype and device."""
         flat = memories.flatten(2).transpose(1, 2)  # (B, h*w, C_mem)
         return flat.to(self.memory_dtype).to(self.storage_device, non_blocking=True).contiguous()
+
+
+def _per_object(frames: Sequence[EncodedFrame], batch: int) -> ImageFeatures:
+    """The features each of `batch` objects works on, from one frame per object or one for all.
+
+    One frame for all: its embedding stays (1, C, h, w) and the decoder skips are expanded, not
+    copied. Several frames (objects of several streams): their rows are gathered, (B, ...).
+    """
+    first = frames[0].features
+    if all(frame is frames[0] for frame in frames):
+        return ImageFeatures(first.embed, tuple(h.expand(batch, -1, -1, -1) for h in first.high_res), first.pos)
+    if len(frames) != batch:
+        raise ValueError(f"expected one frame per object ({batch}), got {len(frames)}")
+    embed = torch.cat([frame.features.embed for frame in frames])  # (B, C, h, w)
+    levels = len(first.high_res)
+    high_res = tuple(torch.cat([frame.features.high_res[i] for frame in frames]) for i in range(levels))
+    return ImageFeatures(embed, high_res, first.pos)

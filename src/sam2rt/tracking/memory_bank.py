@@ -7,7 +7,7 @@ and object pointers. A frame t tracked in direction d sees, for each object:
 - the spatial memories of frames t-d, ..., t-6d, each with its own temporal encoding,
 - the object pointers of the conditioning frames on its past side and of frames t-d, ..., t-15d.
 
-`gather` packs these for a batch of objects into fixed-size slots with validity masks, so one
+`gather` packs these for a batch of objects, each on its own frame, into fixed-size slots with validity masks, so one
 memory-attention call serves all objects however different their histories are.
 
 Two stores implement the view the gather reads: `RingMemory`, fixed-capacity buffers for streams
@@ -18,7 +18,7 @@ offline video predictor whose prompts and re-propagations may land on any frame.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Optional, Protocol
+from typing import Mapping, Optional, Protocol, Sequence
 
 import torch
 from torch import Tensor
@@ -116,15 +116,19 @@ def _plan(
 
 def gather(
     views: list[MemoryView],
-    frame_idx: int,
+    frame_indices: Sequence[int],
     reverse: bool,
     config: ModelConfig,
     device: torch.device,
     max_cond_in_attn: int = -1,
     num_frames: Optional[int] = None,
 ) -> MemoryTokens:
-    """Pack the memories each object sees on `frame_idx` into fixed-size slots: (B, F, ...) and (B, P, ...)."""
-    plans = [_plan(view, frame_idx, reverse, config, max_cond_in_attn, num_frames) for view in views]
+    """Pack the memories each object sees on its frame (`frame_indices`, one per view) into fixed-size slots:
+    (B, F, ...) and (B, P, ...)."""
+    plans = [
+        _plan(view, frame_idx, reverse, config, max_cond_in_attn, num_frames)
+        for view, frame_idx in zip(views, frame_indices, strict=True)
+    ]
     frames = max(len(plan.spatial) for plan in plans)
     num_pointers = max(len(plan.pointers) for plan in plans)
     tokens = config.feature_size**2

@@ -229,7 +229,7 @@ class VideoPredictor:
                     if output.memory is None:
                         by_frame.setdefault(frame_idx, []).append(output)
             for frame_idx, outputs in by_frame.items():
-                state.engine.encode_prompted(state.frame(frame_idx), outputs)
+                state.engine.encode_prompted([state.frame(frame_idx)], outputs)
             for obj in state.objects.values():
                 store = obj.archive.cond if is_cond else obj.archive.non_cond
                 for frame_idx, output in obj.pending[is_cond].items():
@@ -278,7 +278,7 @@ class VideoPredictor:
             to_track = [obj for obj in objects if frame_idx not in obj.archive.cond]
             if to_track:
                 outputs = state.engine.track(
-                    state.frame(frame_idx), [obj.archive for obj in to_track], reverse, state.num_frames
+                    [state.frame(frame_idx)], [obj.archive for obj in to_track], reverse, state.num_frames
                 )
                 for obj, output in zip(to_track, outputs):
                     obj.archive.non_cond[frame_idx] = output

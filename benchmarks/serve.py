@@ -1,0 +1,248 @@
+"""`sam2rt serve` under load: N simulated clients stream a 720p clip over WebSocket, against the bare engine.
+
+    python benchmarks/serve.py --device cuda                      # N = 1, 4, 8 at 1024, bf16 + CUDA graphs
+    python benchmarks/serve.py --device cuda --exact --clients 1 --frames 100   # fp32, no graphs
+    python benchmarks/serve.py --device cpu --image-size 256 --frames 6 --clients 1,2 --size 180x320
+
+The server runs in this process (uvicorn in a thread, as `sam2rt serve` runs it); the clients run
+in another process (one thread each), like the browser app: JPEG frames, at most two frames in
+flight, one object clicked on the first frame. Per client: processed frames per second and the
+p50 / p95 latency from frame sent to masks received. Two ways to stream:
+- paced: each client sends at the clip's 30 frames/s (a camera); the server drops what it cannot keep;
+- flat out: each client sends as soon as its window allows (the server's best rate).
+`engine` is StreamTracker.step on the same decoded frames, masks fetched to the CPU each frame,
+one object, in a thread of this process, before the server starts. Random weights (the speed does not depend on them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import multiprocessing
+import statistics
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+import sam2rt
+from sam2rt.io.sources import open_frames
+from sam2rt.serve.protocol import FORMAT_JPEG, frame_header
+
+ROOT = Path(__file__).resolve().parents[1]
+CLIP = ROOT.parent / "shared" / "data" / "videos" / "bedroom.mp4"
+CLIENT_RATE = 30.0
+IN_FLIGHT = 2
+
+
+def load_frames(source: Path, count: int, size: tuple[int, int]) -> list[np.ndarray]:
+    """`count` frames of a video file or folder of frames (looped), resized to `size` (H, W)."""
+    height, width = size
+    if source.exists():
+        video = open_frames(source)
+        frames = [video[i % len(video)] for i in range(count)]
+    else:  # no media: noise frames
+        rng = np.random.default_rng(0)
+        frames = [rng.integers(0, 256, size=(540, 960, 3), dtype=np.uint8) for _ in range(count)]
+    return [np.asarray(Image.fromarray(f).resize((width, height), Image.BILINEAR)) for f in frames]
+
+
+def jpeg(frame: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(frame).save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def engine_fps(model, frames: list[np.ndarray], click: tuple[int, int], warmup: int) -> float:
+    tracker = sam2rt.StreamTracker(model)
+    tracker.step(frames[0])
+    tracker.add_prompt(1, points=[click], labels=[1])
+    for frame in frames[1 : 1 + warmup]:
+        tracker.step(frame).masks.cpu()
+    start = time.perf_counter()
+    for frame in frames[1 + warmup :]:
+        tracker.step(frame).masks.cpu()  # the masks a user needs, on the CPU: one sync per frame
+    return (len(frames) - 1 - warmup) / (time.perf_counter() - start)
+
+
+# Clients (in their own process)
+
+
+def run_client(url: str, payloads: list[bytes], click: tuple[int, int], paced: bool, warmup: int, out: list) -> None:
+    from websockets.sync.client import connect
+
+    sent_at: dict[int, float] = {}
+    latencies: list[float] = []
+    answered = -1
+    with connect(url, max_size=None, open_timeout=60) as ws:
+        json.loads(ws.recv())  # the session message
+        ws.send(payloads[0])
+        sent_at[0] = time.perf_counter()
+
+        def wait_result(prompted: bool) -> dict:
+            while True:
+                message = ws.recv(timeout=120)
+                if isinstance(message, str):
+                    reply = json.loads(message)
+                    if reply["type"] == "result" and reply["prompted"] == prompted:
+                        return reply
+
+        wait_result(False)
+        ws.send(json.dumps({"type": "prompt", "frame": 0, "obj_id": 1, "points": [list(click)], "labels": [1]}))
+        wait_result(True)
+        lock = threading.Lock()
+        done = threading.Event()
+        counts = {"results": 0, "first": None, "last": None}
+
+        def receive() -> None:
+            nonlocal answered
+            while not done.is_set():
+                try:
+                    reply = json.loads(ws.recv(timeout=30))
+                except Exception:
+                    return
+                if reply["type"] != "result" or reply["prompted"]:
+                    continue
+                now = time.perf_counter()
+                with lock:
+                    answered = max(answered, reply["frame"])
+                    if reply["frame"] > warmup:
+                        latencies.append(now - sent_at[reply["frame"]])
+                        counts["results"] += 1
+                        counts["first"] = counts["first"] or now
+                        counts["last"] = now
+
+        receiver = threading.Thread(target=receive, daemon=True)
+        receiver.start()
+        start = time.perf_counter()
+        for index in range(1, len(payloads)):
+            if paced:
+                time.sleep(max(0.0, start + index / CLIENT_RATE - time.perf_counter()))
+            while True:
+                with lock:
+                    in_flight = sum(1 for i in sent_at if i > answered)
+                if in_flight < IN_FLIGHT or paced:
+                    break
+                time.sleep(0.0005)
+            if in_flight >= IN_FLIGHT:
+                continue  # a camera frame the server has no room for: skipped, as the browser app does
+            with lock:
+                sent_at[index] = time.perf_counter()
+            ws.send(payloads[index])
+        deadline = time.perf_counter() + 30
+        while answered < max(sent_at) and time.perf_counter() < deadline:
+            time.sleep(0.005)
+        done.set()
+        span = (counts["last"] - counts["first"]) if counts["results"] > 1 else float("nan")
+        fps = (counts["results"] - 1) / span if counts["results"] > 1 else 0.0
+        out.append((fps, latencies))
+
+
+def clients_process(url: str, count: int, payloads, click, paced: bool, warmup: int, queue) -> None:
+    results: list = []
+    threads = [
+        threading.Thread(target=run_client, args=(url, payloads, click, paced, warmup, results)) for _ in range(count)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    queue.put(results)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--variant", default="sam2.1_hiera_tiny")
+    parser.add_argument("--image-size", type=int, default=1024)
+    parser.add_argument("--frames", type=int, default=150, help="frames each client streams")
+    parser.add_argument("--clients", default="1,4,8")
+    parser.add_argument("--size", default="720x1280", help="HxW of the streamed frames")
+    parser.add_argument("--source", type=Path, default=CLIP, help="video file or folder of frames to stream")
+    parser.add_argument("--exact", action="store_true", help="fp32 weights, no CUDA graphs")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    import uvicorn
+
+    from sam2rt.runtime import optimize
+    from sam2rt.serve.app import ServerConfig, create_app
+    from sam2rt.serve.scheduler import default_engine
+
+    height, width = map(int, args.size.split("x"))
+    frames = load_frames(args.source, args.frames, (height, width))
+    payloads = [frame_header(i, FORMAT_JPEG, width, height) + jpeg(f) for i, f in enumerate(frames)]
+    click = (int(width * 0.22), int(height * 0.65))
+    warmup = min(20, args.frames // 3)
+    device = torch.device(args.device)
+    model = sam2rt.build_model(args.variant, image_size=args.image_size).to(device).eval()
+    model = model if args.exact else optimize(model)
+    with ThreadPoolExecutor(1) as thread:  # a worker thread, as the server's scheduler (CPU thread pools differ)
+        bare = thread.submit(engine_fps, model, frames, click, warmup).result()
+    print(f"{args.variant} at {args.image_size}, {width}x{height} JPEG frames, {device}; engine {bare:.1f} frames/s")
+
+    counts = [int(c) for c in args.clients.split(",")]
+    config = ServerConfig(max_sessions=max(counts) + 1)
+    app = create_app(default_engine(model), config)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=0,
+            ws_max_size=64 * 2**20,
+            ws_per_message_deflate=False,
+            log_level="warning",
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    url = f"ws://127.0.0.1:{port}/ws"
+    memory_before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+
+    print(
+        "| clients | streaming | per-client FPS (mean) | all clients FPS | p50 latency ms | p95 latency ms | vs engine |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    context = multiprocessing.get_context("spawn")
+    for paced in (False, True):
+        for count in counts:
+            queue = context.Queue()
+            process = context.Process(target=clients_process, args=(url, count, payloads, click, paced, warmup, queue))
+            process.start()
+            results = queue.get(timeout=600)
+            process.join()
+            fps = [r[0] for r in results]
+            latencies = sorted(1000 * x for r in results for x in r[1])
+            p50 = statistics.median(latencies) if latencies else float("nan")
+            p95 = latencies[int(0.95 * (len(latencies) - 1))] if latencies else float("nan")
+            total = sum(fps)
+            mode = "paced 30/s" if paced else "flat out"
+            print(
+                f"| {count} | {mode} | {statistics.mean(fps):.1f} | {total:.1f} | {p50:.0f} | {p95:.0f} | "
+                f"{total / bare:.2f} |",
+                flush=True,
+            )
+    deadline = time.monotonic() + 10
+    while app.app.state.server.sessions and time.monotonic() < deadline:  # every client has gone: all freed
+        time.sleep(0.1)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        after = torch.cuda.memory_allocated(device)
+        print(
+            f"GPU memory allocated: {memory_before / 2**20:.1f} MiB with no session, {after / 2**20:.1f} MiB after all closed"
+        )
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+if __name__ == "__main__":
+    main()

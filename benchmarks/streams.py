@@ -1,0 +1,363 @@
+"""Many live streams, long streams, heavy memories and a per-stage profile, on the GPU, with the official predictor.
+
+    python benchmarks/streams.py                                    # every case, tiny at 1024
+    python benchmarks/streams.py --cases profile                    # the profile alone (runs on older sam2rt too)
+    python benchmarks/streams.py --cases cpu --device cpu --threads 2 --image-size 512
+
+Same weights and frames on both sides (the bedroom clip, or noise frames without it), no hole
+filling on either side. sam2rt runs with bf16 weights and CUDA graphs (sam2rt.runtime.optimize);
+the official predictor under bf16 autocast with TF32 matmuls, as its own benchmark runs. Cases:
+- streams: N streams x 1 object stepped together by a StreamPool, FPS per stream, against N
+  official predictors (one model, N inference states) taking turns frame by frame;
+- latency: p50 / p99 of one stream's step (1 object), each step synchronised;
+- memory: GPU memory allocated over a long stream (1 object), sampled every 1000 frames;
+- heavy: each object corrected on 8 frames (8 conditioning frames in its memory), 1 and 4 objects;
+- profile: ms per frame by stage (CUDA events around the encoder, memory attention, decoder,
+  memory encoder, memory gather, output upsampling; the rest of the step is "other");
+- attention: the memory attention's cross-attention alone, per attention kernel (what bounds a step);
+- kernels: the GPU kernels of a 1-object step by time (torch.profiler, eager bf16);
+- cpu: 4 objects on the CPU, memory attention split per object or batched, against the official loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import sam2rt  # noqa: E402
+from oracle import oracle_model, oracle_video_state, our_model  # noqa: E402
+from sam2rt.runtime import optimize, to_inference_dtype  # noqa: E402
+from tracking import CLICKS, load_frames, synchronize  # noqa: E402
+
+
+def _clicks(obj: int, correction: int = 0) -> list[tuple[int, int]]:
+    x, y = CLICKS[obj % len(CLICKS)]
+    return [(x + 3 * correction, y + 2 * correction)]
+
+
+def _official_fps_taking_turns(ref, frames, streams: int, objects: int, warmup: int, corrections: int = 1) -> float:
+    """Frames per second of each of `streams` official sessions propagated in turns, one frame each."""
+    states = [oracle_video_state(ref, frames) for _ in range(streams)]
+    for state in states:
+        for obj in range(objects):
+            for t in range(corrections):
+                ref.add_new_points_or_box(state, t, obj + 1, points=_clicks(obj, t), labels=[1])
+    runs = [ref.propagate_in_video(state) for state in states]
+    for _ in range(max(warmup, corrections)):
+        for run in runs:
+            next(run)
+    synchronize(ref.device)
+    start, count = time.perf_counter(), 0
+    for _ in range(len(frames) - max(warmup, corrections)):
+        for run in runs:
+            next(run)
+        count += 1
+    synchronize(ref.device)
+    return count / (time.perf_counter() - start)
+
+
+def _pool_fps(model, frames, streams: int, objects: int, warmup: int, corrections: int = 1) -> float:
+    pool = sam2rt.StreamPool(model, fill_hole_area=0)
+    members = [pool.open_stream() for _ in range(streams)]
+    for t in range(corrections):  # each object prompted on frame 0, corrected on frames 1 .. corrections-1
+        pool.step({stream: frames[t] for stream in members})
+        for stream in members:
+            for obj in range(objects):
+                stream.add_prompt(obj + 1, points=_clicks(obj, t), labels=[1])
+    for t in range(corrections, corrections + warmup):
+        pool.step({stream: frames[t] for stream in members})
+    synchronize(model.device)
+    start = time.perf_counter()
+    timed = frames[corrections:]
+    for frame in timed:
+        pool.step({stream: frame for stream in members})
+    synchronize(model.device)
+    return len(timed) / (time.perf_counter() - start)
+
+
+def case_streams(model, ref, frames, args, autocast) -> None:
+    ours = _pool_fps(model, frames, args.streams, 1, args.warmup)
+    official = float("nan")
+    if ref is not None:
+        with autocast:  # the official side's precision; sam2rt's weights are bf16 already
+            official = _official_fps_taking_turns(ref, frames, args.streams, 1, 5)
+    print(
+        f"streams: {args.streams} x 1 object: sam2rt pool {ours:.1f} FPS per stream ({ours * args.streams:.0f} in all)"
+    )
+    print(f"streams: {args.streams} official predictors taking turns: {official:.1f} FPS per stream")
+
+
+def case_latency(model, frames, args) -> None:
+    tracker = sam2rt.StreamTracker(model, fill_hole_area=0)
+    tracker.step(frames[0])
+    tracker.add_prompt(1, points=_clicks(0), labels=[1])
+    times = []
+    for t in range(args.latency_steps + args.warmup):
+        synchronize(model.device)
+        start = time.perf_counter()
+        tracker.step(frames[1 + t % (len(frames) - 1)])
+        synchronize(model.device)
+        times.append(1000 * (time.perf_counter() - start))
+    times = sorted(times[args.warmup :])
+    p50, p99 = times[len(times) // 2], times[min(len(times) - 1, int(0.99 * len(times)))]
+    print(f"latency: one stream, 1 object, {len(times)} steps: p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {times[-1]:.2f}")
+
+
+def case_memory(model, frames, args) -> None:
+    tracker = sam2rt.StreamTracker(model, fill_hole_area=0)
+    tracker.step(frames[0])
+    tracker.add_prompt(1, points=_clicks(0), labels=[1])
+    samples = {}
+    torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for t in range(1, args.long_frames + 1):
+        tracker.step(frames[t % len(frames)])
+        if t % 1000 == 0 or t == 100:
+            samples[t] = torch.cuda.memory_allocated()
+    synchronize(model.device)
+    elapsed = time.perf_counter() - start
+    after_warmup = [v for t, v in samples.items() if t >= 1000]
+    mib = 2**20
+    print(
+        f"memory: {args.long_frames} frames of one stream at {args.long_frames / elapsed:.1f} FPS; allocated MiB by "
+        f"frame: {', '.join(f'{t}: {v / mib:.1f}' for t, v in samples.items())}; "
+        f"spread after frame 1000: {(max(after_warmup) - min(after_warmup)) / mib:.2f} MiB; "
+        f"peak {torch.cuda.max_memory_allocated() / mib:.0f} MiB"
+    )
+
+
+def case_heavy(model, ref, frames, args, autocast) -> None:
+    for objects in (1, 4):
+        ours = _pool_fps(model, frames, 1, objects, args.warmup, corrections=8)
+        official = float("nan")
+        if ref is not None:
+            with autocast:
+                official = _official_fps_taking_turns(ref, frames, 1, objects, 5, corrections=8)
+        print(f"heavy: {objects} object(s) x 8 conditioning frames: sam2rt {ours:.1f} FPS, official {official:.1f} FPS")
+
+
+class StageTimer:
+    """CUDA events around the model's stages, summed per stage."""
+
+    def __init__(self) -> None:
+        self.spans: dict[str, list] = defaultdict(list)
+        self.open: dict[str, torch.cuda.Event] = {}
+
+    def begin(self, name: str) -> None:
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        self.open[name] = event
+
+    def end(self, name: str) -> None:
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        self.spans[name].append((self.open.pop(name), event))
+
+    def wrap(self, name: str, fn):
+        def timed(*args, **kwargs):
+            self.begin(name)
+            out = fn(*args, **kwargs)
+            self.end(name)
+            return out
+
+        return timed
+
+    def hook(self, name: str, module: torch.nn.Module) -> list:
+        return [
+            module.register_forward_pre_hook(lambda *_: self.begin(name)),
+            module.register_forward_hook(lambda *_: self.end(name)),
+        ]
+
+    def totals(self) -> dict[str, float]:
+        torch.cuda.synchronize()
+        return {name: sum(a.elapsed_time(b) for a, b in spans) for name, spans in self.spans.items()}
+
+
+def case_profile(model, frames, args) -> None:
+    from sam2rt.tracking import engine as engine_module
+
+    for objects in (1, 4):
+        timer = StageTimer()
+        tracker = sam2rt.StreamTracker(model, fill_hole_area=0)
+        tracker.step(frames[0])
+        for obj in range(objects):
+            tracker.add_prompt(obj + 1, points=_clicks(obj), labels=[1])
+        for frame in frames[1 : 1 + args.warmup]:
+            tracker.step(frame)
+        handles = timer.hook("encoder", model.image_encoder)
+        handles += timer.hook("memory attention", model.memory_attention)
+        handles += timer.hook("decoder", model.sam_mask_decoder)
+        handles += timer.hook("memory encoder", model.memory_encoder)
+        gather, upsample = engine_module.gather, engine_module.TrackingEngine.to_video_resolution
+        engine_module.gather = timer.wrap("memory gather", gather)
+        engine_module.TrackingEngine.to_video_resolution = timer.wrap("output", upsample)
+        host = 0.0
+        try:
+            timed = frames[1 + args.warmup :]
+            for frame in timed:
+                start = time.perf_counter()
+                timer.begin("step")
+                tracker.step(frame)
+                timer.end("step")
+                host += time.perf_counter() - start
+            totals = timer.totals()
+        finally:
+            for handle in handles:
+                handle.remove()
+            engine_module.gather, engine_module.TrackingEngine.to_video_resolution = gather, upsample
+        per_frame = {name: total / len(timed) for name, total in totals.items()}
+        step = per_frame.pop("step")
+        other = step - sum(per_frame.values())
+        stages = ", ".join(f"{name} {ms:.2f}" for name, ms in per_frame.items())
+        print(
+            f"profile [{args.label}] tiny, {objects} object(s), ms/frame: step {step:.2f} (host {1000 * host / len(timed):.2f}); "
+            f"{stages}, other {other:.2f}"
+        )
+
+
+def case_attention(model, frames, args) -> None:
+    """The memory attention's cross-attention alone, per kernel: 7 frames of memory and 16 pointers per object."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    config = model.config
+    tokens, width = config.feature_size**2, config.hidden_dim
+    keys = (config.num_maskmem) * tokens + config.max_obj_ptrs * (width // config.memory_dim)
+    for objects in (1, 4):
+        q = torch.randn(objects, 1, tokens, width, device="cuda", dtype=torch.bfloat16)
+        k, v = (torch.randn(objects, 1, keys, width, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+        flops = 4 * objects * tokens * keys * width
+        timings = []
+        for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION):
+            try:
+                with sdpa_kernel(backend):
+                    for _ in range(3):
+                        torch.nn.functional.scaled_dot_product_attention(q, k, v)
+                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    start.record()
+                    for _ in range(20):
+                        torch.nn.functional.scaled_dot_product_attention(q, k, v)
+                    end.record()
+                    torch.cuda.synchronize()
+                ms = start.elapsed_time(end) / 20
+                timings.append(f"{backend.name.lower()} {ms:.3f} ms ({flops / ms / 1e9:.0f} TFLOP/s)")
+            except RuntimeError as error:
+                timings.append(f"{backend.name.lower()} unavailable ({str(error).splitlines()[0][:60]})")
+        print(f"attention: {objects} object(s), {tokens} queries x {keys} keys, width {width}: " + "; ".join(timings))
+    print(f"  (x4 layers per frame, plus self-attention over {tokens} tokens)")
+
+
+def case_kernels(model, frames, args) -> None:
+    """The GPU kernels of a tracking step with 1 object, eager bf16 (the kernels a graph replays), by time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    eager = to_inference_dtype(our_model(args.variant, args.image_size).to(model.device))
+    tracker = sam2rt.StreamTracker(eager, fill_hole_area=0)
+    tracker.step(frames[0])
+    tracker.add_prompt(1, points=_clicks(0), labels=[1])
+    for frame in frames[1:10]:
+        tracker.step(frame)
+    steps = 10
+    with profile(activities=[ProfilerActivity.CUDA]) as trace:
+        for frame in frames[10 : 10 + steps]:
+            tracker.step(frame)
+        torch.cuda.synchronize()
+    rows = sorted(trace.key_averages(), key=lambda e: e.device_time_total, reverse=True)[:15]
+    total = sum(e.device_time_total for e in trace.key_averages()) / steps / 1000
+    print(f"kernels: 1 object, eager bf16, GPU busy {total:.2f} ms/frame; top kernels (ms/frame, calls/frame):")
+    for e in rows:
+        print(f"  {e.device_time_total / steps / 1000:7.3f} {e.count / steps:6.1f}  {e.key[:110]}")
+
+
+def case_cpu(model, ref, frames, args) -> None:
+    from sam2rt.tracking.engine import TrackingEngine
+
+    for split in (True, False):
+        TrackingEngine.split_cpu_attention = split
+        tracker = sam2rt.StreamTracker(model, fill_hole_area=0)
+        tracker.step(frames[0])
+        for obj in range(4):
+            tracker.add_prompt(obj + 1, points=_clicks(obj), labels=[1])
+        tracker.step(frames[1])
+        start = time.perf_counter()
+        for frame in frames[2:]:
+            tracker.step(frame)
+        fps = (len(frames) - 2) / (time.perf_counter() - start)
+        print(
+            f"cpu: 4 objects, {torch.get_num_threads()} threads, attention {'split' if split else 'batched'}: {fps:.3f} FPS"
+        )
+    TrackingEngine.split_cpu_attention = True
+    if ref is not None:
+        print(f"cpu: official, 4 objects: {_official_fps_taking_turns(ref, frames, 1, 4, 2):.3f} FPS")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", default="streams,latency,memory,heavy,profile,attention")
+    parser.add_argument("--variant", default="sam2.1_hiera_tiny")
+    parser.add_argument("--image-size", type=int, default=1024)
+    parser.add_argument("--frames", type=int, default=100)
+    parser.add_argument("--streams", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--latency-steps", type=int, default=500)
+    parser.add_argument("--long-frames", type=int, default=10_000)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--label", default="this tree", help="names the code under test in the profile lines")
+    parser.add_argument("--frames-dir", type=Path, default=ROOT.parent / "shared" / "data" / "videos" / "bedroom")
+    parser.add_argument("--skip-official", action="store_true")
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cases = args.cases.split(",")
+    frames = load_frames(args.frames_dir, args.frames)
+    with torch.inference_mode():
+        model = our_model(args.variant, args.image_size).to(device)
+        model = optimize(model)  # bf16 weights and CUDA graphs on CUDA; unchanged on CPU
+        ref = None
+        if not args.skip_official and {"streams", "heavy", "cpu"} & set(cases):
+            ref = oracle_model(args.variant, args.image_size, video=True, fill_hole_area=0).to(device)
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+        where = (
+            torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+        )
+        print(f"{args.variant} at {args.image_size}, {len(frames)} frames, {where}")
+        for case in cases:
+            start = time.perf_counter()
+            if case == "streams":
+                case_streams(model, ref, frames, args, autocast)
+            elif case == "latency":
+                case_latency(model, frames, args)
+            elif case == "memory":
+                case_memory(model, frames, args)
+            elif case == "heavy":
+                case_heavy(model, ref, frames, args, autocast)
+            elif case == "profile":
+                case_profile(model, frames, args)
+            elif case == "attention":
+                case_attention(model, frames, args)
+            elif case == "kernels":
+                case_kernels(model, frames, args)
+            elif case == "cpu":
+                case_cpu(model, ref, frames, args)
+            else:
+                raise SystemExit(f"error: unknown case {case!r}")
+            print(f"  ({case}: {time.perf_counter() - start:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Results on their way out: RLE-encoded, recorded for export and sent, in a thread beside the scheduler.
+
+The scheduler hands over each frame's masks once they are on the CPU and goes on with the next tick;
+the encoding (COCO RLE), the recording and the JSON happen here meanwhile. One thread and one queue
+keep every session's results in order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Optional
+
+from ..io.annotations import encode_rle
+from ..io.sinks import TrackedFrame
+from .sessions import Frame, Session
+
+log = logging.getLogger("sam2rt.serve")
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    session: Session
+    generation: int  # the session's source when the frame was tracked: a newer source drops it
+    frame: Frame  # encoded (as received, or JPEG for server-side frames)
+    tracked: TrackedFrame  # masks, scores and labels on the CPU
+    index: int  # the stream's frame index
+    prompted: bool
+    stats: dict
+    picture: Optional[bytes]  # the frame's image message for the client, before the result
+
+
+class Publisher:
+    def __init__(self) -> None:
+        self._queue: queue.Queue[Optional[Outgoing]] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="sam2rt publisher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10.0)
+
+    def submit(self, item: Outgoing) -> None:
+        self._queue.put(item)
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            try:
+                self._send(item)
+            except Exception:  # one bad result must not stop the others'
+                log.exception("publishing a result of session %s failed", item.session.id[:6])
+
+    def _send(self, item: Outgoing) -> None:
+        session, tracked, frame = item.session, item.tracked, item.frame
+        if item.generation != session.generation or session.released.is_set():
+            return  # the session started another source, or ended, since this frame was tracked
+        rles = encode_rle(tracked.masks) if tracked.object_ids else []
+        if tracked.object_ids or session.recorder.frames:
+            session.recorder.add(frame.frame_id, frame.encoded, frame.format, tracked, rles)
+        objects = [
+            {"id": obj_id, "score": round(float(score), 4), "rle": rle}
+            for obj_id, score, rle in zip(tracked.object_ids, tracked.scores, rles)
+        ]
+        message = {
+            "type": "result",
+            "frame": frame.frame_id,
+            "index": item.index,
+            "prompted": item.prompted,
+            "objects": objects,
+            "stats": {**item.stats, "recorded": session.recorder.frames},
+        }
+        session.deliver(json.dumps(message), item.picture)

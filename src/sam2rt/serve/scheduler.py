@@ -1,0 +1,209 @@
+"""One loop that runs the model for every session: each tick, the newest frame of every live session, together.
+
+The loop takes each session's queued requests (prompts, removals, resets) and then steps all the
+sessions that have a new frame in one call of the engine (a StreamPool: one batched pass). Frames
+that arrive while a tick runs replace each other, so a session always gets its newest frame and the
+ones in between are dropped (counted in the session's figures). Only this thread touches the model.
+
+A prompt names the frame the user clicked on. When that frame is no longer the stream's newest
+(the stream went on while the click travelled), it is stepped again from the frames the session
+holds, so that it becomes the newest and the prompt lands on the pixels the user saw.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import replace
+from typing import Any, Optional, Protocol
+
+import numpy as np
+
+from ..pipeline import tracked_frame
+from ..tracking.stream import FrameResult
+from .protocol import (
+    FORMAT_JPEG,
+    MAX_OBJECTS,
+    PromptRequest,
+    ProtocolError,
+    RemoveRequest,
+    decode_payload,
+    encode_jpeg,
+    error_message,
+    frame_header,
+)
+from .publisher import Outgoing, Publisher
+from .sessions import RECENT_FRAMES, Close, Command, Frame, Reset, Restart, Session, SessionStats
+
+log = logging.getLogger("sam2rt.serve")
+
+
+class StreamEngine(Protocol):
+    """What the scheduler needs of the engine: sam2rt.StreamPool's methods."""
+
+    def open_stream(self) -> Any: ...
+
+    def step(self, frames: dict[Any, np.ndarray]) -> dict[Any, FrameResult]: ...
+
+    def close_stream(self, stream: Any) -> None: ...
+
+
+class Scheduler:
+    def __init__(self, engine: StreamEngine) -> None:
+        self.engine = engine
+        self.lock = threading.Condition()  # guards every session's shared fields, see sessions.py
+        self.sessions: list[Session] = []
+        self.batch_sizes: list[int] = []  # sessions stepped per tick, the last 1000 ticks
+        self.publisher = Publisher()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="sam2rt scheduler", daemon=True)
+
+    def start(self) -> None:
+        self.publisher.start()
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self.lock:
+            self._stop = True
+            self.lock.notify_all()
+        self._thread.join(timeout=10.0)
+        self.publisher.stop()
+
+    def add(self, session: Session) -> None:
+        with self.lock:
+            self.sessions.append(session)
+
+    # The loop
+
+    def _run(self) -> None:
+        while True:
+            with self.lock:
+                while not self._stop and not any(s.has_work() for s in self.sessions):
+                    self.lock.wait(0.5)
+                if self._stop:
+                    return
+                work = [(s, *s.take_work()) for s in self.sessions if s.has_work()]
+            batch: dict[Session, Frame] = {}
+            for session, commands, frame in work:
+                for command in commands:
+                    self._guarded(session, command)
+                if frame is not None and not session.released.is_set():
+                    batch[session] = frame
+            if batch:
+                self._step(batch)
+
+    def _guarded(self, session: Session, command: Command) -> None:
+        """Run one request; a refused or failing one is told to its session, and the loop goes on."""
+        try:
+            self._command(session, command)
+        except (ProtocolError, ValueError, KeyError, TypeError) as error:
+            message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+            session.deliver(error_message(str(message)), None)
+        except Exception:
+            log.exception("request of session %s failed", session.id[:6])
+            session.deliver(error_message("internal error while handling the request (see the server log)"), None)
+
+    def _step(self, batch: dict[Session, Frame]) -> None:
+        frames = {self._stream(session): frame.image for session, frame in batch.items()}
+        try:
+            results = self.engine.step(frames)
+        except Exception:
+            log.exception("tracking step failed for %d sessions", len(batch))
+            for session in batch:
+                session.deliver(error_message("internal error while tracking (see the server log)"), None)
+            return
+        self.batch_sizes = self.batch_sizes[-999:] + [len(batch)]
+        for session, frame in batch.items():
+            session.newest = frame.frame_id
+            session.stats.frame_done(frame.arrived)
+            self._publish(session, frame, results[session.stream], prompted=False)
+
+    # Requests
+
+    def _stream(self, session: Session) -> Any:
+        if session.stream is None:
+            session.stream = self.engine.open_stream()
+        return session.stream
+
+    def _command(self, session: Session, command: Command) -> None:
+        if isinstance(command, Close):
+            self._close(session)
+            return
+        if session.released.is_set():
+            return
+        stream = self._stream(session)
+        if isinstance(command, PromptRequest):
+            self._prompt(session, command)
+        elif isinstance(command, RemoveRequest):
+            if session.newest is None or command.obj_id not in stream.object_ids:
+                raise ProtocolError(f"no object {command.obj_id} to remove; objects: {stream.object_ids}")
+            result = stream.remove_object(command.obj_id)
+            self._publish(session, session.recent[session.newest], result, prompted=True)
+        elif isinstance(command, (Reset, Restart)):
+            stream.reset()
+            session.newest = None
+            if isinstance(command, Restart):
+                session.generation += 1
+                session.recent.clear()
+                session.recorder.clear()
+                session.stats = SessionStats()
+
+    def _prompt(self, session: Session, request: PromptRequest) -> None:
+        stream = session.stream
+        if request.obj_id not in stream.object_ids and len(stream.object_ids) >= MAX_OBJECTS:
+            raise ProtocolError(f"at most {MAX_OBJECTS} objects per session")
+        frame = session.recent.get(request.frame)
+        if frame is None:
+            raise ProtocolError(
+                f"frame {request.frame} is not held (the last {RECENT_FRAMES} frames shown are): click again"
+            )
+        if session.newest != request.frame or stream.frame_idx < 0:
+            height, width = session.size or (0, 0)
+            frame = replace(frame, image=decode_payload(frame.encoded, frame.format, width, height))
+            self.engine.step({stream: frame.image})  # the clicked frame becomes the stream's newest again
+            session.newest = request.frame
+            session.remember(frame)
+        result = stream.add_prompt(
+            request.obj_id,
+            points=request.points,
+            labels=request.labels,
+            box=request.box,
+            clear_old_points=request.box is not None,  # clicks on one frame add up; a new box starts over
+        )
+        self._publish(session, frame, result, prompted=True)
+
+    def _close(self, session: Session) -> None:
+        if session.stream is not None:
+            self.engine.close_stream(session.stream)
+        session.stream = None
+        session.recent.clear()
+        session.recorder.close()
+        with self.lock:
+            if session in self.sessions:
+                self.sessions.remove(session)
+        session.released.set()
+
+    # Results
+
+    def _publish(self, session: Session, frame: Frame, result: FrameResult, prompted: bool) -> None:
+        """Bring a frame's masks to the CPU and hand them to the publisher (which encodes, records and sends)."""
+        height, width = session.size or (0, 0)
+        image = frame.image if frame.image is not None else np.broadcast_to(np.zeros(1, np.uint8), (height, width, 3))
+        tracked = tracked_frame(result, frame.frame_id, f"{frame.frame_id:05d}", image)
+        picture: Optional[bytes] = None
+        if frame.encoded is None:  # a server-side frame: the client sees it as a JPEG
+            frame = replace(frame, encoded=encode_jpeg(frame.image), format=FORMAT_JPEG)
+            picture = frame_header(frame.frame_id, FORMAT_JPEG, width, height) + frame.encoded
+        if not prompted:
+            session.remember(frame)
+        stats = session.stats.as_json()
+        self.publisher.submit(
+            Outgoing(session, session.generation, frame, tracked, result.frame_idx, prompted, stats, picture)
+        )
+
+
+def default_engine(model) -> StreamEngine:
+    """The engine `sam2rt serve` runs its sessions on: one StreamPool, StreamTracker's options."""
+    from ..tracking.pool import StreamPool
+
+    return StreamPool(model)

@@ -1,0 +1,158 @@
+"""A session: one browser tab's source, objects and figures, shared by its connection and the scheduler.
+
+The connection (event loop) and a server-side feed (its thread) offer frames and queue requests; the
+scheduler (its own thread) takes them and alone touches the session's tracking stream. One lock, the
+scheduler's, guards what both sides touch: the newest frame waiting, the requests, `paused`, `closed`.
+A frame offered while another still waits replaces it: the older one is dropped and counted.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Optional, Union
+
+import numpy as np
+
+from .export import Recorder
+from .protocol import PromptRequest, RemoveRequest
+
+RECENT_FRAMES = 32  # processed frames kept per session, so that a click lands on the frame it was made on
+FPS_WINDOW_S = 2.0
+
+
+@dataclass(frozen=True)
+class Frame:
+    frame_id: int  # the client's id (webcam) or the source's frame number
+    image: Optional[np.ndarray]  # (H, W, 3) uint8 RGB; None once the frame is only kept for prompts
+    encoded: Optional[bytes]  # as the client sent it; server-side frames are encoded (JPEG) when published
+    format: int
+    arrived: float  # time.monotonic() when the server got it
+
+
+@dataclass(frozen=True)
+class Restart:
+    """A new source: forget the objects, the frames held and the recording."""
+
+
+@dataclass(frozen=True)
+class Reset:
+    """Forget the objects; the frames held stay, so the view can still be clicked."""
+
+
+@dataclass(frozen=True)
+class Close:
+    """The connection is gone: give the stream back to the engine."""
+
+
+Command = Union[PromptRequest, RemoveRequest, Restart, Reset, Close]
+Deliver = Callable[[str, Optional[bytes]], None]  # (JSON text, binary message to send before it)
+
+
+@dataclass
+class SessionStats:
+    processed: int = 0
+    dropped: int = 0
+    latency_ms: float = 0.0  # from a frame's arrival to its masks sent, smoothed
+    _times: deque = field(default_factory=deque)
+
+    def frame_done(self, arrived: float) -> None:
+        now = time.monotonic()
+        self.processed += 1
+        latency = (now - arrived) * 1000.0
+        self.latency_ms = latency if self.processed == 1 else 0.8 * self.latency_ms + 0.2 * latency
+        self._times.append(now)
+        while self._times and self._times[0] < now - FPS_WINDOW_S:
+            self._times.popleft()
+
+    def as_json(self) -> dict:
+        span = self._times[-1] - self._times[0] if len(self._times) > 1 else 0.0
+        fps = (len(self._times) - 1) / span if span > 0 else 0.0
+        return {
+            "processed": self.processed,
+            "dropped": self.dropped,
+            "fps": round(fps, 2),
+            "latency_ms": round(self.latency_ms, 1),
+        }
+
+
+class Session:
+    def __init__(self, lock: threading.Condition, deliver: Deliver) -> None:
+        self.id = secrets.token_urlsafe(24)  # unguessable: it is the key to the session's exports
+        self.deliver = deliver
+        self.stats = SessionStats()
+        self.recorder = Recorder()
+        self.source_kind = "none"
+        self.source_name = ""
+        self.fps: Optional[float] = None
+        self.feed: Any = None  # the server-side Feed, if any (the connection starts and stops it)
+        self.released = threading.Event()  # set once the scheduler has given the stream back
+        # Shared with the scheduler, under `_lock`:
+        self._lock = lock
+        self.waiting: Optional[Frame] = None
+        self.commands: deque[Command] = deque()
+        self.paused = False
+        self.closed = False
+        self.size: Optional[tuple[int, int]] = None  # (height, width) of this source's frames
+        # The scheduler's alone:
+        self.stream: Any = None
+        self.recent: OrderedDict[int, Frame] = OrderedDict()
+        self.newest: Optional[int] = None  # id of the frame the stream's newest frame is
+        self.generation = 0  # counts the sources: results of an earlier one are not sent
+
+    def offer(self, frame: Frame) -> Optional[str]:
+        """Hand the newest frame to the scheduler; returns why it was refused, if it was."""
+        height, width = frame.image.shape[:2]  # (H, W, 3)
+        with self._lock:
+            if self.closed or self.paused:
+                return None
+            if self.size is not None and self.size != (height, width):
+                return (
+                    f"frame size changed from {self.size[1]} x {self.size[0]} to {width} x {height}: "
+                    "start the source again for a new size"
+                )
+            self.size = (height, width)
+            if self.waiting is not None:
+                self.stats.dropped += 1  # the scheduler had no time for it
+            self.waiting = frame
+            self._lock.notify_all()
+        return None
+
+    def request(self, command: Command) -> None:
+        with self._lock:
+            if self.closed:
+                return
+            if isinstance(command, Restart):
+                self.waiting, self.size = None, None
+            if isinstance(command, Close):
+                self.closed = True
+            self.commands.append(command)
+            self._lock.notify_all()
+
+    def set_paused(self, paused: bool) -> None:
+        with self._lock:
+            self.paused = paused
+            if paused:
+                self.waiting = None  # a paused view stays on the frame shown
+        if self.feed is not None:
+            self.feed.pause(paused)
+
+    def take_work(self) -> tuple[list[Command], Optional[Frame]]:
+        """The scheduler's share: the queued requests and the frame waiting (call with the lock held)."""
+        commands = list(self.commands)
+        self.commands.clear()
+        frame, self.waiting = self.waiting, None
+        return commands, frame
+
+    def has_work(self) -> bool:
+        return bool(self.commands) or self.waiting is not None
+
+    def remember(self, frame: Frame) -> None:
+        """Keep a processed, encoded frame for prompts (scheduler thread); the pixels are decoded again if needed."""
+        self.recent[frame.frame_id] = replace(frame, image=None)
+        self.recent.move_to_end(frame.frame_id)
+        while len(self.recent) > RECENT_FRAMES:
+            self.recent.popitem(last=False)

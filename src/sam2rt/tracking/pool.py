@@ -1,0 +1,112 @@
+"""StreamPool: many live streams tracked in one batched pass per tick.
+
+Each stream has its own frame size, objects, prompts and pace. `pool.step({stream: frame, ...})`
+steps the streams given (the others wait) with one image-encoder call on the batch of their new
+frames and one memory-attention, decoder and memory-encoder call over all their objects; each
+stream's results equal those of a StreamTracker fed the same frames and prompts. A StreamTracker
+is a pool of one.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Optional
+
+import torch
+from torch import Tensor
+
+from ..frames import ImageLike
+from ..model.sam2 import SAM2Model
+from .engine import TrackerOptions, TrackingEngine
+from .pooled_stream import FrameResult, PooledStream
+
+
+class StreamPool:
+    """Streams that share one model and are stepped together.
+
+    Options have the official names and StreamTracker's defaults; they hold for every stream.
+    """
+
+    def __init__(
+        self,
+        model: SAM2Model,
+        *,
+        fill_hole_area: int = 8,
+        non_overlap_masks: bool = False,
+        clear_non_cond_mem_around_input: bool = False,
+        add_all_frames_to_correct_as_cond: bool = True,
+        max_cond_frames_in_attn: int = -1,
+        max_cond_frames: int = 8,
+        memory_dtype: Optional[torch.dtype] = None,
+        offload_state_to_cpu: bool = False,
+    ) -> None:
+        if max_cond_frames < 1:
+            raise ValueError("max_cond_frames must be at least 1")
+        options = TrackerOptions(
+            fill_hole_area=fill_hole_area,
+            non_overlap_masks=non_overlap_masks,
+            clear_non_cond_mem_around_input=clear_non_cond_mem_around_input,
+            add_all_frames_to_correct_as_cond=add_all_frames_to_correct_as_cond,
+            max_cond_frames_in_attn=max_cond_frames_in_attn,
+            memory_dtype=memory_dtype,
+            offload_state_to_cpu=offload_state_to_cpu,
+        )
+        self.model = model
+        self.engine = TrackingEngine(model, options, cached_frames=0)
+        self.max_cond_frames = max_cond_frames
+
+    def open_stream(self) -> PooledStream:
+        """A new stream, with no frame and no object yet."""
+        return PooledStream(self)
+
+    def close_stream(self, stream: PooledStream) -> None:
+        """Remove a stream and free its memory; using it afterwards raises an error."""
+        self._check_member(stream)
+        stream.detach()
+
+    @torch.inference_mode()
+    def step(self, frames: Mapping[PooledStream, ImageLike]) -> dict[PooledStream, FrameResult]:
+        """Add the next frame of each stream given and track all their objects in one batched pass.
+
+        frames: {stream: H x W x 3 RGB frame}; streams not given are not stepped. Returns {stream: result}.
+        """
+        if not isinstance(frames, Mapping):
+            raise TypeError(f"pool.step takes a dict {{stream: frame}}, got {type(frames).__name__}")
+        for stream in frames:
+            self._check_member(stream)
+        # Every frame is checked before any stream changes: a refused step leaves all streams as they were.
+        rgbs = {stream: stream.to_rgb(frame) for stream, frame in frames.items()}
+        return self._step(rgbs) if rgbs else {}
+
+    def _step(self, rgbs: dict[PooledStream, Tensor]) -> dict[PooledStream, FrameResult]:
+        streams = list(rgbs)
+        engine = self.engine
+        # The prompts on each stream's newest frame become memory: one memory-encoder call for all.
+        pending = [(stream, obj) for stream in streams for obj in stream.pending_objects()]
+        if pending:
+            engine.encode_prompted([stream.frame for stream, _ in pending], [obj.pending.output for _, obj in pending])
+            for stream in streams:
+                stream.commit_pending()
+        # The new frames: one image-encoder call.
+        encoded = engine.encode_batch([(stream.frame_idx + 1, rgbs[stream]) for stream in streams])
+        for stream, frame in zip(streams, encoded):
+            stream.take_frame(frame)
+        # Every object of every stream: one memory attention, one decoder and one memory-encoder call.
+        tracked = [(stream, obj) for stream in streams for obj in stream.tracked_objects()]
+        if tracked:
+            outputs = engine.track(
+                [stream.frame for stream, _ in tracked],
+                [obj.memory for _, obj in tracked],
+                reverse=False,
+                num_frames=None,
+            )
+            for (stream, obj), output in zip(tracked, outputs):
+                stream.take_tracked(obj, output)
+        return {stream: stream.result() for stream in streams}
+
+    def _check_member(self, stream: PooledStream) -> None:
+        if not isinstance(stream, PooledStream):
+            raise TypeError(f"expected a stream from pool.open_stream(), got {type(stream).__name__}")
+        if stream.closed:
+            raise RuntimeError("this stream was closed: open a new one with pool.open_stream()")
+        if stream.pool is not self:
+            raise ValueError("this stream belongs to another pool")

@@ -1,0 +1,165 @@
+"""StreamPool: several streams in one batched pass give each stream's StreamTracker results."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+import sam2rt
+from sam2rt.tracking.engine import TrackingEngine
+from oracle import assert_close_logits
+
+IMAGE_SIZE = 64
+TICKS = 8
+SIZES = {"a": (48, 64), "b": (40, 56), "c": (64, 48)}
+JOINS = {"a": 0, "b": 0, "c": 3}  # tick of the first frame
+LEAVES = {"b": 6}  # tick at which the stream is closed, before stepping
+EVERY = {"a": 1, "b": 2, "c": 1}  # stepped on ticks where (tick - join) % every == 0
+
+# (stream, tick) -> prompts after that tick's frame: ("points", obj, points, labels, clear_old_points),
+# ("box", obj, box), ("mask", obj), ("remove", obj)
+SCRIPT = {
+    ("a", 0): [("points", 1, [[20, 18]], [1], True)],
+    ("a", 2): [("box", 2, [30, 5, 60, 40])],
+    ("a", 4): [("points", 1, [[22, 20]], [0], True), ("points", 1, [[18, 16]], [1], False)],
+    ("a", 7): [("remove", 2)],
+    ("b", 0): [("box", 5, [4, 4, 30, 30])],
+    ("b", 2): [("points", 5, [[10, 12]], [1], True)],
+    ("b", 4): [("mask", 6)],
+    ("c", 3): [("points", 1, [[24, 40]], [1], True)],
+    ("c", 5): [("points", 2, [[10, 10]], [1], True)],
+    ("c", 7): [("points", 1, [[30, 30]], [0], True), ("remove", 2)],
+}
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return sam2rt.build_model("sam2.1_hiera_tiny", image_size=IMAGE_SIZE)
+
+
+def _frame(name: str, t: int) -> np.ndarray:
+    """A square moving over noise; each stream its own size and background."""
+    height, width = SIZES[name]
+    rng = np.random.default_rng(ord(name))
+    frame = rng.integers(0, 80, size=(height, width, 3), dtype=np.uint8)
+    x = 4 + (3 * t) % (width - 20)
+    frame[8:24, x : x + 16] = (220, 40, 40)
+    return frame
+
+
+def _prompt(stream, action):
+    kind, obj = action[0], action[1]
+    if kind == "points":
+        return stream.add_prompt(obj, points=action[2], labels=action[3], clear_old_points=action[4])
+    if kind == "box":
+        return stream.add_prompt(obj, box=action[2])
+    if kind == "mask":
+        mask = np.zeros(stream.frame.size, dtype=bool)
+        mask[5:25, 10:40] = True
+        return stream.add_prompt(obj, mask=mask)
+    return stream.remove_object(obj)
+
+
+def _assert_same(got, expected, what):
+    assert got.frame_idx == expected.frame_idx and got.object_ids == expected.object_ids, what
+    assert got.mask_logits.shape == expected.mask_logits.shape, what
+    for row, obj_id in enumerate(expected.object_ids):
+        assert_close_logits(got.mask_logits[row], expected.mask_logits[row], rel=1e-5, what=f"{what}, {obj_id}")
+        assert_close_logits(got.object_scores[row], expected.object_scores[row], rel=1e-5, what=f"{what}, score")
+
+
+def test_pool_matches_separate_stream_trackers(model):
+    """3 streams of different sizes and paces, joining and leaving, objects added, corrected and removed."""
+    pool = sam2rt.StreamPool(model)
+    streams, trackers = {}, {}
+    compared = Counter()
+    for tick in range(TICKS):
+        for name, leave in LEAVES.items():
+            if tick == leave:
+                pool.close_stream(streams.pop(name))
+                trackers.pop(name)
+        for name, join in JOINS.items():
+            if tick == join:
+                streams[name], trackers[name] = pool.open_stream(), sam2rt.StreamTracker(model)
+        stepped = [n for n in streams if (tick - JOINS[n]) % EVERY[n] == 0]
+        frames = {n: _frame(n, tick) for n in stepped}
+        results = pool.step({streams[n]: frames[n] for n in stepped})
+        assert set(results) == {streams[n] for n in stepped}  # streams without a frame are not stepped
+        for name in stepped:
+            _assert_same(results[streams[name]], trackers[name].step(frames[name]), f"{name} at tick {tick}")
+            compared[name] += 1
+            for action in SCRIPT.get((name, tick), []):
+                got, expected = _prompt(streams[name], action), _prompt(trackers[name], action)
+                _assert_same(got, expected, f"{name} at tick {tick} after {action[0]} on {action[1]}")
+    assert compared == {"a": 8, "b": 3, "c": 5}
+    assert streams["a"].object_ids == [1] and streams["c"].object_ids == [1]
+    assert streams["a"].frame_idx == 7 and streams["c"].frame_idx == 4
+
+
+def test_one_batched_pass_for_all_streams(model, monkeypatch):
+    monkeypatch.setattr(TrackingEngine, "split_cpu_attention", False)  # the batched attention of GPUs
+    calls, batches = Counter(), {}
+
+    def hook(name):
+        def record(module, args, output):
+            while isinstance(output, (tuple, list)):
+                output = output[0]
+            calls[name] += 1
+            batches[name] = output.shape[0]
+
+        return record
+
+    modules = {
+        "image_encoder": model.image_encoder,
+        "memory_attention": model.memory_attention,
+        "mask_decoder": model.sam_mask_decoder,
+        "memory_encoder": model.memory_encoder,
+    }
+    pool = sam2rt.StreamPool(model)
+    streams = [pool.open_stream() for _ in SIZES]
+    pool.step({s: _frame(n, 0) for s, n in zip(streams, SIZES)})
+    for count, stream in enumerate(streams, start=1):
+        for obj in range(count):  # 1 + 2 + 3 objects
+            stream.add_prompt(obj, points=[[10 + 5 * obj, 20]], labels=[1])
+    pool.step({s: _frame(n, 1) for s, n in zip(streams, SIZES)})  # encodes the prompts' memories, then tracks
+    handles = [module.register_forward_hook(hook(name)) for name, module in modules.items()]
+    try:
+        results = pool.step({s: _frame(n, 2) for s, n in zip(streams, SIZES)})
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert dict(calls) == {name: 1 for name in modules}
+    assert batches == {"image_encoder": 3, "memory_attention": 6, "mask_decoder": 6, "memory_encoder": 6}
+    for stream, name in zip(streams, SIZES):
+        assert results[stream].mask_logits.shape == (len(stream.object_ids), *SIZES[name])
+
+
+def test_pool_errors(model):
+    pool, other = sam2rt.StreamPool(model), sam2rt.StreamPool(model)
+    stream, foreign = pool.open_stream(), other.open_stream()
+    with pytest.raises(TypeError, match="dict"):
+        pool.step([_frame("a", 0)])
+    with pytest.raises(ValueError, match="another pool"):
+        pool.step({foreign: _frame("a", 0)})
+    with pytest.raises(ValueError, match=r"shape \(H, W, 3\)"):  # one bad frame: no stream moves
+        pool.step({stream: _frame("a", 0), pool.open_stream(): np.zeros((4, 4, 4), np.uint8)})
+    assert stream.frame_idx == -1
+    with pytest.raises(ValueError, match="max_cond_frames"):
+        sam2rt.StreamPool(model, max_cond_frames=0)
+    stream.step(_frame("a", 0))
+    stream.add_prompt(1, points=[[20, 18]], labels=[1])
+    stream.close()
+    assert stream.closed and stream.state_tensors() == []  # its memory is released
+    for use in (
+        lambda: stream.step(_frame("a", 1)),
+        lambda: pool.step({stream: _frame("a", 1)}),
+        lambda: stream.add_prompt(1, points=[[20, 18]], labels=[1]),
+        lambda: stream.remove_object(1),
+        lambda: pool.close_stream(stream),
+    ):
+        with pytest.raises(RuntimeError, match="closed"):
+            use()
