@@ -16,6 +16,7 @@ from torch import Tensor
 
 from ..frames import ImageLike, as_rgb_tensor
 from ..model.sam2 import SAM2Model
+from ..preprocess import Resize, check_resize
 from ..prompts import mask_to_model_frame, object_clicks
 from .engine import EncodedFrame, TrackerOptions, TrackingEngine
 from .memory_bank import FrameOutput, RingMemory
@@ -54,7 +55,9 @@ class StreamTracker:
 
     Options have the official names. Corrections become conditioning frames by default
     (`add_all_frames_to_correct_as_cond=True`) so that they stick. `max_cond_frames` caps the
-    prompted frames kept per object (the first prompt is always kept).
+    prompted frames kept per object (the first prompt is always kept). `resize` names how frames
+    become the model's input (preprocess.py). A refused frame (wrong type, range, NaN) raises
+    before anything changes: the tracker goes on as if it had never been given.
     """
 
     def __init__(
@@ -69,6 +72,7 @@ class StreamTracker:
         max_cond_frames: int = 8,
         memory_dtype: Optional[torch.dtype] = None,
         offload_state_to_cpu: bool = False,
+        resize: Resize = "bilinear-antialias",
     ) -> None:
         if max_cond_frames < 1:
             raise ValueError("max_cond_frames must be at least 1")
@@ -80,6 +84,7 @@ class StreamTracker:
             max_cond_frames_in_attn=max_cond_frames_in_attn,
             memory_dtype=memory_dtype,
             offload_state_to_cpu=offload_state_to_cpu,
+            resize=check_resize(resize),
         )
         self.model = model
         self.engine = TrackingEngine(model, options, cached_frames=1)
