@@ -1,7 +1,7 @@
 """How a frame becomes the model's input: resized to S x S, scaled to [0, 1], normalised; a named choice.
 
-The tools SAM 2 users come from resize differently, and the masks differ with it (by up to 2e-2
-of the logits' scale with the same weights), so each way has a name:
+The tools SAM 2 users come from resize differently, and the masks differ with it (by 7e-2
+of the logits' scale on a JPEG folder, measured with parity weights), so each way has a name:
 
 - "bilinear-antialias": the official SAM2ImagePredictor (torchvision's Resize on float tensors,
   bilinear with antialiasing). Runs on the model's device. Default of StreamTracker,
