@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# ../shared/data beside the repository; SAM2RT_SHARED_DATA points elsewhere (e.g. from a git worktree).
+SHARED_DATA = Path(
+    os.environ.get("SAM2RT_SHARED_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data"
+)
 
 
 def shared_path(relative: str) -> Path:

@@ -84,19 +84,20 @@ def _promote_memory_to_fp32(memory_attention: nn.Module) -> None:
     memory_attention.forward = promoted
 
 
-def oracle_video_state(predictor, frames: list) -> dict:
-    """The official init_state over frames preprocessed exactly as sam2rt preprocesses them.
+def oracle_video_state(predictor, frames: list, resize: str) -> dict:
+    """The official init_state over frames preprocessed exactly as sam2rt preprocesses them with `resize`.
 
-    The official loader resizes JPEGs with PIL and videos with decord; the comparison is of the
-    models, so both sides get identical input tensors. As with the official loader's default, the
+    The comparison is of the models, so both sides get identical input tensors (test_parity_frames.py
+    compares with the official loader itself, on a JPEG folder). As with the official loader's default, the
     frames are put on the model's device up front.
     """
     from unittest import mock
 
-    from sam2rt.frames import as_rgb_tensor, normalize_frame
+    from sam2rt.frames import as_rgb_tensor
+    from sam2rt.preprocess import model_input
 
-    size = predictor.image_size
-    images = torch.cat([normalize_frame(as_rgb_tensor(frame), size) for frame in frames]).to(predictor.device)
+    size, device = predictor.image_size, predictor.device
+    images = torch.cat([model_input(as_rgb_tensor(frame), size, resize, device) for frame in frames])
     height, width = frames[0].shape[:2]
 
     def load_video_frames(**_):

@@ -218,18 +218,23 @@ def test_video_that_breaks_midway(tmp_path, clip, checkpoint, damage, message):
 
 
 def test_folder_with_a_broken_frame(sam2rt, tmp_path, checkpoint):
-    """Frames are read in the order of the numbers in their names; the outputs keep those names."""
+    """Frames are read in the order of the numbers in their names; the outputs keep those names.
+
+    A frame whose header cannot be read is refused before tracking starts (every header is read
+    first); a frame whose data is cut short is found when it is decoded, and ends the run there."""
     folder = tmp_path / "frames"
     folder.mkdir()
     for index, frame in enumerate(clip_frames(4)):
         Image.fromarray(frame).save(folder / f"frame_{index * 5:03d}.jpg")
+    whole = (folder / "frame_010.jpg").read_bytes()
     (folder / "frame_010.jpg").write_bytes(b"\xff\xd8 a JPEG that stops here")
     out = tmp_path / "out"
-    result = sam2rt(
-        "track", folder, "--point", "30,45", *model_args(checkpoint), "--coco", out / "masks.json",
-        "--png-dir", out / "png",
-    )  # fmt: skip
-    assert_clean_error(result, f"{folder / 'frame_010.jpg'} is not a readable image")
+    args = ["track", folder, "--point", "30,45", *model_args(checkpoint), "--coco", out / "masks.json"]
+    assert_clean_error(sam2rt(*args, "--png-dir", out / "png"), f"{folder / 'frame_010.jpg'} is not a readable image")
+    assert not out.exists()
+    (folder / "frame_010.jpg").write_bytes(whole[: len(whole) // 2])
+    result = sam2rt(*args, "--png-dir", out / "png")
+    assert_clean_error(result, f"{folder / 'frame_010.jpg'} could not be decoded")
     coco = json.loads((out / "masks.json").read_text())
     assert [image["file_name"] for image in coco["images"]] == ["frame_000.jpg", "frame_005.jpg"]
     assert sorted(p.name for p in (out / "png").iterdir()) == ["frame_000.png", "frame_005.png"]

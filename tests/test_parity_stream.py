@@ -103,7 +103,7 @@ def test_stream_matches_official_driven_as_stream(frames, correction_as_cond):
     ref = oracle_model(
         VARIANT, IMAGE_SIZE, video=True, fill_hole_area=0, add_all_frames_to_correct_as_cond=correction_as_cond
     )
-    state = oracle_video_state(ref, frames)
+    state = oracle_video_state(ref, frames, "bilinear-antialias")
     frame_hw = frames[0].shape[:2]
     present = []
     for t, frame in enumerate(frames):

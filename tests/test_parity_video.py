@@ -57,7 +57,7 @@ def test_scripted_session(frames, correction_as_cond):
     ref = oracle_model(
         VARIANT, IMAGE_SIZE, video=True, fill_hole_area=0, add_all_frames_to_correct_as_cond=correction_as_cond
     )
-    state, ref_state = ours.init_state(frames), oracle_video_state(ref, frames)
+    state, ref_state = ours.init_state(frames), oracle_video_state(ref, frames, "pil-bicubic")
     height, width = frames[0].shape[:2]
 
     def both(method, *args, **kwargs):
@@ -109,7 +109,7 @@ def test_attention_limited_to_closest_prompted_frames(frames, clear_around_input
     ours = sam2rt.VideoPredictor(our_model(VARIANT, IMAGE_SIZE), memory_dtype=torch.bfloat16, **options)
     ref = oracle_model(VARIANT, IMAGE_SIZE, video=True, **options)
     _add_missing_official_clear(ref)
-    state, ref_state = ours.init_state(frames[:18]), oracle_video_state(ref, frames[:18])
+    state, ref_state = ours.init_state(frames[:18]), oracle_video_state(ref, frames[:18], "pil-bicubic")
     for frame_idx, click in ((0, [210, 350]), (5, [230, 360]), (11, [250, 340]), (16, [240, 330])):
         mine = ours.add_new_points_or_box(state, frame_idx, 1, points=[click], labels=[1])
         theirs = ref.add_new_points_or_box(ref_state, frame_idx, 1, points=[click], labels=[1])

@@ -1,32 +1,39 @@
-"""Turning user images and video frames into the model's normalised square input."""
+"""Checking user images and video frames: RGB, of a known value range, finite; refused with the reason otherwise.
+
+A frame is checked before anything else happens with it, so that a refused frame leaves a tracker
+as it was. How a checked frame becomes the model's input is preprocess.py's job.
+"""
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from .io.image_file import rgb_from_image
 
 ImageLike = Union[np.ndarray, Tensor, Image.Image]
 
 
 def as_rgb_tensor(image: ImageLike) -> Tensor:
-    """An RGB image as a (3, H, W) tensor: uint8, or float already in [0, 1].
+    """An RGB image as a (3, H, W) tensor: uint8, or float in [0, 1].
 
-    Accepts H x W x 3 numpy arrays or tensors (uint8, or float in [0, 1]), H x W grayscale, and PIL images.
+    Accepts H x W x 3 numpy arrays or tensors (uint8, or float in [0, 1]), H x W grayscale, and PIL
+    images (converted as image files are: 16-bit scaled to 8 bits, alpha dropped). Anything else
+    (other integer types, floats outside [0, 1] such as 0-255 floats, NaN or infinity) is refused
+    with a ValueError or TypeError that names the problem. Checking a float tensor on a GPU waits
+    for it (one synchronisation); uint8 frames need no check.
     """
     if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB"))
+        image = rgb_from_image(image)
     if isinstance(image, np.ndarray):
         if image.dtype == np.bool_ or image.dtype.kind not in "uif":
             raise TypeError(f"expected an RGB image of uint8 or float values, got an array of {image.dtype}")
+        if image.dtype.kind in "ui" and image.dtype != np.uint8:
+            raise TypeError(f"expected uint8 pixel values (or floats in [0, 1]), got an array of {image.dtype}")
         if not image.flags.writeable:
             image = image.copy()  # torch wants writable memory; frames from decoders are often read-only
         image = torch.from_numpy(np.ascontiguousarray(image))
@@ -40,28 +47,21 @@ def as_rgb_tensor(image: ImageLike) -> Tensor:
         raise ValueError(f"the image is empty: shape {tuple(image.shape)}")
     if image.dtype != torch.uint8 and not image.is_floating_point():
         raise TypeError(f"expected uint8 pixel values (or floats in [0, 1]), got {image.dtype}")
+    if image.is_floating_point():
+        _check_unit_range(image)
     return image.permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
 
 
-def normalize_frame(rgb: Tensor, image_size: int) -> Tensor:
-    """(3, H, W) uint8 or [0, 1] float on any device -> (1, 3, S, S) float32, resized and normalised.
-
-    Bilinear resizing with antialiasing, as the official image predictor does it (torchvision's Resize).
-    """
-    x = rgb.float()
-    if rgb.dtype == torch.uint8:
-        x = x / 255
-    x = F.interpolate(x[None], size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
-    mean, std = _normalization(x.device)
-    return (x - mean) / std
-
-
-@lru_cache(maxsize=None)
-def _normalization(device: torch.device) -> tuple[Tensor, Tensor]:
-    """ImageNet mean and std as (3, 1, 1) tensors, made once per device (a copy per frame would stall the GPU)."""
-    mean = torch.tensor(IMAGENET_MEAN, device=device)[:, None, None]
-    std = torch.tensor(IMAGENET_STD, device=device)[:, None, None]
-    return mean, std
+def _check_unit_range(image: Tensor) -> None:
+    """Float pixels must be finite and within [0, 1]: one reduction, one wait on a GPU."""
+    valid = torch.isfinite(image) & (image >= 0) & (image <= 1)
+    if bool(valid.all()):
+        return
+    if not bool(torch.isfinite(image).all()):
+        raise ValueError("the image contains NaN or infinite values")
+    low, high = float(image.min()), float(image.max())
+    hint = " (0-255 floats? pass uint8, or divide by 255)" if high <= 255 and low >= 0 else ""
+    raise ValueError(f"float images must hold values in [0, 1]; this one holds values from {low:g} to {high:g}{hint}")
 
 
 def to_device(rgb: Tensor, device: torch.device) -> Tensor:

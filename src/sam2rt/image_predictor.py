@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .frames import ImageLike, as_rgb_tensor, normalize_frame, to_device
+from .frames import ImageLike, as_rgb_tensor
 from .masks import fill_holes, remove_sprinkles
 from .model.sam2 import SAM2Model
+from .preprocess import Resize, check_resize, model_input
 from .prompts import BOX_CORNER_LABELS, box_corners, check_inside, float_tensor, point_tensors, to_model_frame
 
 _CPU = torch.device("cpu")
@@ -39,7 +40,11 @@ class _Prompts:
 
 
 class ImagePredictor:
-    """Segment an image from points, boxes and masks; the image embedding is computed once per image."""
+    """Segment an image from points, boxes and masks; the image embedding is computed once per image.
+
+    `resize` names how images become the model's input (preprocess.py); the default is the official
+    image predictor's. A refused image leaves the previous one set.
+    """
 
     def __init__(
         self,
@@ -47,8 +52,11 @@ class ImagePredictor:
         mask_threshold: float = 0.0,
         max_hole_area: float = 0.0,
         max_sprinkle_area: float = 0.0,
+        *,
+        resize: Resize = "bilinear-antialias",
     ) -> None:
         self.model = sam_model
+        self.resize = check_resize(resize)
         self.mask_threshold = mask_threshold
         self.max_hole_area = max_hole_area
         self.max_sprinkle_area = max_sprinkle_area
@@ -83,10 +91,10 @@ class ImagePredictor:
         self._set_images(list(image_list), is_batch=True)
 
     def _set_images(self, images: list[ImageLike], is_batch: bool) -> None:
-        self.reset_predictor()
         size = self.model.config.image_size
-        rgbs = [as_rgb_tensor(image) for image in images]
-        batch = torch.cat([normalize_frame(to_device(rgb, self.device), size) for rgb in rgbs])
+        rgbs = [as_rgb_tensor(image) for image in images]  # all checked before the previous image is dropped
+        self.reset_predictor()
+        batch = torch.cat([model_input(rgb, size, self.resize, self.device) for rgb in rgbs])
         features = self.model.encode_image(batch)
         self._image = _ImageFeatures(
             embed=self.model.without_memory(features.embed),

@@ -17,6 +17,7 @@ import typer
 
 from .. import checkpoints
 from ..checkpoints import CheckpointError
+from ..io.image_file import ImageFileError
 from ..io.live import SourceError
 from ..io.prompt_file import Prompt, PromptError, make_prompt, read_mask
 from ..io.sinks import OutputError
@@ -70,7 +71,7 @@ def errors_as_messages() -> Iterator[None]:
     """Bad inputs end the command with one line on stderr and exit code 1, never a traceback."""
     try:
         yield
-    except (CheckpointError, PromptError, SourceError, OutputError, VideoReadError, RunFailed) as error:
+    except (CheckpointError, PromptError, SourceError, OutputError, VideoReadError, ImageFileError, RunFailed) as error:
         fail(str(error))
     except FileNotFoundError as error:
         fail(str(error) if error.filename is None else f"no such file: {error.filename}")

@@ -7,8 +7,9 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 import typer
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from ..io.image_file import read_rgb
 from ..io.overlay import draw_overlay
 from ..io.prompt_file import Prompt, PromptError, check_prompts, read_mask
 from ..io.sinks import OutputError, prepare_file
@@ -36,12 +37,9 @@ MASK_PROMPT_LOGIT = 10.0  # a binary mask given to the image predictor becomes l
 
 def _read_image(path: Path) -> np.ndarray:
     try:
-        with Image.open(path) as picture:
-            return np.asarray(picture.convert("RGB"))
+        return read_rgb(path)
     except FileNotFoundError:
         raise RunFailed(f"no such image file: {path}") from None
-    except (UnidentifiedImageError, OSError) as error:
-        raise RunFailed(f"{path} is not a readable image: {error}") from None
 
 
 def _check_image_output(path: Path) -> None:

@@ -25,9 +25,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from ..prompts import check_inside
+from .image_file import ImageFileError, read_mask_image
 
 ENTRY_KEYS = ("frame", "obj_id", "points", "labels", "box", "mask")
 
@@ -53,15 +53,11 @@ class Prompt:
 def read_mask(path: Path, origin: str) -> np.ndarray:
     """An image file as a mask (H, W) bool: non-zero pixels (palette indices for indexed PNGs) are the object."""
     try:
-        with Image.open(path) as image:
-            if image.mode in ("1", "L", "P", "I", "I;16"):
-                mask = np.asarray(image) != 0
-            else:
-                mask = np.asarray(image.convert("L")) != 0
+        mask = read_mask_image(path)
     except FileNotFoundError:
         raise PromptError(f"{origin}: mask file {path} not found") from None
-    except (UnidentifiedImageError, OSError) as error:
-        raise PromptError(f"{origin}: mask file {path} is not a readable image: {error}") from None
+    except ImageFileError as error:
+        raise PromptError(f"{origin}: mask file {error}") from None
     if not mask.any():
         raise PromptError(f"{origin}: mask {path} is empty (no non-zero pixel)")
     return mask

@@ -1,7 +1,8 @@
 """Random-access frame sequences: a video file, a folder of images, or a list of frames.
 
-Every sequence yields H x W x 3 uint8 RGB arrays and decodes on demand: nothing holds the whole
-video in memory.
+Files decode on demand into H x W x 3 uint8 RGB arrays: nothing holds the whole video in memory.
+A list of frames is checked whole when it is opened (frames.as_rgb_tensor), so that a bad frame
+is refused before a session starts.
 """
 
 from __future__ import annotations
@@ -12,8 +13,11 @@ from pathlib import Path
 from typing import Optional, Protocol, Sequence, Union
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+import torch
+from PIL import Image
 
+from ..frames import ImageLike, as_rgb_tensor
+from .image_file import ImageFileError, image_file_size, read_rgb
 from .video_file import VideoFileFrames, VideoReadError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -28,23 +32,39 @@ class FrameSequence(Protocol):
 
 
 class ListFrames:
-    """Frames already in memory."""
+    """Frames already in memory: arrays, tensors or PIL images, all of one size."""
 
     def __init__(self, frames: Sequence) -> None:
         if len(frames) == 0:
             raise ValueError("the list of frames is empty")
         self._frames = frames
-        first = np.asarray(frames[0])
-        if first.ndim != 3 or first.shape[-1] != 3:
-            raise ValueError(f"frames must be H x W x 3 RGB arrays, got shape {first.shape}")
-        self.size = (int(first.shape[0]), int(first.shape[1]))
+        sizes = [_checked_size(frame, index) for index, frame in enumerate(frames)]
+        for index, size in enumerate(sizes):
+            if size != sizes[0]:
+                raise ValueError(
+                    f"frame {index} is {size[1]}x{size[0]} but frame 0 is {sizes[0][1]}x{sizes[0][0]}: "
+                    "the frames of a video must all have one size"
+                )
+        self.size = sizes[0]
         self.fps: Optional[float] = None
 
     def __len__(self) -> int:
         return len(self._frames)
 
-    def __getitem__(self, index: int) -> np.ndarray:
-        return np.asarray(self._frames[index])
+    def __getitem__(self, index: int) -> ImageLike:
+        frame = self._frames[index]
+        return frame if isinstance(frame, (np.ndarray, torch.Tensor, Image.Image)) else np.asarray(frame)
+
+
+def _checked_size(frame, index: int) -> tuple[int, int]:
+    """(height, width) of a frame that as_rgb_tensor accepts; its refusal, naming the frame, otherwise."""
+    if not isinstance(frame, (np.ndarray, torch.Tensor, Image.Image)):
+        frame = np.asarray(frame)
+    try:
+        rgb = as_rgb_tensor(frame)
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"frame {index}: {error}") from None
+    return int(rgb.shape[1]), int(rgb.shape[2])
 
 
 def _frame_order(path: Path):
@@ -63,6 +83,8 @@ class ImageFolderFrames:
         )
         if not self.paths:
             raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {self.folder}")
+        for path in self.paths:  # headers only: a decompression bomb is refused before any work
+            _folder_frame(image_file_size, path)
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self.cache_size = cache_size
         self.size = self[0].shape[:2]
@@ -74,16 +96,21 @@ class ImageFolderFrames:
     def __getitem__(self, index: int) -> np.ndarray:
         if index in self._cache:
             return self._cache[index]
-        path = self.paths[index]
-        try:
-            with Image.open(path) as image:
-                frame = np.asarray(image.convert("RGB"))
-        except (UnidentifiedImageError, OSError) as error:
-            raise VideoReadError(f"{path} is not a readable image: {error}") from None
+        frame = _folder_frame(read_rgb, self.paths[index])
         self._cache[index] = frame
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         return frame
+
+
+def _folder_frame(read, path: Path):
+    """A frame folder is a video: its unreadable images are video read errors, which end a run cleanly."""
+    try:
+        return read(path)
+    except ImageFileError as error:
+        raise VideoReadError(str(error)) from None
+    except OSError as error:
+        raise VideoReadError(f"{path} is not a readable image: {error}") from None
 
 
 def open_frames(source) -> FrameSequence:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ..frames import ImageLike
+from ..frames import ImageLike, as_rgb_tensor
 from .stream import FrameResult, StreamTracker
 
 
@@ -18,6 +18,7 @@ class CameraPredictor(StreamTracker):
 
     def load_first_frame(self, img: ImageLike) -> None:
         """Start a new session on `img` (H x W x 3 RGB): it becomes frame 0, ready for prompts."""
+        as_rgb_tensor(img)  # a refused frame must not end the current session
         self.reset()
         self.step(img)
 

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..frames import normalize_frame, to_device
 from ..masks import fill_holes, keep_highest_object
 from ..model.sam2 import ImageFeatures, MaskPrediction, SAM2Model
+from ..preprocess import Resize, model_input
 from .memory_bank import FrameOutput, MemoryView, gather
 
 PROMPT_MASK_LOGIT_CLAMP = 32.0  # previous logits fed back with new clicks are clamped for numerical safety
@@ -37,6 +37,7 @@ class TrackerOptions:
     max_cond_frames_in_attn: int = -1  # attend to this many closest prompted frames (-1: all)
     memory_dtype: Optional[torch.dtype] = None  # spatial memories: None is bf16 on CUDA, fp32 elsewhere
     offload_state_to_cpu: bool = False  # keep memories and masks in CPU memory
+    resize: Resize = "bilinear-antialias"  # how frames become the model's input (preprocess.py)
 
 
 class EncodedFrame(NamedTuple):
@@ -77,7 +78,7 @@ class TrackingEngine:
             self._cache.move_to_end(index)
             return self._cache[index]
         rgb = load()
-        image = normalize_frame(to_device(rgb, self.device), self.config.image_size)
+        image = model_input(rgb, self.config.image_size, self.options.resize, self.device)
         frame = EncodedFrame(index, self.model.encode_image(image), (rgb.shape[1], rgb.shape[2]))
         self._cache[index] = frame
         while len(self._cache) > self.cached_frames:
@@ -87,7 +88,7 @@ class TrackingEngine:
     def encode_batch(self, frames: Sequence[tuple[int, Tensor]]) -> list[EncodedFrame]:
         """Encode (index, RGB (3, H, W)) frames of any sizes in one image-encoder call; nothing is cached."""
         size = self.config.image_size
-        images = torch.cat([normalize_frame(to_device(rgb, self.device), size) for _, rgb in frames])  # (B, 3, S, S)
+        images = torch.cat([model_input(rgb, size, self.options.resize, self.device) for _, rgb in frames])  # (B, 3, S, S)
         features = self.model.encode_image(images)
         return [
             EncodedFrame(

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from ..frames import ImageLike
 from ..model.sam2 import SAM2Model
+from ..preprocess import Resize, check_resize
 from .engine import TrackerOptions, TrackingEngine
 from .pooled_stream import FrameResult, PooledStream
 
@@ -38,6 +39,7 @@ class StreamPool:
         max_cond_frames: int = 8,
         memory_dtype: Optional[torch.dtype] = None,
         offload_state_to_cpu: bool = False,
+        resize: Resize = "bilinear-antialias",
     ) -> None:
         if max_cond_frames < 1:
             raise ValueError("max_cond_frames must be at least 1")
@@ -49,6 +51,7 @@ class StreamPool:
             max_cond_frames_in_attn=max_cond_frames_in_attn,
             memory_dtype=memory_dtype,
             offload_state_to_cpu=offload_state_to_cpu,
+            resize=check_resize(resize),
         )
         self.model = model
         self.engine = TrackingEngine(model, options, cached_frames=0)

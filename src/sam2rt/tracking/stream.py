@@ -12,6 +12,7 @@ from typing import Optional
 import torch
 
 from ..model.sam2 import SAM2Model
+from ..preprocess import Resize
 from .pool import StreamPool
 from .pooled_stream import FrameResult, PooledStream
 
@@ -23,7 +24,9 @@ class StreamTracker(PooledStream):
 
     Options have the official names. Corrections become conditioning frames by default
     (`add_all_frames_to_correct_as_cond=True`) so that they stick. `max_cond_frames` caps the
-    prompted frames kept per object (the first prompt is always kept).
+    prompted frames kept per object (the first prompt is always kept). `resize` names how frames
+    become the model's input (preprocess.py). A refused frame (wrong type, range, NaN) raises
+    before anything changes: the tracker goes on as if it had never been given.
     """
 
     def __init__(
@@ -38,6 +41,7 @@ class StreamTracker(PooledStream):
         max_cond_frames: int = 8,
         memory_dtype: Optional[torch.dtype] = None,
         offload_state_to_cpu: bool = False,
+        resize: Resize = "bilinear-antialias",
     ) -> None:
         pool = StreamPool(
             model,
@@ -49,6 +53,7 @@ class StreamTracker(PooledStream):
             max_cond_frames=max_cond_frames,
             memory_dtype=memory_dtype,
             offload_state_to_cpu=offload_state_to_cpu,
+            resize=resize,
         )
         super().__init__(pool)
         self.model = model

@@ -17,6 +17,7 @@ from torch import Tensor
 from ..frames import as_rgb_tensor
 from ..io.sources import FrameSequence, open_frames
 from ..model.sam2 import NO_OBJECT_SCORE, SAM2Model
+from ..preprocess import Resize, check_resize
 from ..prompts import mask_to_model_frame, object_clicks
 from .engine import EncodedFrame, TrackerOptions, TrackingEngine
 from .memory_bank import FrameArchive, FrameOutput
@@ -69,6 +70,8 @@ class VideoPredictor:
 
     Options have the official names and defaults (corrections are not conditioning frames unless
     `add_all_frames_to_correct_as_cond`); `memory_dtype` defaults to bf16 on CUDA, fp32 on CPU.
+    `resize` names how frames become the model's input (preprocess.py); the default is the official
+    video loader's, so that a JPEG folder gives the official numbers.
     """
 
     def __init__(
@@ -81,6 +84,7 @@ class VideoPredictor:
         add_all_frames_to_correct_as_cond: bool = False,
         max_cond_frames_in_attn: int = -1,
         memory_dtype: Optional[torch.dtype] = None,
+        resize: Resize = "pil-bicubic",
     ) -> None:
         self.model = model
         self.options = TrackerOptions(
@@ -90,6 +94,7 @@ class VideoPredictor:
             add_all_frames_to_correct_as_cond=add_all_frames_to_correct_as_cond,
             max_cond_frames_in_attn=max_cond_frames_in_attn,
             memory_dtype=memory_dtype,
+            resize=check_resize(resize),
         )
 
     @torch.inference_mode()
@@ -102,7 +107,8 @@ class VideoPredictor:
     ) -> InferenceState:
         """Open a video: an mp4 (or any video file), a folder of JPEG frames, or a list of H x W x 3 frames.
 
-        Frames are decoded on demand (`offload_video_to_cpu` and `async_loading_frames` are
+        A list is checked whole here (shapes, types, value ranges): a bad frame is refused before
+        the session exists. Files are decoded on demand (`offload_video_to_cpu` and `async_loading_frames` are
         accepted for compatibility: nothing is loaded up front).
         """
         options = self.options
