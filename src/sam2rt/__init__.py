@@ -2,6 +2,7 @@
 
 from .checkpoints import CheckpointError, load_model
 from .image_predictor import ImagePredictor
+from .mask_generator import GeneratedMasks, MaskGenerator
 from .model.sam2 import SAM2Model, build_model
 from .tracking.camera import CameraPredictor
 from .tracking.stream import FrameResult, StreamTracker
@@ -12,8 +13,10 @@ __all__ = [
     "CameraPredictor",
     "CheckpointError",
     "FrameResult",
+    "GeneratedMasks",
     "ImagePredictor",
     "InferenceState",
+    "MaskGenerator",
     "ModelConfig",
     "SAM2Model",
     "StreamTracker",
