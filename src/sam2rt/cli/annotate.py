@@ -1,0 +1,68 @@
+"""`sam2rt annotate`: detection boxes -> masks -> a YOLO segmentation dataset and/or COCO JSON with RLE."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import CHECKPOINT, DEVICE, FAST, IMAGE_SIZE, VARIANT, RunFailed, app, errors_as_messages, load_cli_model
+
+FORMATS = ("yolo", "coco")
+
+
+@app.command()
+def annotate(
+    images: Path = typer.Argument(..., help="Folder of images to annotate."),
+    labels: Optional[Path] = typer.Option(
+        None, "--labels", help="Folder of YOLO detection labels, <image stem>.txt: class cx cy w h (0..1)."
+    ),
+    coco: Optional[Path] = typer.Option(None, "--coco", help="COCO JSON with the detections (bbox in pixels)."),
+    detector: Optional[str] = typer.Option(
+        None, "--detector", help="Ultralytics detector weights (needs the ultralytics package)."
+    ),
+    output: Path = typer.Option(..., "--output", "-o", help="Output folder: labels/*.txt and/or annotations.json."),
+    formats: list[str] = typer.Option(["yolo", "coco"], "--format", help="yolo and/or coco (repeatable)."),
+    checkpoint: Optional[Path] = CHECKPOINT,
+    variant: Optional[str] = VARIANT,
+    image_size: int = IMAGE_SIZE,
+    device: Optional[str] = DEVICE,
+    fast: bool = FAST,
+) -> None:
+    """Turn detection boxes into masks; finished images are skipped when the run is started again."""
+    from .. import annotate as annotation
+    from ..io.sinks import check_writable_folder
+
+    sources = [value for value in (labels, coco, detector) if value is not None]
+    if len(sources) != 1:
+        raise typer.BadParameter("give exactly one of --labels, --coco and --detector", param_hint="--labels")
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown:
+        raise typer.BadParameter(f"unknown format {unknown[0]!r}; the formats are yolo and coco", param_hint="--format")
+    with errors_as_messages():
+        try:
+            check_writable_folder(output)
+            class_names = None
+            if labels is not None:
+                items = annotation.yolo_items(images, labels)
+            elif coco is not None:
+                items, class_names = annotation.coco_items(coco, images)
+            else:
+                items = annotation.detector_items(images, detector)
+            todo = annotation.pending(items, output)
+            if len(todo) < len(items):
+                typer.echo(f"resuming: {len(items) - len(todo)} of {len(items)} images already done")
+            annotation.check_items(todo)
+            if todo:
+                segmenter = annotation.BoxSegmenter(load_cli_model(checkpoint, variant, image_size, device, fast))
+                for item in todo:
+                    record = annotation.annotate_item(item, segmenter, output, "yolo" in formats)
+                    typer.echo(f"{item.image.name}: {len(record['annotations'])} masks")
+            if "coco" in formats:
+                if class_names is None:
+                    class_names = [str(i) for i in range(annotation.largest_class(items, output) + 1)]
+                count = annotation.write_coco(items, output, class_names, output / "annotations.json")
+                typer.echo(f"wrote {output / 'annotations.json'} ({len(items)} images, {count} masks)")
+        except annotation.LabelError as error:
+            raise RunFailed(str(error)) from None
