@@ -213,7 +213,7 @@ def write_coco(items: Sequence[Item], output: Path, class_names: Sequence[str], 
     """Assemble the COCO JSON from the finished records, in the items' order; returns the number of masks."""
     from .io.coco_dataset import CocoDataset
 
-    dataset = CocoDataset(class_names, f"sam2rt annotate {output}")
+    dataset = CocoDataset(class_names, "sam2rt annotate")  # no paths: the same file wherever it is made
     for item in items:
         record = json.loads(part_path(output, item).read_text())
         image_id = dataset.add_image(record["file_name"], record["height"], record["width"])

@@ -24,6 +24,11 @@ def annotate(
     ),
     output: Path = typer.Option(..., "--output", "-o", help="Output folder: labels/*.txt and/or annotations.json."),
     formats: list[str] = typer.Option(["yolo", "coco"], "--format", help="yolo and/or coco (repeatable)."),
+    ray: bool = typer.Option(False, "--ray", help="Spread the images over a Ray cluster (needs sam2rt[ray])."),
+    ray_address: Optional[str] = typer.Option(
+        None, "--ray-address", help="With --ray: the cluster to join (default: RAY_ADDRESS, else a local one)."
+    ),
+    workers: int = typer.Option(2, "--workers", help="With --ray: model copies (one per GPU or CPU worker)."),
     checkpoint: Optional[Path] = CHECKPOINT,
     variant: Optional[str] = VARIANT,
     image_size: int = IMAGE_SIZE,
@@ -32,9 +37,12 @@ def annotate(
 ) -> None:
     """Turn detection boxes into masks; finished images are skipped when the run is started again."""
     from .. import annotate as annotation
+    from ..annotate_ray import annotate_on_ray
     from ..io.sinks import check_writable_folder
 
     sources = [value for value in (labels, coco, detector) if value is not None]
+    if workers <= 0:
+        raise typer.BadParameter(f"must be positive, got {workers}", param_hint="--workers")
     if len(sources) != 1:
         raise typer.BadParameter("give exactly one of --labels, --coco and --detector", param_hint="--labels")
     unknown = sorted(set(formats) - set(FORMATS))
@@ -54,7 +62,11 @@ def annotate(
             if len(todo) < len(items):
                 typer.echo(f"resuming: {len(items) - len(todo)} of {len(items)} images already done")
             annotation.check_items(todo)
-            if todo:
+            if todo and ray:
+                spec = _model_spec(checkpoint, variant, image_size, device, fast)
+                for name, count in annotate_on_ray(todo, spec, output, "yolo" in formats, ray_address, workers):
+                    typer.echo(f"{name}: {count} masks")
+            elif todo:
                 segmenter = annotation.BoxSegmenter(load_cli_model(checkpoint, variant, image_size, device, fast))
                 for item in todo:
                     record = annotation.annotate_item(item, segmenter, output, "yolo" in formats)
@@ -66,3 +78,17 @@ def annotate(
                 typer.echo(f"wrote {output / 'annotations.json'} ({len(items)} images, {count} masks)")
         except annotation.LabelError as error:
             raise RunFailed(str(error)) from None
+
+
+def _model_spec(checkpoint: Optional[Path], variant: Optional[str], image_size: int, device: Optional[str], fast: bool):
+    """The model options as each Ray worker loads them (the variant read from the checkpoint, as locally)."""
+    from .. import checkpoints
+    from ..annotate_ray import ModelSpec
+    from .common import DEFAULT_VARIANT, check_model_options
+
+    check_model_options(variant, image_size)
+    if checkpoint is not None and variant is None:
+        variant = checkpoints.checkpoint_variant(checkpoint)
+    return ModelSpec(
+        None if checkpoint is None else str(checkpoint), variant or DEFAULT_VARIANT, image_size, device, fast
+    )
