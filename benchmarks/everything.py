@@ -73,13 +73,14 @@ def run_ours(variant: str, image: np.ndarray, device: torch.device, args) -> lis
         torch.cuda.reset_peak_memory_stats(device)
     sync(device)
     start = time.perf_counter()
-    model = optimize(our_model(variant).to(device))
-    first = sam2rt.MaskGenerator(model, points_per_batch=args.points_per_batch[0]).generate(image)
+    model = optimize(our_model(variant, args.image_size).to(device))
+    common = {"points_per_side": args.points_per_side}
+    first = sam2rt.MaskGenerator(model, points_per_batch=args.points_per_batch[0], **common).generate(image)
     sync(device)
     lines.append(f"  sam2rt   first image {time.perf_counter() - start:.2f} s (weights to masks, {len(first)} masks)")
     for name, settings in WORKLOADS.items():
         for batch in args.points_per_batch:
-            generator = sam2rt.MaskGenerator(model, points_per_batch=batch, **settings)
+            generator = sam2rt.MaskGenerator(model, points_per_batch=batch, **common, **settings)
             ms, count = timed(lambda: generator.generate(image), device, args.warmup, args.runs)
             lines.append(f"  sam2rt   {name:10} points_per_batch {batch:4}: {ms:8.1f} ms/image, {count} masks")
     lines.append(f"  sam2rt   peak memory {peak_memory(device)}")
@@ -98,12 +99,18 @@ def run_official(variant: str, image: np.ndarray, device: torch.device, args) ->
     with autocast:
         sync(device)
         start = time.perf_counter()
-        model = oracle_model(variant).to(device)
-        first = SAM2AutomaticMaskGenerator(model).generate(image)
+        model = oracle_model(variant, args.image_size).to(device)
+        common = {"points_per_side": args.points_per_side}
+        first_generator = SAM2AutomaticMaskGenerator(model, **common)
+        if args.image_size != 1024:  # the official predictor assumes 1024 for its feature sizes
+            first_generator.predictor._bb_feat_sizes = [(args.image_size // s,) * 2 for s in (4, 8, 16)]
+        first = first_generator.generate(image)
         sync(device)
         lines.append(f"  official first image {time.perf_counter() - start:.2f} s ({len(first)} masks)")
         for name, settings in WORKLOADS.items():
-            generator = SAM2AutomaticMaskGenerator(model, **settings)
+            generator = SAM2AutomaticMaskGenerator(model, **common, **settings)
+            if args.image_size != 1024:  # the official predictor assumes 1024 for its feature sizes
+                generator.predictor._bb_feat_sizes = [(args.image_size // s,) * 2 for s in (4, 8, 16)]
             runs = args.runs if name == "default" else 1  # its Python RLE loop makes this one slow
             ms, count = timed(lambda: generator.generate(image), device, min(args.warmup, 1), runs)
             lines.append(f"  official {name:10} points_per_batch   64: {ms:8.1f} ms/image, {count} masks")
@@ -117,6 +124,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--image", type=Path, default=ROOT.parent / "shared" / "data" / "images" / "truck.jpg")
     parser.add_argument("--points-per-batch", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--points-per-side", type=int, default=32)
+    parser.add_argument("--image-size", type=int, default=1024)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--no-official", action="store_true")
@@ -128,7 +137,8 @@ def main() -> None:
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"segment everything, image {image.shape[1]}x{image.shape[0]}, {where}, torch {torch.__version__}")
     for variant in args.variants:
-        print(f"{variant} at 1024, 32 x 32 points:", flush=True)
+        side = args.points_per_side
+        print(f"{variant} at {args.image_size}, {side} x {side} points:", flush=True)
         for line in run_ours(variant, image, device, args):
             print(line, flush=True)
         if not args.no_official:

@@ -173,18 +173,19 @@ def _reference_batched_nms(
     Highest score first (a stable sort, as torchvision's kernels sort); a box is dropped when a kept
     box of the same category overlaps it with IoU > iou_threshold. Returns the kept indices by rank.
     """
-    order = sorted(range(len(scores)), key=lambda i: -float(scores[i]))
-    area = _reference_box_area(boxes.double())
+    values, score_list, categories = boxes.double().tolist(), scores.tolist(), idxs.tolist()
+    order = sorted(range(len(score_list)), key=lambda i: -score_list[i])
+    area = [(x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in values]
     kept: list[int] = []
     for i in order:
         suppressed = False
         for j in kept:
-            if int(idxs[i]) != int(idxs[j]):
+            if categories[i] != categories[j]:
                 continue
-            width = min(float(boxes[i, 2]), float(boxes[j, 2])) - max(float(boxes[i, 0]), float(boxes[j, 0]))
-            height = min(float(boxes[i, 3]), float(boxes[j, 3])) - max(float(boxes[i, 1]), float(boxes[j, 1]))
+            width = min(values[i][2], values[j][2]) - max(values[i][0], values[j][0])
+            height = min(values[i][3], values[j][3]) - max(values[i][1], values[j][1])
             inter = max(width, 0.0) * max(height, 0.0)
-            union = float(area[i]) + float(area[j]) - inter
+            union = area[i] + area[j] - inter
             if union > 0 and inter / union > iou_threshold:
                 suppressed = True
                 break
