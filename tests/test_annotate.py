@@ -134,3 +134,34 @@ def test_missing_image_and_missing_detector(dataset, checkpoint, capsys):
     assert_clean_error(result, "missing image")
     result = invoke_in_process(capsys, "annotate", root / "images", "--detector", "yolo11n.pt", "-o", root / "out")
     assert_clean_error(result, "needs the ultralytics package")
+
+
+def test_video_key_frames_start_and_correct_tracks(tmp_path, checkpoint, capsys):
+    from cli_support import write_clip
+
+    video = write_clip(tmp_path / "clip.mp4", count=4)
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "0.txt").write_text("0 0.3 0.4 0.3 0.4\n")
+    (tmp_path / "keys" / "00002.txt").write_text("1 0.7 0.5 0.3 0.4\n")
+    args = ("annotate", video, "--labels", tmp_path / "keys", "-o", tmp_path / "out", *model_args(checkpoint))
+    result = invoke_in_process(capsys, *args)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "out" / "labels").iterdir()) == [f"clip_{i:05d}.txt" for i in range(4)]
+    coco = json.loads((tmp_path / "out" / "annotations.json").read_text())
+    assert len(coco["images"]) == 4
+    tracks = [(a["image_id"], a["track_id"], a["category_id"]) for a in coco["annotations"]]
+    assert {(1, 1, 0), (2, 1, 0), (3, 1, 0), (3, 2, 1), (4, 2, 1)} <= set(tracks)  # object 2 starts on frame 2
+    assert not any(image_id < 3 and track == 2 for image_id, track, _ in tracks)
+    # The first frame's mask is the tracker's answer to the box.
+    model = sam2rt.load_model(VARIANT, checkpoint, device="cpu", image_size=IMAGE_SIZE)
+    tracker = sam2rt.StreamTracker(model)
+    from sam2rt.io.sources import open_frames
+
+    frames = open_frames(video)
+    tracker.step(frames[0])
+    height, width = frames[0].shape[:2]
+    first = tracker.add_prompt(1, box=[0.15 * width, 0.2 * height, 0.45 * width, 0.6 * height])
+    annotation = next(a for a in coco["annotations"] if a["image_id"] == 1)
+    np.testing.assert_array_equal(decode_rle(annotation["segmentation"]), first.masks[0].numpy())
+    again = invoke_in_process(capsys, *args)
+    assert again.returncode == 0 and "resuming: clip.mp4 already done" in again.stdout

@@ -209,16 +209,17 @@ def pending(items: Sequence[Item], output: Path) -> list[Item]:
     return [item for item in items if not part_path(output, item).exists()]
 
 
-def write_coco(items: Sequence[Item], output: Path, class_names: Sequence[str], path: Path) -> int:
-    """Assemble the COCO JSON from the finished records, in the items' order; returns the number of masks."""
+def write_coco(records: Sequence[dict], class_names: Sequence[str], path: Path) -> int:
+    """The COCO JSON of finished image records, in their order; returns the number of masks."""
     from .io.coco_dataset import CocoDataset
 
     dataset = CocoDataset(class_names, "sam2rt annotate")  # no paths: the same file wherever it is made
-    for item in items:
-        record = json.loads(part_path(output, item).read_text())
+    for record in records:
         image_id = dataset.add_image(record["file_name"], record["height"], record["width"])
         for a in record["annotations"]:
-            dataset.add_annotation(image_id, a["category_id"], a["segmentation"], a["bbox"], a["area"], a["score"])
+            dataset.add_annotation(
+                image_id, a["category_id"], a["segmentation"], a["bbox"], a["area"], a["score"], a.get("track_id")
+            )
     dataset.write(path)
     return len(dataset.annotations)
 
@@ -243,10 +244,14 @@ def detector_items(images: Path, weights: str) -> list[Item]:
     return items
 
 
-def largest_class(items: Sequence[Item], output: Path) -> int:
-    """The largest class id among the finished records (-1 when there are none)."""
-    ids = [a["category_id"] for item in items for a in json.loads(part_path(output, item).read_text())["annotations"]]
-    return max(ids, default=-1)
+def finished_records(items: Sequence[Item], output: Path) -> list[dict]:
+    return [json.loads(part_path(output, item).read_text()) for item in items]
+
+
+def class_names_of(records: Sequence[dict]) -> list[str]:
+    """Class names "0", "1", ... up to the largest class id among the records."""
+    largest = max((a["category_id"] for record in records for a in record["annotations"]), default=-1)
+    return [str(i) for i in range(largest + 1)]
 
 
 def check_items(items: Sequence[Item]) -> None:

@@ -14,7 +14,7 @@ FORMATS = ("yolo", "coco")
 
 @app.command()
 def annotate(
-    images: Path = typer.Argument(..., help="Folder of images to annotate."),
+    images: Path = typer.Argument(..., help="Folder of images, or a video (with --labels on key frames)."),
     labels: Optional[Path] = typer.Option(
         None, "--labels", help="Folder of YOLO detection labels, <image stem>.txt: class cx cy w h (0..1)."
     ),
@@ -38,6 +38,7 @@ def annotate(
     """Turn detection boxes into masks; finished images are skipped when the run is started again."""
     from .. import annotate as annotation
     from ..annotate_ray import annotate_on_ray
+    from ..annotate_video import is_video
     from ..io.sinks import check_writable_folder
 
     sources = [value for value in (labels, coco, detector) if value is not None]
@@ -51,6 +52,9 @@ def annotate(
     with errors_as_messages():
         try:
             check_writable_folder(output)
+            if is_video(images):
+                _annotate_video(images, labels, output, formats, (checkpoint, variant, image_size, device, fast))
+                return
             class_names = None
             if labels is not None:
                 items = annotation.yolo_items(images, labels)
@@ -72,9 +76,10 @@ def annotate(
                     record = annotation.annotate_item(item, segmenter, output, "yolo" in formats)
                     typer.echo(f"{item.image.name}: {len(record['annotations'])} masks")
             if "coco" in formats:
-                if class_names is None:
-                    class_names = [str(i) for i in range(annotation.largest_class(items, output) + 1)]
-                count = annotation.write_coco(items, output, class_names, output / "annotations.json")
+                records = annotation.finished_records(items, output)
+                count = annotation.write_coco(
+                    records, class_names or annotation.class_names_of(records), output / "annotations.json"
+                )
                 typer.echo(f"wrote {output / 'annotations.json'} ({len(items)} images, {count} masks)")
         except annotation.LabelError as error:
             raise RunFailed(str(error)) from None
@@ -92,3 +97,21 @@ def _model_spec(checkpoint: Optional[Path], variant: Optional[str], image_size: 
     return ModelSpec(
         None if checkpoint is None else str(checkpoint), variant or DEFAULT_VARIANT, image_size, device, fast
     )
+
+
+def _annotate_video(video: Path, labels: Optional[Path], output: Path, formats: list[str], model_options) -> None:
+    """A video with YOLO boxes on key frames: tracks and labels for every frame."""
+    from .. import annotate as annotation
+    from ..annotate_video import annotate_video, video_done, video_records
+
+    if labels is None:
+        raise RunFailed("a video is annotated from --labels: a folder of key frame labels <frame number>.txt")
+    if video_done(video, output):
+        typer.echo(f"resuming: {video.name} already done")
+        records = video_records(video, output)
+    else:
+        records = annotate_video(video, labels, load_cli_model(*model_options), output, "yolo" in formats)
+        typer.echo(f"{video.name}: {len(records)} frames")
+    if "coco" in formats:
+        count = annotation.write_coco(records, annotation.class_names_of(records), output / "annotations.json")
+        typer.echo(f"wrote {output / 'annotations.json'} ({len(records)} frames, {count} masks)")

@@ -35,6 +35,7 @@ class CocoDataset:
         bbox: Sequence[float],
         area: int,
         score: Optional[float] = None,
+        track_id: Optional[int] = None,
     ) -> None:
         """One mask: rle as {"size": [H, W], "counts": str}, bbox [x, y, width, height], area in pixels."""
         annotation = {
@@ -48,6 +49,8 @@ class CocoDataset:
         }
         if score is not None:
             annotation["score"] = round(float(score), 6)
+        if track_id is not None:
+            annotation["track_id"] = int(track_id)  # the same object across the frames of a video
         self.annotations.append(annotation)
 
     def write(self, path: Path) -> None:
