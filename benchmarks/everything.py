@@ -21,6 +21,7 @@ import contextlib
 import statistics
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the oracle helpers: same weights into both implementations
 
 import sam2rt  # noqa: E402
-from oracle import install_torchvision_standin, oracle_model, our_model  # noqa: E402
+from oracle import install_torchvision_standin, oracle_model, our_model, perturbed_weights  # noqa: E402
 from sam2rt.runtime import optimize  # noqa: E402
 
 WORKLOADS = {"default": {}, "all masks": {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}}
@@ -88,9 +89,16 @@ def run_ours(variant: str, image: np.ndarray, device: torch.device, args) -> lis
     return lines
 
 
-def run_official(variant: str, image: np.ndarray, device: torch.device, args) -> list[str]:
+def official_generator(model, image_size: int, **settings):
     from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 
+    generator = SAM2AutomaticMaskGenerator(model, **settings)
+    if image_size != 1024:  # the official predictor assumes 1024 for its feature map sizes
+        generator.predictor._bb_feat_sizes = [(image_size // stride,) * 2 for stride in (4, 8, 16)]
+    return generator
+
+
+def run_official(variant: str, image: np.ndarray, device: torch.device, args) -> list[str]:
     lines = []
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -101,21 +109,39 @@ def run_official(variant: str, image: np.ndarray, device: torch.device, args) ->
         start = time.perf_counter()
         model = oracle_model(variant, args.image_size).to(device)
         common = {"points_per_side": args.points_per_side}
-        first_generator = SAM2AutomaticMaskGenerator(model, **common)
-        if args.image_size != 1024:  # the official predictor assumes 1024 for its feature sizes
-            first_generator.predictor._bb_feat_sizes = [(args.image_size // s,) * 2 for s in (4, 8, 16)]
-        first = first_generator.generate(image)
+        first = official_generator(model, args.image_size, **common).generate(image)
         sync(device)
         lines.append(f"  official first image {time.perf_counter() - start:.2f} s ({len(first)} masks)")
         for name, settings in WORKLOADS.items():
-            generator = SAM2AutomaticMaskGenerator(model, **common, **settings)
-            if args.image_size != 1024:  # the official predictor assumes 1024 for its feature sizes
-                generator.predictor._bb_feat_sizes = [(args.image_size // s,) * 2 for s in (4, 8, 16)]
+            generator = official_generator(model, args.image_size, **common, **settings)
             runs = args.runs if name == "default" else 1  # its Python RLE loop makes this one slow
             ms, count = timed(lambda: generator.generate(image), device, min(args.warmup, 1), runs)
             lines.append(f"  official {name:10} points_per_batch   64: {ms:8.1f} ms/image, {count} masks")
     lines.append(f"  official peak memory {peak_memory(device)}")
     return lines
+
+
+def check_against_official(image: np.ndarray, device: torch.device) -> str:
+    """fp32 on the device, both sides, tiny, thresholds where random-weight masks survive: do the masks agree?"""
+    settings = {
+        "points_per_side": 16,
+        "pred_iou_thresh": 0.3,
+        "stability_score_thresh": 0.005,
+        "mask_threshold": 1.5,
+        "stability_score_offset": 0.5,
+    }
+    variant = "sam2.1_hiera_tiny"
+    ours = sam2rt.MaskGenerator(our_model(variant).to(device), **settings).generate(image)
+    ref = official_generator(oracle_model(variant).to(device), 1024, **settings).generate(image)
+    ious = [
+        (a["segmentation"] & b["segmentation"]).sum() / max((a["segmentation"] | b["segmentation"]).sum(), 1)
+        for a, b in zip(ours, ref)
+    ]
+    score = max((abs(a["predicted_iou"] - b["predicted_iou"]) for a, b in zip(ours, ref)), default=0.0)
+    return (
+        f"fp32 check, tiny: {len(ours)} masks vs official {len(ref)}, least mask IoU "
+        f"{min(ious, default=1.0):.4f}, largest predicted-IoU difference {score:.2e}"
+    )
 
 
 def main() -> None:
@@ -129,6 +155,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--no-official", action="store_true")
+    parser.add_argument("--check", action="store_true", help="first compare fp32 masks with the official's")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -136,14 +163,22 @@ def main() -> None:
     image = load_image(args.image)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"segment everything, image {image.shape[1]}x{image.shape[0]}, {where}, torch {torch.__version__}")
+    if args.check:
+        try:
+            print(check_against_official(image, device), flush=True)
+        except Exception:
+            traceback.print_exc()
     for variant in args.variants:
         side = args.points_per_side
         print(f"{variant} at {args.image_size}, {side} x {side} points:", flush=True)
-        for line in run_ours(variant, image, device, args):
-            print(line, flush=True)
-        if not args.no_official:
-            for line in run_official(variant, image, device, args):
-                print(line, flush=True)
+        perturbed_weights(variant, args.image_size)  # made once, before the clocks: "first image" starts from weights
+        runners = [run_ours] if args.no_official else [run_ours, run_official]
+        for runner in runners:
+            try:
+                for line in runner(variant, image, device, args):
+                    print(line, flush=True)
+            except Exception:  # one failing side must not lose the other's numbers
+                traceback.print_exc()
 
 
 if __name__ == "__main__":
