@@ -1,6 +1,6 @@
 """Parity of MaskGenerator with the official SAM2AutomaticMaskGenerator on a real photo.
 
-sam2.1 tiny at image size 256 with the oracle's perturbed random weights, a few grid points. Random
+sam2.1 tiny at image size 128 with the oracle's perturbed random weights, a few grid points. Random
 weights make smooth, low-contrast logits: at the official thresholds (IoU 0.8, stability 0.95 at
 cut 0 +- 1) no mask survives and at cut 0 nearly every mask covers the whole photo. The cases cut
 the masks at logit 1.5 with a stability offset of 0.5, keep predicted IoUs above 0.3 and stability
@@ -20,7 +20,7 @@ import sam2rt
 from sam2rt.everything.rle import decode_rle
 
 VARIANT = "sam2.1_hiera_tiny"
-IMAGE_SIZE = 256
+IMAGE_SIZE = 128
 RANDOM_WEIGHT_SETTINGS = dict(
     pred_iou_thresh=0.3, stability_score_thresh=0.005, mask_threshold=1.5, stability_score_offset=0.5
 )
