@@ -82,7 +82,7 @@ def run_ours(variant: str, image: np.ndarray, device: torch.device, args) -> lis
     for name, settings in WORKLOADS.items():
         for batch in args.points_per_batch:
             generator = sam2rt.MaskGenerator(model, points_per_batch=batch, **common, **settings)
-            ms, count = timed(lambda: generator.generate(image), device, args.warmup, args.runs)
+            ms, count = timed(lambda g=generator: g.generate(image), device, args.warmup, args.runs)
             lines.append(f"  sam2rt   {name:10} points_per_batch {batch:4}: {ms:8.1f} ms/image, {count} masks")
     lines.append(f"  sam2rt   peak memory {peak_memory(device)}")
     del model
@@ -115,7 +115,7 @@ def run_official(variant: str, image: np.ndarray, device: torch.device, args) ->
         for name, settings in WORKLOADS.items():
             generator = official_generator(model, args.image_size, **common, **settings)
             runs = args.runs if name == "default" else 1  # its Python RLE loop makes this one slow
-            ms, count = timed(lambda: generator.generate(image), device, min(args.warmup, 1), runs)
+            ms, count = timed(lambda g=generator: g.generate(image), device, min(args.warmup, 1), runs)
             lines.append(f"  official {name:10} points_per_batch   64: {ms:8.1f} ms/image, {count} masks")
     lines.append(f"  official peak memory {peak_memory(device)}")
     return lines
