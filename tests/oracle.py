@@ -161,11 +161,46 @@ class _Normalize(nn.Module):
         return (x - mean) / std
 
 
+def _reference_box_area(boxes: torch.Tensor) -> torch.Tensor:
+    """torchvision.ops.boxes.box_area: (x1 - x0) * (y1 - y0)."""
+    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+
+
+def _reference_batched_nms(
+    boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float
+) -> torch.Tensor:
+    """torchvision.ops.boxes.batched_nms, the textbook way (a test helper, deliberately not sam2rt's code).
+
+    Highest score first (a stable sort, as torchvision's kernels sort); a box is dropped when a kept
+    box of the same category overlaps it with IoU > iou_threshold. Returns the kept indices by rank.
+    """
+    values, score_list, categories = boxes.double().tolist(), scores.tolist(), idxs.tolist()
+    order = sorted(range(len(score_list)), key=lambda i: -score_list[i])
+    area = [(x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in values]
+    kept: list[int] = []
+    for i in order:
+        suppressed = False
+        for j in kept:
+            if categories[i] != categories[j]:
+                continue
+            width = min(values[i][2], values[j][2]) - max(values[i][0], values[j][0])
+            height = min(values[i][3], values[j][3]) - max(values[i][1], values[j][1])
+            inter = max(width, 0.0) * max(height, 0.0)
+            union = area[i] + area[j] - inter
+            if union > 0 and inter / union > iou_threshold:
+                suppressed = True
+                break
+        if not suppressed:
+            kept.append(i)
+    return torch.tensor(kept, dtype=torch.long)
+
+
 def install_torchvision_standin() -> None:
     """Register a minimal `torchvision` so that the oracle's image predictor imports on a CPU-only torch.
 
     PyPI has no CPU torchvision, and its wheel pins an exact torch. The stand-in implements the
-    three transforms the oracle uses the way torchvision implements them for tensors.
+    three transforms the oracle uses the way torchvision implements them for tensors, and the box
+    NMS of its automatic mask generator.
     """
     try:
         import torchvision  # noqa: F401  (the real one, where it exists: GPU machines)
@@ -179,5 +214,13 @@ def install_torchvision_standin() -> None:
     transforms.Resize = _Resize
     transforms.Normalize = _Normalize
     standin.transforms = transforms
+    ops = types.ModuleType("torchvision.ops")
+    boxes = types.ModuleType("torchvision.ops.boxes")
+    boxes.batched_nms = _reference_batched_nms
+    boxes.box_area = _reference_box_area
+    ops.boxes = boxes
+    standin.ops = ops
     sys.modules["torchvision"] = standin
     sys.modules["torchvision.transforms"] = transforms
+    sys.modules["torchvision.ops"] = ops
+    sys.modules["torchvision.ops.boxes"] = boxes

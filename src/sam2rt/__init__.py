@@ -2,6 +2,7 @@
 
 from .checkpoints import CheckpointError, load_model
 from .image_predictor import ImagePredictor
+from .mask_generator import GeneratedMasks, MaskGenerator
 from .model.sam2 import SAM2Model, build_model
 from .tracking.camera import CameraPredictor
 from .tracking.pool import StreamPool
@@ -14,8 +15,10 @@ __all__ = [
     "CameraPredictor",
     "CheckpointError",
     "FrameResult",
+    "GeneratedMasks",
     "ImagePredictor",
     "InferenceState",
+    "MaskGenerator",
     "ModelConfig",
     "PooledStream",
     "SAM2Model",

@@ -69,3 +69,17 @@ def to_device(rgb: Tensor, device: torch.device) -> Tensor:
     if device.type == "cuda" and rgb.device.type == "cpu":
         return rgb.pin_memory().to(device, non_blocking=True)
     return rgb.to(device)
+
+
+def to_host(tensor: Tensor) -> np.ndarray:
+    """A tensor on any device -> numpy; from a GPU through pinned memory.
+
+    Masks at full resolution are tens of megabytes, and a copy into pageable memory runs at a
+    fraction of the bus speed.
+    """
+    if not tensor.is_cuda:
+        return tensor.numpy()
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    host.copy_(tensor, non_blocking=True)
+    torch.cuda.current_stream(tensor.device).synchronize()
+    return host.numpy()

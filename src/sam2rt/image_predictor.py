@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .frames import ImageLike, as_rgb_tensor
+from .frames import ImageLike, as_rgb_tensor, to_host
 from .masks import fill_holes, remove_sprinkles
 from .model.sam2 import SAM2Model
 from .preprocess import Resize, check_resize, model_input
@@ -203,20 +203,35 @@ class ImagePredictor:
         image = self._require_image("predict")
         original_size = image.original_sizes[image_index]
         prompts = self._prepare_prompts(point_coords, point_labels, box, mask_input, normalize_coords, original_size)
-        high_res = tuple(level[image_index : image_index + 1] for level in image.high_res)
-        out = self.model.decode(
-            image.embed[image_index : image_index + 1],
-            high_res,
-            prompts.coords,
-            prompts.labels,
-            prompts.mask,
-            multimask_output,
-        )
-        masks = self._postprocess(out.masks.float(), original_size)
+        low_res, ious = self.decode_prompts(prompts.coords, prompts.labels, prompts.mask, multimask_output, image_index)
+        masks = self.upscale_logits(low_res, image_index)
         if not return_logits:
             masks = (masks > self.mask_threshold).float()
-        low_res = out.masks.float().clamp(-LOW_RES_LOGIT_CLAMP, LOW_RES_LOGIT_CLAMP)
-        return masks, out.iou_scores.float(), low_res
+        return masks, ious, low_res.clamp(-LOW_RES_LOGIT_CLAMP, LOW_RES_LOGIT_CLAMP)
+
+    def decode_prompts(
+        self,
+        coords: Optional[Tensor],
+        labels: Optional[Tensor],
+        mask_input: Optional[Tensor],
+        multimask_output: bool,
+        image_index: int = 0,
+    ) -> tuple[Tensor, Tensor]:
+        """Low-resolution logits (B, C, h, w) float32, not clamped, and IoU predictions (B, C) float32.
+
+        For prompts already checked and in the model's input frame, on the model's device: coords
+        (B, N, 2), labels (B, N), mask_input (B, 1, 4h, 4w) logits. No host copies: the mask
+        generator decodes thousands of prompts this way.
+        """
+        image = self._require_image("decode_prompts")
+        high_res = tuple(level[image_index : image_index + 1] for level in image.high_res)
+        embed = image.embed[image_index : image_index + 1]
+        out = self.model.decode(embed, high_res, coords, labels, mask_input, multimask_output)
+        return out.masks.float(), out.iou_scores.float()
+
+    def upscale_logits(self, low_res: Tensor, image_index: int = 0) -> Tensor:
+        """Low-resolution logits (B, C, h, w) -> (B, C, H, W) at the image's size, small holes and sprinkles removed."""
+        return self._postprocess(low_res.float(), self._require_image("upscale_logits").original_sizes[image_index])
 
     def _postprocess(self, low_res: Tensor, original_size: tuple[int, int]) -> Tensor:
         """Optional hole filling and sprinkle removal at low resolution, then resizing to the image."""
@@ -280,15 +295,5 @@ class ImagePredictor:
 
 
 def _numpy(batch: Tensor) -> np.ndarray:
-    """Drop the leading batch axis of a single prompt set, as the official predictor does, and leave the device.
-
-    From a GPU, through pinned memory: full-resolution masks are tens of megabytes, and a copy into
-    pageable memory runs at a fraction of the bus speed.
-    """
-    batch = batch.squeeze(0)
-    if not batch.is_cuda:
-        return batch.numpy()
-    host = torch.empty(batch.shape, dtype=batch.dtype, pin_memory=True)
-    host.copy_(batch, non_blocking=True)
-    torch.cuda.current_stream(batch.device).synchronize()
-    return host.numpy()
+    """Drop the leading batch axis of a single prompt set, as the official predictor does, and leave the device."""
+    return to_host(batch.squeeze(0))

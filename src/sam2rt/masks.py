@@ -61,3 +61,13 @@ def keep_highest_object(logits: Tensor, floor: float = -10.0) -> Tensor:
     winner = logits.argmax(dim=0, keepdim=True)  # (1, 1, H, W)
     rows = torch.arange(logits.shape[0], device=logits.device)[:, None, None, None]
     return torch.where(winner == rows, logits, logits.clamp(max=floor))
+
+
+def stability_score(logits: Tensor, threshold: float, offset: float) -> Tensor:
+    """IoU (N,) of each mask (N, H, W) cut at threshold + offset with itself cut at threshold - offset.
+
+    The higher cut's mask lies inside the lower one's, so the IoU is a ratio of pixel counts.
+    """
+    inner = (logits > threshold + offset).sum(dim=(-2, -1), dtype=torch.int32)
+    outer = (logits > threshold - offset).sum(dim=(-2, -1), dtype=torch.int32)
+    return inner / outer

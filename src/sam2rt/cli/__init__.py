@@ -12,6 +12,7 @@ from . import image  # noqa: E402, F401
 from . import track  # noqa: E402, F401
 from . import eval  # noqa: E402, F401
 from . import serve  # noqa: E402, F401
+from . import annotate  # noqa: E402, F401
 
 
 def main() -> None:

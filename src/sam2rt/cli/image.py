@@ -27,15 +27,15 @@ from .common import (
     app,
     check_model_options,
     errors_as_messages,
-    fail,
     flag_prompt,
     load_cli_model,
 )
+from .everything import EverythingSettings, image_files, segment_everything
 
 MASK_PROMPT_LOGIT = 10.0  # a binary mask given to the image predictor becomes logits of +-10
 
 
-def _read_image(path: Path) -> np.ndarray:
+def read_image(path: Path) -> np.ndarray:
     try:
         return read_rgb(path)
     except FileNotFoundError:
@@ -56,7 +56,7 @@ class _ImageJob(NamedTuple):
 
 def _image_job(image_path: Path, prompt: Optional[Prompt], mask_path: Optional[Path], outputs: list[Path]) -> _ImageJob:
     """Read and check everything the image command needs, before the model is loaded."""
-    rgb = _read_image(image_path)
+    rgb = read_image(image_path)
     size = rgb.shape[:2]
     if prompt is not None:
         check_prompts([prompt], size, None, "")
@@ -96,28 +96,52 @@ def _segment_image(model, job: _ImageJob) -> tuple[np.ndarray, float]:
 
 @app.command()
 def image(
-    image_path: Path = typer.Argument(..., metavar="IMAGE", help="The image to segment."),
+    image_path: Path = typer.Argument(
+        ..., metavar="IMAGE", help="The image to segment (with --everything: an image or a folder of images)."
+    ),
     point: list[str] = POINT,
     negative: list[str] = NEGATIVE,
     box: Optional[str] = BOX,
     mask: Optional[Path] = MASK,
     output: Optional[Path] = typer.Option(
-        None, "--output", "-o", help="The mask as a PNG: 255 on the object, 0 elsewhere."
+        None,
+        "--output",
+        "-o",
+        help="The mask as a PNG: 255 on the object, 0 elsewhere (with --everything: the COCO JSON file).",
     ),
-    overlay: Optional[Path] = typer.Option(None, "--overlay", help="The image with the mask drawn on it."),
+    overlay: Optional[Path] = typer.Option(
+        None, "--overlay", help="The image with the mask drawn on it (with --everything and a folder: a folder)."
+    ),
     everything: bool = typer.Option(
-        False, "--everything", help="Segment everything (needs the mask generator: not available yet)."
+        False, "--everything", help="Segment everything: every mask of the image(s), as COCO JSON with RLE."
     ),
+    points_per_side: int = typer.Option(32, "--points-per-side", help="--everything: grid points per side."),
+    pred_iou_thresh: float = typer.Option(0.8, "--pred-iou-thresh", help="--everything: least predicted IoU."),
+    stability_thresh: float = typer.Option(
+        0.95, "--stability-score-thresh", help="--everything: least stability score."
+    ),
+    crop_n_layers: int = typer.Option(0, "--crop-n-layers", help="--everything: layers of crops (0: none)."),
     checkpoint: Optional[Path] = CHECKPOINT,
     variant: Optional[str] = VARIANT,
     image_size: int = IMAGE_SIZE,
     device: Optional[str] = DEVICE,
     fast: bool = FAST,
 ) -> None:
-    """Segment one object of an image from clicks, a box and/or a mask."""
-    if everything:
-        fail("--everything needs the automatic mask generator, which this version of sam2rt does not have yet")
+    """Segment one object of an image from clicks, a box and/or a mask, or everything in images (--everything)."""
     check_model_options(variant, image_size)
+    if everything:
+        if point or negative or box is not None or mask is not None:
+            raise typer.BadParameter("--everything takes no prompts", param_hint="--everything")
+        if output is None:
+            raise typer.BadParameter("--everything needs --output FILE.json", param_hint="--output")
+        if points_per_side <= 0 or crop_n_layers < 0:
+            raise typer.BadParameter("must be positive (and --crop-n-layers 0 or more)", param_hint="--points-per-side")
+        settings = EverythingSettings(points_per_side, pred_iou_thresh, stability_thresh, crop_n_layers)
+        with errors_as_messages():
+            image_files(image_path)  # bad inputs fail before the model loads
+            model = load_cli_model(checkpoint, variant, image_size, device, fast)
+            segment_everything(model, image_path, output, overlay, settings)
+        return
     with errors_as_messages():
         prompt = flag_prompt(point, negative, box, None, 0, 1)
         if prompt is None and mask is None:

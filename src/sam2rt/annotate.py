@@ -1,0 +1,262 @@
+"""Auto-annotation: detection boxes -> masks -> a YOLO segmentation dataset and/or COCO JSON with RLE.
+
+Boxes come from YOLO label files (`<class> <cx> <cy> <w> <h>`, fractions of the image) or from a
+COCO detections JSON (`bbox` [x, y, width, height] in pixels). Each image's boxes are segmented
+together by the image predictor, one mask per box. Finished images are recorded one by one in
+`<output>/.parts/`, so an interrupted run resumes where it stopped; the COCO file is assembled
+from those records at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple, Optional, Sequence
+
+import numpy as np
+
+from .io.annotations import encode_rle, yolo_lines
+from .io.sinks import OutputError, make_folder
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+PARTS = ".parts"
+
+
+class LabelError(ValueError):
+    """A label file or a detections file that cannot be used: the message names the file and line."""
+
+
+class Detection(NamedTuple):
+    class_id: int
+    box: tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels
+
+
+@dataclass
+class Item:
+    """One image to annotate and where its boxes come from."""
+
+    image: Path
+    label_file: Optional[Path] = None  # YOLO boxes; None with COCO detections or a detector
+    detections: Optional[list[Detection]] = None  # from a COCO file
+
+    @property
+    def name(self) -> str:
+        return self.image.stem
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(height, width) from the file's header, without decoding the pixels."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as picture:
+            return picture.height, picture.width
+    except FileNotFoundError:
+        raise LabelError(f"missing image {path}") from None
+    except (UnidentifiedImageError, OSError) as error:
+        raise LabelError(f"{path} is not a readable image: {error}") from None
+
+
+def read_yolo_boxes(path: Path, image_hw: tuple[int, int]) -> list[Detection]:
+    """Boxes of a YOLO detection label file; an empty or missing file means no objects."""
+    if not path.exists():
+        return []
+    height, width = image_hw
+    detections = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        where = f"{path}, line {number}"
+        try:
+            class_id = int(fields[0])
+            cx, cy, w, h = (float(value) for value in fields[1:5])
+        except ValueError:
+            class_id, cx = -1, float("nan")
+        if len(fields) != 5 or class_id < 0 or not np.isfinite([cx, cy, w, h]).all():
+            raise LabelError(f"{where}: expected '<class> <cx> <cy> <width> <height>', got {line.strip()!r}")
+        x0, y0, x1, y1 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
+        if w <= 0 or h <= 0 or min(x0, y0) < -1e-6 or max(x1, y1) > 1 + 1e-6:
+            raise LabelError(f"{where}: the box {line.strip()!r} lies outside the image (coordinates are 0..1)")
+        box = (max(x0, 0.0) * width, max(y0, 0.0) * height, min(x1, 1.0) * width, min(y1, 1.0) * height)
+        detections.append(Detection(class_id, box))
+    return detections
+
+
+def yolo_items(images: Path, labels: Path) -> list[Item]:
+    """Every image of the folder `images`, with its label file `<labels>/<stem>.txt`."""
+    if not images.is_dir():
+        raise LabelError(f"no such image folder: {images}")
+    if not labels.is_dir():
+        raise LabelError(f"no such label folder: {labels}")
+    files = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise LabelError(f"no images in {images}")
+    return [Item(path, labels / f"{path.stem}.txt") for path in files]
+
+
+def coco_items(path: Path, images: Path) -> tuple[list[Item], list[str]]:
+    """Images and boxes of a COCO detections JSON (images, annotations with bbox, categories), and class names."""
+    try:
+        content = json.loads(path.read_text())
+        files = {entry["id"]: entry["file_name"] for entry in content["images"]}
+        categories = sorted(content.get("categories", []), key=lambda c: c["id"])
+    except FileNotFoundError:
+        raise LabelError(f"no such detections file: {path}") from None
+    except (ValueError, KeyError, TypeError) as error:
+        raise LabelError(f"{path}: not a COCO detections file ({error})") from None
+    class_ids = {category["id"]: index for index, category in enumerate(categories)}
+    boxes: dict[int, list[Detection]] = {image_id: [] for image_id in files}
+    for index, annotation in enumerate(content.get("annotations", [])):
+        where = f"{path}, annotation {index} (id {annotation.get('id')})"
+        try:
+            x, y, w, h = (float(v) for v in annotation["bbox"])
+            image_id, category = annotation["image_id"], annotation["category_id"]
+        except (KeyError, TypeError, ValueError):
+            raise LabelError(f"{where}: needs image_id, category_id and bbox [x, y, width, height]") from None
+        if image_id not in files:
+            raise LabelError(f"{where}: image_id {image_id} is not among the images")
+        if category not in class_ids:
+            raise LabelError(f"{where}: category_id {category} is not among the categories")
+        boxes[image_id].append(Detection(class_ids[category], (x, y, x + w, y + h)))
+    items = []
+    for image_id, name in files.items():
+        item = Item(images / name, detections=boxes[image_id])
+        height, width = image_size(item.image)
+        for detection in item.detections:
+            x0, y0, x1, y1 = detection.box
+            if x1 <= x0 or y1 <= y0 or x0 < 0 or y0 < 0 or x1 > width + 1e-3 or y1 > height + 1e-3:
+                raise LabelError(f"{path}: a box of {name} lies outside its {width}x{height} image: {detection.box}")
+        items.append(item)
+    return items, [str(category.get("name", category["id"])) for category in categories]
+
+
+class BoxSegmenter:
+    """One mask per box, all boxes of an image in one batch of the image predictor."""
+
+    def __init__(self, model) -> None:
+        from .image_predictor import ImagePredictor
+
+        self.predictor = ImagePredictor(model)
+
+    def __call__(self, rgb: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Masks (N, H, W) bool and predicted IoUs (N,) for boxes (N, 4) x0, y0, x1, y1."""
+        if len(boxes) == 0:
+            return np.zeros((0, *rgb.shape[:2]), bool), np.zeros(0, np.float32)
+        self.predictor.set_image(rgb)
+        masks, ious, _ = self.predictor.predict(box=boxes, multimask_output=False)
+        masks = masks.reshape(len(boxes), *rgb.shape[:2])  # (N, 1, H, W) or (1, H, W) -> (N, H, W)
+        return masks > 0, ious.reshape(len(boxes))
+
+
+def image_record(item: Item, rgb: np.ndarray, detections: Sequence[Detection], masks, ious) -> dict:
+    """What a finished image leaves in `.parts`: its size and its annotations with RLE masks."""
+    from pycocotools import mask as mask_utils
+
+    rles = encode_rle(masks) if len(masks) else []
+    annotations = [
+        {
+            "category_id": detection.class_id,
+            "segmentation": rle,
+            "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+            "area": int(mask_utils.area(rle)),
+            "score": round(float(iou), 6),
+        }
+        for detection, rle, iou in zip(detections, rles, ious)
+    ]
+    return {"file_name": item.image.name, "height": rgb.shape[0], "width": rgb.shape[1], "annotations": annotations}
+
+
+def part_path(output: Path, item: Item) -> Path:
+    return output / PARTS / f"{item.name}.json"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        temporary.write_text(text)
+        os.replace(temporary, path)
+    except OSError as error:
+        raise OutputError(f"cannot write {path}: {error.strerror or error}") from None
+
+
+def annotate_item(item: Item, segmenter, output: Path, yolo: bool) -> dict:
+    """Segment one image's boxes; write its YOLO label file, then its record (the mark that it is done)."""
+    from PIL import Image
+
+    try:
+        with Image.open(item.image) as picture:
+            rgb = np.asarray(picture.convert("RGB"))
+    except FileNotFoundError:
+        raise LabelError(f"missing image {item.image}") from None
+    except OSError as error:
+        raise LabelError(f"{item.image} is not a readable image: {error}") from None
+    detections = item.detections if item.label_file is None else read_yolo_boxes(item.label_file, rgb.shape[:2])
+    boxes = np.array([d.box for d in detections], dtype=np.float32).reshape(-1, 4)
+    masks, ious = segmenter(rgb, boxes)
+    if yolo:
+        lines = yolo_lines([d.class_id for d in detections], masks)
+        write_atomic(make_folder(output / "labels") / f"{item.name}.txt", "".join(line + "\n" for line in lines))
+    record = image_record(item, rgb, detections, masks, ious)
+    write_atomic(make_folder(output / PARTS) / f"{item.name}.json", json.dumps(record))
+    return record
+
+
+def pending(items: Sequence[Item], output: Path) -> list[Item]:
+    """The items without a finished record: what a resumed run still has to do."""
+    return [item for item in items if not part_path(output, item).exists()]
+
+
+def write_coco(records: Sequence[dict], class_names: Sequence[str], path: Path) -> int:
+    """The COCO JSON of finished image records, in their order; returns the number of masks."""
+    from .io.coco_dataset import CocoDataset
+
+    dataset = CocoDataset(class_names, "sam2rt annotate")  # no paths: the same file wherever it is made
+    for record in records:
+        image_id = dataset.add_image(record["file_name"], record["height"], record["width"])
+        for a in record["annotations"]:
+            dataset.add_annotation(
+                image_id, a["category_id"], a["segmentation"], a["bbox"], a["area"], a["score"], a.get("track_id")
+            )
+    dataset.write(path)
+    return len(dataset.annotations)
+
+
+def detector_items(images: Path, weights: str) -> list[Item]:
+    """Boxes from an Ultralytics detector (the user's weights) for every image of the folder `images`."""
+    try:
+        from ultralytics import YOLO
+    except ImportError:
+        raise LabelError(
+            "--detector needs the ultralytics package, which is not installed (pip install ultralytics)"
+        ) from None
+    if not images.is_dir():
+        raise LabelError(f"no such image folder: {images}")
+    detector = YOLO(weights)
+    items = []
+    for path in sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        result = detector(str(path), verbose=False)[0]
+        boxes = result.boxes.xyxy.cpu().numpy()  # (N, 4) pixels
+        classes = result.boxes.cls.cpu().numpy().astype(int)
+        items.append(Item(path, detections=[Detection(int(c), tuple(map(float, b))) for c, b in zip(classes, boxes)]))
+    return items
+
+
+def finished_records(items: Sequence[Item], output: Path) -> list[dict]:
+    return [json.loads(part_path(output, item).read_text()) for item in items]
+
+
+def class_names_of(records: Sequence[dict]) -> list[str]:
+    """Class names "0", "1", ... up to the largest class id among the records."""
+    largest = max((a["category_id"] for record in records for a in record["annotations"]), default=-1)
+    return [str(i) for i in range(largest + 1)]
+
+
+def check_items(items: Sequence[Item]) -> None:
+    """Read every image header and label file before any work: a bad label fails the run at once."""
+    for item in items:
+        size = image_size(item.image)
+        if item.label_file is not None:
+            read_yolo_boxes(item.label_file, size)

@@ -1,0 +1,77 @@
+"""`sam2rt annotate --ray`: the same work spread over a Ray cluster with Ray Data, one model per worker.
+
+Every worker writes the files a single-process run writes (labels/<stem>.txt and .parts/<stem>.json
+in the shared output folder), so the driver assembles the same COCO file afterwards, and an
+interrupted run resumes the same way. Ray is an optional extra: `pip install sam2rt[ray]`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import NamedTuple, Optional, Sequence
+
+from .annotate import Item, LabelError
+
+
+class ModelSpec(NamedTuple):
+    """What a worker needs to load its own copy of the model."""
+
+    checkpoint: Optional[str]
+    variant: str
+    image_size: int
+    device: Optional[str]
+    fast: bool
+
+
+class _Worker:
+    """A Ray Data actor: loads the model once, then annotates the images of each batch it is given."""
+
+    def __init__(self, spec: ModelSpec, output: str, yolo: bool) -> None:
+        from .annotate import BoxSegmenter
+        from .checkpoints import default_device, load_model
+        from .runtime import optimize
+
+        device = spec.device or default_device()
+        model = load_model(spec.variant, spec.checkpoint and Path(spec.checkpoint), device, spec.image_size)
+        self.segmenter = BoxSegmenter(optimize(model) if spec.fast else model)
+        self.output = Path(output)
+        self.yolo = yolo
+
+    def __call__(self, batch: dict) -> dict:
+        from .annotate import Detection, annotate_item
+
+        counts = []
+        for image, label, detections in zip(batch["image"], batch["label"], batch["detections"]):
+            found = None if label else [Detection(int(c), tuple(b)) for c, *b in json.loads(detections)]
+            item = Item(Path(image), Path(label) if label else None, found)
+            counts.append(len(annotate_item(item, self.segmenter, self.output, self.yolo)["annotations"]))
+        return {"image": batch["image"], "masks": counts}
+
+
+def annotate_on_ray(
+    items: Sequence[Item], spec: ModelSpec, output: Path, yolo: bool, address: Optional[str], workers: int
+) -> list[tuple[str, int]]:
+    """Annotate `items` on a Ray cluster (joined at `address`, or this process's Ray, or a local one)."""
+    try:
+        import ray
+    except ImportError:
+        raise LabelError("--ray needs the ray package, which is not installed (pip install 'sam2rt[ray]')") from None
+    if not ray.is_initialized():
+        ray.init(address=address, log_to_driver=False)
+    rows = [
+        {
+            "image": str(item.image),
+            "label": str(item.label_file) if item.label_file is not None else "",
+            "detections": json.dumps([[d.class_id, *d.box] for d in item.detections or []]),  # ragged: as text
+        }
+        for item in items
+    ]
+    dataset = ray.data.from_items(rows).map_batches(
+        _Worker,
+        fn_constructor_args=(spec, str(output), yolo),
+        batch_size=1,
+        concurrency=workers,
+        num_gpus=1 if spec.device and spec.device.startswith("cuda") else 0,
+    )
+    return [(Path(row["image"]).name, int(row["masks"])) for row in dataset.take_all()]

@@ -1,0 +1,117 @@
+"""`sam2rt annotate`: detection boxes -> masks -> a YOLO segmentation dataset and/or COCO JSON with RLE."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import CHECKPOINT, DEVICE, FAST, IMAGE_SIZE, VARIANT, RunFailed, app, errors_as_messages, load_cli_model
+
+FORMATS = ("yolo", "coco")
+
+
+@app.command()
+def annotate(
+    images: Path = typer.Argument(..., help="Folder of images, or a video (with --labels on key frames)."),
+    labels: Optional[Path] = typer.Option(
+        None, "--labels", help="Folder of YOLO detection labels, <image stem>.txt: class cx cy w h (0..1)."
+    ),
+    coco: Optional[Path] = typer.Option(None, "--coco", help="COCO JSON with the detections (bbox in pixels)."),
+    detector: Optional[str] = typer.Option(
+        None, "--detector", help="Ultralytics detector weights (needs the ultralytics package)."
+    ),
+    output: Path = typer.Option(..., "--output", "-o", help="Output folder: labels/*.txt and/or annotations.json."),
+    formats: list[str] = typer.Option(["yolo", "coco"], "--format", help="yolo and/or coco (repeatable)."),
+    ray: bool = typer.Option(False, "--ray", help="Spread the images over a Ray cluster (needs sam2rt[ray])."),
+    ray_address: Optional[str] = typer.Option(
+        None, "--ray-address", help="With --ray: the cluster to join (default: RAY_ADDRESS, else a local one)."
+    ),
+    workers: int = typer.Option(2, "--workers", help="With --ray: model copies (one per GPU or CPU worker)."),
+    checkpoint: Optional[Path] = CHECKPOINT,
+    variant: Optional[str] = VARIANT,
+    image_size: int = IMAGE_SIZE,
+    device: Optional[str] = DEVICE,
+    fast: bool = FAST,
+) -> None:
+    """Turn detection boxes into masks; finished images are skipped when the run is started again."""
+    from .. import annotate as annotation
+    from ..annotate_ray import annotate_on_ray
+    from ..annotate_video import is_video
+    from ..io.sinks import check_writable_folder
+
+    sources = [value for value in (labels, coco, detector) if value is not None]
+    if workers <= 0:
+        raise typer.BadParameter(f"must be positive, got {workers}", param_hint="--workers")
+    if len(sources) != 1:
+        raise typer.BadParameter("give exactly one of --labels, --coco and --detector", param_hint="--labels")
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown:
+        raise typer.BadParameter(f"unknown format {unknown[0]!r}; the formats are yolo and coco", param_hint="--format")
+    with errors_as_messages():
+        try:
+            check_writable_folder(output)
+            if is_video(images):
+                _annotate_video(images, labels, output, formats, (checkpoint, variant, image_size, device, fast))
+                return
+            class_names = None
+            if labels is not None:
+                items = annotation.yolo_items(images, labels)
+            elif coco is not None:
+                items, class_names = annotation.coco_items(coco, images)
+            else:
+                items = annotation.detector_items(images, detector)
+            todo = annotation.pending(items, output)
+            if len(todo) < len(items):
+                typer.echo(f"resuming: {len(items) - len(todo)} of {len(items)} images already done")
+            annotation.check_items(todo)
+            if todo and ray:
+                spec = _model_spec(checkpoint, variant, image_size, device, fast)
+                for name, count in annotate_on_ray(todo, spec, output, "yolo" in formats, ray_address, workers):
+                    typer.echo(f"{name}: {count} masks")
+            elif todo:
+                segmenter = annotation.BoxSegmenter(load_cli_model(checkpoint, variant, image_size, device, fast))
+                for item in todo:
+                    record = annotation.annotate_item(item, segmenter, output, "yolo" in formats)
+                    typer.echo(f"{item.image.name}: {len(record['annotations'])} masks")
+            if "coco" in formats:
+                records = annotation.finished_records(items, output)
+                count = annotation.write_coco(
+                    records, class_names or annotation.class_names_of(records), output / "annotations.json"
+                )
+                typer.echo(f"wrote {output / 'annotations.json'} ({len(items)} images, {count} masks)")
+        except annotation.LabelError as error:
+            raise RunFailed(str(error)) from None
+
+
+def _model_spec(checkpoint: Optional[Path], variant: Optional[str], image_size: int, device: Optional[str], fast: bool):
+    """The model options as each Ray worker loads them (the variant read from the checkpoint, as locally)."""
+    from .. import checkpoints
+    from ..annotate_ray import ModelSpec
+    from .common import DEFAULT_VARIANT, check_model_options
+
+    check_model_options(variant, image_size)
+    if checkpoint is not None and variant is None:
+        variant = checkpoints.checkpoint_variant(checkpoint)
+    return ModelSpec(
+        None if checkpoint is None else str(checkpoint), variant or DEFAULT_VARIANT, image_size, device, fast
+    )
+
+
+def _annotate_video(video: Path, labels: Optional[Path], output: Path, formats: list[str], model_options) -> None:
+    """A video with YOLO boxes on key frames: tracks and labels for every frame."""
+    from .. import annotate as annotation
+    from ..annotate_video import annotate_video, video_done, video_records
+
+    if labels is None:
+        raise RunFailed("a video is annotated from --labels: a folder of key frame labels <frame number>.txt")
+    if video_done(video, output):
+        typer.echo(f"resuming: {video.name} already done")
+        records = video_records(video, output)
+    else:
+        records = annotate_video(video, labels, load_cli_model(*model_options), output, "yolo" in formats)
+        typer.echo(f"{video.name}: {len(records)} frames")
+    if "coco" in formats:
+        count = annotation.write_coco(records, annotation.class_names_of(records), output / "annotations.json")
+        typer.echo(f"wrote {output / 'annotations.json'} ({len(records)} frames, {count} masks)")

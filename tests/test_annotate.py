@@ -1,0 +1,167 @@
+"""`sam2rt annotate`: boxes -> masks -> YOLO segmentation labels and COCO JSON; clear errors on bad labels; resuming."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+from cli_support import (
+    IMAGE_SIZE,
+    VARIANT,
+    assert_clean_error,
+    clip_frames,
+    invoke_in_process,
+    make_checkpoint,
+    model_args,
+)
+from PIL import Image
+
+import sam2rt
+from sam2rt.everything.rle import decode_rle
+
+BOXES = [(0, "0 0.3 0.4 0.3 0.4"), (1, "1 0.6 0.5 0.5 0.6")]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.getbasetemp() / "checkpoints" / "tiny.pt")
+
+
+@pytest.fixture()
+def dataset(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    frames = clip_frames(2)
+    for index, frame in enumerate(frames):
+        Image.fromarray(frame).save(tmp_path / "images" / f"f{index}.png")
+        (tmp_path / "labels" / f"f{index}.txt").write_text("".join(line + "\n" for _, line in BOXES))
+    return tmp_path, frames
+
+
+def _predictor_masks(checkpoint, frame) -> np.ndarray:
+    predictor = sam2rt.ImagePredictor(sam2rt.load_model(VARIANT, checkpoint, device="cpu", image_size=IMAGE_SIZE))
+    predictor.set_image(frame)
+    height, width = frame.shape[:2]
+    boxes = []
+    for _, line in BOXES:
+        cx, cy, w, h = (float(v) for v in line.split()[1:])
+        boxes.append([(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height])
+    masks, _, _ = predictor.predict(box=np.array(boxes), multimask_output=False)
+    return masks[:, 0] > 0
+
+
+def test_yolo_and_coco_outputs_decode_to_the_predictors_masks_and_resume(dataset, checkpoint, capsys):
+    root, frames = dataset
+    args = ("annotate", root / "images", "--labels", root / "labels", "-o", root / "out", *model_args(checkpoint))
+    result = invoke_in_process(capsys, *args)
+    assert result.returncode == 0, result.stderr
+    expected = _predictor_masks(checkpoint, frames[0])
+    assert all(0 < m.sum() < m.size for m in expected)
+    coco = json.loads((root / "out" / "annotations.json").read_text())
+    assert [c["name"] for c in coco["categories"]] == ["0", "1"]
+    first = [a for a in coco["annotations"] if a["image_id"] == 1]
+    assert [a["category_id"] for a in first] == [0, 1]
+    for annotation, mask in zip(first, expected):
+        np.testing.assert_array_equal(decode_rle(annotation["segmentation"]), mask)
+    lines = (root / "out" / "labels" / "f0.txt").read_text().splitlines()
+    height, width = frames[0].shape[:2]
+    for class_id, mask in enumerate(expected):
+        drawn = np.zeros((height, width), np.uint8)
+        for line in lines:
+            values = line.split()
+            if int(values[0]) == class_id:
+                polygon = (np.array(values[1:], float).reshape(-1, 2) * [width, height]).round().astype(np.int32)
+                cv2.fillPoly(drawn, [polygon], 1)
+        iou = (drawn.astype(bool) & mask).sum() / (drawn.astype(bool) | mask).sum()
+        assert iou > 0.9, f"class {class_id}: polygon IoU {iou:.3f}"
+
+    # An interrupted run: the second image never finished. Running again does only that one.
+    second = (root / "out" / "labels" / "f1.txt").read_text()
+    (root / "out" / ".parts" / "f1.json").unlink()
+    (root / "out" / "labels" / "f1.txt").unlink()
+    done = (root / "out" / ".parts" / "f0.json").stat().st_mtime_ns
+    result = invoke_in_process(capsys, *args)
+    assert result.returncode == 0, result.stderr
+    assert "resuming: 1 of 2 images already done" in result.stdout and "f0.png" not in result.stdout
+    assert (root / "out" / ".parts" / "f0.json").stat().st_mtime_ns == done
+    assert (root / "out" / "labels" / "f1.txt").read_text() == second
+    assert json.loads((root / "out" / "annotations.json").read_text()) == coco
+
+
+def test_coco_detections_input(dataset, checkpoint, capsys):
+    root, frames = dataset
+    height, width = frames[0].shape[:2]
+    detections = {
+        "images": [{"id": 7, "file_name": "f1.png", "height": height, "width": width}],
+        "annotations": [{"id": 1, "image_id": 7, "category_id": 3, "bbox": [40, 30, 50, 40]}],
+        "categories": [{"id": 3, "name": "square"}],
+    }
+    (root / "dets.json").write_text(json.dumps(detections))
+    result = invoke_in_process(
+        capsys, "annotate", root / "images", "--coco", root / "dets.json", "-o", root / "out", "--format", "coco",
+        *model_args(checkpoint),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    coco = json.loads((root / "out" / "annotations.json").read_text())
+    assert coco["categories"][0]["name"] == "square" and len(coco["annotations"]) == 1
+    assert not (root / "out" / "labels").exists()
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("0 0.5 0.5 0.2", "f1.txt, line 2: expected '<class> <cx> <cy> <width> <height>'"),
+        ("1 0.9 0.5 0.4 0.2", "f1.txt, line 2: the box '1 0.9 0.5 0.4 0.2' lies outside the image"),
+        ("x 0.5 0.5 0.2 0.2", "f1.txt, line 2: expected"),
+    ],
+)
+def test_bad_yolo_labels_name_the_file_and_line(dataset, checkpoint, capsys, line, message):
+    root, _ = dataset
+    (root / "labels" / "f1.txt").write_text(f"0 0.5 0.5 0.2 0.2\n{line}\n")
+    result = invoke_in_process(
+        capsys, "annotate", root / "images", "--labels", root / "labels", "-o", root / "out", *model_args(checkpoint)
+    )
+    assert_clean_error(result, message)
+
+
+def test_missing_image_and_missing_detector(dataset, checkpoint, capsys):
+    root, _ = dataset
+    detections = {"images": [{"id": 1, "file_name": "gone.png"}], "annotations": [], "categories": []}
+    (root / "dets.json").write_text(json.dumps(detections))
+    result = invoke_in_process(capsys, "annotate", root / "images", "--coco", root / "dets.json", "-o", root / "out")
+    assert_clean_error(result, "missing image")
+    result = invoke_in_process(capsys, "annotate", root / "images", "--detector", "yolo11n.pt", "-o", root / "out")
+    assert_clean_error(result, "needs the ultralytics package")
+
+
+def test_video_key_frames_start_and_correct_tracks(tmp_path, checkpoint, capsys):
+    from cli_support import write_clip
+
+    video = write_clip(tmp_path / "clip.mp4", count=4)
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "0.txt").write_text("0 0.3 0.4 0.3 0.4\n")
+    (tmp_path / "keys" / "00002.txt").write_text("1 0.7 0.5 0.3 0.4\n")
+    args = ("annotate", video, "--labels", tmp_path / "keys", "-o", tmp_path / "out", *model_args(checkpoint))
+    result = invoke_in_process(capsys, *args)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "out" / "labels").iterdir()) == [f"clip_{i:05d}.txt" for i in range(4)]
+    coco = json.loads((tmp_path / "out" / "annotations.json").read_text())
+    assert len(coco["images"]) == 4
+    tracks = [(a["image_id"], a["track_id"], a["category_id"]) for a in coco["annotations"]]
+    assert {(1, 1, 0), (2, 1, 0), (3, 1, 0), (3, 2, 1), (4, 2, 1)} <= set(tracks)  # object 2 starts on frame 2
+    assert not any(image_id < 3 and track == 2 for image_id, track, _ in tracks)
+    # The first frame's mask is the tracker's answer to the box.
+    model = sam2rt.load_model(VARIANT, checkpoint, device="cpu", image_size=IMAGE_SIZE)
+    tracker = sam2rt.StreamTracker(model)
+    from sam2rt.io.sources import open_frames
+
+    frames = open_frames(video)
+    tracker.step(frames[0])
+    height, width = frames[0].shape[:2]
+    first = tracker.add_prompt(1, box=[0.15 * width, 0.2 * height, 0.45 * width, 0.6 * height])
+    annotation = next(a for a in coco["annotations"] if a["image_id"] == 1)
+    np.testing.assert_array_equal(decode_rle(annotation["segmentation"]), first.masks[0].numpy())
+    again = invoke_in_process(capsys, *args)
+    assert again.returncode == 0 and "resuming: clip.mp4 already done" in again.stdout
