@@ -45,10 +45,14 @@ class StopSignals:
     """While entered (a context manager), SIGINT, SIGTERM and SIGHUP stop the run only at safe points.
 
     Handlers can only be installed from the main thread; elsewhere this does nothing and the
-    signals keep their usual effect.
+    signals keep their usual effect. Leaving gives the previous handlers back, except with
+    `ignore_after_signal` once a signal came: then the stop signals are ignored from there on. A
+    command exits right after, and Python, as it exits, puts back the default handlers, which
+    would kill it on a second Ctrl+C with another exit code than the one it reports.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, ignore_after_signal: bool = False) -> None:
+        self.ignore_after_signal = ignore_after_signal
         self.received: Optional[int] = None  # the first stop signal that came
         self._armed = False  # inside an interruptible() block
         self._raised = False  # Interrupted was raised once: never again
@@ -61,6 +65,11 @@ class StopSignals:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        if self.ignore_after_signal and self.received is not None:
+            for signum in self._previous:
+                signal.signal(signum, signal.SIG_IGN)  # unlike a Python handler, kept until the process ends
+            self._previous.clear()
+            return
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()

@@ -77,7 +77,7 @@ def track(
     from ..tracking.stream import StreamTracker
 
     check_model_options(variant, image_size)
-    with StopSignals() as stops, errors_as_messages():
+    with StopSignals(ignore_after_signal=True) as stops, errors_as_messages():
         try:
             with stops.interruptible():  # nothing is written before the outputs open
                 flagged = flag_prompt(point, negative, box, mask, frame, obj)
