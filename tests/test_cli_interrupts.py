@@ -180,23 +180,23 @@ def test_ctrl_c_pressed_again_and_again_while_closing(tmp_path, clip, checkpoint
 
 
 def test_killed_at_random_moments(tmp_path, clip, checkpoint):
-    """20 runs, each sent SIGINT or SIGTERM (sometimes twice) at a random moment from start-up to its end."""
-    started = time.monotonic()
-    reference = _start(clip, checkpoint, tmp_path / "reference", progress=False)
-    stdout, stderr = reference.communicate(timeout=300)
-    duration = time.monotonic() - started
-    assert reference.returncode == 0, stderr
-    assert _check_outputs(tmp_path / "reference", stdout) == FRAMES
-    clip_digest = clip.read_bytes()
+    """20 runs, each sent SIGINT or SIGTERM (sometimes a second signal after it) at a random moment.
+
+    Even runs are signalled at a random time after start-up began (interpreter, imports, the model
+    loading), odd ones at a random time after the first frame was tracked (tracking, closing, exit).
+    """
+    clip_bytes = clip.read_bytes()
     rng = random.Random(9)
     outcomes = []
     for run in range(20):
         first = rng.choice([signal.SIGINT, signal.SIGTERM])
         second = rng.choice([None, None, signal.SIGINT, signal.SIGTERM])
-        delay, gap = rng.uniform(0.1, duration * 1.05), rng.uniform(0.0, 0.3)
+        delay, gap = rng.uniform(0.0, 3.0 if run % 2 == 0 else 1.5), rng.uniform(0.0, 0.3)
         out = tmp_path / f"run{run}"
-        child = _start(clip, checkpoint, out, progress=False)
+        child = _start(clip, checkpoint, out, progress=True)
         try:
+            if run % 2:
+                _wait_for_frames(child, 1)
             time.sleep(delay)
             child.send_signal(first)
             if second is not None:
@@ -206,11 +206,10 @@ def test_killed_at_random_moments(tmp_path, clip, checkpoint):
             stdout, stderr = child.communicate(timeout=120)
         finally:
             child.kill()
-        where = (
-            f"run {run}: {first.name}{f' + {second.name}' if second else ''} at {delay:.2f} s, exit {child.returncode}"
-        )
+        where = f"run {run}: {first.name}{f' + {second.name}' if second else ''} after {delay:.2f} s"
+        where += f", exit {child.returncode}"
         tracked = _check_outputs(out, stdout)
-        # Killed before sam2rt's handlers were set (interpreter start-up): Python's default, nothing written.
+        # -first: killed before sam2rt's handlers were set (interpreter start-up), by Python's default; nothing written.
         allowed = {128 + first, -first} | ({0} if tracked == FRAMES else set())
         assert child.returncode in allowed, f"{where}\n{stderr}"
         if child.returncode == 128 + first and tracked is None:
@@ -218,6 +217,5 @@ def test_killed_at_random_moments(tmp_path, clip, checkpoint):
         if child.returncode >= 0:
             assert "Traceback" not in stderr, f"{where}\n{stderr}"
         outcomes.append(tracked)
-    assert clip.read_bytes() == clip_digest
-    # The moments cover start-up (no summary), the tracking itself and completed runs.
-    assert None in outcomes and any(t is not None and t < FRAMES for t in outcomes), outcomes
+    assert clip.read_bytes() == clip_bytes
+    assert any(t is not None and t < FRAMES for t in outcomes[1::2]), outcomes  # some stopped while tracking
