@@ -44,7 +44,7 @@ class RunSummary(NamedTuple):
     objects: int  # distinct objects tracked
     seconds: float
     outputs: list[str]  # what each output holds
-    error: Optional[BaseException]  # what ended the run early, if anything (KeyboardInterrupt for Ctrl+C)
+    error: Optional[BaseException]  # what ended the run early, if anything (Interrupted for a stop signal)
 
     @property
     def fps(self) -> float:

@@ -71,7 +71,8 @@ class StopSignals:
             self._previous.clear()
             return
         for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+            if handler is not None:  # None: a handler set outside Python, which cannot be put back from here
+                signal.signal(signum, handler)
         self._previous.clear()
 
     @property
