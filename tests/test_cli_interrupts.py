@@ -209,12 +209,13 @@ def test_killed_at_random_moments(tmp_path, clip, checkpoint):
         where = f"run {run}: {first.name}{f' + {second.name}' if second else ''} after {delay:.2f} s"
         where += f", exit {child.returncode}"
         tracked = _check_outputs(out, stdout)
-        # -first: killed before sam2rt's handlers were set (interpreter start-up), by Python's default; nothing written.
         allowed = {128 + first, -first} | ({0} if tracked == FRAMES else set())
+        if tracked is None and first == signal.SIGINT and "KeyboardInterrupt" in stderr:
+            allowed.add(1)  # Ctrl+C so early that Python itself was still starting ("Could not import runpy module")
         assert child.returncode in allowed, f"{where}\n{stderr}"
         if child.returncode == 128 + first and tracked is None:
             assert "before tracking started: nothing was written" in stderr, where
-        if child.returncode >= 0:
+        if child.returncode in (0, 128 + first):  # else Python's defaults acted, before sam2rt's handlers were set
             assert "Traceback" not in stderr, f"{where}\n{stderr}"
         outcomes.append(tracked)
     assert clip.read_bytes() == clip_bytes
