@@ -3,8 +3,8 @@
 Frames are tracked as they arrive. A prompt on frame k is added once frame k has been stepped,
 so it lands on frame k (StreamTracker's semantics); on a live source, where frames may be
 dropped, it lands on the first frame tracked at or after k. Whatever ends the run (the end of the
-source, --max-frames, an input that breaks midway, Ctrl+C), the outputs are closed so that what
-was written stays valid.
+source, --max-frames, an input that breaks midway, Ctrl+C, SIGTERM, SIGHUP), the outputs are
+closed so that what was written stays valid, and every output holds the same frames.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .io.annotations import CocoWriter, YoloWriter
+from .io.clashes import OutputPath
 from .io.live import SourceError
 from .io.overlay import OverlayVideoWriter
 from .io.prompt_file import Prompt, PromptError
@@ -30,6 +31,7 @@ from .io.sinks import (
 )
 from .io.track_source import TrackSource
 from .io.video_file import VideoReadError
+from .stop_signals import StopSignals
 from .tracking.stream import FrameResult, StreamTracker
 
 # Errors of the input or the outputs, not of sam2rt: they end a run with a message, not a traceback.
@@ -42,7 +44,7 @@ class RunSummary(NamedTuple):
     objects: int  # distinct objects tracked
     seconds: float
     outputs: list[str]  # what each output holds
-    error: Optional[BaseException]  # what ended the run early, if anything (KeyboardInterrupt for Ctrl+C)
+    error: Optional[BaseException]  # what ended the run early, if anything (Interrupted for a stop signal)
 
     @property
     def fps(self) -> float:
@@ -100,13 +102,19 @@ def run_tracking(
     sinks: SinkSet,
     max_frames: Optional[int] = None,
     progress: Optional[bool] = None,
+    stops: Optional[StopSignals] = None,
 ) -> RunSummary:
     """Track every frame of `source` (at most `max_frames`) into `sinks`; closes both.
 
-    Input and output errors, and Ctrl+C, end the run early and come back in the summary's
-    `error`; anything else is a bug and is raised, after the outputs are closed.
+    Input and output errors, Ctrl+C, SIGTERM and SIGHUP end the run early and come back in the
+    summary's `error` (Interrupted for a signal); anything else is a bug and is raised, after the
+    outputs are closed. A frame goes to every output or to none, so the summary's frame count is
+    what each output holds. `stops`: the caller's active StopSignals (None: installed for the run).
     `progress`: show a progress bar (None: when stderr is a terminal).
     """
+    if stops is None:
+        with StopSignals() as own:
+            return run_tracking(tracker, source, prompts, sinks, max_frames, progress, own)
     from tqdm import tqdm
 
     pending = sorted(prompts, key=lambda p: p.frame)  # stable: same-frame prompts keep their order
@@ -116,19 +124,25 @@ def run_tracking(
     frames = 0
     error: Optional[BaseException] = None
     start = time.monotonic()
+    incoming = iter(source)
     try:
-        for index, image in source:
-            result = tracker.step(image)
-            while pending and pending[0].frame <= index:
-                result = apply_prompt(tracker, pending.pop(0))
-            sinks.write(tracked_frame(result, index, source.frame_name(index), image))
+        while frames != max_frames:
+            with stops.interruptible():  # a signal here drops this frame: no output has it yet
+                item = next(incoming, None)
+                if item is None:
+                    break
+                index, image = item
+                result = tracker.step(image)
+                while pending and pending[0].frame <= index:
+                    result = apply_prompt(tracker, pending.pop(0))
+                tracked = tracked_frame(result, index, source.frame_name(index), image)
+            sinks.write(tracked)  # a signal here waits until the frame is in every output
             objects.update(result.object_ids)
             frames += 1
             bar.update(1)
             if source.length is None:
                 bar.set_postfix(dropped=source.dropped, refresh=False)
-            if frames == max_frames:
-                break
+            stops.check()
         if pending:
             first = pending[0]
             raise PromptError(
@@ -140,6 +154,7 @@ def run_tracking(
     except KeyboardInterrupt as caught:
         error = caught
     finally:
+        # Outside interruptible blocks signals are only noted: closing is never cut short.
         seconds = time.monotonic() - start
         bar.close()
         close_error = sinks.close()
@@ -160,6 +175,20 @@ def check_outputs(
             check_writable_folder(folder)
     if coco is not None:
         check_writable_file(coco)
+
+
+def output_paths(
+    overlay: Optional[Path], png_dir: Optional[Path], coco: Optional[Path], yolo_dir: Optional[Path]
+) -> list[OutputPath]:
+    """The outputs asked for, checked before any work (loading the model included): each can be written."""
+    check_outputs(overlay, png_dir, coco, yolo_dir)
+    named = [
+        OutputPath("--overlay", overlay),
+        OutputPath("--png-dir", png_dir, ".png"),
+        OutputPath("--coco", coco),
+        OutputPath("--yolo-dir", yolo_dir, ".txt"),
+    ]
+    return [output for output in named if output.path is not None]
 
 
 def open_sinks(

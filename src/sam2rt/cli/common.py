@@ -3,7 +3,8 @@
 Exit codes: 0 success; 1 a bad input or a failure, told in one line `error: ...` on stderr
 (missing or unreadable files, corrupt videos, cameras that do not open, prompts outside the frame
 or past the end, malformed prompts files, wrong checkpoints, outputs that cannot be written);
-2 a wrong command line (unknown option, malformed value), told by typer with the usage; 130 Ctrl+C.
+2 a wrong command line (unknown option, malformed value), told by typer with the usage; 128 + the
+signal's number when a run is stopped by one: 130 Ctrl+C (SIGINT), 143 SIGTERM, 129 SIGHUP.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ def flag_prompt(
     corners = parse_numbers(box, 4, "--box", "X0,Y0,X1,Y1") if box is not None else None
     origin = "the command line"
     mask_array = read_mask(mask, origin) if mask is not None else None
-    return make_prompt(frame, obj_id, clicks or None, labels or None, corners, mask_array, origin)
+    return make_prompt(frame, obj_id, clicks or None, labels or None, corners, mask_array, origin, mask)
 
 
 def parse_device(name: Optional[str]):

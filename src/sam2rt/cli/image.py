@@ -12,7 +12,9 @@ from PIL import Image
 from ..io.image_file import read_rgb
 from ..io.overlay import draw_overlay
 from ..io.prompt_file import Prompt, PromptError, check_prompts, read_mask
-from ..io.sinks import OutputError, prepare_file
+from ..io.atomic import OutputError, write_atomically
+from ..io.clashes import NamedPath, OutputPath, check_clashes
+from ..io.sinks import prepare_file
 from .common import (
     BOX,
     CHECKPOINT,
@@ -43,7 +45,7 @@ def read_image(path: Path) -> np.ndarray:
 
 
 def _check_image_output(path: Path) -> None:
-    if path.suffix.lower() not in Image.registered_extensions():
+    if Image.registered_extensions().get(path.suffix.lower()) not in Image.SAVE:  # PIL reads some it cannot write
         raise OutputError(f"cannot write {path}: unknown image file extension {path.suffix!r} (use .png or .jpg)")
     prepare_file(path)
 
@@ -54,8 +56,15 @@ class _ImageJob(NamedTuple):
     mask: Optional[np.ndarray]  # (H, W) bool
 
 
-def _image_job(image_path: Path, prompt: Optional[Prompt], mask_path: Optional[Path], outputs: list[Path]) -> _ImageJob:
+def _image_job(
+    image_path: Path,
+    prompt: Optional[Prompt],
+    mask_path: Optional[Path],
+    outputs: list[OutputPath],
+    inputs: list[NamedPath],
+) -> _ImageJob:
     """Read and check everything the image command needs, before the model is loaded."""
+    check_clashes(inputs, outputs)
     rgb = read_image(image_path)
     size = rgb.shape[:2]
     if prompt is not None:
@@ -63,8 +72,8 @@ def _image_job(image_path: Path, prompt: Optional[Prompt], mask_path: Optional[P
     mask = read_mask(mask_path, "--mask") if mask_path is not None else None
     if mask is not None and mask.shape != size:
         raise PromptError(f"--mask is {mask.shape[1]}x{mask.shape[0]} but the image is {size[1]}x{size[0]}")
-    for path in outputs:
-        _check_image_output(path)
+    for output in outputs:
+        _check_image_output(output.path)
     return _ImageJob(rgb, prompt, mask)
 
 
@@ -146,16 +155,23 @@ def image(
         prompt = flag_prompt(point, negative, box, None, 0, 1)
         if prompt is None and mask is None:
             raise typer.BadParameter("give --point, --negative, --box and/or --mask", param_hint="prompt")
-        job = _image_job(image_path, prompt, mask, [path for path in (output, overlay) if path is not None])
+        outputs = [OutputPath(option, path) for option, path in (("--output", output), ("--overlay", overlay)) if path]
+        inputs = [NamedPath("the input image", image_path)]
+        inputs += [
+            NamedPath(role, path) for role, path in (("the --mask file", mask), ("the checkpoint", checkpoint)) if path
+        ]
+        job = _image_job(image_path, prompt, mask, outputs, inputs)
         model = load_cli_model(checkpoint, variant, image_size, device, fast)
         result, iou = _segment_image(model, job)
         typer.echo(f"mask: {int(result.sum())} pixels, predicted IoU {iou:.3f}")
-        try:
-            if output is not None:
-                Image.fromarray(result.astype(np.uint8) * 255).save(output)
-                typer.echo(f"wrote mask {output}")
-            if overlay is not None:
-                Image.fromarray(draw_overlay(job.rgb, result.astype(np.int32), [1])).save(overlay)
-                typer.echo(f"wrote overlay {overlay}")
-        except OSError as error:
-            raise OutputError(f"cannot write the output: {error}") from None
+        if output is not None:
+            _save_image(result.astype(np.uint8) * 255, output)
+            typer.echo(f"wrote mask {output}")
+        if overlay is not None:
+            _save_image(draw_overlay(job.rgb, result.astype(np.int32), [1]), overlay)
+            typer.echo(f"wrote overlay {overlay}")
+
+
+def _save_image(pixels: np.ndarray, path: Path) -> None:
+    """Save atomically: the path holds the old file or the whole new one, never half an image."""
+    write_atomically(path, lambda temporary: Image.fromarray(pixels).save(temporary))

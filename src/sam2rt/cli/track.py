@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional
 
 import typer
 
-from ..io.prompt_file import check_prompts, check_unique, read_prompts_file
+from ..io.clashes import NamedPath, check_clashes
+from ..io.live import is_stream_url
+from ..io.prompt_file import Prompt, check_prompts, check_unique, read_prompts_file
 from ..io.sinks import MAX_PNG_OBJECT_ID
+from ..io.track_source import open_track_source
+from ..stop_signals import Interrupted, StopSignals
 from .common import (
     BOX,
     CHECKPOINT,
@@ -68,35 +73,71 @@ def track(
     progress: Optional[bool] = PROGRESS,
 ) -> None:
     """Track objects through a video, a folder of frames, a camera or a stream."""
-    from ..io.track_source import open_track_source
-    from ..pipeline import check_outputs, open_sinks, run_tracking
+    from ..pipeline import open_sinks, output_paths, run_tracking
     from ..tracking.stream import StreamTracker
 
     check_model_options(variant, image_size)
-    with errors_as_messages():
-        flagged = flag_prompt(point, negative, box, mask, frame, obj)
-        all_prompts = (read_prompts_file(prompts) if prompts is not None else []) + ([flagged] if flagged else [])
-        if not all_prompts:
-            raise typer.BadParameter("nothing to track: give --point, --box, --mask or --prompts", param_hint="prompt")
-        check_unique(all_prompts)
-        if png_dir is not None and max(p.obj_id for p in all_prompts) > MAX_PNG_OBJECT_ID:
-            raise RunFailed(f"--png-dir holds object ids 1 to {MAX_PNG_OBJECT_ID} (one byte per pixel)")
-        stream = open_track_source(source, realtime)
+    with StopSignals(ignore_after_signal=True) as stops, errors_as_messages():
         try:
-            num_frames, limit = stream.length, f"{source} has {stream.length} frames"
-            if max_frames is not None and num_frames is not None and max_frames < num_frames:
-                num_frames, limit = max_frames, f"--max-frames {max_frames}"
-            check_prompts(all_prompts, stream.size, num_frames, limit)
-            check_outputs(overlay, png_dir, coco, yolo_dir)
-            model = load_cli_model(checkpoint, variant, image_size, device, fast)
+            with stops.interruptible():  # nothing is written before the outputs open
+                flagged = flag_prompt(point, negative, box, mask, frame, obj)
+                file_prompts = read_prompts_file(prompts) if prompts is not None else []
+                all_prompts = file_prompts + ([flagged] if flagged else [])
+                if not all_prompts:
+                    raise typer.BadParameter(
+                        "nothing to track: give --point, --box, --mask or --prompts", param_hint="prompt"
+                    )
+                check_unique(all_prompts)
+                if png_dir is not None and max(p.obj_id for p in all_prompts) > MAX_PNG_OBJECT_ID:
+                    raise RunFailed(f"--png-dir holds object ids 1 to {MAX_PNG_OBJECT_ID} (one byte per pixel)")
+                outputs = output_paths(overlay, png_dir, coco, yolo_dir)
+                check_clashes(_inputs(source, prompts, file_prompts, mask, checkpoint), outputs)
+                stream = open_track_source(source, realtime)
+        except Interrupted as stop:
+            _stopped_before_tracking(stop)
+        try:
+            with stops.interruptible():
+                num_frames, limit = stream.length, f"{source} has {stream.length} frames"
+                if max_frames is not None and num_frames is not None and max_frames < num_frames:
+                    num_frames, limit = max_frames, f"--max-frames {max_frames}"
+                check_prompts(all_prompts, stream.size, num_frames, limit)
+                model = load_cli_model(checkpoint, variant, image_size, device, fast)
             sinks = open_sinks(stream, overlay, png_dir, coco, yolo_dir)
-        except BaseException:
+        except BaseException as error:
             stream.close()
+            if isinstance(error, Interrupted):
+                _stopped_before_tracking(error)
             raise
-        summary = run_tracking(StreamTracker(model), stream, all_prompts, sinks, max_frames, progress)
-    typer.echo(summary.describe())
-    if isinstance(summary.error, KeyboardInterrupt):
-        typer.echo("interrupted", err=True)
-        raise typer.Exit(130)
-    if summary.error is not None:
-        fail(str(summary.error))
+        summary = run_tracking(StreamTracker(model), stream, all_prompts, sinks, max_frames, progress, stops)
+        typer.echo(summary.describe())
+        stop = stops.interrupted
+        if stop is None and isinstance(summary.error, KeyboardInterrupt):  # Ctrl+C where no handler could be set
+            stop = Interrupted(signal.SIGINT)
+        if stop is not None:
+            typer.echo(f"interrupted by {stop.name}: the outputs are closed and hold the frames above", err=True)
+            raise typer.Exit(stop.exit_code)
+        if summary.error is not None:
+            fail(str(summary.error))
+
+
+def _inputs(
+    source: str, prompts: Optional[Path], file_prompts: list[Prompt], mask: Optional[Path], checkpoint: Optional[Path]
+) -> list[NamedPath]:
+    """Every file and folder the run reads, which no output may overwrite."""
+    inputs = []
+    path = Path(source)
+    if not source.isdigit() and not is_stream_url(source) and path.exists():
+        inputs.append(NamedPath("the input folder of frames" if path.is_dir() else "the input video", path))
+    if prompts is not None:
+        inputs.append(NamedPath("the prompts file", prompts))
+    inputs += [NamedPath(f"the mask of {p.origin}", p.mask_file) for p in file_prompts if p.mask_file is not None]
+    if mask is not None:
+        inputs.append(NamedPath("the --mask file", mask))
+    if checkpoint is not None:
+        inputs.append(NamedPath("the checkpoint", checkpoint))
+    return inputs
+
+
+def _stopped_before_tracking(stop: Interrupted) -> NoReturn:
+    typer.echo(f"interrupted by {stop.name} before tracking started: nothing was written", err=True)
+    raise typer.Exit(stop.exit_code)

@@ -13,12 +13,12 @@ object in several pieces gets a line per piece; holes are cut into their piece's
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
-from .sinks import OutputError, TrackedFrame, make_folder, prepare_file
+from .atomic import write_atomically
+from .sinks import TrackedFrame, make_folder, prepare_file
 
 COCO_CATEGORY = {"id": 1, "name": "object", "supercategory": "object"}
 
@@ -89,12 +89,7 @@ class CocoWriter:
             "annotations": self._annotations,
             "categories": [COCO_CATEGORY],
         }
-        temporary = self.path.with_name(f".{self.path.name}.tmp")
-        try:
-            temporary.write_text(json.dumps(content))
-            os.replace(temporary, self.path)
-        except OSError as error:
-            raise OutputError(f"cannot write {self.path}: {error.strerror or error}") from None
+        write_atomically(self.path, lambda temporary: temporary.write_text(json.dumps(content)))
 
 
 def mask_polygons(mask: np.ndarray, min_points: int = 3) -> list[np.ndarray]:
@@ -155,11 +150,8 @@ class YoloWriter:
 
     def write(self, frame: TrackedFrame) -> None:
         lines = yolo_lines(frame.object_ids, frame.masks)
-        path = self.folder / f"{frame.name}.txt"
-        try:
-            path.write_text("".join(line + "\n" for line in lines))
-        except OSError as error:
-            raise OutputError(f"cannot write {path}: {error.strerror or error}") from None
+        text = "".join(line + "\n" for line in lines)
+        write_atomically(self.folder / f"{frame.name}.txt", lambda temporary: temporary.write_text(text))
         self.count += 1
 
     def close(self) -> None:

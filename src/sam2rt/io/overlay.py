@@ -2,7 +2,12 @@
 
 The video has the source's frame rate and size (odd sizes are padded by one black row or column:
 H.264 in yuv420p needs even sides). Frames carry their source timestamps, so a live run whose
-dropped frames are missing still plays at the real speed.
+dropped frames are missing still plays at the real speed. A video has one size: a later frame of
+another size (a folder of mixed images, a stream that changes resolution) is scaled to fit the
+first frame's size, keeping its aspect ratio, and centred on black bars.
+
+The video is written under a temporary name and renamed into place once finalised, so that the
+path holds a whole, playable video or, after a run with no frame, is left as it was.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .sinks import OutputError, TrackedFrame, check_writable_file, make_folder
+from .atomic import OutputError, replace_with, temporary_path
+from .sinks import TrackedFrame, check_writable_file, make_folder
 
 MASK_OPACITY = 0.5
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv")
@@ -77,6 +83,24 @@ def video_rate(fps: Optional[float]) -> Fraction:
     return Fraction(fps).limit_denominator(1001) if fps and fps > 0 else Fraction(FALLBACK_FPS)
 
 
+def fit_frame(picture: np.ndarray, height: int, width: int) -> np.ndarray:
+    """`picture` (h, w, 3) scaled to fit (height, width), aspect kept, centred on black; as it is when it fits exactly."""
+    import cv2
+
+    if picture.shape[:2] == (height, width):
+        return picture
+    scale = min(height / picture.shape[0], width / picture.shape[1])
+    new_height = max(1, min(height, round(picture.shape[0] * scale)))
+    new_width = max(1, min(width, round(picture.shape[1] * scale)))
+    # Area averaging shrinks without aliasing; linear interpolation enlarges smoothly.
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    scaled = cv2.resize(picture, (new_width, new_height), interpolation=interpolation)  # (new_height, new_width, 3)
+    out = np.zeros((height, width, 3), dtype=np.uint8)
+    top, left = (height - new_height) // 2, (width - new_width) // 2
+    out[top : top + new_height, left : left + new_width] = scaled
+    return out
+
+
 class OverlayVideoWriter:
     """The frames with their masks drawn, as an H.264 (libx264, yuv420p) video through PyAV."""
 
@@ -89,10 +113,13 @@ class OverlayVideoWriter:
         self.rate = video_rate(fps)
         self.height, self.width = size
         self.count = 0
+        self.scaled = 0  # frames of another size than the first, fitted into it
+        self._temporary = temporary_path(self.path)
         try:
-            self._container = av.open(str(self.path), mode="w")
+            self._container = av.open(str(self._temporary), mode="w")
             self._stream = self._container.add_stream("libx264", rate=self.rate)
         except (av.error.FFmpegError, OSError) as error:
+            self._temporary.unlink(missing_ok=True)
             raise OutputError(f"cannot write {self.path}: {error}") from None
         self._stream.width = self.width + self.width % 2
         self._stream.height = self.height + self.height % 2
@@ -108,13 +135,19 @@ class OverlayVideoWriter:
 
     @property
     def description(self) -> str:
-        return f"overlay video {self.path} ({self.count} frames)"
+        if self.count == 0:
+            return f"no overlay video (no frame was tracked): {self.path} left as it was"
+        scaled = f", {self.scaled} of another size scaled to {self.width}x{self.height}" if self.scaled else ""
+        return f"overlay video {self.path} ({self.count} frames{scaled})"
 
     def write(self, frame: TrackedFrame) -> None:
         picture = draw_overlay(frame.image, frame.labels, frame.object_ids)
-        if picture.shape[:2] != (self._stream.height, self._stream.width):
+        if picture.shape[:2] != (self.height, self.width):
+            picture = fit_frame(picture, self.height, self.width)
+            self.scaled += 1
+        if picture.shape[:2] != (self._stream.height, self._stream.width):  # odd sides: one black row or column
             padded = np.zeros((self._stream.height, self._stream.width, 3), dtype=np.uint8)
-            padded[: picture.shape[0], : picture.shape[1]] = picture
+            padded[: self.height, : self.width] = picture
             picture = padded
         video_frame = self._av.VideoFrame.from_ndarray(picture, format="rgb24")
         video_frame.pts = frame.index  # source frame number, in units of 1 / rate
@@ -130,10 +163,22 @@ class OverlayVideoWriter:
             raise OutputError(f"cannot write {self.path}: {error}") from None
 
     def close(self) -> None:
-        """Flush the encoder and finish the file, so that it plays even when the run stopped early."""
+        """Flush the encoder, finish the file and move it into place, so that it plays even when the run stopped early.
+
+        With no frame there is no video to give: the temporary file goes and the path is left as it was.
+        """
         try:
-            self._encode(None)
-        finally:
-            self._container.close()
+            try:
+                self._encode(None)
+            finally:
+                self._container.close()
+        except (self._av.error.FFmpegError, OSError) as error:
+            self._temporary.unlink(missing_ok=True)
+            raise OutputError(f"cannot write {self.path}: {error}") from None
+        except BaseException:
+            self._temporary.unlink(missing_ok=True)
+            raise
         if self.count == 0:
-            self.path.unlink(missing_ok=True)  # no frame: a video without frames helps nobody
+            self._temporary.unlink(missing_ok=True)
+        else:
+            replace_with(self._temporary, self.path)

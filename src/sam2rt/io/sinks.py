@@ -13,11 +13,9 @@ from typing import NamedTuple, Optional, Protocol, Sequence
 import numpy as np
 from PIL import Image
 
+from .atomic import OutputError, write_atomically
+
 MAX_PNG_OBJECT_ID = 255  # an indexed PNG holds one byte per pixel
-
-
-class OutputError(ValueError):
-    """An output that cannot be written."""
 
 
 class TrackedFrame(NamedTuple):
@@ -118,13 +116,7 @@ class PngMaskWriter:
             raise OutputError(f"PNG masks hold object ids 1 to {MAX_PNG_OBJECT_ID}, got {int(frame.labels.max())}")
         image = Image.fromarray(frame.labels.astype(np.uint8))
         image.putpalette(self._palette)  # L -> P: the values stay the object ids
-        path = self.folder / f"{frame.name}.png"
-        temporary = path.with_name(f".{path.name}.tmp")
-        try:
-            image.save(temporary, format="PNG")
-            os.replace(temporary, path)  # a reader never sees half a PNG
-        except OSError as error:
-            raise OutputError(f"cannot write {path}: {error.strerror or error}") from None
+        write_atomically(self.folder / f"{frame.name}.png", lambda temporary: image.save(temporary, format="PNG"))
         self.count += 1
 
     def close(self) -> None:
