@@ -67,3 +67,26 @@ def test_everything_errors(tmp_path, checkpoint, capsys):
         capsys, "image", tmp_path / "image.png", "--everything", *model_args(checkpoint), "-o", tmp_path / "m.txt"
     )
     assert_clean_error(result, "COCO JSON file")
+
+
+def test_everything_never_writes_over_its_inputs(tmp_path, checkpoint, capsys):
+    image = tmp_path / "image.png"
+    Image.fromarray(clip_frames(1)[0]).save(image)
+    before = image.read_bytes()
+    result = invoke_in_process(capsys, "image", image, "--everything", *model_args(checkpoint), "-o", image)
+    assert_clean_error(result, f"--output {image} is the input image {image}")
+    # An overlay folder that holds the input PNGs: the overlays, named <stem>.png, would replace them.
+    result = invoke_in_process(
+        capsys,
+        "image",
+        tmp_path,
+        "--everything",
+        *model_args(checkpoint),
+        "-o",
+        tmp_path / "m.json",
+        "--overlay",
+        tmp_path,
+    )
+    assert_clean_error(result, f"--overlay {tmp_path} holds the input image {image}")
+    assert image.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["image.png"]  # nothing written, not even a temporary file

@@ -9,6 +9,7 @@ import numpy as np
 import typer
 from PIL import Image
 
+from ..io.atomic import write_atomically
 from ..io.coco_dataset import CocoDataset
 from ..io.overlay import draw_overlay
 from ..io.sinks import OutputError, check_writable_file, check_writable_folder, make_folder
@@ -82,8 +83,8 @@ def segment_everything(
             picture = draw_overlay(rgb, labels, list(range(1, len(records) + 1)))
             try:
                 make_folder(overlay_path.parent)
-                Image.fromarray(picture).save(overlay_path)
             except OSError as error:
                 raise OutputError(f"cannot write {overlay_path}: {error}") from None
+            write_atomically(overlay_path, lambda temporary: Image.fromarray(picture).save(temporary))
     dataset.write(output)
     typer.echo(f"wrote {output} ({len(images)} images, {len(dataset.annotations)} masks)")

@@ -147,7 +147,13 @@ def image(
             raise typer.BadParameter("must be positive (and --crop-n-layers 0 or more)", param_hint="--points-per-side")
         settings = EverythingSettings(points_per_side, pred_iou_thresh, stability_thresh, crop_n_layers)
         with errors_as_messages():
-            image_files(image_path)  # bad inputs fail before the model loads
+            images = image_files(image_path)  # bad inputs fail before the model loads
+            check_clashes(
+                [NamedPath("the input image", path) for path in images]
+                + ([NamedPath("the checkpoint", checkpoint)] if checkpoint else []),
+                [OutputPath("--output", output)]
+                + ([OutputPath("--overlay", overlay, folder_suffix=".png")] if overlay else []),
+            )
             model = load_cli_model(checkpoint, variant, image_size, device, fast)
             segment_everything(model, image_path, output, overlay, settings)
         return
