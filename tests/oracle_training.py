@@ -1,0 +1,65 @@
+"""Meta's training code (../shared/oracles/sam2-training) as the reference for the training step.
+
+It is not installed: its folder goes on sys.path. Two of its modules pull in what the test
+machines lack (tensordict, fvcore through the trainer); stand-ins for the two names the model and
+the loss import from them are registered first, only for the tests.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+ORACLE_TRAINING = Path(__file__).resolve().parents[1].parent / "shared" / "oracles" / "sam2-training"
+CORE_LOSS_KEY = "core_loss"
+
+
+def _install_standins() -> None:
+    if "training.trainer" in sys.modules:
+        return
+    trainer = types.ModuleType("training.trainer")
+    trainer.CORE_LOSS_KEY = CORE_LOSS_KEY
+    data_utils = types.ModuleType("training.utils.data_utils")
+
+    class BatchedVideoDatapoint:
+        """What SAM2Train.forward reads of a batch: img_batch (T, V, 3, S, S), obj_to_frame_idx (T, O, 2), masks."""
+
+        def __init__(self, img_batch: torch.Tensor, obj_to_frame_idx: torch.Tensor, masks: torch.Tensor) -> None:
+            self.img_batch, self.obj_to_frame_idx, self.masks = img_batch, obj_to_frame_idx, masks
+
+        @property
+        def num_frames(self) -> int:
+            return self.img_batch.shape[0]
+
+        @property
+        def flat_obj_to_img_idx(self) -> torch.Tensor:
+            frame, video = self.obj_to_frame_idx.unbind(dim=-1)
+            return video * self.num_frames + frame
+
+        @property
+        def flat_img_batch(self) -> torch.Tensor:
+            return self.img_batch.transpose(0, 1).flatten(0, 1)  # (T, V, ...) -> (V*T, ...)
+
+    data_utils.BatchedVideoDatapoint = BatchedVideoDatapoint
+    sys.modules["training.trainer"] = trainer
+    sys.modules["training.utils.data_utils"] = data_utils
+
+
+def import_training():
+    """(training.model.sam2, training.loss_fns, training.utils.data_utils) of Meta's training code."""
+    if not ORACLE_TRAINING.is_dir():
+        pytest.skip(f"needs Meta's training code at {ORACLE_TRAINING} (../shared/oracles beside the repository)")
+    if str(ORACLE_TRAINING) not in sys.path:
+        sys.path.insert(0, str(ORACLE_TRAINING))
+    import training  # noqa: F401  (the package, so that the stand-ins attach below it)
+    import training.utils  # noqa: F401
+
+    _install_standins()
+    import training.loss_fns as loss_fns
+    import training.model.sam2 as train_model
+
+    return train_model, loss_fns, sys.modules["training.utils.data_utils"]
