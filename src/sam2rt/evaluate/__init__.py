@@ -1,0 +1,21 @@
+"""Evaluation the official way: J&F of video object masks, and the VOS predictions to score.
+
+result = evaluate_folders(gt_dir, pred_dir)              # EvalResult: .scores.jf, .videos, .as_json()
+run_vos_inference(model, jpeg_root, annotation_dir, out_dir)  # then evaluate_folders(annotation_dir, out_dir)
+"""
+
+from .folders import EvalError, EvalResult, Scores, VideoResult, evaluate_folders, read_labels
+from .metrics import SequenceScorer, frame_scores
+from .vos_inference import run_vos_inference
+
+__all__ = [
+    "EvalError",
+    "EvalResult",
+    "Scores",
+    "SequenceScorer",
+    "VideoResult",
+    "evaluate_folders",
+    "frame_scores",
+    "read_labels",
+    "run_vos_inference",
+]
