@@ -69,6 +69,9 @@ def dataset(tmp_path_factory):
     _davis_video(gt, pred, "strip", (3, 700), 6, 2, seed=3)
     _davis_video(gt, pred, "tall", (97, 31), 8, 4, seed=4)
     _sav_video(gt, pred, "sav_001", (40, 64), 6, seed=5)
+    for t in range(4):  # an object on the first frame only: a video without objects unless all frames count
+        save_labels(gt / "ghost" / f"{t:05d}.png", np.full((16, 24), 1 if t == 0 else 0, np.uint8))
+        save_labels(pred / "ghost" / f"{t:05d}.png", np.full((16, 24), 1 if t < 2 else 0, np.uint8))
     return gt, pred
 
 
@@ -116,7 +119,11 @@ def test_scores_equal_the_official_benchmark(official, dataset, tmp_path, capsys
             entry = scores["videos"][name]["objects"][str(obj)]
             assert abs(entry["J"] - ious[obj]) <= TOLERANCE and abs(entry["F"] - boundaries[obj]) <= TOLERANCE
         video = result.videos[name].scores
-        assert scores["videos"][name]["J&F"] == pytest.approx(video.jf, abs=TOLERANCE)
+        if video is not None:
+            assert scores["videos"][name]["J&F"] == pytest.approx(video.jf, abs=TOLERANCE)
+    assert (scores["videos"]["ghost"]["J&F"] is None) == (not all_frames)
+    ghost_row = next(line.split() for line in done.stdout.splitlines() if line.startswith("ghost"))
+    assert (ghost_row[1:] == ["0", "no", "object", "on", "the", "frames", "scored"]) == (not all_frames)
     global_row = [line for line in done.stdout.splitlines() if line.startswith("Global score")]
     assert global_row and global_row[0].split()[-3:] == [f"{jf:.1f}", f"{j:.1f}", f"{f:.1f}"]
 

@@ -26,6 +26,8 @@ from .common import (
 
 
 def _frames_root(gt_dir: Path, frames_dir: Optional[Path]) -> Path:
+    if not gt_dir.is_dir():
+        raise RunFailed(f"no such folder: {gt_dir}")
     if frames_dir is not None:
         return frames_dir
     if (gt_dir / "JPEGImages").is_dir():
@@ -62,7 +64,7 @@ def eval_command(
     progress: Optional[bool] = PROGRESS,
 ) -> None:
     """Score video object masks with J&F (region J, boundary F) as Meta's SA-V / DAVIS benchmark does."""
-    from ..evaluate import EvalError, evaluate_folders, run_vos_inference
+    from ..evaluate import EvalError, evaluate_folders, track_vos_videos, vos_videos
 
     if not model:
         if pred_dir is None:
@@ -78,13 +80,13 @@ def eval_command(
             if not model:
                 result = evaluate_folders(gt_dir, pred_dir, all_frames)
             else:
-                frames_root = _frames_root(gt_dir, frames_dir)
+                videos = vos_videos(_frames_root(gt_dir, frames_dir), gt_dir)  # checked before the model loads
                 if pred_dir is not None:
                     check_writable_folder(pred_dir)
                 loaded = load_cli_model(checkpoint, variant, image_size, device, fast)
                 with tempfile.TemporaryDirectory(prefix="sam2rt-eval-") as scratch:
                     out_dir = pred_dir if pred_dir is not None else Path(scratch)
-                    run_vos_inference(loaded, frames_root, gt_dir, out_dir, progress=progress)
+                    track_vos_videos(loaded, videos, out_dir, progress)
                     result = evaluate_folders(gt_dir, out_dir, all_frames)
         except EvalError as error:
             raise RunFailed(str(error)) from None

@@ -6,7 +6,7 @@ run_vos_inference(model, jpeg_root, annotation_dir, out_dir)  # then evaluate_fo
 
 from .folders import EvalError, EvalResult, Scores, VideoResult, evaluate_folders, read_labels
 from .metrics import SequenceScorer, frame_scores
-from .vos_inference import run_vos_inference
+from .vos_inference import VosVideo, run_vos_inference, track_vos_videos, vos_videos
 
 __all__ = [
     "EvalError",
@@ -14,8 +14,11 @@ __all__ = [
     "Scores",
     "SequenceScorer",
     "VideoResult",
+    "VosVideo",
     "evaluate_folders",
     "frame_scores",
     "read_labels",
     "run_vos_inference",
+    "track_vos_videos",
+    "vos_videos",
 ]

@@ -11,7 +11,8 @@ computes them:
 - An object's score on a video is its mean over the frames evaluated from the first one where it
   appears (in the ground truth or the prediction) on; only objects of the ground truth are scored.
 
-All objects of a frame are scored at once: masks, boundaries and dilations are (K, H, W) arrays.
+All objects of a frame are scored at once: masks, boundaries and dilations are (K, H, W) arrays, and
+the dilations are computed within the bounding box of the boundaries only.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 BOUNDARY_TOLERANCE = 0.008  # of the image diagonal
@@ -39,34 +41,18 @@ def boundary_maps(masks: np.ndarray) -> np.ndarray:
     return edges
 
 
-def dilate_disk(maps: np.ndarray, radius: int) -> np.ndarray:
-    """(K, H, W) bool dilated by the disk {dx^2 + dy^2 <= radius^2}; pixels outside the image count as empty.
+def disk(radius: int) -> np.ndarray:
+    """(2r + 1, 2r + 1) uint8 structuring element: 1 where dx^2 + dy^2 <= r^2."""
+    offsets = np.arange(-radius, radius + 1)
+    return (offsets[:, None] ** 2 + offsets[None, :] ** 2 <= radius * radius).astype(np.uint8)
 
-    The disk is a stack of horizontal runs: row dy spans |dx| <= isqrt(r^2 - dy^2). A run of any
-    width is a difference of running counts along the rows; it is shifted by dy and OR-ed in.
-    """
-    count, height, width = maps.shape
-    # Running counts along each row, padded by `radius` on both sides so that every run is a plain slice:
-    # counts[..., radius + x + 1] = set pixels in columns 0..x (0 left of the image, the row total right of it).
-    counts = np.zeros((count, height, width + 1 + 2 * radius), np.int32)
-    np.cumsum(maps, axis=2, out=counts[:, :, radius + 1 : radius + 1 + width])
-    counts[:, :, radius + 1 + width :] = counts[:, :, radius + width : radius + width + 1]
-    runs: dict[int, np.ndarray] = {}
-    dilated = np.zeros_like(maps)
-    for dy in range(-radius, radius + 1):
-        if abs(dy) >= height:
-            continue
-        half = math.isqrt(radius * radius - dy * dy)
-        if half not in runs:  # any set pixel in columns x - half .. x + half
-            runs[half] = (
-                counts[:, :, radius + half + 1 : radius + half + 1 + width]
-                > counts[:, :, radius - half : radius - half + width]
-            )
-        run = runs[half]
-        if dy >= 0:  # output row y takes input row y + dy
-            dilated[:, : height - dy] |= run[:, dy:]
-        else:
-            dilated[:, -dy:] |= run[:, : height + dy]
+
+def dilate_disk(maps: np.ndarray, radius: int) -> np.ndarray:
+    """(K, H, W) bool dilated by the disk of `radius`; pixels outside the image count as empty (OpenCV's default)."""
+    kernel = disk(radius)
+    dilated = np.empty_like(maps)
+    for index, plane in enumerate(maps):  # one OpenCV call per map: faster than one over K channels
+        dilated[index] = cv2.dilate(np.ascontiguousarray(plane).view(np.uint8), kernel) > 0
     return dilated
 
 
@@ -84,9 +70,17 @@ def frame_scores(gt: np.ndarray, pred: np.ndarray, ids: np.ndarray) -> tuple[np.
     j = _ratio(intersection, union, 1.0)
 
     radius = boundary_radius(*gt.shape)
-    gt_edges, pred_edges = boundary_maps(gt_masks), boundary_maps(pred_masks)
-    pred_hits = (pred_edges & dilate_disk(gt_edges, radius)).sum((1, 2))
-    gt_hits = (gt_edges & dilate_disk(pred_edges, radius)).sum((1, 2))
+    edges = boundary_maps(np.concatenate([gt_masks, pred_masks]))  # (2K, H, W): ground truth, then prediction
+    # Only pixels within `radius` of a boundary pixel can be reached by a dilation: work in their bounding box.
+    rows, columns = np.flatnonzero(edges.any((0, 2))), np.flatnonzero(edges.any((0, 1)))
+    if len(rows):
+        top, bottom = max(rows[0] - radius, 0), rows[-1] + radius + 1
+        left, right = max(columns[0] - radius, 0), columns[-1] + radius + 1
+        edges = edges[:, top:bottom, left:right]
+    zones = dilate_disk(edges, radius)
+    gt_edges, pred_edges = edges[: len(ids)], edges[len(ids) :]
+    pred_hits = (pred_edges & zones[: len(ids)]).sum((1, 2))
+    gt_hits = (gt_edges & zones[len(ids) :]).sum((1, 2))
     # No boundary on a side: that side's ratio is 1, and the other side's hits are 0 unless both are empty.
     precision = _ratio(pred_hits, pred_edges.sum((1, 2)), 1.0)
     recall = _ratio(gt_hits, gt_edges.sum((1, 2)), 1.0)
