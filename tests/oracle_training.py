@@ -63,3 +63,47 @@ def import_training():
     import training.model.sam2 as train_model
 
     return train_model, loss_fns, sys.modules["training.utils.data_utils"]
+
+
+def official_loss(loss_fns):
+    """MultiStepMultiMasksAndIous with the weights and options of Meta's fine-tuning config."""
+    return loss_fns.MultiStepMultiMasksAndIous(
+        weight_dict={"loss_mask": 20, "loss_dice": 1, "loss_iou": 1, "loss_class": 1},
+        supervise_all_iou=True,
+        iou_use_l1_loss=True,
+        pred_obj_scores=True,
+        focal_gamma_obj_score=0.0,
+        focal_alpha_obj_score=-1.0,
+    )
+
+
+def official_train_model(variant: str, image_size: int, settings, device: str = "cpu", freeze_encoder: bool = False):
+    """Meta's SAM2Train for an official variant, with the prompt options of a sam2rt PromptSettings, in train mode."""
+    from sam2.build_sam import build_sam2
+
+    from oracle import config_path
+
+    import_training()
+    overrides = [
+        f"++model.image_size={image_size}",
+        "model._target_=training.model.sam2.SAM2Train",
+        f"++model.prob_to_use_pt_input_for_train={settings.prob_points}",
+        f"++model.prob_to_use_box_input_for_train={settings.prob_box}",
+        f"++model.prob_to_sample_from_gt_for_train={settings.prob_clicks_from_gt}",
+        f"++model.num_frames_to_correct_for_train={settings.num_frames_to_correct}",
+        f"++model.rand_frames_to_correct_for_train={settings.random_frames_to_correct}",
+        f"++model.num_init_cond_frames_for_train={settings.num_init_cond_frames}",
+        f"++model.rand_init_cond_frames_for_train={settings.random_init_cond_frames}",
+        f"++model.add_all_frames_to_correct_as_cond={settings.corrections_as_cond}",
+        f"++model.num_correction_pt_per_frame={settings.clicks_per_frame}",
+        f"++model.freeze_image_encoder={freeze_encoder}",
+    ]
+    model = build_sam2(
+        config_path(variant),
+        None,
+        device=device,
+        mode="train",
+        hydra_overrides_extra=overrides,
+        apply_postprocessing=False,
+    )
+    return model.train()

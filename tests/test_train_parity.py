@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from oracle import config_path, perturbed_weights
-from oracle_training import import_training
+from oracle import perturbed_weights
+from oracle_training import import_training, official_loss, official_train_model
 from sam2rt.train.clip_forward import ClipBatch, clip_forward
 from sam2rt.train.loss import LossWeights, clip_loss
 from sam2rt.train.prompts import PromptSettings, plan_clip, sample_box, sample_click
@@ -22,37 +22,14 @@ VARIANT, SIZE = "sam2.1_hiera_tiny", 256
 
 def _oracle_train_model(settings: PromptSettings):
     """SAM2Train with the tiny config, the training options of `settings` and the shared perturbed weights."""
-    from sam2.build_sam import build_sam2
-
-    import_training()
-    overrides = [
-        f"++model.image_size={SIZE}",
-        "model._target_=training.model.sam2.SAM2Train",
-        f"++model.prob_to_use_pt_input_for_train={settings.prob_points}",
-        f"++model.prob_to_use_box_input_for_train={settings.prob_box}",
-        f"++model.prob_to_sample_from_gt_for_train={settings.prob_clicks_from_gt}",
-        f"++model.num_frames_to_correct_for_train={settings.num_frames_to_correct}",
-        f"++model.rand_frames_to_correct_for_train={settings.random_frames_to_correct}",
-        f"++model.num_init_cond_frames_for_train={settings.num_init_cond_frames}",
-        f"++model.rand_init_cond_frames_for_train={settings.random_init_cond_frames}",
-        f"++model.add_all_frames_to_correct_as_cond={settings.corrections_as_cond}",
-        f"++model.num_correction_pt_per_frame={settings.clicks_per_frame}",
-    ]
-    model = build_sam2(
-        config_path(VARIANT),
-        None,
-        device="cpu",
-        mode="train",
-        hydra_overrides_extra=overrides,
-        apply_postprocessing=False,
-    )
+    model = official_train_model(VARIANT, SIZE, settings)
     model.load_state_dict(perturbed_weights(VARIANT, SIZE))
     for module in model.modules():  # dropout would draw from the torch generator and change the numbers
         if isinstance(module, nn.Dropout):
             module.p = 0.0
         if hasattr(module, "dropout_p"):
             module.dropout_p = 0.0
-    return model.train()
+    return model
 
 
 def _our_model():
@@ -98,14 +75,7 @@ def _grads(model: nn.Module) -> dict[str, torch.Tensor]:
 def _one_step(settings: PromptSettings, batch: ClipBatch, num_videos: int, seed: int):
     train_model, loss_fns, data_utils = import_training()
     oracle = _oracle_train_model(settings)
-    criterion = loss_fns.MultiStepMultiMasksAndIous(
-        weight_dict={"loss_mask": 20, "loss_dice": 1, "loss_iou": 1, "loss_class": 1},
-        supervise_all_iou=True,
-        iou_use_l1_loss=True,
-        pred_obj_scores=True,
-        focal_gamma_obj_score=0.0,
-        focal_alpha_obj_score=-1.0,
-    )
+    criterion = official_loss(loss_fns)
     oracle.rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     outputs = oracle(_oracle_datapoint(data_utils, batch, num_videos))

@@ -158,7 +158,7 @@ def train(model: SAM2Model, dataset: ClipDataset, config: TrainConfig) -> TrainR
         num_objects = _mean_objects(batch.num_objects, device, world)
         set_learning_rates(optimizer, lr_factor(step, config.steps, config.optim))
         with autocast:
-            terms = step_module(batch, config.seed * 1_000_003 + step, num_objects)
+            terms = step_module(batch, _plan_seed(config, step, batch.num_frames), num_objects)
         optimizer.zero_grad(set_to_none=True)
         terms.total.backward()
         if config.optim.grad_clip is not None:
@@ -196,6 +196,17 @@ def train(model: SAM2Model, dataset: ClipDataset, config: TrainConfig) -> TrainR
             board.close()
     model.eval()
     return TrainResult(config.steps - start, loss_value, config.out_dir / "model.pt", log_path)
+
+
+def _plan_seed(config: TrainConfig, step: int, num_frames: int) -> int:
+    """The seed of a step's prompt plan, the same on every rank. A plan with a mask prompt on every
+    frame would supervise only the prompts themselves (no gradient at all): such draws are skipped."""
+    seed = (config.seed * 1_000_003 + step) * 16
+    while True:
+        plan = plan_clip(config.prompts, num_frames, np.random.default_rng(seed))
+        if plan.use_points or len(plan.init_cond_frames) < num_frames:
+            return seed
+        seed += 1
 
 
 def _mean_objects(count: int, device: torch.device, world: int) -> float:
