@@ -44,9 +44,10 @@ def make_synthetic_vos(
 ) -> Path:
     """Write JPEGImages/ and Annotations/ (palette PNGs, ids 1..K) for `num_videos` videos under `root`.
 
-    backgrounds: HxWx3 uint8 photos, at least `size` pixels on each side.
+    backgrounds: HxWx3 uint8 photos; those with at least `size` pixels on each side are used.
     """
-    if not backgrounds or any(b.shape[0] < size or b.shape[1] < size for b in backgrounds):
+    backgrounds = [b for b in backgrounds if b.shape[0] >= size and b.shape[1] >= size]
+    if not backgrounds:
         raise ValueError(f"need background photos of at least {size}x{size} pixels")
     root = Path(root)
     rng = np.random.default_rng(seed)
