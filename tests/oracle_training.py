@@ -7,6 +7,7 @@ the loss import from them are registered first, only for the tests.
 
 from __future__ import annotations
 
+import os
 import sys
 import types
 from pathlib import Path
@@ -14,7 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
-ORACLE_TRAINING = Path(__file__).resolve().parents[1].parent / "shared" / "oracles" / "sam2-training"
+# SAM2_TRAINING_ORACLE points elsewhere, e.g. on a GPU machine that gets a copy of the repository only.
+ORACLE_TRAINING = Path(
+    os.environ.get(
+        "SAM2_TRAINING_ORACLE", Path(__file__).resolve().parents[1].parent / "shared" / "oracles" / "sam2-training"
+    )
+)
 CORE_LOSS_KEY = "core_loss"
 
 
