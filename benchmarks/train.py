@@ -11,6 +11,7 @@ model. Writes train_benchmark.json and prints one line per measurement.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import random
 import shutil
@@ -80,7 +81,7 @@ def our_step(model, optimizer, batch, seed: int, settings: PromptSettings) -> fl
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
     optimizer.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 def meta_step(model, criterion, optimizer, batch, data_utils, num_videos: int) -> float:
@@ -96,7 +97,7 @@ def meta_step(model, criterion, optimizer, batch, data_utils, num_videos: int) -
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
     optimizer.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 def timed(step, batches: list, warmup: int = 1) -> tuple[float, float]:
@@ -176,12 +177,18 @@ def main() -> None:
     dataset = VOSDataset(train_root, num_frames=8, max_objects=3)
     precision = "bf16" if DEVICE.type == "cuda" else "fp32"
     probe = TrainConfig(
-        out_dir=work / "probe", steps=5, precision=precision, progress=False, optim=OptimSettings(lr=1e-4, vision_lr=1e-4)
+        out_dir=work / "probe",
+        steps=8,
+        precision=precision,
+        progress=False,
+        log_every=1,
+        optim=OptimSettings(lr=1e-4, vision_lr=1e-4),
     )
-    start = time.perf_counter()
     train(model, dataset, probe)
+    with (work / "probe" / "log.csv").open() as file:
+        seconds = [float(row["seconds"]) for row in csv.DictReader(file)]
+    per_step = (seconds[-1] - seconds[3]) / (len(seconds) - 4)  # after the first steps' warm-up
     shutil.rmtree(work / "probe")
-    per_step = (time.perf_counter() - start) / 5
     steps = max(int(args.train_seconds / per_step), 10)
     config = TrainConfig(
         out_dir=work / "run",
