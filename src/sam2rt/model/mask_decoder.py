@@ -145,6 +145,8 @@ class MaskDecoder(nn.Module):
 
         if multimask:
             return DecoderOutput(masks[:, 1:], iou[:, 1:], mask_tokens[:, 1:], object_score_logits)
+        if self.training:  # the fallback below is an inference heuristic; training supervises token 0 itself
+            return DecoderOutput(masks[:, :1], iou[:, :1], mask_tokens[:, :1], object_score_logits)
         # A single mask: token 0, unless it is unstable, then the multimask output with the best IoU.
         # The object pointer always comes from token 0.
         best = iou[:, 1:].argmax(dim=-1) + 1  # (B,)

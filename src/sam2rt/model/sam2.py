@@ -186,11 +186,14 @@ class SAM2Model(nn.Module):
         """A frame's spatial memory for each object: (B, C_mem, h, w).
 
         embed (1 or B, C, h, w): the frame's features without memory. mask_logits (B, 1, 4h, 4w)
-        low-resolution mask logits. binarize (B,) bool: threshold the mask instead of taking its
-        sigmoid (for masks the user shaped with prompts).
+        low-resolution mask logits, or (B, 1, S, S) logits at the model's input size (training
+        supervises those). binarize (B,) bool: threshold the mask instead of taking its sigmoid
+        (for masks the user shaped with prompts).
         """
         size = self.config.image_size
-        high_res = F.interpolate(mask_logits.float(), size=(size, size), mode="bilinear", align_corners=False)
+        high_res = mask_logits.float()
+        if tuple(high_res.shape[-2:]) != (size, size):
+            high_res = F.interpolate(high_res, size=(size, size), mode="bilinear", align_corners=False)
         probs = torch.where(binarize[:, None, None, None], (high_res > 0).float(), torch.sigmoid(high_res))
         mask_input = probs * MASK_LOGIT_SCALE + MASK_LOGIT_BIAS
         features = self.memory_encoder(embed.expand(mask_logits.shape[0], -1, -1, -1), mask_input)

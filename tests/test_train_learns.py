@@ -1,0 +1,84 @@
+"""Fine-tuning learns: a short CPU run of tiny on synthetic clips (textured shapes moving over the shared
+photos) lowers the loss on held-out clips and raises their J&F above the untrained model's.
+
+The model starts from random weights (no checkpoint can be downloaded here), which judge every object
+absent: J&F starts near 0, and what a few steps teach is mostly that the prompted object is there and
+where it moves.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+import sam2rt
+from media import shared_image
+from sam2rt.evaluate import evaluate_folders, run_vos_inference
+from sam2rt.train import (
+    OptimSettings,
+    PromptSettings,
+    TrainConfig,
+    VOSDataset,
+    clip_forward,
+    clip_loss,
+    collate,
+    make_synthetic_vos,
+    plan_clip,
+    train,
+)
+from sam2rt.train.loss import LossWeights
+
+SIZE = 64
+# A mask on the first frame, the others tracked: what VOS inference (and so J&F) asks of the model.
+PROMPTS = PromptSettings(prob_points=0.0, num_init_cond_frames=1, num_frames_to_correct=1)
+
+
+def _held_out_loss(model: sam2rt.SAM2Model, dataset: VOSDataset) -> float:
+    """The loss on fixed clips with fixed prompts (mean over 4 of them)."""
+    total = 0.0
+    model.train()  # the training forward, as the loss is defined on it
+    with torch.no_grad():
+        for seed in range(4):
+            batch = collate([dataset.sample(random.Random(seed), SIZE)])
+            plan = plan_clip(PROMPTS, batch.num_frames, np.random.default_rng(seed))
+            torch.manual_seed(seed)
+            outputs = clip_forward(model, batch, plan, PROMPTS.clicks_per_frame, PROMPTS.corrections_as_cond)
+            total += float(clip_loss(outputs, batch.masks, LossWeights(), float(batch.num_objects)).total)
+    model.eval()
+    return total / 4
+
+
+def _jf(model: sam2rt.SAM2Model, root, out) -> float:
+    run_vos_inference(model, root / "JPEGImages", root / "Annotations", out, progress=False)
+    return evaluate_folders(root / "Annotations", out).scores.jf
+
+
+def test_fine_tuning_lowers_the_loss_and_raises_jf(tmp_path) -> None:
+    photos = [shared_image(name) for name in ("cars.jpg", "truck.jpg", "groceries.jpg")]
+    train_root = make_synthetic_vos(tmp_path / "train", photos, 8, num_frames=3, size=SIZE, max_objects=2, seed=0)
+    held_root = make_synthetic_vos(tmp_path / "held", photos, 3, num_frames=5, size=SIZE, max_objects=2, seed=1)
+    held = VOSDataset(held_root, num_frames=3, max_objects=2)
+
+    torch.manual_seed(0)
+    model = sam2rt.build_model("sam2.1_hiera_tiny", image_size=SIZE)
+    loss_before = _held_out_loss(model, held)
+    jf_before = _jf(model, held_root, tmp_path / "before")
+
+    config = TrainConfig(
+        out_dir=tmp_path / "run",
+        steps=16,
+        precision="fp32",
+        freeze=["image_encoder"],
+        progress=False,
+        log_every=1,
+        prompts=PROMPTS,
+        optim=OptimSettings(lr=1e-3, vision_lr=1e-3, grad_clip=1.0, final_lr_fraction=1.0),
+    )
+    train(model, VOSDataset(train_root, num_frames=3, max_objects=2), config)
+    loss_after = _held_out_loss(model, held)
+    jf_after = _jf(model, held_root, tmp_path / "after")
+    print(f"held-out loss {loss_before:.3f} -> {loss_after:.3f}, J&F {jf_before:.1f} -> {jf_after:.1f}")
+    assert loss_after < 0.5 * loss_before
+    assert jf_after > jf_before + 2  # measured here: 0.0 -> 4.8
