@@ -22,7 +22,8 @@ from vos_data import import_reference, moving_objects, save_labels
 
 import sam2rt
 from sam2rt.evaluate import evaluate_folders, read_labels, run_vos_inference
-from sam2rt.frames import as_rgb_tensor, normalize_frame
+from sam2rt.frames import as_rgb_tensor
+from sam2rt.preprocess import model_input
 from sam2rt.io.sources import ImageFolderFrames
 
 VARIANT = "sam2.1_hiera_tiny"
@@ -75,9 +76,14 @@ def _png_folder(folder: Path) -> dict[str, tuple[np.ndarray, list]]:
 
 
 def _official_frames_loader(video_path: str, image_size: int, **_):
-    """The official loader's output, preprocessed as sam2rt preprocesses frames: the comparison is of the models."""
+    """The official loader's output, preprocessed as sam2rt's VideoPredictor does (Meta's PIL resize): the comparison is of the models."""
     frames = ImageFolderFrames(video_path)
-    images = torch.cat([normalize_frame(as_rgb_tensor(frames[i]), image_size) for i in range(len(frames))])
+    images = torch.cat(
+        [
+            model_input(as_rgb_tensor(frames[i]), image_size, "pil-bicubic", torch.device("cpu"))
+            for i in range(len(frames))
+        ]
+    )
     return images, *frames.size
 
 

@@ -8,7 +8,6 @@ among those visible on its first frame; the same random horizontal flip applies 
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +19,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from ..frames import normalize_frame
+from ..preprocess import model_input
 from .clip_forward import ClipBatch
 
+_CPU = torch.device("cpu")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 MAX_DRAWS = 100  # clips drawn before giving up on finding one with a visible object
 
@@ -47,7 +47,7 @@ def _images_in(folder: Path) -> list[Path]:
 
 def _load_rgb(path: Path, image_size: int) -> Tensor:
     rgb = torch.from_numpy(np.asarray(Image.open(path).convert("RGB")).copy()).permute(2, 0, 1)  # (3, H, W)
-    return normalize_frame(rgb, image_size)[0]
+    return model_input(rgb, image_size, "bilinear-antialias", _CPU)[0]
 
 
 def _load_ids(path: Path) -> np.ndarray:
