@@ -248,6 +248,9 @@ def test_image_errors(sam2rt, tmp_path, checkpoint):
         sam2rt("image", tmp_path / "none.jpg", "--point", "5,5", *model_args(checkpoint)),
         f"no such image file: {tmp_path / 'none.jpg'}",
     )
+    result = sam2rt("image", tmp_path / "none.jpg", "--everything")  # a usage error: the file is not even looked at
+    assert result.returncode == 2 and "--everything needs --output FILE.json" in result.stderr, result.stderr
     assert_clean_error(
-        sam2rt("image", tmp_path / "none.jpg", "--everything"), "--everything needs the automatic mask generator"
+        sam2rt("image", tmp_path / "none.jpg", "--everything", "-o", tmp_path / "masks.json"),
+        f"no such image file or folder: {tmp_path / 'none.jpg'}",
     )
