@@ -8,10 +8,11 @@ graphs), the official generator under bf16 autocast as its notebooks run it. Ran
 IoUs near 0.5, so at the default thresholds (0.8, 0.95) no mask survives the first filter: the
 "default" row times the encoder and the decoding of the 32 x 32 grid. The "all masks" row sets both
 thresholds to 0, so that every one of the 3072 masks is upscaled, scored, boxed, NMS-ed and encoded,
-a heavier load than real weights give (they keep a few hundred).
+a heavier load than real weights give (they keep a few hundred). The "like real" row sets thresholds at
+which about 1 in 6 candidates survive both filters, as with real weights (see like_real_thresholds).
 
-Prints ms per image (median), the ratio official / sam2rt, the time from loading the weights to the
-first image's masks, and the peak GPU memory of each generator.
+Prints ms per image (median), the time from loading the weights to the first image's masks, and the
+peak GPU memory of each row (sam2rt) or generator (official).
 """
 
 from __future__ import annotations
@@ -34,7 +35,24 @@ import sam2rt  # noqa: E402
 from oracle import install_torchvision_standin, oracle_model, our_model, perturbed_weights  # noqa: E402
 from sam2rt.runtime import optimize  # noqa: E402
 
-WORKLOADS = {"default": {}, "all masks": {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}}
+WORKLOADS = ("default", "like real", "all masks")
+ALL_MASKS = {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
+
+
+def like_real_thresholds(model, image: np.ndarray, points_per_side: int) -> dict:
+    """Thresholds at which random weights keep about as many candidates as real weights do.
+
+    Real checkpoints keep a few hundred of the 3072 candidates of a photo (the official post-processing
+    then dominates its time); random weights keep none at the defaults. Here a third of the candidates
+    pass the predicted-IoU filter and half of those the stability filter: about 1 in 6.
+    """
+    records = sam2rt.MaskGenerator(model, points_per_side=points_per_side, box_nms_thresh=1.0, **ALL_MASKS).generate(
+        image
+    )
+    ious = np.array([r["predicted_iou"] for r in records])
+    iou_thresh = float(np.quantile(ious, 2 / 3))
+    stability = np.array([r["stability_score"] for r in records if r["predicted_iou"] > iou_thresh])
+    return {"pred_iou_thresh": iou_thresh, "stability_score_thresh": float(np.quantile(stability, 0.5))}
 
 
 def load_image(path: Path) -> np.ndarray:
@@ -79,12 +97,19 @@ def run_ours(variant: str, image: np.ndarray, device: torch.device, args) -> lis
     first = sam2rt.MaskGenerator(model, points_per_batch=args.points_per_batch[0], **common).generate(image)
     sync(device)
     lines.append(f"  sam2rt   first image {time.perf_counter() - start:.2f} s (weights to masks, {len(first)} masks)")
-    for name, settings in WORKLOADS.items():
+    args.settings["like real"] = like_real_thresholds(model, image, args.points_per_side)
+    lines.append(f"  like-real thresholds: {args.settings['like real']}")
+    for name in args.workloads:
+        settings = args.settings[name]
         for batch in args.points_per_batch:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
             generator = sam2rt.MaskGenerator(model, points_per_batch=batch, **common, **settings)
             ms, count = timed(lambda g=generator: g.generate(image), device, args.warmup, args.runs)
-            lines.append(f"  sam2rt   {name:10} points_per_batch {batch:4}: {ms:8.1f} ms/image, {count} masks")
-    lines.append(f"  sam2rt   peak memory {peak_memory(device)}")
+            lines.append(
+                f"  sam2rt   {name:10} points_per_batch {batch:4}: {ms:8.1f} ms/image, {count} masks, "
+                f"peak {peak_memory(device)}"
+            )
     del model
     return lines
 
@@ -112,8 +137,10 @@ def run_official(variant: str, image: np.ndarray, device: torch.device, args) ->
         first = official_generator(model, args.image_size, **common).generate(image)
         sync(device)
         lines.append(f"  official first image {time.perf_counter() - start:.2f} s ({len(first)} masks)")
-        for name, settings in WORKLOADS.items():
-            generator = official_generator(model, args.image_size, **common, **settings)
+        for name in args.workloads:
+            if (name == "all masks" and args.skip_official_all_masks) or name not in args.settings:
+                continue
+            generator = official_generator(model, args.image_size, **common, **args.settings[name])
             runs = args.runs if name == "default" else 1  # its Python RLE loop makes this one slow
             ms, count = timed(lambda g=generator: g.generate(image), device, min(args.warmup, 1), runs)
             lines.append(f"  official {name:10} points_per_batch   64: {ms:8.1f} ms/image, {count} masks")
@@ -156,7 +183,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--no-official", action="store_true")
     parser.add_argument("--check", action="store_true", help="first compare fp32 masks with the official's")
+    parser.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS))
+    parser.add_argument(
+        "--skip-official-all-masks", action="store_true", help="its Python RLE loop takes 30-80 s an image"
+    )
     args = parser.parse_args()
+    args.settings = {"default": {}, "all masks": ALL_MASKS}  # "like real" is measured per variant
 
     device = torch.device(args.device)
     install_torchvision_standin()
@@ -171,6 +203,7 @@ def main() -> None:
     for variant in args.variants:
         side = args.points_per_side
         print(f"{variant} at {args.image_size}, {side} x {side} points:", flush=True)
+        args.settings.pop("like real", None)  # thresholds of the previous variant do not carry over
         perturbed_weights(variant, args.image_size)  # made once, before the clocks: "first image" starts from weights
         runners = [run_ours] if args.no_official else [run_ours, run_official]
         for runner in runners:

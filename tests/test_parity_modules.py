@@ -59,20 +59,27 @@ def test_prompt_encoder(models, with_mask):
         ref_sparse, ref_dense = ref.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=mask)
         assert_close_logits(ours.sam_prompt_encoder.dense_pe(), ref.sam_prompt_encoder.get_dense_pe(), what="dense pe")
     assert_close_logits(sparse, ref_sparse, what="sparse")
+    if not with_mask:  # one dense embedding shared by every row, where the official repeats it per row
+        assert dense.shape[0] == 1
+        dense = dense.expand_as(ref_dense)
     assert_close_logits(dense, ref_dense, what="dense")
 
 
 @pytest.mark.parametrize(
-    "multimask,always_stable", [(True, False), (False, False), (False, True)], ids=["multi", "single", "stable"]
+    "multimask,always_stable,with_mask",
+    [(True, False, True), (False, False, True), (False, True, True), (True, False, False)],
+    ids=["multi", "single", "stable", "multi-no-mask"],
 )
-def test_mask_decoder(models, image_features, multimask, always_stable, monkeypatch):
-    """Multimask output, and single-mask output on both sides of the stability fallback."""
+def test_mask_decoder(models, image_features, multimask, always_stable, with_mask, monkeypatch):
+    """Multimask output, single-mask output on both sides of the stability fallback, and points alone
+    (the image's first-layer work shared by all rows)."""
     ours, ref = models
     if always_stable:
         monkeypatch.setattr("sam2rt.model.mask_decoder.STABILITY_THRESHOLD", 0.0)
         monkeypatch.setattr(ref.sam_mask_decoder, "dynamic_multimask_stability_thresh", 0.0)
     mine, _, _ = image_features
     coords, labels, masks = _prompts(3, 3, seed=6)
+    masks = masks if with_mask else None
     embed = ours.without_memory(mine.embed)
     with torch.no_grad():
         out = ours.decode(embed, mine.high_res, coords, labels, masks, multimask)

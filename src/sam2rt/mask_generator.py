@@ -26,11 +26,16 @@ from .everything.rle import coco_rle, mask_run_lengths, uncompressed_rle
 from .frames import ImageLike, as_rgb_tensor, to_device, to_host
 from .image_predictor import LOW_RES_LOGIT_CLAMP, ImagePredictor
 from .masks import stability_score
+from .model.mask_decoder import NUM_MULTIMASK
 from .model.sam2 import SAM2Model
 from .prompts import to_model_frame
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 UPSCALE_PIXELS = 2**27  # full-resolution logits upscaled at once: 512 MB of float32
+# Candidate masks filtered at once (their low-resolution logits: 1 GiB of float32 at 1024). Filtering
+# needs the host to learn how many pass; doing it once per round, not per batch of points, lets the
+# GPU decode batch after batch without waiting for the host.
+ROUND_MASKS = 4096
 
 
 @dataclass
@@ -50,6 +55,19 @@ class GeneratedMasks:
     @property
     def areas(self) -> Tensor:
         return self.masks.sum(dim=(1, 2))
+
+
+@dataclass
+class _Decoded:
+    """Every mask decoded from a round of points, one row per mask, before any filter."""
+
+    low_res: Tensor  # (N, 1, h, w) float32 logits
+    ious: Tensor  # (N,)
+    points: Tensor  # (N, 2) in the crop's pixels
+
+    @staticmethod
+    def cat(parts: list[_Decoded]) -> _Decoded:
+        return _Decoded(*(torch.cat([getattr(part, field.name) for part in parts]) for field in fields(_Decoded)))
 
 
 @dataclass
@@ -201,10 +219,17 @@ class MaskGenerator:
         self.predictor.set_image(rgb[y0:y1, x0:x1])
         scale = np.array([crop_hw[1], crop_hw[0]])
         points = torch.as_tensor(self.point_grids[crop.layer] * scale, dtype=torch.float32).to(self.device)
-        parts = [
-            self._filter_batch(points[start : start + self.points_per_batch], crop, image_hw)
-            for start in range(0, len(points), self.points_per_batch)
-        ]
+        masks_per_point = NUM_MULTIMASK if self.multimask_output else 1
+        batch = self.points_per_batch
+        round_points = batch * max(1, ROUND_MASKS // (batch * masks_per_point))
+        parts = []
+        for first in range(0, len(points), round_points):
+            round_of_points = points[first : first + round_points]
+            decoded = [
+                self._decode_batch(round_of_points[s : s + batch], crop_hw)
+                for s in range(0, len(round_of_points), batch)
+            ]
+            parts.append(self._filter(_Decoded.cat(decoded), crop, image_hw))
         found = _Candidates.cat(parts)
         groups = torch.zeros(len(found.ious), dtype=torch.long, device=self.device)
         found = found.select(batched_nms(found.boxes, found.ious, groups, self.box_nms_thresh))
@@ -219,18 +244,21 @@ class MaskGenerator:
             crop_boxes=torch.tensor([crop.box], device=self.device).expand(len(found.ious), 4),
         )
 
-    def _filter_batch(self, points: Tensor, crop: Crop, image_hw: tuple[int, int]) -> _Candidates:
-        """Decode a batch of points (B, 2) in the crop's pixels and keep the masks that pass every filter."""
-        crop_hw = (crop.box[3] - crop.box[1], crop.box[2] - crop.box[0])
+    def _decode_batch(self, points: Tensor, crop_hw: tuple[int, int]) -> _Decoded:
+        """The masks of a batch of points (B, 2) in the crop's pixels (refined once with m2m); no host waits."""
         coords = to_model_frame(points[:, None, :], crop_hw, self.predictor.model.config.image_size, True)  # (B, 1, 2)
         labels = torch.ones(coords.shape[:2], dtype=torch.int32, device=self.device)  # (B, 1)
         low_res, ious = self.predictor.decode_prompts(coords, labels, None, self.multimask_output)
         per_point = ious.shape[1]
         low_res = low_res.flatten(0, 1)[:, None]  # (B, C, h, w) -> (B*C, 1, h, w): one row per mask
-        ious = ious.flatten()
-        points = points.repeat_interleave(per_point, dim=0)
         if self.use_m2m:
             low_res, ious = self._refine(coords.repeat_interleave(per_point, dim=0), low_res)
+        return _Decoded(low_res, ious.flatten(), points.repeat_interleave(per_point, dim=0))
+
+    def _filter(self, decoded: _Decoded, crop: Crop, image_hw: tuple[int, int]) -> _Candidates:
+        """The decoded masks that pass every filter: predicted IoU, stability, not cut by the crop's border."""
+        crop_hw = (crop.box[3] - crop.box[1], crop.box[2] - crop.box[0])
+        low_res, ious, points = decoded.low_res, decoded.ious, decoded.points
         if self.pred_iou_thresh > 0:
             keep = ious > self.pred_iou_thresh
             low_res, ious, points = low_res[keep], ious[keep], points[keep]

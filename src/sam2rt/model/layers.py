@@ -47,10 +47,11 @@ class LayerNorm2d(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        mean = x.mean(1, keepdim=True)
-        var = (x - mean).pow(2).mean(1, keepdim=True)
-        x = (x - mean) / torch.sqrt(var + self.eps)
-        return self.weight[:, None, None] * x + self.bias[:, None, None]
+        # One fused layer norm over the channels as the last dimension: on a channels-last map (the mask
+        # decoder's upscaling) the permuted view is contiguous, so nothing is copied.
+        channels_last = x.permute(0, 2, 3, 1)  # (B, C, H, W) -> (B, H, W, C)
+        normed = F.layer_norm(channels_last, (x.shape[1],), self.weight, self.bias, self.eps)
+        return normed.permute(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W), channels-last in memory
 
 
 def split_heads(x: Tensor, num_heads: int) -> Tensor:
@@ -130,4 +131,8 @@ class Attention(nn.Module):
         return self.out_proj(merge_heads(out))
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        return self.finish(attention(*self.project(q, k, v)))
+        """q (B or 1, Nq, C), k and v (B or 1, Nk, C): a side of batch 1 is shared by every row, projected once."""
+        q, k, v = self.project(q, k, v)
+        batch = max(q.shape[0], k.shape[0])
+        q, k, v = (x.expand(batch, -1, -1, -1) for x in (q, k, v))  # stride-0 views, nothing copied
+        return self.finish(attention(q, k, v))

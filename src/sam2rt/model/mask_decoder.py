@@ -35,6 +35,8 @@ class TwoWayAttentionBlock(nn.Module):
         self.skip_first_layer_pe = skip_first_layer_pe
 
     def forward(self, queries: Tensor, keys: Tensor, query_pe: Tensor, key_pe: Tensor) -> tuple[Tensor, Tensor]:
+        """queries (B, N, C); keys (B or 1, h*w, C): one image shared by every row until it meets the
+        queries. Returns queries (B, N, C) and keys (B, h*w, C)."""
         if self.skip_first_layer_pe:
             queries = self.self_attn(queries, queries, queries)
         else:
@@ -59,9 +61,13 @@ class TwoWayTransformer(nn.Module):
         self.norm_final_attn = nn.LayerNorm(dim)
 
     def forward(self, image: Tensor, image_pe: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
-        """image (B, C, h, w), image_pe (1 or B, C, h, w), tokens (B, N, C) -> tokens (B, N, C), image (B, h*w, C)."""
-        keys = image.flatten(2).transpose(1, 2)  # (B, h*w, C)
-        key_pe = image_pe.flatten(2).transpose(1, 2)  # (1 or B, h*w, C)
+        """image (B or 1, C, h, w), image_pe (1, C, h, w), tokens (B, N, C) -> tokens (B, N, C), image (B, h*w, C).
+
+        An image of batch 1 is shared by all B rows: its projections in the first layer are made once.
+        """
+        # Contiguous token rows: the elementwise work over B x h*w x C below runs on dense memory.
+        keys = image.flatten(2).transpose(1, 2).contiguous()  # (B or 1, h*w, C)
+        key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()  # (1, h*w, C)
         queries = tokens
         for layer in self.layers:
             queries, keys = layer(queries, keys, tokens, key_pe)
@@ -118,19 +124,22 @@ class MaskDecoder(nn.Module):
         high_res: tuple[Tensor, Tensor],
         multimask: bool,
     ) -> DecoderOutput:
-        """image_embed (B or 1, C, h, w) is broadcast over the B prompts; high_res from `project_high_res`."""
+        """image_embed and dense (B or 1, C, h, w) are broadcast over the B prompts (rows of `sparse`);
+        high_res from `project_high_res`. Many prompts on one image without mask prompts (segment
+        everything) share the image's first-layer work."""
         batch = sparse.shape[0]
         output_tokens = torch.cat([self.obj_score_token.weight, self.iou_token.weight, self.mask_tokens.weight])
         tokens = torch.cat([output_tokens[None].expand(batch, -1, -1), sparse], dim=1)  # (B, 6 + N, C)
-        image = image_embed.expand(batch, -1, -1, -1) + dense
+        image = image_embed + dense  # (B or 1, C, h, w)
         height, width = image.shape[-2:]
 
         tokens, image_tokens = self.transformer(image, image_pe.to(image.dtype), tokens)
         num_mask_tokens = NUM_MULTIMASK + 1
         mask_tokens = tokens[:, 2 : 2 + num_mask_tokens]  # (B, 4, C)
 
-        image = image_tokens.transpose(1, 2).reshape(batch, -1, height, width)  # (B, C, h, w)
-        feat_s0, feat_s1 = (f.expand(batch, -1, -1, -1) for f in high_res)
+        # The upscaling runs channels-last: the transformer's token rows are already that layout.
+        image = image_tokens.transpose(1, 2).reshape(batch, -1, height, width)  # (B, C, h, w), channels-last
+        feat_s0, feat_s1 = (f.contiguous(memory_format=torch.channels_last) for f in high_res)
         deconv1, norm1, act1, deconv2, act2 = self.output_upscaling
         upscaled = act1(norm1(deconv1(image) + feat_s1))
         upscaled = act2(deconv2(upscaled) + feat_s0)  # (B, C/8, 4h, 4w)
@@ -139,7 +148,9 @@ class MaskDecoder(nn.Module):
             [mlp(mask_tokens[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )  # (B, 4, C/8)
         mask_h, mask_w = upscaled.shape[-2:]
-        masks = (hyper_in @ upscaled.flatten(2)).reshape(batch, num_mask_tokens, mask_h, mask_w)
+        pixels = upscaled.permute(0, 2, 3, 1).reshape(batch, mask_h * mask_w, -1)  # (B, 4h*4w, C/8)
+        masks = (pixels @ hyper_in.transpose(1, 2)).transpose(1, 2)  # (B, 4, 4h*4w)
+        masks = masks.reshape(batch, num_mask_tokens, mask_h, mask_w)
         iou = self.iou_prediction_head(tokens[:, 1])  # (B, 4)
         object_score_logits = self.pred_obj_score_head(tokens[:, 0])  # (B, 1)
 

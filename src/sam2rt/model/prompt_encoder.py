@@ -59,17 +59,17 @@ class PromptEncoder(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """Sparse tokens (B, N + 1, C), or (B, 0, C) without points, and the dense embedding (B, C, h, w).
 
-        `mask` holds mask logits (B, 1, 4h, 4w) or is None.
+        `mask` holds mask logits (B, 1, 4h, 4w) or is None; without it the dense embedding is the same
+        for every row and comes as one (1, C, h, w), so that the decoder can share its work on the image.
         """
         if coords is not None:
-            batch = coords.shape[0]
             sparse = self.embed_points(coords, labels)
         else:
-            batch = mask.shape[0] if mask is not None else 1
-            sparse = self.no_mask_embed.weight.new_zeros(batch, 0, self.embed_dim)
+            rows = mask.shape[0] if mask is not None else 1
+            sparse = self.no_mask_embed.weight.new_zeros(rows, 0, self.embed_dim)
         if mask is not None:
             dense = self.mask_downscaling(mask.to(self.no_mask_embed.weight.dtype))
         else:
             size = self.feature_size
-            dense = self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(batch, -1, size, size)
+            dense = self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, size, size)
         return sparse, dense
