@@ -7,7 +7,6 @@ import copy
 
 import pytest
 import torch
-from cli_support import assert_clean_error, invoke_in_process, write_clip
 
 import sam2rt
 from sam2rt.runtime import RECOMPILE_LIMIT, optimize, use_compile
@@ -98,6 +97,8 @@ def test_bad_compile_requests():
 def test_cli_compile_needs_cuda(capsys, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("the error of a machine without CUDA")
+    from cli_support import assert_clean_error, invoke_in_process, write_clip  # PyAV: not on every GPU machine
+
     clip = write_clip(tmp_path / "clip.mp4", 2)  # a valid input: the refusal is about the device alone
     result = invoke_in_process(capsys, "track", clip, "--point", "5,5", "--compile", "--device", "cpu")
     assert_clean_error(result, "--compile needs a CUDA device, and the model would run on cpu")
