@@ -20,7 +20,8 @@ Ratios are sam2rt FPS over official FPS (> 1: sam2rt is faster).
 
 With --compile, another table: each row (VARIANT:OBJECTS[:CONDITIONING FRAMES]) under each setting
 (SETTING[/MODE][/static][/warm], settings as in benchmarks/startup.py) runs in its own process, with an empty
-inductor and Triton cache (/warm: a second launch, the cache of a first one kept), and reports start-up
+inductor and Triton cache (/warm: a second launch, the cache of a first one kept; --keep-cache: one cache
+for every row of a setting, each row but the first starting from the kernels of those before), and reports start-up
 (load, first masks, warm-up), FPS, what dynamo compiled, and how far the last frame's masks agree with the
 first setting's (IoU).
 """
@@ -128,10 +129,11 @@ def compile_table(args) -> None:
                 masks = Path(scratch) / "masks.npy"
                 command, warm = _setting_command(setting, row, args.frames_dir, masks)
                 command += ["--frames", str(args.frames), "--image-size", str(args.image_size), "--device", args.device]
+                cache = Path(scratch) if args.keep_cache is None else args.keep_cache / setting.replace("/", "-")
                 env = {
                     **os.environ,
-                    "TORCHINDUCTOR_CACHE_DIR": f"{scratch}/inductor",
-                    "TRITON_CACHE_DIR": f"{scratch}/triton",
+                    "TORCHINDUCTOR_CACHE_DIR": f"{cache}/inductor",
+                    "TRITON_CACHE_DIR": f"{cache}/triton",
                 }
                 try:
                     for _ in range(2 if warm else 1):
@@ -170,6 +172,12 @@ def main() -> None:
     parser.add_argument("--rows", default="tiny:1,tiny:4,large:1,tiny:1:8", help="with --compile")
     parser.add_argument("--settings", default="graphs,compile+graphs", help="with --compile")
     parser.add_argument("--row-timeout", type=float, default=600, help="with --compile: seconds per process")
+    parser.add_argument(
+        "--keep-cache",
+        type=Path,
+        default=None,
+        help="with --compile: compile caches kept in this folder, shared by the rows of a setting (and later runs)",
+    )
     args = parser.parse_args()
     if args.compile:
         compile_table(args)

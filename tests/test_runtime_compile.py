@@ -116,7 +116,8 @@ def test_compiled_graphs_track_like_eager():
     with torch.inference_mode():
         reference = _track(model, count=12)
         fast = _track(use_cuda_graphs(use_compile(copy.deepcopy(model))), count=12)
-    for ref, got in zip(reference, fast):
+    assert len(fast) == len(reference) == 14
+    for ref, got in zip(reference[1:], fast[1:]):  # the first result is of the frame before any prompt: no masks
         assert got.object_ids == ref.object_ids
         agree = ((got.mask_logits > 0) == (ref.mask_logits > 0)).float().mean()
         assert agree > 0.99
