@@ -7,7 +7,8 @@ Settings: graphs (sam2rt.runtime.optimize: bf16 weights, CUDA graphs), compile+g
 compile (bf16 weights and torch.compile, no graphs of ours), eager (bf16 weights alone). Times, in seconds:
 - load: the model built, its weights on the GPU, the runtime settings applied;
 - first masks: from the start of the process's work (load included) until the masks of the first prompted frame;
-- warm-up: the frames after it until the memory is full (new memory lengths: compiles and graph captures);
+- warm-up: the frames after it (corrections included) until the memory is full (new memory lengths: compiles
+  and graph captures);
 then FPS over the remaining frames. With `corrections` = 8, each object is prompted on frames 0 to 7 (8
 conditioning frames in its memory), as streams.py's heavy case. Dynamo's counts say what compiled: graphs
 made, graph breaks, and hits of its recompile limit (a hit runs eager from then on).
@@ -78,7 +79,7 @@ def run(args) -> dict:
             result.mask_logits.cpu()  # the masks on the host: the first frame is done
             if first is None:
                 first = time.perf_counter() - start
-        warm_start = time.perf_counter()
+        warm_start = start + first  # the correction frames of the heavy case count as warm-up
         steady = args.corrections + args.warmup
         for frame in frames[args.corrections : steady]:
             tracker.step(frame)
