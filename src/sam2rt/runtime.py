@@ -13,7 +13,8 @@ The model code stays plain PyTorch; this module changes how it runs:
   on batches, the fastest there on Hopper, whose per-call CPU cost a graph pays only once.
 - `use_compile` runs the same four module forwards through torch.compile (inductor's fused kernels),
   under CUDA graphs or without them; `optimize(model, compile=True)` does bf16, compile and graphs.
-  It is an option, not the default: compiling costs start-up time (measured in benchmarks/tracking.py).
+  It is an option, not the default: about a third more FPS on an H200, for 30 to 60 s of compiling before
+  the first masks and more while the memory fills (benchmarks/tracking.py --compile; the README's table).
 """
 
 from __future__ import annotations
@@ -129,8 +130,9 @@ def _graphed_modules(model: SAM2Model) -> tuple[torch.nn.Module, ...]:
 
 def optimize(model: SAM2Model, compile: bool = False) -> SAM2Model:
     """On CUDA, bf16 parameters and CUDA graphs, and with `compile` torch.compile under the graphs; elsewhere
-    the model is left as it is, and `compile` is refused (inductor's CPU code needs a C++ compiler and pays
-    for minutes of compiling with little). Returns the model."""
+    the model is left as it is, and `compile` is refused: it is set up and measured for CUDA (on CPU inductor
+    needs a C++ compiler, and tiny's memory attention alone took 30 to 40 s to compile on 2 cores; `use_compile`
+    does it if asked). Returns the model."""
     if model.device.type != "cuda":
         if compile:
             raise ValueError(f"compile needs the model on a CUDA device, not {model.device.type}")

@@ -155,8 +155,8 @@ def load_cli_model(
     check_model_options(variant, image_size)
     target = parse_device(device)
     if compile and target.type != "cuda":
-        # Refused rather than ignored: compiling is set up and measured for CUDA; inductor's CPU code needs a
-        # C++ compiler and takes minutes of compiling there.
+        # Refused rather than ignored: compiling is set up and measured for CUDA; on CPU inductor needs a C++
+        # compiler and tens of seconds per module, for a speed nobody measured.
         raise RunFailed(f"--compile needs a CUDA device, and the model would run on {target}")
     if checkpoint is not None and variant is None:
         variant = checkpoints.checkpoint_variant(checkpoint)
