@@ -124,7 +124,8 @@ class GraphedCallable:
         return _Graph(graph, inputs, output)
 
 
-def _graphed_modules(model: SAM2Model) -> tuple[torch.nn.Module, ...]:
+def _heavy_modules(model: SAM2Model) -> tuple[torch.nn.Module, ...]:
+    """The four modules that do a tracking step's work, which graphs and compile speed up."""
     return (model.image_encoder, model.memory_attention, model.sam_mask_decoder, model.memory_encoder)
 
 
@@ -149,7 +150,7 @@ def use_cuda_graphs(model: SAM2Model) -> SAM2Model:
     if model.device.type != "cuda":
         raise ValueError("CUDA graphs need the model on a CUDA device")
     pool = torch.cuda.graph_pool_handle()
-    for module in _graphed_modules(model):
+    for module in _heavy_modules(model):
         module.forward = GraphedCallable(module.forward, pool)
     return model
 
@@ -157,7 +158,7 @@ def use_cuda_graphs(model: SAM2Model) -> SAM2Model:
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")  # inductor's own CUDA graphs would clash with ours
 # The memory attention meets a new memory length on each of the first frames of an object (1 to 7 frames of
 # memory plus conditioning frames, up to 16 pointers), with and without padded slots, for each object
-# count: beyond dynamo's default of 8 compiles per function it would silently run eager from then on.
+# count: beyond dynamo's default of 8 compiles per function it would run eager from then on, with only a log warning.
 RECOMPILE_LIMIT = 64
 
 
@@ -174,7 +175,7 @@ def use_compile(
     """
     if mode not in COMPILE_MODES:
         raise ValueError(f"compile mode must be one of {', '.join(COMPILE_MODES)}; got {mode!r}")
-    modules = _graphed_modules(model)
+    modules = _heavy_modules(model)
     if any(isinstance(module.forward, GraphedCallable) for module in modules):
         raise ValueError("compile the model before use_cuda_graphs, not after: graphs replay the compiled code")
     import torch._dynamo.config as dynamo_config
