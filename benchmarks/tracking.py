@@ -13,6 +13,17 @@ filling on either side. Columns:
   (sam2rt.runtime.use_cuda_graphs; graphs are captured during the warm-up frames).
 On CUDA the first three run under bf16 autocast with TF32 matmuls, as the official benchmark runs.
 Ratios are sam2rt FPS over official FPS (> 1: sam2rt is faster).
+
+    python benchmarks/tracking.py --compile                                      # start-up and FPS, compiled or not
+    python benchmarks/tracking.py --compile --rows tiny:1,tiny:4,large:1,tiny:1:8 \
+        --settings graphs,compile+graphs,compile+graphs/warm,compile+graphs/max-autotune-no-cudagraphs
+
+With --compile, another table: each row (VARIANT:OBJECTS[:CONDITIONING FRAMES]) under each setting
+(SETTING[/MODE][/static][/warm], settings as in benchmarks/startup.py) runs in its own process, with an empty
+inductor and Triton cache (/warm: a second launch, the cache of a first one kept; --keep-cache: one cache
+for every row of a setting, each row but the first starting from the kernels of those before), and reports start-up
+(load, first masks, warm-up), FPS, what dynamo compiled, and how far the last frame's masks agree with the
+first setting's (IoU).
 """
 
 from __future__ import annotations
@@ -20,7 +31,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import json
+import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -80,6 +95,68 @@ def fps_stream(model, frames, objects: int, device: torch.device, warmup: int) -
     return (len(frames) - 1) / (time.perf_counter() - start)
 
 
+def _setting_command(setting: str, row: str, frames_dir: Path, masks: Path) -> tuple[list[str], bool]:
+    """The startup.py command line of one setting of one row, and whether it runs twice (a warm second launch)."""
+    name, *options = setting.split("/")
+    size, objects, *corrections = row.split(":")
+    command = [sys.executable, str(ROOT / "benchmarks" / "startup.py"), "--setting", name]
+    command += ["--variant", f"sam2.1_hiera_{size}", "--objects", objects, "--corrections", *(corrections or ["1"])]
+    command += ["--frames-dir", str(frames_dir), "--masks", str(masks)]
+    for option in options:
+        if option == "static":
+            command.append("--static")
+        elif option != "warm":
+            command += ["--mode", option]
+    return command, "warm" in options
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def compile_table(args) -> None:
+    """Start-up and FPS per row and setting, each run in a fresh process (see the module's docstring)."""
+    print(
+        f"{'row':24} {'setting':48} {'load':>6} {'1st masks':>9} {'warm-up':>8} {'FPS':>7} "
+        f"{'graphs':>6} {'breaks':>6} {'limit hits':>10} {'IoU':>5}",
+        flush=True,
+    )
+    for row in args.rows.split(","):
+        reference = None
+        for setting in args.settings.split(","):
+            with tempfile.TemporaryDirectory(prefix="sam2rt-compile-") as scratch:
+                masks = Path(scratch) / "masks.npy"
+                command, warm = _setting_command(setting, row, args.frames_dir, masks)
+                command += ["--frames", str(args.frames), "--image-size", str(args.image_size), "--device", args.device]
+                cache = Path(scratch) if args.keep_cache is None else args.keep_cache / setting.replace("/", "-")
+                env = {
+                    **os.environ,
+                    "TORCHINDUCTOR_CACHE_DIR": f"{cache}/inductor",
+                    "TRITON_CACHE_DIR": f"{cache}/triton",
+                }
+                try:
+                    for _ in range(2 if warm else 1):
+                        done = subprocess.run(
+                            command, env=env, capture_output=True, text=True, timeout=args.row_timeout
+                        )
+                except subprocess.TimeoutExpired:
+                    print(f"{row:24} {setting:48} stopped after {args.row_timeout:.0f} s", flush=True)
+                    continue
+                if done.returncode != 0:
+                    print(f"{row:24} {setting:48} failed: {done.stderr.strip().splitlines()[-3:]}", flush=True)
+                    continue
+                result = json.loads(done.stdout.strip().splitlines()[-1])
+                mask = np.load(masks)
+            reference = mask if reference is None else reference
+            print(
+                f"{row:24} {setting:48} {result['load_s']:>6.1f} {result['first_masks_s']:>9.1f} "
+                f"{result['warmup_s']:>8.1f} {result['fps']:>7.1f} {result['graphs_made']:>6} "
+                f"{result['graph_breaks']:>6} {result['limit_hits']:>10} {_iou(mask, reference):>5.3f}",
+                flush=True,
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", default="sam2.1_hiera_tiny,sam2.1_hiera_large")
@@ -91,7 +168,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads on CPU")
     parser.add_argument("--frames-dir", type=Path, default=ROOT.parent / "shared" / "data" / "videos" / "bedroom")
     parser.add_argument("--skip-official", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="the start-up table instead (see above)")
+    parser.add_argument("--rows", default="tiny:1,tiny:4,large:1,tiny:1:8", help="with --compile")
+    parser.add_argument("--settings", default="graphs,compile+graphs", help="with --compile")
+    parser.add_argument("--row-timeout", type=float, default=600, help="with --compile: seconds per process")
+    parser.add_argument(
+        "--keep-cache",
+        type=Path,
+        default=None,
+        help="with --compile: compile caches kept in this folder, shared by the rows of a setting (and later runs)",
+    )
     args = parser.parse_args()
+    if args.compile:
+        compile_table(args)
+        return
 
     device = torch.device(args.device)
     if args.threads:

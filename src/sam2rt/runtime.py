@@ -11,11 +11,15 @@ The model code stays plain PyTorch; this module changes how it runs:
   kernels; replaying them from a graph takes the launch cost off the CPU, which otherwise
   bounds the frame rate of the small variants. Captured code uses cuDNN's attention kernels
   on batches, the fastest there on Hopper, whose per-call CPU cost a graph pays only once.
+- `use_compile` runs the same four module forwards through torch.compile (inductor's fused kernels),
+  under CUDA graphs or without them; `optimize(model, compile=True)` does bf16, compile and graphs.
+  It is an option, not the default: about a third more FPS on an H200, for 30 to 60 s of compiling before
+  the first masks and more while the memory fills (benchmarks/tracking.py --compile; the README's table).
 """
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -120,11 +124,24 @@ class GraphedCallable:
         return _Graph(graph, inputs, output)
 
 
-def optimize(model: SAM2Model) -> SAM2Model:
-    """On CUDA, bf16 parameters and CUDA graphs; elsewhere the model is left as it is. Returns the model."""
-    if model.device.type == "cuda":
-        use_cuda_graphs(to_inference_dtype(model))
-    return model
+def _heavy_modules(model: SAM2Model) -> tuple[torch.nn.Module, ...]:
+    """The four modules that do a tracking step's work, which graphs and compile speed up."""
+    return (model.image_encoder, model.memory_attention, model.sam_mask_decoder, model.memory_encoder)
+
+
+def optimize(model: SAM2Model, compile: bool = False) -> SAM2Model:
+    """On CUDA, bf16 parameters and CUDA graphs, and with `compile` torch.compile under the graphs; elsewhere
+    the model is left as it is, and `compile` is refused: it is set up and measured for CUDA (on CPU inductor
+    needs a C++ compiler, and tiny's memory attention alone took 30 to 40 s to compile on 2 cores; `use_compile`
+    does it if asked). Returns the model."""
+    if model.device.type != "cuda":
+        if compile:
+            raise ValueError(f"compile needs the model on a CUDA device, not {model.device.type}")
+        return model
+    to_inference_dtype(model)
+    if compile:
+        use_compile(model)
+    return use_cuda_graphs(model)
 
 
 def use_cuda_graphs(model: SAM2Model) -> SAM2Model:
@@ -133,6 +150,37 @@ def use_cuda_graphs(model: SAM2Model) -> SAM2Model:
     if model.device.type != "cuda":
         raise ValueError("CUDA graphs need the model on a CUDA device")
     pool = torch.cuda.graph_pool_handle()
-    for module in (model.image_encoder, model.memory_attention, model.sam_mask_decoder, model.memory_encoder):
+    for module in _heavy_modules(model):
         module.forward = GraphedCallable(module.forward, pool)
+    return model
+
+
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")  # inductor's own CUDA graphs would clash with ours
+# The memory attention meets a new memory length on each of the first frames of an object (1 to 7 frames of
+# memory plus conditioning frames, up to 16 pointers), with and without padded slots, for each object
+# count: beyond dynamo's default of 8 compiles per function it would run eager from then on, with only a log warning.
+RECOMPILE_LIMIT = 64
+
+
+def use_compile(
+    model: SAM2Model, mode: str = "default", dynamic: Optional[bool] = None, backend: str = "inductor"
+) -> SAM2Model:
+    """Run the image encoder, memory attention, mask decoder and memory encoder through torch.compile.
+
+    Call it before `use_cuda_graphs` to replay the compiled kernels from graphs. `dynamic=None` is
+    dynamo's automatic choice: a first compile for the shapes seen, then one with the sizes that changed
+    (the memory length, the object count) made symbolic; `dynamic=False` compiles once per shape.
+    Raises dynamo's recompile limit, a process-wide setting, to at least RECOMPILE_LIMIT. `backend`
+    "eager" traces without generating code (for tests). Compiling happens on each first call.
+    """
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile mode must be one of {', '.join(COMPILE_MODES)}; got {mode!r}")
+    modules = _heavy_modules(model)
+    if any(isinstance(module.forward, GraphedCallable) for module in modules):
+        raise ValueError("compile the model before use_cuda_graphs, not after: graphs replay the compiled code")
+    import torch._dynamo.config as dynamo_config
+
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
+    for module in modules:
+        module.forward = torch.compile(module.forward, mode=mode, dynamic=dynamic, backend=backend)
     return model

@@ -56,6 +56,11 @@ PROGRESS = typer.Option(None, "--progress/--no-progress", help="Progress bar on 
 FAST = typer.Option(
     True, "--fast/--exact", help="On CUDA: bf16 weights and CUDA graphs (--exact: fp32 weights, no graphs)."
 )
+COMPILE = typer.Option(
+    False,
+    "--compile",
+    help="CUDA only: also torch.compile the model (under --fast's graphs); compiling adds time at start-up.",
+)
 
 
 class RunFailed(Exception):
@@ -138,13 +143,24 @@ def check_model_options(variant: Optional[str], image_size: int) -> None:
 
 
 def load_cli_model(
-    checkpoint: Optional[Path], variant: Optional[str], image_size: int, device: Optional[str], fast: bool
+    checkpoint: Optional[Path],
+    variant: Optional[str],
+    image_size: int,
+    device: Optional[str],
+    fast: bool,
+    compile: bool = False,
 ):
-    from ..runtime import optimize
+    from ..runtime import optimize, use_compile
 
     check_model_options(variant, image_size)
     target = parse_device(device)
+    if compile and target.type != "cuda":
+        # Refused rather than ignored: compiling is set up and measured for CUDA; on CPU inductor needs a C++
+        # compiler and tens of seconds per module, for a speed nobody measured.
+        raise RunFailed(f"--compile needs a CUDA device, and the model would run on {target}")
     if checkpoint is not None and variant is None:
         variant = checkpoints.checkpoint_variant(checkpoint)
     model = checkpoints.load_model(variant or DEFAULT_VARIANT, checkpoint, target, image_size)
-    return optimize(model) if fast else model
+    if fast:
+        return optimize(model, compile)
+    return use_compile(model) if compile else model

@@ -12,6 +12,7 @@ import typer
 from ..io.sinks import check_writable_file, check_writable_folder
 from .common import (
     CHECKPOINT,
+    COMPILE,
     DEVICE,
     FAST,
     IMAGE_SIZE,
@@ -61,6 +62,7 @@ def eval_command(
     image_size: int = IMAGE_SIZE,
     device: Optional[str] = DEVICE,
     fast: bool = FAST,
+    compile: bool = COMPILE,
     progress: Optional[bool] = PROGRESS,
 ) -> None:
     """Score video object masks with J&F (region J, boundary F) as Meta's SA-V / DAVIS benchmark does."""
@@ -83,7 +85,7 @@ def eval_command(
                 videos = vos_videos(_frames_root(gt_dir, frames_dir), gt_dir)  # checked before the model loads
                 if pred_dir is not None:
                     check_writable_folder(pred_dir)
-                loaded = load_cli_model(checkpoint, variant, image_size, device, fast)
+                loaded = load_cli_model(checkpoint, variant, image_size, device, fast, compile)
                 with tempfile.TemporaryDirectory(prefix="sam2rt-eval-") as scratch:
                     out_dir = pred_dir if pred_dir is not None else Path(scratch)
                     track_vos_videos(loaded, videos, out_dir, progress)

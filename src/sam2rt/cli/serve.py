@@ -9,6 +9,7 @@ import typer
 
 from .common import (
     CHECKPOINT,
+    COMPILE,
     DEVICE,
     FAST,
     IMAGE_SIZE,
@@ -44,6 +45,7 @@ def serve(
     image_size: int = IMAGE_SIZE,
     device: Optional[str] = DEVICE,
     fast: bool = FAST,
+    compile: bool = COMPILE,
 ) -> None:
     """Serve the browser app: track objects in live video (webcam, uploads, files, streams) by clicking on them."""
     import uvicorn
@@ -58,7 +60,7 @@ def serve(
             raise RunFailed(f"--host {host} makes the server reachable from other machines: give --token too")
         if media_root is not None and not media_root.is_dir():
             raise RunFailed(f"--media-root {media_root} is not a folder")
-        model = load_cli_model(checkpoint, variant, image_size, device, fast)
+        model = load_cli_model(checkpoint, variant, image_size, device, fast, compile)
     config = ServerConfig(
         token=token or None,
         media_root=media_root,

@@ -17,6 +17,7 @@ from ..stop_signals import Interrupted, StopSignals
 from .common import (
     BOX,
     CHECKPOINT,
+    COMPILE,
     DEVICE,
     FAST,
     IMAGE_SIZE,
@@ -70,6 +71,7 @@ def track(
     image_size: int = IMAGE_SIZE,
     device: Optional[str] = DEVICE,
     fast: bool = FAST,
+    compile: bool = COMPILE,
     progress: Optional[bool] = PROGRESS,
 ) -> None:
     """Track objects through a video, a folder of frames, a camera or a stream."""
@@ -101,7 +103,7 @@ def track(
                 if max_frames is not None and num_frames is not None and max_frames < num_frames:
                     num_frames, limit = max_frames, f"--max-frames {max_frames}"
                 check_prompts(all_prompts, stream.size, num_frames, limit)
-                model = load_cli_model(checkpoint, variant, image_size, device, fast)
+                model = load_cli_model(checkpoint, variant, image_size, device, fast, compile)
             sinks = open_sinks(stream, overlay, png_dir, coco, yolo_dir)
         except BaseException as error:
             stream.close()

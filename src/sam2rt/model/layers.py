@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from contextvars import ContextVar
 from typing import Iterator, Optional
 
 import torch
@@ -75,17 +74,22 @@ _CUDA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SD
 _CAPTURED_BACKENDS = [SDPBackend.CUDNN_ATTENTION, *_CUDA_BACKENDS]
 
 
-_for_graphs: ContextVar[bool] = ContextVar("attention_for_graphs", default=False)
+# A module-level count, not a ContextVar: torch.compile cannot trace ContextVar.get (a graph break in every
+# attention call), while a global it reads is guarded, so compiled code follows the setting. Only one thread
+# runs the model (the server's scheduler); another thread would see the preference too, which changes kernel
+# choice, not results.
+_graph_captures = 0
 
 
 @contextmanager
 def attention_for_graphs() -> Iterator[None]:
     """Within: attention prefers cuDNN's kernels, for code being warmed up and captured into CUDA graphs."""
-    token = _for_graphs.set(True)
+    global _graph_captures
+    _graph_captures += 1
     try:
         yield
     finally:
-        _for_graphs.reset(token)
+        _graph_captures -= 1
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor] = None) -> Tensor:
@@ -98,7 +102,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor] = None
     if not q.is_cuda:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
     # cuDNN wins on batches (4 objects' memory attention: 0.69 ms against flash's 1.47 on an H200), flash on one row.
-    backends = _CAPTURED_BACKENDS if _for_graphs.get() and q.shape[0] > 1 else _CUDA_BACKENDS
+    backends = _CAPTURED_BACKENDS if _graph_captures > 0 and q.shape[0] > 1 else _CUDA_BACKENDS
     with sdpa_kernel(backends, set_priority=True):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
 
