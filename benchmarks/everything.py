@@ -92,11 +92,12 @@ def run_ours(variant: str, image: np.ndarray, device: torch.device, args) -> lis
         torch.cuda.reset_peak_memory_stats(device)
     sync(device)
     start = time.perf_counter()
-    model = optimize(our_model(variant, args.image_size).to(device))
+    model = optimize(our_model(variant, args.image_size).to(device), compile=args.compile)
     common = {"points_per_side": args.points_per_side}
     first = sam2rt.MaskGenerator(model, points_per_batch=args.points_per_batch[0], **common).generate(image)
     sync(device)
-    lines.append(f"  sam2rt   first image {time.perf_counter() - start:.2f} s (weights to masks, {len(first)} masks)")
+    who = "sam2rt+compile" if args.compile else "sam2rt"
+    lines.append(f"  {who} first image {time.perf_counter() - start:.2f} s (weights to masks, {len(first)} masks)")
     args.settings["like real"] = like_real_thresholds(model, image, args.points_per_side)
     lines.append(f"  like-real thresholds: {args.settings['like real']}")
     for name in args.workloads:
@@ -107,7 +108,7 @@ def run_ours(variant: str, image: np.ndarray, device: torch.device, args) -> lis
             generator = sam2rt.MaskGenerator(model, points_per_batch=batch, **common, **settings)
             ms, count = timed(lambda g=generator: g.generate(image), device, args.warmup, args.runs)
             lines.append(
-                f"  sam2rt   {name:10} points_per_batch {batch:4}: {ms:8.1f} ms/image, {count} masks, "
+                f"  {who:8} {name:10} points_per_batch {batch:4}: {ms:8.1f} ms/image, {count} masks, "
                 f"peak {peak_memory(device)}"
             )
     del model
@@ -183,6 +184,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--no-official", action="store_true")
     parser.add_argument("--check", action="store_true", help="first compare fp32 masks with the official's")
+    parser.add_argument("--compile", action="store_true", help="sam2rt with torch.compile under its CUDA graphs")
     parser.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS))
     parser.add_argument(
         "--skip-official-all-masks", action="store_true", help="its Python RLE loop takes 30-80 s an image"

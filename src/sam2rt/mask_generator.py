@@ -13,6 +13,7 @@ survive NMS are upscaled again (the same computation, so the same pixels).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from typing import Optional
 
@@ -36,6 +37,7 @@ UPSCALE_PIXELS = 2**27  # full-resolution logits upscaled at once: 512 MB of flo
 # needs the host to learn how many pass; doing it once per round, not per batch of points, lets the
 # GPU decode batch after batch without waiting for the host.
 ROUND_MASKS = 4096
+LARGE_BATCH_MEMORY = 16 * 2**30  # a GPU with this much memory decodes 256 points at once by default
 
 
 @dataclass
@@ -92,7 +94,8 @@ class MaskGenerator:
     """Masks for everything in an image; the parameters and records of the official SAM2AutomaticMaskGenerator.
 
     points_per_side or point_grids (one (P, 2) grid of x, y in [0, 1] per crop layer) place the prompts;
-    points_per_batch is how many are decoded at once (memory, not results). Masks whose predicted IoU is
+    points_per_batch is how many are decoded at once (memory and speed, never results): by default 256 on
+    a GPU of 16 GiB or more (about 8 GiB at the peak), else the official 64. Masks whose predicted IoU is
     not above pred_iou_thresh, or whose stability score (IoU of the mask cut at mask_threshold
     +- stability_score_offset) is below stability_score_thresh, are dropped; box_nms_thresh and
     crop_nms_thresh drop duplicates within and across crops. crop_n_layers > 0 also runs on
@@ -104,7 +107,7 @@ class MaskGenerator:
         self,
         model: SAM2Model,
         points_per_side: Optional[int] = 32,
-        points_per_batch: int = 64,
+        points_per_batch: Optional[int] = None,
         pred_iou_thresh: float = 0.8,
         stability_score_thresh: float = 0.95,
         stability_score_offset: float = 1.0,
@@ -126,6 +129,8 @@ class MaskGenerator:
             raise ValueError(f"unknown output_mode {output_mode!r}; the modes are: {', '.join(OUTPUT_MODES)}")
         if crop_n_layers < 0:
             raise ValueError(f"crop_n_layers must be 0 or more, got {crop_n_layers}")
+        if points_per_batch is None:
+            points_per_batch = _default_points_per_batch(model.device)
         if points_per_batch <= 0:
             raise ValueError(f"points_per_batch must be positive, got {points_per_batch}")
         if points_per_side is not None:
@@ -284,13 +289,22 @@ class MaskGenerator:
             ious.append(scores[:, 0])
         return torch.cat(refined), torch.cat(ious)
 
-    def _upscaled(self, low_res: Tensor, crop_hw: tuple[int, int]) -> list[Tensor]:
-        """Full-resolution logits (n, 1, H, W) of the current crop, in chunks that bound the memory."""
+    def _upscaled(self, low_res: Tensor, crop_hw: tuple[int, int]) -> Iterator[Tensor]:
+        """Full-resolution logits (n, 1, H, W) of the current crop, one chunk at a time: only one chunk is
+        ever in memory (a round's survivors at full resolution would take gigabytes)."""
         height, width = crop_hw
         per_chunk = max(1, UPSCALE_PIXELS // (height * width))
         if len(low_res) == 0:
-            return [low_res.new_zeros(0, 1, height, width)]
-        return [self.predictor.upscale_logits(low_res[s : s + per_chunk]) for s in range(0, len(low_res), per_chunk)]
+            yield low_res.new_zeros(0, 1, height, width)
+        for start in range(0, len(low_res), per_chunk):
+            yield self.predictor.upscale_logits(low_res[start : start + per_chunk])
+
+
+def _default_points_per_batch(device: torch.device) -> int:
+    """256 prompts at once where the GPU has room for them (decoding is then 10-15% faster), else the official 64."""
+    if device.type == "cuda" and torch.cuda.get_device_properties(device).total_memory >= LARGE_BATCH_MEMORY:
+        return 256
+    return 64
 
 
 def _paste_crops(parts: list[GeneratedMasks], image_hw: tuple[int, int]) -> GeneratedMasks:

@@ -46,11 +46,10 @@ class LayerNorm2d(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        # One fused layer norm over the channels as the last dimension: on a channels-last map (the mask
-        # decoder's upscaling) the permuted view is contiguous, so nothing is copied.
-        channels_last = x.permute(0, 2, 3, 1)  # (B, C, H, W) -> (B, H, W, C)
-        normed = F.layer_norm(channels_last, (x.shape[1],), self.weight, self.bias, self.eps)
-        return normed.permute(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W), channels-last in memory
+        mean = x.mean(1, keepdim=True)
+        var = (x - mean).pow(2).mean(1, keepdim=True)
+        x = (x - mean) / torch.sqrt(var + self.eps)
+        return self.weight[:, None, None] * x + self.bias[:, None, None]
 
 
 def split_heads(x: Tensor, num_heads: int) -> Tensor:
