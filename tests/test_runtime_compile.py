@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import sam2rt
 from sam2rt.runtime import RECOMPILE_LIMIT, optimize, use_compile
@@ -102,6 +104,11 @@ def test_cli_compile_needs_cuda(capsys, tmp_path):
     clip = write_clip(tmp_path / "clip.mp4", 2)  # a valid input: the refusal is about the device alone
     result = invoke_in_process(capsys, "track", clip, "--point", "5,5", "--compile", "--device", "cpu")
     assert_clean_error(result, "--compile needs a CUDA device, and the model would run on cpu")
+    picture = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((32, 48, 3), dtype=np.uint8)).save(picture)
+    args = ("image", picture, "--everything", "-o", tmp_path / "masks.json", "--compile", "--device", "cpu")
+    assert_clean_error(invoke_in_process(capsys, *args), "--compile needs a CUDA device")
+    assert not (tmp_path / "masks.json").exists()
 
 
 @cuda

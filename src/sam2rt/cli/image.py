@@ -18,6 +18,7 @@ from ..io.sinks import prepare_file
 from .common import (
     BOX,
     CHECKPOINT,
+    COMPILE,
     DEVICE,
     FAST,
     IMAGE_SIZE,
@@ -135,6 +136,7 @@ def image(
     image_size: int = IMAGE_SIZE,
     device: Optional[str] = DEVICE,
     fast: bool = FAST,
+    compile: bool = COMPILE,
 ) -> None:
     """Segment one object of an image from clicks, a box and/or a mask, or everything in images (--everything)."""
     check_model_options(variant, image_size)
@@ -154,7 +156,7 @@ def image(
                 [OutputPath("--output", output)]
                 + ([OutputPath("--overlay", overlay, folder_suffix=".png")] if overlay else []),
             )
-            model = load_cli_model(checkpoint, variant, image_size, device, fast)
+            model = load_cli_model(checkpoint, variant, image_size, device, fast, compile)
             segment_everything(model, image_path, output, overlay, settings)
         return
     with errors_as_messages():
@@ -167,7 +169,7 @@ def image(
             NamedPath(role, path) for role, path in (("the --mask file", mask), ("the checkpoint", checkpoint)) if path
         ]
         job = _image_job(image_path, prompt, mask, outputs, inputs)
-        model = load_cli_model(checkpoint, variant, image_size, device, fast)
+        model = load_cli_model(checkpoint, variant, image_size, device, fast, compile)
         result, iou = _segment_image(model, job)
         typer.echo(f"mask: {int(result.sum())} pixels, predicted IoU {iou:.3f}")
         if output is not None:
