@@ -315,6 +315,7 @@ def main() -> None:
     parser.add_argument("--label", default="this tree", help="names the code under test in the profile lines")
     parser.add_argument("--frames-dir", type=Path, default=ROOT.parent / "shared" / "data" / "videos" / "bedroom")
     parser.add_argument("--skip-official", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="sam2rt with torch.compile under its CUDA graphs")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -324,7 +325,7 @@ def main() -> None:
     frames = load_frames(args.frames_dir, args.frames)
     with torch.inference_mode():
         model = our_model(args.variant, args.image_size).to(device)
-        model = optimize(model)  # bf16 weights and CUDA graphs on CUDA; unchanged on CPU
+        model = optimize(model, compile=args.compile)  # bf16 weights and CUDA graphs on CUDA; unchanged on CPU
         ref = None
         if not args.skip_official and {"streams", "heavy", "cpu"} & set(cases):
             ref = oracle_model(args.variant, args.image_size, video=True, fill_hole_area=0).to(device)
@@ -335,7 +336,8 @@ def main() -> None:
         where = (
             torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
         )
-        print(f"{args.variant} at {args.image_size}, {len(frames)} frames, {where}")
+        compiled = ", torch.compile under the graphs" if args.compile else ""
+        print(f"{args.variant} at {args.image_size}, {len(frames)} frames, {where}{compiled}")
         for case in cases:
             start = time.perf_counter()
             if case == "streams":
