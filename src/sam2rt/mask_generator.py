@@ -1,8 +1,9 @@
 """Segment everything: masks for a grid of point prompts, filtered and de-duplicated, as the official
 SAM2AutomaticMaskGenerator makes them (same parameters, defaults, records and order).
 
-Per crop of the image: decode a batch of grid points at a time, keep masks whose predicted IoU and
-stability pass the thresholds and that are not cut by the crop's border, then drop duplicates by box
+Per crop of the image: decode the grid points a batch at a time (a round of batches before the host
+looks at the results), keep masks whose predicted IoU and stability pass the thresholds and that are
+not cut by the crop's border, then drop duplicates by box
 NMS. Across crops, NMS again, preferring masks from larger crops. Everything runs on the model's
 device; the host receives only the kept masks (or their run lengths) and a few numbers per mask.
 
@@ -95,7 +96,7 @@ class MaskGenerator:
 
     points_per_side or point_grids (one (P, 2) grid of x, y in [0, 1] per crop layer) place the prompts;
     points_per_batch is how many are decoded at once (memory and speed, never results): by default 256 on
-    a GPU of 16 GiB or more (about 8 GiB at the peak), else the official 64. Masks whose predicted IoU is
+    a GPU of 16 GiB or more (2 to 4 GiB at the peak), else the official 64. Masks whose predicted IoU is
     not above pred_iou_thresh, or whose stability score (IoU of the mask cut at mask_threshold
     +- stability_score_offset) is below stability_score_thresh, are dropped; box_nms_thresh and
     crop_nms_thresh drop duplicates within and across crops. crop_n_layers > 0 also runs on
