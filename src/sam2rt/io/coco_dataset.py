@@ -7,11 +7,11 @@ classes). The file is written atomically, so an interrupted run never leaves hal
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .sinks import OutputError, prepare_file
+from .atomic import write_atomically
+from .sinks import prepare_file
 
 
 class CocoDataset:
@@ -61,9 +61,5 @@ class CocoDataset:
             "categories": self.categories,
         }
         prepare_file(path)
-        temporary = path.with_name(f".{path.name}.tmp")
-        try:
-            temporary.write_text(json.dumps(content))
-            os.replace(temporary, path)
-        except OSError as error:
-            raise OutputError(f"cannot write {path}: {error.strerror or error}") from None
+        text = json.dumps(content)
+        write_atomically(path, lambda temporary: temporary.write_text(text))
