@@ -205,7 +205,8 @@ def main() -> None:
                 with autocast:
                     official = float("nan")
                     if ref is not None:
-                        official = fps_propagate(ref, oracle_video_state(ref, frames), objects, device, args.warmup)
+                        ref_state = oracle_video_state(ref, frames, "pil-bicubic")  # the official loader's resize
+                        official = fps_propagate(ref, ref_state, objects, device, args.warmup)
                     video_predictor = sam2rt.VideoPredictor(ours, fill_hole_area=0)
                     state = video_predictor.init_state(frames)
                     video = fps_propagate(video_predictor, state, objects, device, args.warmup)
