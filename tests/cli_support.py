@@ -144,3 +144,19 @@ def invoke_in_process(capsys, *args: object) -> subprocess.CompletedProcess:
         code = exit.code if isinstance(exit.code, int) else 1
     captured = capsys.readouterr()
     return subprocess.CompletedProcess(["sam2rt", *map(str, args)], code, captured.out, captured.err)
+
+
+def polygon_expressible(mask: np.ndarray) -> np.ndarray:
+    """The part of a mask (H, W) bool that YOLO polygons can hold: every piece whose outline has at least 3
+    points. Single pixels and straight lines (outlines of 1 or 2 points) enclose no area and are left out;
+    random weights scatter many such specks, so a fill of the polygons is compared with this."""
+    import cv2
+
+    count, labels = cv2.connectedComponents(mask.astype(np.uint8))
+    kept = np.zeros(mask.shape, dtype=bool)
+    for piece in range(1, count):
+        region = labels == piece
+        outline, _ = cv2.findContours(region.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        if len(outline[0]) >= 3:
+            kept |= region
+    return kept

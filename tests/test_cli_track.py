@@ -19,6 +19,7 @@ from cli_support import (
     decode_video,
     make_checkpoint,
     model_args,
+    polygon_expressible,
     run_sam2rt,
     write_clip,
 )
@@ -144,16 +145,16 @@ def test_track_writes_every_output_and_they_match_the_api(tmp_path, checkpoint, 
     visible = {(f, obj) for f, frame in enumerate(expected) for obj, logits in frame.items() if (logits > 0).any()}
     assert annotated == visible and len(visible) >= 12
 
-    # YOLO: the polygons fill back to the masks.
+    # YOLO: the polygons fill back to the masks, less the specks no polygon can hold.
     assert sorted(p.name for p in (out / "yolo").iterdir()) == [f"{name}.txt" for name in names]
     for name, logits in zip(names, expected):
         polygons = _yolo_polygons(out / "yolo" / f"{name}.txt", CLIP_SIZE)
         for obj_id, object_logits in logits.items():
-            mask = object_logits > 0
-            if mask.sum() < 50:
+            expressible = polygon_expressible(object_logits > 0)
+            if expressible.sum() < 50:  # a hole's cut to its outline fills a few pixels: too many for a tiny mask
                 continue
             filled = _rasterise(polygons[obj_id], CLIP_SIZE)
-            iou = (filled & mask).sum() / (filled | mask).sum()
+            iou = (filled & expressible).sum() / (filled | expressible).sum()
             assert iou > 0.9, f"frame {name} object {obj_id}: polygons fill to IoU {iou:.3f}"
 
 
