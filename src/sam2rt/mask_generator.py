@@ -70,7 +70,7 @@ class _Decoded:
 
     @staticmethod
     def cat(parts: list[_Decoded]) -> _Decoded:
-        return _Decoded(*(torch.cat([getattr(part, field.name) for part in parts]) for field in fields(_Decoded)))
+        return _cat_rows(_Decoded, parts)
 
 
 @dataclass
@@ -88,7 +88,7 @@ class _Candidates:
 
     @staticmethod
     def cat(parts: list[_Candidates]) -> _Candidates:
-        return _Candidates(*(torch.cat([getattr(part, field.name) for part in parts]) for field in fields(_Candidates)))
+        return _cat_rows(_Candidates, parts)
 
 
 class MaskGenerator:
@@ -301,6 +301,11 @@ class MaskGenerator:
             yield self.predictor.upscale_logits(low_res[start : start + per_chunk])
 
 
+def _cat_rows(record_type, parts: list):
+    """One record of `record_type` (a dataclass of tensors, one row per mask) from several, rows in order."""
+    return record_type(*(torch.cat([getattr(part, field.name) for part in parts]) for field in fields(record_type)))
+
+
 def _default_points_per_batch(device: torch.device) -> int:
     """256 prompts at once where the GPU has room for them (decoding is then 10-15% faster), else the official 64."""
     if device.type == "cuda" and torch.cuda.get_device_properties(device).total_memory >= LARGE_BATCH_MEMORY:
@@ -317,4 +322,4 @@ def _paste_crops(parts: list[GeneratedMasks], image_hw: tuple[int, int]) -> Gene
         full = part.masks.new_zeros(len(part.masks), height, width)
         full[:, y0 : y0 + part.masks.shape[1], x0 : x0 + part.masks.shape[2]] = part.masks
         pasted.append(GeneratedMasks(full, *(getattr(part, field.name) for field in fields(part)[1:])))
-    return GeneratedMasks(*(torch.cat([getattr(p, field.name) for p in pasted]) for field in fields(GeneratedMasks)))
+    return _cat_rows(GeneratedMasks, pasted)
