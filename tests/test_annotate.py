@@ -13,7 +13,6 @@ from cli_support import (
     assert_clean_error,
     clip_frames,
     invoke_in_process,
-    make_checkpoint,
     model_args,
     polygon_expressible,
 )
@@ -23,11 +22,6 @@ import sam2rt
 from sam2rt.everything.rle import decode_rle
 
 BOXES = [(0, "0 0.3 0.4 0.3 0.4"), (1, "1 0.6 0.5 0.5 0.6")]
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return make_checkpoint(tmp_path_factory.getbasetemp() / "checkpoints" / "tiny.pt")
 
 
 @pytest.fixture()

@@ -6,15 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_support import clip_frames, invoke_in_process, make_checkpoint, model_args
+from cli_support import clip_frames, invoke_in_process, model_args
 from PIL import Image
 
 ray = pytest.importorskip("ray", reason="the ray extra (pip install 'sam2rt[ray]') is not installed")
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return make_checkpoint(tmp_path_factory.getbasetemp() / "checkpoints" / "tiny.pt")
 
 
 @pytest.fixture(scope="module")

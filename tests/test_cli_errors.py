@@ -18,8 +18,6 @@ from cli_support import (
     clip_frames,
     damage_packet,
     decode_video,
-    invoke_in_process,
-    make_checkpoint,
     model_args,
     run_sam2rt,
     truncate_in_packet,
@@ -29,18 +27,8 @@ from PIL import Image
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return make_checkpoint(tmp_path_factory.getbasetemp() / "checkpoints" / "tiny.pt")
-
-
-@pytest.fixture(scope="module")
 def clip(tmp_path_factory):
     return write_clip(tmp_path_factory.mktemp("clip") / "clip.mp4", 8)
-
-
-@pytest.fixture
-def sam2rt(capsys):
-    return lambda *args: invoke_in_process(capsys, *args)
 
 
 # Sources

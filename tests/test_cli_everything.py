@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 from cli_support import (
     IMAGE_SIZE,
     VARIANT,
     assert_clean_error,
     clip_frames,
     invoke_in_process,
-    make_checkpoint,
     model_args,
 )
 from PIL import Image
@@ -22,11 +20,6 @@ from sam2rt.everything.rle import decode_rle
 
 # The test checkpoint's random weights predict IoUs and stabilities far below the defaults: keep every mask.
 SETTINGS = ["--points-per-side", "4", "--pred-iou-thresh", "0", "--stability-score-thresh", "0"]
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return make_checkpoint(tmp_path_factory.getbasetemp() / "checkpoints" / "tiny.pt")
 
 
 def test_folder_to_coco_json_and_overlays(tmp_path, checkpoint, capsys):

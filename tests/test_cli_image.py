@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cli_support import IMAGE_SIZE, VARIANT, clip_frames, make_checkpoint, model_args, run_sam2rt
+from cli_support import IMAGE_SIZE, VARIANT, clip_frames, model_args, run_sam2rt
 from media import shared_path
 from PIL import Image
 
 import sam2rt
 from sam2rt.prompts import mask_to_model_frame
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return make_checkpoint(tmp_path_factory.getbasetemp() / "checkpoints" / "tiny.pt")
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from typing import Optional
 import numpy as np
 import pytest
 import torch
-from cli_support import decode_video, make_checkpoint, model_args, write_clip
+from cli_support import decode_video, model_args, write_clip
 
 from sam2rt.io.sinks import SinkSet, TrackedFrame
 from sam2rt.io.sources import ListFrames
@@ -88,11 +88,6 @@ def test_signals_while_closing_do_not_abandon_the_other_outputs():
 # The command, in a child process.
 
 FRAMES = 16
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return make_checkpoint(tmp_path_factory.getbasetemp() / "checkpoints" / "tiny.pt")
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,6 @@ from cli_support import (
     assert_clean_error,
     clip_frames,
     decode_video,
-    invoke_in_process,
-    make_checkpoint,
     model_args,
     write_clip,
 )
@@ -24,16 +22,6 @@ from PIL import Image
 
 from sam2rt.io.atomic import OutputError, write_atomically
 from sam2rt.io.overlay import OverlayVideoWriter, fit_frame
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return make_checkpoint(tmp_path_factory.getbasetemp() / "checkpoints" / "tiny.pt")
-
-
-@pytest.fixture
-def sam2rt(capsys):
-    return lambda *args: invoke_in_process(capsys, *args)
 
 
 def digest(path) -> str:

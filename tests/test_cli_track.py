@@ -17,7 +17,6 @@ from cli_support import (
     IMAGE_SIZE,
     VARIANT,
     decode_video,
-    make_checkpoint,
     model_args,
     polygon_expressible,
     run_sam2rt,
@@ -31,11 +30,6 @@ import sam2rt
 from sam2rt.io.sources import open_frames
 
 NUM_FRAMES = 6
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return make_checkpoint(tmp_path_factory.getbasetemp() / "checkpoints" / "tiny.pt")
 
 
 @pytest.fixture(scope="module")

@@ -158,11 +158,6 @@ def small(tmp_path):
     return gt, pred
 
 
-@pytest.fixture
-def sam2rt(capsys):
-    return lambda *args: invoke_in_process(capsys, *args)
-
-
 def test_perfect_predictions_score_100(sam2rt, small):
     result = evaluate_folders(*small)
     assert (result.scores.jf, result.scores.j, result.scores.f) == (100.0, 100.0, 100.0)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_support import assert_clean_error, clip_frames, invoke_in_process, make_checkpoint, model_args
+from cli_support import assert_clean_error, clip_frames, model_args
 from PIL import Image
 
 from sam2rt.frames import as_rgb_tensor
@@ -130,16 +130,6 @@ def test_decompression_bombs_are_refused_before_decoding(tmp_path, width, height
 
 
 # The command line
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return make_checkpoint(tmp_path_factory.getbasetemp() / "checkpoints" / "tiny.pt")
-
-
-@pytest.fixture
-def sam2rt(capsys):
-    return lambda *args: invoke_in_process(capsys, *args)
 
 
 def _digest(folder: Path) -> dict[str, str]:

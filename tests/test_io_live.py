@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import pytest
-from cli_support import assert_clean_error, decode_video, make_checkpoint, model_args, run_sam2rt, write_clip
+from cli_support import assert_clean_error, decode_video, model_args, run_sam2rt, write_clip
 from http_server import LocalServer
 
 from sam2rt.io.live import Captured, LatestFrameReader, SourceError
@@ -77,11 +77,6 @@ def test_a_source_that_breaks_midway_raises_after_its_frames():
 def test_a_source_without_frames():
     with pytest.raises(SourceError, match="fake camera delivered no frame"):
         LatestFrameReader(FakeCapture(count=0, interval=0))
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return make_checkpoint(tmp_path_factory.getbasetemp() / "checkpoints" / "tiny.pt")
 
 
 def _check_live_run(result, out, total: int) -> None:

@@ -10,7 +10,7 @@ import json
 import tracemalloc
 
 import pytest
-from cli_support import assert_clean_error, invoke_in_process, make_checkpoint, model_args, write_clip
+from cli_support import assert_clean_error, invoke_in_process, model_args, write_clip
 
 from sam2rt.io.prompt_file import MAX_POINTS, MAX_PROMPTS, PromptError, make_prompt, read_prompts_file
 from sam2rt.io.prompt_json import MAX_FILE_BYTES
@@ -89,11 +89,6 @@ def test_millions_of_points_are_refused_by_size_before_parsing(tmp_path):
         tracemalloc.stop()
     assert str(caught.value) == f"prompts file {path} is larger than 8 MiB, the most a prompts file may be"
     assert peak < 2.5 * MAX_FILE_BYTES, f"peak {peak / 2**20:.0f} MiB"
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return make_checkpoint(tmp_path_factory.getbasetemp() / "checkpoints" / "tiny.pt")
 
 
 @pytest.fixture(scope="module")
