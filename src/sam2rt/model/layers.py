@@ -169,7 +169,52 @@ class Attention(nn.Module):
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """q (B or 1, Nq, C), k and v (B or 1, Nk, C): a side of batch 1 is shared by every row, projected once."""
+        if self.num_heads > 1 and k.shape[1] <= FEW_TOKENS:
+            return self._attend_few_keys(q, k, v)
+        if self.num_heads > 1 and q.shape[1] <= FEW_TOKENS:
+            return self._attend_few_queries(q, k, v)
         q, k, v = self.project(q, k, v)
         batch = max(q.shape[0], k.shape[0])
         q, k, v = (x.expand(batch, -1, -1, -1) for x in (q, k, v))  # stride-0 views, nothing copied
         return self.finish(attention(q, k, v))
+
+    # The mask decoder's prompt tokens (a handful) meet the image's 4096 tokens in both directions, for
+    # hundreds of prompts at once when segmenting everything. Attention kernels pad the short side to
+    # a block of 64-128 rows and waste most of their work there (1 ms a call for 256 prompts on an
+    # H200). With every head's few rows laid on the diagonal of one matrix, each direction is two plain
+    # matmuls over the untransposed projections, and the output projection folds into the values.
+
+    def _attend_few_keys(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Many queries over at most FEW_TOKENS keys: q (B or 1, Nq, C), k and v (B or 1, Nk, C) -> (B, Nq, C)."""
+        heads, num_keys = self.num_heads, k.shape[1]
+        keys = block_diagonal_heads(self.k_proj(k), heads)  # (B, heads * Nk, heads * d)
+        scale = (keys.shape[-1] // heads) ** -0.5
+        scores = self.q_proj(q) @ (keys.transpose(1, 2) * scale)  # (B, Nq, heads * Nk)
+        probs = torch.softmax(scores.unflatten(-1, (heads, num_keys)), dim=-1).flatten(-2)
+        # rows of values already projected out: (B, heads * Nk, C)
+        values_out = block_diagonal_heads(self.v_proj(v), heads) @ self.out_proj.weight.t()
+        return probs @ values_out + self.out_proj.bias  # (B, Nq, C)
+
+    def _attend_few_queries(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """At most FEW_TOKENS queries over many keys: q (B or 1, Nq, C), k and v (B or 1, Nk, C) -> (B, Nq, C)."""
+        heads, num_queries = self.num_heads, q.shape[1]
+        queries = block_diagonal_heads(self.q_proj(q), heads)  # (B, heads * Nq, heads * d)
+        head_dim = queries.shape[-1] // heads
+        scores = (queries * head_dim**-0.5) @ self.k_proj(k).transpose(1, 2)  # (B, heads * Nq, Nk)
+        # every head's queries against all values: (B, heads * Nq, heads * d); its own head is on the diagonal
+        out = torch.softmax(scores, dim=-1) @ self.v_proj(v)
+        out = out.unflatten(1, (heads, num_queries)).unflatten(-1, (heads, head_dim))  # (B, h, Nq, h, d)
+        out = out.diagonal(dim1=1, dim2=3)  # (B, Nq, d, heads)
+        return self.out_proj(out.transpose(-1, -2).flatten(-2))  # (B, Nq, C)
+
+
+# A side of at most this many tokens takes the block-diagonal path of Attention.
+FEW_TOKENS = 16
+
+
+def block_diagonal_heads(x: Tensor, heads: int) -> Tensor:
+    """(B, N, heads * d) -> (B, heads * N, heads * d): head h's rows at rows h*N.., its columns at h*d.., zeros elsewhere."""
+    batch, tokens, channels = x.shape
+    per_head = x.view(batch, tokens, heads, channels // heads)  # (B, N, h, d)
+    eye = torch.eye(heads, dtype=x.dtype, device=x.device)
+    return torch.einsum("bnhd,hg->bhngd", per_head, eye).reshape(batch, heads * tokens, channels)

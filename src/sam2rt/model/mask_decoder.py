@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .layers import MLP, Attention, LayerNorm2d
@@ -115,6 +116,39 @@ class MaskDecoder(nn.Module):
         """Project the stride-4 and stride-8 backbone levels once per image for the upscaling skips."""
         return self.conv_s0(stride4), self.conv_s1(stride8)
 
+    def _upscaled_masks(
+        self, image_tokens: Tensor, high_res: tuple[Tensor, Tensor], hyper_in: Tensor, height: int, width: int
+    ) -> Tensor:
+        """image_tokens (B, h*w, C), hyper_in (B, M, C/8) -> mask logits (B, M, 4h, 4w).
+
+        A transposed convolution of kernel 2 and stride 2 maps each input pixel on its own 2 x 2 output
+        pixels: a matmul per token row. So every token row becomes its 4 x 4 output pixels by two
+        matmuls with the skips, norm and activations in between, in the row layout the transformer
+        left, and only the M masks are rearranged into images at the end.
+        """
+        batch, pixels, _ = image_tokens.shape
+        deconv1, norm1, act1, deconv2, act2 = self.output_upscaling
+        mid, out = deconv1.out_channels, deconv2.out_channels
+        feat_s0, feat_s1 = high_res  # (1 or B, C/8, 4h, 4w), (1 or B, C/4, 2h, 2w)
+
+        # weight (C_in, C_out, 2, 2) -> (C_in, 4 * C_out): sub-pixel (a, b) major, channel minor
+        weight1 = deconv1.weight.permute(0, 2, 3, 1).reshape(deconv1.in_channels, 4 * mid)
+        skip1 = feat_s1.unflatten(2, (height, 2)).unflatten(4, (width, 2))  # (b, C/4, h, 2, w, 2)
+        skip1 = skip1.permute(0, 2, 4, 3, 5, 1).reshape(-1, pixels, 4, mid)  # (b, h*w, 4, C/4)
+        x = (image_tokens @ weight1).view(batch, pixels, 4, mid) + (skip1 + deconv1.bias)
+        x = act1(F.layer_norm(x, (mid,), norm1.weight, norm1.bias, norm1.eps))  # (B, h*w, 4, C/4)
+
+        weight2 = deconv2.weight.permute(0, 2, 3, 1).reshape(mid, 4 * out)
+        skip0 = feat_s0.unflatten(2, (height, 2, 2)).unflatten(5, (width, 2, 2))  # (b, C/8, h, 2, 2, w, 2, 2)
+        skip0 = skip0.permute(0, 2, 5, 3, 6, 4, 7, 1).reshape(-1, pixels, 4, 4, out)  # (b, h*w, 4, 4, C/8)
+        x = act2((x @ weight2).view(batch, pixels, 4, 4, out) + (skip0 + deconv2.bias))
+
+        num_masks = hyper_in.shape[1]
+        masks = x.view(batch, pixels * 16, out) @ hyper_in.transpose(1, 2)  # (B, h*w*16, M)
+        # rows are (i, j, a, b, a2, b2): output pixel (4i + 2a + a2, 4j + 2b + b2)
+        masks = masks.view(batch, height, width, 2, 2, 2, 2, num_masks)
+        return masks.permute(0, 7, 1, 3, 5, 2, 4, 6).reshape(batch, num_masks, 4 * height, 4 * width)
+
     def forward(
         self,
         image_embed: Tensor,
@@ -137,20 +171,10 @@ class MaskDecoder(nn.Module):
         num_mask_tokens = NUM_MULTIMASK + 1
         mask_tokens = tokens[:, 2 : 2 + num_mask_tokens]  # (B, 4, C)
 
-        # The upscaling runs channels-last: the transformer's token rows are already that layout.
-        image = image_tokens.transpose(1, 2).reshape(batch, -1, height, width)  # (B, C, h, w), channels-last
-        feat_s0, feat_s1 = (f.contiguous(memory_format=torch.channels_last) for f in high_res)
-        deconv1, norm1, act1, deconv2, act2 = self.output_upscaling
-        upscaled = act1(norm1(deconv1(image) + feat_s1))
-        upscaled = act2(deconv2(upscaled) + feat_s0)  # (B, C/8, 4h, 4w)
-
         hyper_in = torch.stack(
             [mlp(mask_tokens[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )  # (B, 4, C/8)
-        mask_h, mask_w = upscaled.shape[-2:]
-        pixels = upscaled.permute(0, 2, 3, 1).reshape(batch, mask_h * mask_w, -1)  # (B, 4h*4w, C/8)
-        masks = (pixels @ hyper_in.transpose(1, 2)).transpose(1, 2)  # (B, 4, 4h*4w)
-        masks = masks.reshape(batch, num_mask_tokens, mask_h, mask_w)
+        masks = self._upscaled_masks(image_tokens, high_res, hyper_in, height, width)
         iou = self.iou_prediction_head(tokens[:, 1])  # (B, 4)
         object_score_logits = self.pred_obj_score_head(tokens[:, 0])  # (B, 1)
 
