@@ -9,7 +9,8 @@ compile (bf16 weights and torch.compile, no graphs of ours), eager (bf16 weights
 - first masks: from the start of the process's work (load included) until the masks of the first prompted frame;
 - warm-up: the frames after it (corrections included) until the memory is full (new memory lengths: compiles
   and graph captures);
-then FPS over the remaining frames. With `corrections` = 8, each object is prompted on frames 0 to 7 (8
+then FPS over the remaining frames (with --lookahead K, the frames after the prompts are encoded K at a time,
+as `sam2rt track` does on a file). With `corrections` = 8, each object is prompted on frames 0 to 7 (8
 conditioning frames in its memory), as streams.py's heavy case. Dynamo's counts say what compiled: graphs
 made, graph breaks, and hits of its recompile limit (a hit runs eager from then on).
 """
@@ -33,6 +34,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import sam2rt  # noqa: E402
 from oracle import our_model  # noqa: E402
 from sam2rt.runtime import to_inference_dtype, use_compile, use_cuda_graphs  # noqa: E402
+from sam2rt.tracking.lookahead import encoded_ahead  # noqa: E402
 from tracking import CLICKS, load_frames, synchronize  # noqa: E402
 
 SETTINGS = ("graphs", "compile+graphs", "compile", "eager")
@@ -81,12 +83,12 @@ def run(args) -> dict:
                 first = time.perf_counter() - start
         warm_start = start + first  # the correction frames of the heavy case count as warm-up
         steady = args.corrections + args.warmup
-        for frame in frames[args.corrections : steady]:
+        for frame in encoded_ahead(tracker, frames[args.corrections : steady], args.lookahead):
             tracker.step(frame)
         synchronize(device)
         warmup = time.perf_counter() - warm_start
         timed_start = time.perf_counter()
-        for frame in frames[steady:]:
+        for frame in encoded_ahead(tracker, frames[steady:], args.lookahead):
             result = tracker.step(frame)
         synchronize(device)
         fps = (len(frames) - steady) / (time.perf_counter() - timed_start)
@@ -125,6 +127,9 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=20, help="frames after the prompts before timing")
     parser.add_argument("--frames-dir", type=Path, default=ROOT.parent / "shared" / "data" / "videos" / "bedroom")
+    parser.add_argument(
+        "--lookahead", type=int, default=1, help="frames encoded ahead in one batch (tracking.lookahead; 1: none)"
+    )
     parser.add_argument("--masks", type=Path, default=None, help="save the last frame's masks (.npy) here")
     args = parser.parse_args()
     if args.frames <= args.corrections + args.warmup:

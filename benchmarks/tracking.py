@@ -19,11 +19,11 @@ Ratios are sam2rt FPS over official FPS (> 1: sam2rt is faster).
         --settings graphs,compile+graphs,compile+graphs/warm,compile+graphs/max-autotune-no-cudagraphs
 
 With --compile, another table: each row (VARIANT:OBJECTS[:CONDITIONING FRAMES]) under each setting
-(SETTING[/MODE][/static][/warm], settings as in benchmarks/startup.py) runs in its own process, with an empty
-inductor and Triton cache (/warm: a second launch, the cache of a first one kept; --keep-cache: one cache
-for every row of a setting, each row but the first starting from the kernels of those before), and reports start-up
-(load, first masks, warm-up), FPS, what dynamo compiled, and how far the last frame's masks agree with the
-first setting's (IoU).
+(SETTING[/MODE][/static][/warm][/aheadK], settings as in benchmarks/startup.py; aheadK: frames encoded K at a
+time) runs in its own process, with an empty inductor and Triton cache (/warm: a second launch, the cache of a
+first one kept; --keep-cache: one cache for every row of a setting, each row but the first starting from the
+kernels of those before), and reports start-up (load, first masks, warm-up), FPS, what dynamo compiled, and
+how far the last frame's masks agree with the first setting's (IoU).
 """
 
 from __future__ import annotations
@@ -105,6 +105,8 @@ def _setting_command(setting: str, row: str, frames_dir: Path, masks: Path) -> t
     for option in options:
         if option == "static":
             command.append("--static")
+        elif option.startswith("ahead"):
+            command += ["--lookahead", option.removeprefix("ahead")]
         elif option != "warm":
             command += ["--mode", option]
     return command, "warm" in options

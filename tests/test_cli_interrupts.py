@@ -65,7 +65,7 @@ class _Recorder:
 
 def _run(sinks: list[_Recorder]):
     frames = ListFrames([np.zeros((8, 8, 3), np.uint8)] * 10)
-    return run_tracking(_NoObjects(), FileSource(frames, "frames"), [], SinkSet(sinks))
+    return run_tracking(_NoObjects(), FileSource(frames, "frames"), [], SinkSet(sinks), lookahead=1)
 
 
 def test_signal_while_writing_a_frame_waits_until_it_is_in_every_output():

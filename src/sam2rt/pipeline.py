@@ -9,6 +9,7 @@ closed so that what was written stays valid, and every output holds the same fra
 
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
 from typing import NamedTuple, Optional, Sequence
@@ -32,6 +33,7 @@ from .io.sinks import (
 from .io.track_source import TrackSource
 from .io.video_file import VideoReadError
 from .stop_signals import StopSignals
+from .tracking.lookahead import default_lookahead, encoded_ahead
 from .tracking.stream import FrameResult, StreamTracker
 
 # Errors of the input or the outputs, not of sam2rt: they end a run with a message, not a traceback.
@@ -103,6 +105,7 @@ def run_tracking(
     max_frames: Optional[int] = None,
     progress: Optional[bool] = None,
     stops: Optional[StopSignals] = None,
+    lookahead: Optional[int] = None,
 ) -> RunSummary:
     """Track every frame of `source` (at most `max_frames`) into `sinks`; closes both.
 
@@ -110,11 +113,12 @@ def run_tracking(
     summary's `error` (Interrupted for a signal); anything else is a bug and is raised, after the
     outputs are closed. A frame goes to every output or to none, so the summary's frame count is
     what each output holds. `stops`: the caller's active StopSignals (None: installed for the run).
-    `progress`: show a progress bar (None: when stderr is a terminal).
+    `progress`: show a progress bar (None: when stderr is a terminal). `lookahead`: frames of a video
+    known ahead encoded in one batch (None: tracking.lookahead's default; a live source: always 1).
     """
     if stops is None:
         with StopSignals() as own:
-            return run_tracking(tracker, source, prompts, sinks, max_frames, progress, own)
+            return run_tracking(tracker, source, prompts, sinks, max_frames, progress, own, lookahead)
     from tqdm import tqdm
 
     pending = sorted(prompts, key=lambda p: p.frame)  # stable: same-frame prompts keep their order
@@ -124,7 +128,11 @@ def run_tracking(
     frames = 0
     error: Optional[BaseException] = None
     start = time.monotonic()
-    incoming = iter(source)
+    if source.length is None:
+        lookahead = 1  # a live source: frames are tracked as they come, never held back
+    elif lookahead is None:
+        lookahead = default_lookahead(tracker)
+    incoming = encoded_ahead(tracker, itertools.islice(source, max_frames), lookahead, image=lambda item: item[1])
     try:
         while frames != max_frames:
             with stops.interruptible():  # a signal here drops this frame: no output has it yet

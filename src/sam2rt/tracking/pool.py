@@ -17,7 +17,7 @@ from torch import Tensor
 from ..frames import ImageLike
 from ..model.sam2 import SAM2Model
 from ..preprocess import Resize, check_resize
-from .engine import TrackerOptions, TrackingEngine
+from .engine import EncodedFrame, TrackerOptions, TrackingEngine
 from .pooled_stream import FrameResult, PooledStream
 
 
@@ -77,11 +77,17 @@ class StreamPool:
         for stream in frames:
             self._check_member(stream)
         # Every frame is checked before any stream changes: a refused step leaves all streams as they were.
-        rgbs = {stream: stream.to_rgb(frame) for stream, frame in frames.items()}
-        return self._step(rgbs) if rgbs else {}
+        ahead = {stream: stream.encoded_ahead(frame) for stream, frame in frames.items()}
+        rgbs = {stream: stream.to_rgb(frame) for stream, frame in frames.items() if ahead[stream] is None}
+        return self._step(rgbs, {stream: encoded for stream, encoded in ahead.items() if encoded is not None})
 
-    def _step(self, rgbs: dict[PooledStream, Tensor]) -> dict[PooledStream, FrameResult]:
-        streams = list(rgbs)
+    def _step(
+        self, rgbs: dict[PooledStream, Tensor], ahead: dict[PooledStream, EncodedFrame]
+    ) -> dict[PooledStream, FrameResult]:
+        """Step the streams of `rgbs` (new frames to encode) and of `ahead` (frames they encoded ahead)."""
+        streams = [*rgbs, *ahead]
+        if not streams:
+            return {}
         engine = self.engine
         # The prompts on each stream's newest frame become memory: one memory-encoder call for all.
         pending = [(stream, obj) for stream in streams for obj in stream.pending_objects()]
@@ -89,9 +95,12 @@ class StreamPool:
             engine.encode_prompted([stream.frame for stream, _ in pending], [obj.pending.output for _, obj in pending])
             for stream in streams:
                 stream.commit_pending()
-        # The new frames: one image-encoder call.
-        encoded = engine.encode_batch([(stream.frame_idx + 1, rgbs[stream]) for stream in streams])
-        for stream, frame in zip(streams, encoded):
+        # The new frames: one image-encoder call for those not encoded ahead.
+        if rgbs:
+            encoded = engine.encode_batch([(stream.frame_idx + 1, rgb) for stream, rgb in rgbs.items()])
+            for stream, frame in zip(rgbs, encoded):
+                stream.take_frame(frame)
+        for stream, frame in ahead.items():
             stream.take_frame(frame)
         # Every object of every stream: one memory attention, one decoder and one memory-encoder call.
         tracked = [(stream, obj) for stream in streams for obj in stream.tracked_objects()]

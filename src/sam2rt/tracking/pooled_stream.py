@@ -10,8 +10,9 @@ The pool runs the model; a stream keeps its state and says what the pool must co
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NamedTuple, Optional
+from typing import TYPE_CHECKING, NamedTuple, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -64,6 +65,7 @@ class PooledStream:
         self._pool: Optional[StreamPool] = pool
         self._objects: dict[int, _StreamObject] = {}
         self._frame: Optional[EncodedFrame] = None
+        self._ahead: deque[tuple[ImageLike, EncodedFrame]] = deque()  # (frame given, its features), in order
 
     @property
     def pool(self) -> StreamPool:
@@ -95,6 +97,20 @@ class PooledStream:
     def step(self, frame: ImageLike) -> FrameResult:
         """Add the next frame and track every object on it."""
         return self.pool.step({self: frame})[self]
+
+    @torch.inference_mode()
+    def encode_ahead(self, frames: Sequence[ImageLike]) -> None:
+        """Encode upcoming frames in one batched image-encoder call, before they are stepped.
+
+        For a video known ahead (a file, a folder): a batch of 4 frames encodes at 1.5 ms a frame
+        against 2.2 for one (tiny, H200). `step` then takes the features of the very frame objects
+        given here, in this order; a step with any other frame drops them all, so results never
+        come from the wrong frame. Features do not depend on prompts: prompting in between is fine.
+        """
+        self._check_open()
+        rgbs = [self.to_rgb(frame) for frame in frames]  # every frame checked before any is encoded
+        encoded = self.engine.encode_batch([(-1, rgb) for rgb in rgbs])  # indices are set when stepped
+        self._ahead.extend(zip(frames, encoded))
 
     @torch.inference_mode()
     def add_prompt(
@@ -181,6 +197,12 @@ class PooledStream:
 
     # What the pool calls
 
+    def encoded_ahead(self, frame: ImageLike) -> Optional[EncodedFrame]:
+        """The features `encode_ahead` made of this frame object if it is the next one there, else None."""
+        if self._ahead and self._ahead[0][0] is frame:
+            return self._ahead[0][1]
+        return None
+
     def to_rgb(self, frame: ImageLike) -> Tensor:
         """A frame as the (3, H, W) tensor the pool encodes; raises on a bad frame before anything changes."""
         return as_rgb_tensor(frame)
@@ -206,7 +228,12 @@ class PooledStream:
         return list(self._objects.values())
 
     def take_frame(self, frame: EncodedFrame) -> None:
-        self._frame = frame
+        """The next frame, encoded (by the pool now, or ahead): the stream's newest from here on."""
+        if self._ahead and self._ahead[0][1] is frame:
+            self._ahead.popleft()
+        else:
+            self._ahead.clear()  # stepped with another frame: the frames encoded ahead will not come in order
+        self._frame = frame._replace(index=self.frame_idx + 1)
 
     def take_tracked(self, obj: _StreamObject, output: FrameOutput) -> None:
         obj.memory.write_tracked(self.frame_idx, output.memory, output.pointer)
@@ -229,6 +256,7 @@ class PooledStream:
     def detach(self) -> None:
         """Drop all state and the pool: the stream is closed."""
         self._objects.clear()
+        self._ahead.clear()
         self._frame = None
         self._pool = None
 
