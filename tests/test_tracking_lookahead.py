@@ -11,6 +11,7 @@ from sam2rt.io.prompt_file import Prompt
 from sam2rt.io.sinks import SinkSet, TrackedFrame
 from sam2rt.io.sources import ListFrames
 from sam2rt.io.track_source import FileSource
+from sam2rt.io.video_file import VideoReadError
 from sam2rt.pipeline import run_tracking
 from sam2rt.tracking.lookahead import encoded_ahead
 
@@ -166,3 +167,55 @@ def test_a_file_tracked_with_lookahead_writes_what_it_writes_without(model, enco
         assert a.index == b.index and a.object_ids == b.object_ids
         # thresholded masks: a logit within float noise of 0 may flip a pixel
         assert (a.masks != b.masks).mean() < 1e-3
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_video_propagation_with_lookahead_equals_frame_by_frame(model, encoder_batches, reverse):
+    frames = _moving_square(11)
+    runs = {}
+    for lookahead in (1, 4):
+        predictor = sam2rt.VideoPredictor(model, fill_hole_area=0, lookahead=lookahead)
+        state = predictor.init_state(frames)
+        start = 10 if reverse else 0
+        predictor.add_new_points_or_box(state, start, 1, points=[(16 + 3 * start, 20)], labels=[1])
+        encoder_batches.clear()
+        runs[lookahead] = list(predictor.propagate_in_video(state, reverse=reverse))
+        # frames tracked in order after the prompted one: positions 1-3 one by one, then 4-7 together, 8-10 one by one
+        assert encoder_batches == ([1] * 10 if lookahead == 1 else [1, 1, 1, 4, 1, 1, 1])
+    assert [idx for idx, _, _ in runs[4]] == [idx for idx, _, _ in runs[1]]
+    for (_, ids_a, masks_a), (_, ids_b, masks_b) in zip(runs[4], runs[1]):
+        assert ids_a == ids_b and (masks_b > 0).any()
+        assert (masks_a - masks_b).abs().max().item() < CLOSE * max(1.0, masks_b.abs().max().item())
+
+
+def test_video_lookahead_must_be_positive(model):
+    with pytest.raises(ValueError, match="lookahead must be at least 1"):
+        sam2rt.VideoPredictor(model, lookahead=0)
+
+
+class _BreaksAt:
+    """A video whose frame `broken` fails to decode (as a damaged mp4 does midway)."""
+
+    def __init__(self, frames, broken: int) -> None:
+        self.frames, self.broken = frames, broken
+        self.size = frames.size
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, index: int):
+        if index == self.broken:
+            raise VideoReadError(f"frame {index} cannot be decoded")
+        return self.frames[index]
+
+
+def test_video_frame_that_fails_to_load_fails_in_its_turn(model):
+    predictor = sam2rt.VideoPredictor(model, fill_hole_area=0, lookahead=4)
+    state = predictor.init_state(_moving_square(9))
+    state.frames = _BreaksAt(state.frames, broken=6)  # inside the group of frames 4 to 7
+    predictor.add_new_points_or_box(state, 0, 1, points=[(16, 20)], labels=[1])
+    yielded = []
+    with pytest.raises(VideoReadError, match="frame 6"):
+        for frame_idx, _, _ in predictor.propagate_in_video(state):
+            yielded.append(frame_idx)
+    assert yielded == [0, 1, 2, 3, 4, 5]  # every frame before the broken one

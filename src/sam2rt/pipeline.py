@@ -131,7 +131,7 @@ def run_tracking(
     if source.length is None:
         lookahead = 1  # a live source: frames are tracked as they come, never held back
     elif lookahead is None:
-        lookahead = default_lookahead(tracker)
+        lookahead = default_lookahead(tracker.engine.device)
     incoming = encoded_ahead(tracker, itertools.islice(source, max_frames), lookahead, image=lambda item: item[1])
     try:
         while frames != max_frames:

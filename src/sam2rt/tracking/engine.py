@@ -101,6 +101,21 @@ class TrackingEngine:
             for row, (index, rgb) in enumerate(frames)
         ]
 
+    def encode_into_cache(self, frames: Sequence[tuple[int, Callable[[], Tensor]]]) -> None:
+        """Encode (index, load) frames in one image-encoder call into the cache, unless one is cached already
+        (the others then come one by one through `encode`: no batch of another size to capture) or one
+        fails to load (its error then comes through `encode` in its turn, after the frames before it)."""
+        if len(frames) > self.cached_frames or any(index in self._cache for index, _ in frames):
+            return
+        try:
+            rgbs = [(index, load()) for index, load in frames]
+        except Exception:  # noqa: BLE001 - raised again, in order, when that frame is encoded alone
+            return
+        for frame in self.encode_batch(rgbs):
+            self._cache[frame.index] = frame
+        while len(self._cache) > self.cached_frames:
+            self._cache.popitem(last=False)
+
     def clear_cache(self) -> None:
         self._cache.clear()
 

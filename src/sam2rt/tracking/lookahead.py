@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Callable, Iterable, Iterator, TypeVar
 
+import torch
+
 from ..frames import ImageLike
 from .pooled_stream import PooledStream
 
@@ -18,9 +20,9 @@ Item = TypeVar("Item")
 DEFAULT_LOOKAHEAD = 4  # on CUDA; batches of 8 gained little more (1.47 against 1.53 ms a frame, tiny)
 
 
-def default_lookahead(stream: PooledStream) -> int:
+def default_lookahead(device: torch.device) -> int:
     """Frames to encode at once: DEFAULT_LOOKAHEAD on CUDA; 1 elsewhere (a CPU gains nothing from the batch)."""
-    return DEFAULT_LOOKAHEAD if stream.engine.device.type == "cuda" else 1
+    return DEFAULT_LOOKAHEAD if device.type == "cuda" else 1
 
 
 def encoded_ahead(

@@ -9,7 +9,7 @@ propagation may start from any frame. `offload_state_to_cpu` keeps them in CPU m
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -20,6 +20,7 @@ from ..model.sam2 import NO_OBJECT_SCORE, SAM2Model
 from ..preprocess import Resize, check_resize
 from ..prompts import mask_to_model_frame, object_clicks
 from .engine import EncodedFrame, TrackerOptions, TrackingEngine
+from .lookahead import default_lookahead
 from .memory_bank import FrameArchive, FrameOutput
 
 
@@ -59,6 +60,12 @@ class InferenceState:
             raise KeyError(f"{key!r}: this state exposes {', '.join(self._COMPATIBLE_KEYS)}")
         return getattr(self, key)
 
+    def encode_ahead(self, frame_indices: Sequence[int]) -> None:
+        """Encode these frames in one image-encoder call (VideoPredictor's lookahead), unless one is cached."""
+        self.engine.encode_into_cache(
+            [(index, lambda index=index: as_rgb_tensor(self.frames[index])) for index in frame_indices]
+        )
+
     def frame(self, frame_idx: int) -> EncodedFrame:
         if not 0 <= frame_idx < self.num_frames:
             raise IndexError(f"frame {frame_idx} is outside the video's {self.num_frames} frames")
@@ -71,7 +78,8 @@ class VideoPredictor:
     Options have the official names and defaults (corrections are not conditioning frames unless
     `add_all_frames_to_correct_as_cond`); `memory_dtype` defaults to bf16 on CUDA, fp32 on CPU.
     `resize` names how frames become the model's input (preprocess.py); the default is the official
-    video loader's, so that a JPEG folder gives the official numbers.
+    video loader's, so that a JPEG folder gives the official numbers. `lookahead`: frames encoded in
+    one image-encoder call while propagating (tracking/lookahead.py; None: 4 on CUDA, 1 elsewhere).
     """
 
     def __init__(
@@ -85,8 +93,12 @@ class VideoPredictor:
         max_cond_frames_in_attn: int = -1,
         memory_dtype: Optional[torch.dtype] = None,
         resize: Resize = "pil-bicubic",
+        lookahead: Optional[int] = None,
     ) -> None:
+        if lookahead is not None and lookahead < 1:
+            raise ValueError(f"lookahead must be at least 1, got {lookahead}")
         self.model = model
+        self.lookahead = default_lookahead(model.device) if lookahead is None else lookahead
         self.options = TrackerOptions(
             fill_hole_area=fill_hole_area,
             non_overlap_masks=non_overlap_masks,
@@ -114,7 +126,8 @@ class VideoPredictor:
         options = self.options
         if offload_state_to_cpu:
             options = TrackerOptions(**{**options.__dict__, "offload_state_to_cpu": True})
-        state = InferenceState(open_frames(video_path), TrackingEngine(self.model, options, cached_frames=1))
+        engine = TrackingEngine(self.model, options, cached_frames=self.lookahead)
+        state = InferenceState(open_frames(video_path), engine)
         state.frame(0)  # decode and encode the first frame, where prompts usually go
         return state
 
@@ -280,9 +293,11 @@ class VideoPredictor:
             end = min(start_frame_idx + max_frame_num_to_track, state.num_frames - 1)
             order = range(start_frame_idx, end + 1)
         radius = self.model.config.num_maskmem
-        for frame_idx in order:
+        for position, frame_idx in enumerate(order):
             to_track = [obj for obj in objects if frame_idx not in obj.archive.cond]
             if to_track:
+                if self.lookahead > 1 and position % self.lookahead == 0 and position + self.lookahead <= len(order):
+                    state.encode_ahead(order[position : position + self.lookahead])
                 outputs = state.engine.track(
                     [state.frame(frame_idx)], [obj.archive for obj in to_track], reverse, state.num_frames
                 )
