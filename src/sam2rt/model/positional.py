@@ -95,6 +95,13 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     A key sequence made of several frames of N tokens each is passed as (..., frames, N, d).
     """
     pairs = x.float().unflatten(-1, (-1, 2))  # (..., N, d // 2, 2)
-    real, imag = pairs[..., 0], pairs[..., 1]
-    rotated = torch.stack((real * cos - imag * sin, real * sin + imag * cos), dim=-1)
-    return rotated.flatten(-2).type_as(x)
+    if torch.compiler.is_compiling():
+        # Inductor fuses the real form into one kernel; complex numbers it leaves to eager kernels
+        # (4 objects' compiled step measured 7% slower with them on an H200).
+        real, imag = pairs[..., 0], pairs[..., 1]
+        rotated = torch.stack((real * cos - imag * sin, real * sin + imag * cos), dim=-1)
+        return rotated.flatten(-2).type_as(x)
+    # Eager: each pair as one complex number times e^(i angle), one pass over x. The real form's strided
+    # halves take 6 kernels: 6x slower on a CPU; tiny replayed from CUDA graphs tracks 13-15% faster so.
+    rotated = torch.view_as_complex(pairs) * torch.complex(cos, sin)  # (..., N, d // 2) complex
+    return torch.view_as_real(rotated).flatten(-2).type_as(x)

@@ -1,0 +1,44 @@
+"""The axial rotary encoding: eager (complex numbers) and compiled (real pairs) forms rotate every channel pair alike."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sam2rt.model.positional import apply_rotary, rotary_tables
+
+
+def _rotated_pair_by_pair(x, cos, sin):
+    """Each channel pair (x0, x1) of each token times its 2 x 2 rotation matrix, one at a time."""
+    out = torch.empty_like(x)
+    for token in range(x.shape[-2]):
+        for pair in range(x.shape[-1] // 2):
+            c, s = cos[token, pair], sin[token, pair]
+            x0, x1 = x[..., token, 2 * pair], x[..., token, 2 * pair + 1]
+            out[..., token, 2 * pair] = c * x0 - s * x1
+            out[..., token, 2 * pair + 1] = s * x0 + c * x1
+    return out
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_rotary_rotates_each_pair_by_its_angle(compiled):
+    cos, sin = rotary_tables(head_dim=8, side=3)
+    assert cos.shape == sin.shape == (9, 4)
+    assert torch.allclose(cos**2 + sin**2, torch.ones_like(cos))
+    x = torch.randn(2, 3, 9, 8, generator=torch.Generator().manual_seed(0))  # (B, frames, N, d): frames share angles
+    rotate = torch.compile(apply_rotary, backend="eager", fullgraph=True) if compiled else apply_rotary
+    got = rotate(x, cos, sin)
+    assert (got - _rotated_pair_by_pair(x, cos, sin)).abs().max().item() < 1e-5
+    # a rotation keeps each pair's length
+    lengths = x.unflatten(-1, (-1, 2)).norm(dim=-1)
+    assert torch.allclose(got.unflatten(-1, (-1, 2)).norm(dim=-1), lengths, atol=1e-5)
+
+
+def test_rotary_angles_follow_x_then_y():
+    cos, sin = rotary_tables(head_dim=8, side=3)
+    angles = torch.atan2(sin, cos)  # (9, 4): pairs 0-1 turn with x, pairs 2-3 with y
+    token = 1 * 3 + 2  # row y = 1, column x = 2
+    assert math.isclose(angles[token, 0].item(), 2.0, abs_tol=1e-5)  # the first frequency is 1
+    assert math.isclose(angles[token, 2].item(), 1.0, abs_tol=1e-5)
