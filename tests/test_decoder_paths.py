@@ -61,11 +61,27 @@ def test_attention_with_a_short_side_equals_plain_attention(q_shape, kv_shape, m
     assert (got - expected).abs().max().item() < 1e-5 * max(1.0, expected.abs().max().item())
 
 
-def test_attention_with_a_short_side_passes_gradients_like_plain_attention():
+def test_a_side_just_longer_than_few_tokens_takes_the_kernels(monkeypatch):
+    calls = []
+    monkeypatch.setattr(
+        layers,
+        "attention",
+        lambda q, k, v, key_mask=None: calls.append(q.shape) or F.scaled_dot_product_attention(q, k, v),
+    )
+    module = Attention(64, num_heads=8, downsample_rate=2)
+    module(torch.randn(2, FEW_TOKENS + 1, 64), torch.randn(2, 300, 64), torch.randn(2, 300, 64))
+    assert calls == [(2, 8, FEW_TOKENS + 1, 4)]
+
+
+@pytest.mark.parametrize(
+    "q_shape, kv_shape",
+    [((2, 50, 32), (2, 5, 32)), ((2, 5, 32), (2, 50, 32)), ((1, 50, 32), (2, 5, 32)), ((2, 5, 32), (1, 50, 32))],
+)
+def test_attention_with_a_short_side_passes_gradients_like_plain_attention(q_shape, kv_shape):
     generator = torch.Generator().manual_seed(2)
     module = Attention(32, num_heads=4, downsample_rate=2)
-    q = torch.randn(2, 50, 32, generator=generator, requires_grad=True)
-    kv = torch.randn(2, 5, 32, generator=generator, requires_grad=True)
+    q = torch.randn(q_shape, generator=generator, requires_grad=True)
+    kv = torch.randn(kv_shape, generator=generator, requires_grad=True)
     module(q, kv, kv).square().sum().backward()
     fast = [q.grad.clone(), kv.grad.clone()] + [p.grad.clone() for p in module.parameters()]
     q.grad = kv.grad = None
@@ -98,3 +114,11 @@ def test_upscaling_by_matmuls_equals_transposed_convolutions(shared_skips):
     got = decoder._upscaled_masks(tokens, (feat_s0, feat_s1), hyper_in, height, width)
     assert got.shape == (batch, 4, 4 * height, 4 * width)
     assert (got - expected).abs().max().item() < 1e-5 * max(1.0, expected.abs().max().item())
+
+
+def test_a_short_side_keeps_the_autocast_dtype():
+    module = Attention(64, num_heads=8, downsample_rate=2)
+    image, tokens = torch.randn(2, 300, 64), torch.randn(2, 7, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = _plain_attention(module, image, tokens, tokens).dtype
+        assert module(image, tokens, tokens).dtype == module(tokens, image, image).dtype == plain == torch.bfloat16

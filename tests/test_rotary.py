@@ -42,3 +42,11 @@ def test_rotary_angles_follow_x_then_y():
     token = 1 * 3 + 2  # row y = 1, column x = 2
     assert math.isclose(angles[token, 0].item(), 2.0, abs_tol=1e-5)  # the first frequency is 1
     assert math.isclose(angles[token, 2].item(), 1.0, abs_tol=1e-5)
+
+
+def test_a_traced_rotary_holds_no_complex_operators():
+    cos, sin = rotary_tables(head_dim=8, side=3)
+    x = torch.randn(1, 9, 8)
+    traced = torch.jit.trace(lambda x: apply_rotary(x, cos, sin), (x,))
+    assert "complex" not in str(traced.graph)  # exported graphs (ONNX) have no complex operators
+    assert (traced(x) - apply_rotary(x, cos, sin)).abs().max().item() < 1e-6

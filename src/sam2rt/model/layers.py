@@ -193,7 +193,8 @@ class Attention(nn.Module):
         probs = torch.softmax(scores.unflatten(-1, (heads, num_keys)), dim=-1).flatten(-2)
         # rows of values already projected out: (B, heads * Nk, C)
         values_out = block_diagonal_heads(self.v_proj(v), heads) @ self.out_proj.weight.t()
-        return probs @ values_out + self.out_proj.bias  # (B, Nq, C)
+        out = probs @ values_out  # (B, Nq, C)
+        return out + self.out_proj.bias.to(out.dtype)  # under autocast, as out_proj's own output dtype
 
     def _attend_few_queries(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """At most FEW_TOKENS queries over many keys: q (B or 1, Nq, C), k and v (B or 1, Nk, C) -> (B, Nq, C)."""
