@@ -105,6 +105,33 @@ def test_a_step_with_another_frame_drops_the_frames_encoded_ahead(model, encoder
     _assert_same_results(got, expected[1:])
 
 
+def test_frames_encoded_ahead_are_held_and_let_go_with_the_stream(model):
+    frames = _moving_square(3)
+    tracker = sam2rt.StreamTracker(model, fill_hole_area=0)
+    tracker.step(frames[0])
+    held = len(tracker.state_tensors())
+    tracker.encode_ahead(frames[1:])
+    assert len(tracker.state_tensors()) == 3 * held  # the newest frame's features and two more
+    tracker.reset()
+    assert tracker.state_tensors() == []
+    assert tracker.step(frames[1]).frame_idx == 0  # encoded again after the reset
+
+
+def test_a_pool_returns_results_in_the_order_its_streams_were_given(model):
+    frames = _moving_square(2)
+    pool = sam2rt.StreamPool(model, fill_hole_area=0)
+    first, second = pool.open_stream(), pool.open_stream()
+    first.encode_ahead([frames[0]])  # the first stream's frame is ready, the second's is encoded in the step
+    results = pool.step({first: frames[0], second: frames[1]})
+    assert list(results) == [first, second]
+
+
+def test_groups_must_hold_a_frame(model):
+    tracker = sam2rt.StreamTracker(model)
+    with pytest.raises(ValueError, match="at least 1"):
+        next(encoded_ahead(tracker, _moving_square(2), 0))
+
+
 def test_a_refused_frame_in_a_group_is_refused_in_its_turn(model):
     frames = _moving_square(4)
     bad = np.full((48, 64, 3), np.nan, dtype=np.float32)
@@ -155,7 +182,14 @@ def test_a_file_tracked_with_lookahead_writes_what_it_writes_without(model, enco
         keep = _Keep()
         tracker = sam2rt.StreamTracker(model, fill_hole_area=0)
         summary = run_tracking(
-            tracker, FileSource(ListFrames(frames), "clip"), prompts, SinkSet([keep]), max_frames, False, None, lookahead
+            tracker,
+            FileSource(ListFrames(frames), "clip"),
+            prompts,
+            SinkSet([keep]),
+            max_frames,
+            False,
+            None,
+            lookahead,
         )
         assert summary.error is None
         runs[lookahead] = keep.frames
@@ -180,8 +214,8 @@ def test_video_propagation_with_lookahead_equals_frame_by_frame(model, encoder_b
         predictor.add_new_points_or_box(state, start, 1, points=[(16 + 3 * start, 20)], labels=[1])
         encoder_batches.clear()
         runs[lookahead] = list(predictor.propagate_in_video(state, reverse=reverse))
-        # frames tracked in order after the prompted one: positions 1-3 one by one, then 4-7 together, 8-10 one by one
-        assert encoder_batches == ([1] * 10 if lookahead == 1 else [1, 1, 1, 4, 1, 1, 1])
+        # the 10 frames after the prompted one: two groups of 4, then the last 2 one by one
+        assert encoder_batches == ([1] * 10 if lookahead == 1 else [4, 4, 1, 1])
     assert [idx for idx, _, _ in runs[4]] == [idx for idx, _, _ in runs[1]]
     for (_, ids_a, masks_a), (_, ids_b, masks_b) in zip(runs[4], runs[1]):
         assert ids_a == ids_b and (masks_b > 0).any()
@@ -212,7 +246,7 @@ class _BreaksAt:
 def test_video_frame_that_fails_to_load_fails_in_its_turn(model):
     predictor = sam2rt.VideoPredictor(model, fill_hole_area=0, lookahead=4)
     state = predictor.init_state(_moving_square(9))
-    state.frames = _BreaksAt(state.frames, broken=6)  # inside the group of frames 4 to 7
+    state.frames = _BreaksAt(state.frames, broken=6)  # inside the group of frames 5 to 8
     predictor.add_new_points_or_box(state, 0, 1, points=[(16, 20)], labels=[1])
     yielded = []
     with pytest.raises(VideoReadError, match="frame 6"):

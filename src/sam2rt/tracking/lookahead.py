@@ -35,6 +35,8 @@ def encoded_ahead(
     and so is a group with a frame `step` would refuse: it is refused there, in its turn. When reading
     the next item fails, the items read before it are yielded first, then the error is raised.
     """
+    if count < 1:
+        raise ValueError(f"frames are encoded ahead in groups of at least 1, got {count}")
     iterator = iter(items)
     while True:
         group: list[Item] = []
@@ -48,9 +50,16 @@ def encoded_ahead(
             raise
         if not group:
             return
-        if count > 1 and len(group) == count:
-            try:
-                stream.encode_ahead([image(item) for item in group])
-            except (TypeError, ValueError):
-                pass
+        if count > 1 and len(group) == count and _acceptable(stream, [image(item) for item in group]):
+            stream.encode_ahead([image(item) for item in group])
         yield from group
+
+
+def _acceptable(stream: PooledStream, frames: list[ImageLike]) -> bool:
+    """Whether `step` would take every one of these frames (its checks, without encoding anything)."""
+    try:
+        for frame in frames:
+            stream.to_rgb(frame)
+    except (TypeError, ValueError):
+        return False
+    return True

@@ -79,15 +79,15 @@ class StreamPool:
         # Every frame is checked before any stream changes: a refused step leaves all streams as they were.
         ahead = {stream: stream.encoded_ahead(frame) for stream, frame in frames.items()}
         rgbs = {stream: stream.to_rgb(frame) for stream, frame in frames.items() if ahead[stream] is None}
-        return self._step(rgbs, {stream: encoded for stream, encoded in ahead.items() if encoded is not None})
+        ready = {stream: encoded for stream, encoded in ahead.items() if encoded is not None}
+        return self._step(list(frames), rgbs, ready) if frames else {}
 
     def _step(
-        self, rgbs: dict[PooledStream, Tensor], ahead: dict[PooledStream, EncodedFrame]
+        self, order: list[PooledStream], rgbs: dict[PooledStream, Tensor], ahead: dict[PooledStream, EncodedFrame]
     ) -> dict[PooledStream, FrameResult]:
-        """Step the streams of `rgbs` (new frames to encode) and of `ahead` (frames they encoded ahead)."""
+        """Step the streams of `rgbs` (new frames to encode) and of `ahead` (frames they encoded ahead);
+        results in the streams' `order`."""
         streams = [*rgbs, *ahead]
-        if not streams:
-            return {}
         engine = self.engine
         # The prompts on each stream's newest frame become memory: one memory-encoder call for all.
         pending = [(stream, obj) for stream in streams for obj in stream.pending_objects()]
@@ -113,7 +113,7 @@ class StreamPool:
             )
             for (stream, obj), output in zip(tracked, outputs):
                 stream.take_tracked(obj, output)
-        return {stream: stream.result() for stream in streams}
+        return {stream: stream.result() for stream in order}
 
     def _check_member(self, stream: PooledStream) -> None:
         if not isinstance(stream, PooledStream):

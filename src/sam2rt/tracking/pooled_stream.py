@@ -104,8 +104,10 @@ class PooledStream:
 
         For a video known ahead (a file, a folder): a batch of 4 frames encodes at 1.5 ms a frame
         against 2.2 for one (tiny, H200). `step` then takes the features of the very frame objects
-        given here, in this order; a step with any other frame drops them all, so results never
-        come from the wrong frame. Features do not depend on prompts: prompting in between is fine.
+        given here, in this order; a step with any other frame object drops them all. Frames are
+        matched by identity, not content: a frame changed in place after this call is tracked on its
+        features from before. Features do not depend on prompts: prompting in between is fine. The
+        frames of one call share one batch of features in memory until the last of them is released.
         """
         self._check_open()
         rgbs = [self.to_rgb(frame) for frame in frames]  # every frame checked before any is encoded
@@ -168,9 +170,10 @@ class PooledStream:
         return self.result()
 
     def reset(self) -> None:
-        """Forget every object and frame."""
+        """Forget every object and frame (frames encoded ahead included)."""
         self._check_open()
         self._objects.clear()
+        self._ahead.clear()
         self._frame = None
 
     def close(self) -> None:
@@ -178,10 +181,12 @@ class PooledStream:
         self.pool.close_stream(self)
 
     def state_tensors(self) -> list[Tensor]:
-        """Every tensor the stream holds between frames (memories, outputs, the newest frame's features)."""
+        """Every tensor the stream holds between frames (memories, outputs, the features of the newest frame and of
+        frames encoded ahead)."""
         held = []
-        if self._frame is not None:
-            held += [self._frame.features.embed, *self._frame.features.high_res]
+        for frame in [self._frame, *(encoded for _, encoded in self._ahead)]:
+            if frame is not None:
+                held += [frame.features.embed, *frame.features.high_res]
         for obj in self._objects.values():
             held += obj.memory.tensors()
             for output in (obj.latest, obj.pending.output if obj.pending else None):

@@ -296,7 +296,8 @@ class VideoPredictor:
         for position, frame_idx in enumerate(order):
             to_track = [obj for obj in objects if frame_idx not in obj.archive.cond]
             if to_track:
-                if self.lookahead > 1 and position % self.lookahead == 0 and position + self.lookahead <= len(order):
+                if self.lookahead > 1 and position + self.lookahead <= len(order):
+                    # this frame and the next ones in one call, unless one of them is cached already
                     state.encode_ahead(order[position : position + self.lookahead])
                 outputs = state.engine.track(
                     [state.frame(frame_idx)], [obj.archive for obj in to_track], reverse, state.num_frames
