@@ -50,16 +50,6 @@ def encoded_ahead(
             raise
         if not group:
             return
-        if count > 1 and len(group) == count and _acceptable(stream, [image(item) for item in group]):
-            stream.encode_ahead([image(item) for item in group])
+        if count > 1 and len(group) == count:
+            stream.encode_ahead([image(item) for item in group], skip_refused=True)
         yield from group
-
-
-def _acceptable(stream: PooledStream, frames: list[ImageLike]) -> bool:
-    """Whether `step` would take every one of these frames (its checks, without encoding anything)."""
-    try:
-        for frame in frames:
-            stream.to_rgb(frame)
-    except (TypeError, ValueError):
-        return False
-    return True

@@ -99,7 +99,7 @@ class PooledStream:
         return self.pool.step({self: frame})[self]
 
     @torch.inference_mode()
-    def encode_ahead(self, frames: Sequence[ImageLike]) -> None:
+    def encode_ahead(self, frames: Sequence[ImageLike], skip_refused: bool = False) -> bool:
         """Encode upcoming frames in one batched image-encoder call, before they are stepped.
 
         For a video known ahead (a file, a folder): a batch of 4 frames encodes at 1.5 ms a frame
@@ -108,11 +108,20 @@ class PooledStream:
         matched by identity, not content: a frame changed in place after this call is tracked on its
         features from before. Features do not depend on prompts: prompting in between is fine. The
         frames of one call share one batch of features in memory until the last of them is released.
+
+        A frame `step` would refuse raises here, before anything is encoded; with `skip_refused`, nothing
+        is encoded and False is returned instead (`step` then refuses that frame in its turn).
         """
         self._check_open()
-        rgbs = [self.to_rgb(frame) for frame in frames]  # every frame checked before any is encoded
+        try:
+            rgbs = [self.to_rgb(frame) for frame in frames]  # every frame checked before any is encoded
+        except (TypeError, ValueError):
+            if skip_refused:
+                return False
+            raise
         encoded = self.engine.encode_batch([(-1, rgb) for rgb in rgbs])  # indices are set when stepped
         self._ahead.extend(zip(frames, encoded))
+        return True
 
     @torch.inference_mode()
     def add_prompt(
