@@ -120,8 +120,13 @@ def test_track_writes_every_output_and_they_match_the_api(tmp_path, checkpoint, 
         with Image.open(out / "png" / f"{name}.png") as png:
             assert png.mode == "P"
             np.testing.assert_array_equal(np.asarray(png), _label_map(logits))
-    with Image.open(out / "png" / f"{names[-1]}.png") as last:
-        assert {1, 2, 3} <= set(np.unique(np.asarray(last)))
+    # Random weights give masks that cover most of the frame, so which object wins a pixel turns on
+    # tiny logit differences that vary between CPUs: every id must win somewhere in the clip, not on a given frame.
+    labels = set()
+    for name in names:
+        with Image.open(out / "png" / f"{name}.png") as png:
+            labels |= set(np.unique(np.asarray(png)).tolist())
+    assert labels == {0, 1, 2, 3}
 
     # COCO: the RLEs decode to the API's masks; an object is annotated exactly on the frames where it is visible.
     coco = json.loads((out / "masks.json").read_text())
