@@ -17,6 +17,7 @@ from cli_support import (
     IMAGE_SIZE,
     VARIANT,
     decode_video,
+    invoke_in_process,
     model_args,
     polygon_expressible,
     run_sam2rt,
@@ -28,6 +29,7 @@ from pycocotools import mask as mask_utils
 
 import sam2rt
 from sam2rt.io.sources import open_frames
+from sam2rt.tracking.pooled_stream import PooledStream
 
 NUM_FRAMES = 6
 
@@ -155,6 +157,58 @@ def test_track_writes_every_output_and_they_match_the_api(tmp_path, checkpoint, 
             filled = _rasterise(polygons[obj_id], CLIP_SIZE)
             iou = (filled & expressible).sum() / (filled | expressible).sum()
             assert iou > 0.9, f"frame {name} object {obj_id}: polygons fill to IoU {iou:.3f}"
+
+
+def test_lookahead_encodes_the_clip_in_groups_and_writes_what_one_by_one_writes(
+    tmp_path, checkpoint, clip, capsys, monkeypatch
+):
+    groups: list[int] = []
+    encode_ahead = PooledStream.encode_ahead
+
+    def recording(self, frames, skip_refused=False):
+        groups.append(len(frames))
+        return encode_ahead(self, frames, skip_refused)
+
+    monkeypatch.setattr(PooledStream, "encode_ahead", recording)
+    labels = {}
+    for lookahead in (1, 3):
+        out = tmp_path / f"ahead{lookahead}"
+        result = invoke_in_process(
+            capsys,
+            "track",
+            clip,
+            "--point",
+            "28,50",
+            "--lookahead",
+            lookahead,
+            "--png-dir",
+            out,
+            *model_args(checkpoint),
+        )
+        assert result.returncode == 0, result.stderr
+        labels[lookahead] = [np.asarray(Image.open(out / f"{index:05d}.png")) for index in range(NUM_FRAMES)]
+    assert groups == [3] * (NUM_FRAMES // 3)  # lookahead 1 encodes nothing ahead
+    for ahead, alone in zip(labels[3], labels[1]):
+        assert alone.any()
+        # a batch may sum in another order than one frame: a logit within float noise of 0 may flip a pixel
+        assert (ahead != alone).mean() < 1e-3
+
+
+def test_lookahead_must_be_positive(tmp_path, checkpoint, clip, capsys):
+    result = invoke_in_process(
+        capsys,
+        "track",
+        clip,
+        "--point",
+        "28,50",
+        "--lookahead",
+        "0",
+        "--png-dir",
+        tmp_path / "png",
+        *model_args(checkpoint),
+    )
+    assert result.returncode == 2 and "--lookahead" in result.stderr
+    assert not (tmp_path / "png").exists()
 
 
 def test_console_script_and_python_dash_m(tmp_path):
