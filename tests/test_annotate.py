@@ -132,6 +132,21 @@ def test_missing_image_and_missing_detector(dataset, checkpoint, capsys):
     assert_clean_error(result, "needs the ultralytics package")
 
 
+@pytest.mark.parametrize("source", ["images", "video", "ray"])
+def test_compile_on_cpu_is_refused_before_anything_is_written(dataset, checkpoint, capsys, source):
+    from cli_support import write_clip
+
+    root, _ = dataset
+    target = write_clip(root / "clip.mp4", count=2) if source == "video" else root / "images"
+    extra = ["--ray"] if source == "ray" else []
+    result = invoke_in_process(
+        capsys, "annotate", target, "--labels", root / "labels", "-o", root / "out", "--compile", *extra,
+        *model_args(checkpoint),
+    )  # fmt: skip
+    assert_clean_error(result, "--compile needs a CUDA device, and the model would run on cpu")
+    assert not (root / "out").exists() or not any((root / "out").rglob("*.txt"))
+
+
 def test_video_key_frames_start_and_correct_tracks(tmp_path, checkpoint, capsys):
     from cli_support import write_clip
 

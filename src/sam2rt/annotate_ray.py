@@ -22,6 +22,7 @@ class ModelSpec(NamedTuple):
     image_size: int
     device: Optional[str]
     fast: bool
+    compile: bool
 
 
 class _Worker:
@@ -30,11 +31,11 @@ class _Worker:
     def __init__(self, spec: ModelSpec, output: str, yolo: bool) -> None:
         from .annotate import BoxSegmenter
         from .checkpoints import default_device, load_model
-        from .runtime import optimize
+        from .runtime import with_speed_options
 
         device = spec.device or default_device()
         model = load_model(spec.variant, spec.checkpoint and Path(spec.checkpoint), device, spec.image_size)
-        self.segmenter = BoxSegmenter(optimize(model) if spec.fast else model)
+        self.segmenter = BoxSegmenter(with_speed_options(model, spec.fast, spec.compile))
         self.output = Path(output)
         self.yolo = yolo
 

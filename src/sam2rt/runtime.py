@@ -144,6 +144,14 @@ def optimize(model: SAM2Model, compile: bool = False) -> SAM2Model:
     return use_cuda_graphs(model)
 
 
+def with_speed_options(model: SAM2Model, fast: bool, compile: bool) -> SAM2Model:
+    """The commands' --fast/--exact and --compile: `optimize(model, compile)` when fast, else only compile if
+    asked (fp32 weights, no graphs). Returns the model."""
+    if fast:
+        return optimize(model, compile)
+    return use_compile(model) if compile else model
+
+
 def use_cuda_graphs(model: SAM2Model) -> SAM2Model:
     """Replay the image encoder, memory attention, mask decoder and memory encoder from CUDA graphs
     (the model must be on CUDA)."""

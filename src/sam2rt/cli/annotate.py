@@ -7,7 +7,18 @@ from typing import Optional
 
 import typer
 
-from .common import CHECKPOINT, DEVICE, FAST, IMAGE_SIZE, VARIANT, RunFailed, app, errors_as_messages, load_cli_model
+from .common import (
+    CHECKPOINT,
+    COMPILE,
+    DEVICE,
+    FAST,
+    IMAGE_SIZE,
+    VARIANT,
+    RunFailed,
+    app,
+    errors_as_messages,
+    load_cli_model,
+)
 
 FORMATS = ("yolo", "coco")
 
@@ -34,6 +45,7 @@ def annotate(
     image_size: int = IMAGE_SIZE,
     device: Optional[str] = DEVICE,
     fast: bool = FAST,
+    compile: bool = COMPILE,
 ) -> None:
     """Turn detection boxes into masks; finished images are skipped when the run is started again."""
     from .. import annotate as annotation
@@ -52,8 +64,9 @@ def annotate(
     with errors_as_messages():
         try:
             check_writable_folder(output)
+            model_options = (checkpoint, variant, image_size, device, fast, compile)
             if is_video(images):
-                _annotate_video(images, labels, output, formats, (checkpoint, variant, image_size, device, fast))
+                _annotate_video(images, labels, output, formats, model_options)
                 return
             class_names = None
             if labels is not None:
@@ -67,11 +80,11 @@ def annotate(
                 typer.echo(f"resuming: {len(items) - len(todo)} of {len(items)} images already done")
             annotation.check_items(todo)
             if todo and ray:
-                spec = _model_spec(checkpoint, variant, image_size, device, fast)
+                spec = _model_spec(*model_options)
                 for name, count in annotate_on_ray(todo, spec, output, "yolo" in formats, ray_address, workers):
                     typer.echo(f"{name}: {count} masks")
             elif todo:
-                segmenter = annotation.BoxSegmenter(load_cli_model(checkpoint, variant, image_size, device, fast))
+                segmenter = annotation.BoxSegmenter(load_cli_model(*model_options))
                 for item in todo:
                     record = annotation.annotate_item(item, segmenter, output, "yolo" in formats)
                     typer.echo(f"{item.image.name}: {len(record['annotations'])} masks")
@@ -85,17 +98,25 @@ def annotate(
             raise RunFailed(str(error)) from None
 
 
-def _model_spec(checkpoint: Optional[Path], variant: Optional[str], image_size: int, device: Optional[str], fast: bool):
+def _model_spec(
+    checkpoint: Optional[Path],
+    variant: Optional[str],
+    image_size: int,
+    device: Optional[str],
+    fast: bool,
+    compile: bool,
+):
     """The model options as each Ray worker loads them (the variant read from the checkpoint, as locally)."""
     from .. import checkpoints
     from ..annotate_ray import ModelSpec
-    from .common import DEFAULT_VARIANT, check_model_options
+    from .common import DEFAULT_VARIANT, check_compile_device, check_model_options, parse_device
 
     check_model_options(variant, image_size)
+    check_compile_device(compile, parse_device(device))  # a worker without --device takes the same default
     if checkpoint is not None and variant is None:
         variant = checkpoints.checkpoint_variant(checkpoint)
     return ModelSpec(
-        None if checkpoint is None else str(checkpoint), variant or DEFAULT_VARIANT, image_size, device, fast
+        None if checkpoint is None else str(checkpoint), variant or DEFAULT_VARIANT, image_size, device, fast, compile
     )
 
 

@@ -150,17 +150,19 @@ def load_cli_model(
     fast: bool,
     compile: bool = False,
 ):
-    from ..runtime import optimize, use_compile
+    from ..runtime import with_speed_options
 
     check_model_options(variant, image_size)
     target = parse_device(device)
-    if compile and target.type != "cuda":
-        # Refused rather than ignored: compiling is set up and measured for CUDA; on CPU inductor needs a C++
-        # compiler and tens of seconds per module, for a speed nobody measured.
-        raise RunFailed(f"--compile needs a CUDA device, and the model would run on {target}")
+    check_compile_device(compile, target)
     if checkpoint is not None and variant is None:
         variant = checkpoints.checkpoint_variant(checkpoint)
     model = checkpoints.load_model(variant or DEFAULT_VARIANT, checkpoint, target, image_size)
-    if fast:
-        return optimize(model, compile)
-    return use_compile(model) if compile else model
+    return with_speed_options(model, fast, compile)
+
+
+def check_compile_device(compile: bool, device) -> None:
+    if compile and device.type != "cuda":
+        # Refused rather than ignored: compiling is set up and measured for CUDA; on CPU inductor needs a C++
+        # compiler and tens of seconds per module, for a speed nobody measured.
+        raise RunFailed(f"--compile needs a CUDA device, and the model would run on {device}")
