@@ -52,3 +52,18 @@ def test_ray_writes_the_files_of_a_single_process_run_and_resumes(tmp_path, chec
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming: 1 of 3 images already done" in resumed.stdout and "f0.png" not in resumed.stdout
     assert _files(tmp_path / "ray") == expected
+
+
+@pytest.mark.parametrize(
+    ("given", "resolved", "worker"), [(None, "cpu", "cpu"), ("cuda:1", "cuda:1", "cuda"), (None, "cuda", "cuda")]
+)
+def test_workers_load_on_the_device_the_driver_resolved(checkpoint, monkeypatch, given, resolved, worker):
+    """Without --device, workers take the driver's default (and reserve a GPU when it is CUDA); a CUDA
+    index becomes plain "cuda": a worker sees only the GPU Ray assigned it."""
+    from sam2rt.cli import annotate as annotate_cli
+    from sam2rt.cli import common
+
+    asked = []
+    monkeypatch.setattr(common, "parse_device", lambda name: asked.append(name) or torch.device(resolved))
+    spec = annotate_cli._model_spec(checkpoint, None, 64, given, True, False)
+    assert asked == [given] and spec.device == worker and spec.variant == "sam2.1_hiera_tiny"

@@ -20,7 +20,7 @@ class ModelSpec(NamedTuple):
     checkpoint: Optional[str]
     variant: str
     image_size: int
-    device: Optional[str]
+    device: str  # as the driver resolved it: "cpu", "cuda" (the GPU Ray assigns), "mps"
     fast: bool
     compile: bool
 
@@ -30,11 +30,10 @@ class _Worker:
 
     def __init__(self, spec: ModelSpec, output: str, yolo: bool) -> None:
         from .annotate import BoxSegmenter
-        from .checkpoints import default_device, load_model
+        from .checkpoints import load_model
         from .runtime import with_speed_options
 
-        device = spec.device or default_device()
-        model = load_model(spec.variant, spec.checkpoint and Path(spec.checkpoint), device, spec.image_size)
+        model = load_model(spec.variant, spec.checkpoint and Path(spec.checkpoint), spec.device, spec.image_size)
         self.segmenter = BoxSegmenter(with_speed_options(model, spec.fast, spec.compile))
         self.output = Path(output)
         self.yolo = yolo
@@ -73,6 +72,6 @@ def annotate_on_ray(
         fn_constructor_args=(spec, str(output), yolo),
         batch_size=1,
         concurrency=workers,
-        num_gpus=1 if spec.device and spec.device.startswith("cuda") else 0,
+        num_gpus=1 if spec.device.startswith("cuda") else 0,
     )
     return [(Path(row["image"]).name, int(row["masks"])) for row in dataset.take_all()]

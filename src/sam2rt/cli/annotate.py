@@ -112,11 +112,21 @@ def _model_spec(
     from .common import DEFAULT_VARIANT, check_compile_device, check_model_options, parse_device
 
     check_model_options(variant, image_size)
-    check_compile_device(compile, parse_device(device))  # a worker without --device takes the same default
+    # Resolved here, as for a local run: workers then reserve a GPU exactly when the run would use one, and
+    # --compile is refused before any worker starts rather than in each of them. A worker sees only the GPU
+    # Ray gives it, so a CUDA index means nothing there.
+    target = parse_device(device)
+    check_compile_device(compile, target)
+    worker_device = "cuda" if target.type == "cuda" else str(target)
     if checkpoint is not None and variant is None:
         variant = checkpoints.checkpoint_variant(checkpoint)
     return ModelSpec(
-        None if checkpoint is None else str(checkpoint), variant or DEFAULT_VARIANT, image_size, device, fast, compile
+        None if checkpoint is None else str(checkpoint),
+        variant or DEFAULT_VARIANT,
+        image_size,
+        worker_device,
+        fast,
+        compile,
     )
 
 
