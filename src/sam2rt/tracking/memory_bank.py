@@ -10,15 +10,18 @@ and object pointers. A frame t tracked in direction d sees, for each object:
 `gather` packs these for a batch of objects, each on its own frame, into fixed-size slots with validity masks, so one
 memory-attention call serves all objects however different their histories are.
 
-Two stores implement the view the gather reads: `RingMemory`, fixed-capacity buffers for streams
-(its size never grows with the frame count), and `FrameArchive`, every frame's output, for the
-offline video predictor whose prompts and re-propagations may land on any frame.
+Two stores implement the view the gather reads: `RingMemory`, fixed-capacity slots for streams (its
+size never grows with the frame count), and `FrameArchive`, every frame's output, for the offline
+video predictor whose prompts and re-propagations may land on any frame. The ring memories of a pool
+are rows of one `MemoryArena`: a batch of them is gathered by slot index in one indexing call per
+tensor, whatever the number of objects and slots.
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
-from typing import Mapping, Optional, Protocol, Sequence
+from typing import Mapping, Optional, Protocol, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -37,17 +40,37 @@ class FrameOutput:
     memory: Optional[Tensor] = None  # (h*w, C_mem) spatial memory in storage dtype; None until encoded
 
 
+@dataclass(frozen=True)
+class RingSlot:
+    """One frame of a RingMemory: where its spatial memory and pointer lie in the arena's row."""
+
+    ring: RingMemory
+    memory_slot: Optional[int]  # None: the frame's spatial memory was overwritten, only its pointer is kept
+    pointer_slot: int
+
+    @property
+    def memory(self) -> Optional[Tensor]:
+        return None if self.memory_slot is None else self.ring.arena.memory[self.ring.row, self.memory_slot]
+
+    @property
+    def pointer(self) -> Tensor:
+        return self.ring.arena.pointers[self.ring.row, self.pointer_slot]
+
+
+Stored = Union[FrameOutput, RingSlot]  # a frame's memory and pointer, as a view returns them
+
+
 class MemoryView(Protocol):
     """The memories of one object, as the gather reads them."""
 
-    def conditioning(self) -> Mapping[int, FrameOutput]: ...
+    def conditioning(self) -> Mapping[int, Stored]: ...
 
-    def tracked(self, frame_idx: int) -> Optional[FrameOutput]: ...
+    def tracked(self, frame_idx: int) -> Optional[Stored]: ...
 
 
 def select_conditioning(
-    frame_idx: int, conditioning: Mapping[int, FrameOutput], limit: int
-) -> tuple[dict[int, FrameOutput], dict[int, FrameOutput]]:
+    frame_idx: int, conditioning: Mapping[int, Stored], limit: int
+) -> tuple[dict[int, Stored], dict[int, Stored]]:
     """Split conditioning frames into those attended to and the rest.
 
     With a limit (-1: none), keep the closest frame before `frame_idx`, the closest at or after
@@ -68,8 +91,8 @@ def select_conditioning(
 
 @dataclass
 class _ObjectMemoryPlan:
-    spatial: list[tuple[Tensor, int]]  # (memory (h*w, C_mem), temporal index)
-    pointers: list[tuple[int, Tensor]]  # (signed frame distance, pointer (C,))
+    spatial: list[tuple[Stored, int]]  # (frame whose spatial memory is seen, temporal index)
+    pointers: list[tuple[int, Stored]]  # (signed frame distance, frame whose pointer is seen)
 
 
 def _plan(
@@ -87,19 +110,19 @@ def _plan(
     direction = -1 if reverse else 1
     recent_slots = config.num_maskmem - 1
 
-    def earlier(distance: int) -> Optional[FrameOutput]:
+    def earlier(distance: int) -> Optional[Stored]:
         t = frame_idx - direction * distance
         return view.tracked(t) or unselected.get(t)
 
-    spatial = [(out.memory, config.num_maskmem - 1) for out in selected.values()]
+    spatial = [(out, config.num_maskmem - 1) for out in selected.values()]
     for distance in range(1, recent_slots + 1):
         out = earlier(distance)
         if out is not None:
-            spatial.append((out.memory, distance - 1))
+            spatial.append((out, distance - 1))
 
     # Pointers of prompted frames on the past side only, then of the frames just before.
     pointers = [
-        ((frame_idx - t) * direction, out.pointer)
+        ((frame_idx - t) * direction, out)
         for t, out in selected.items()
         if (t >= frame_idx if reverse else t <= frame_idx)
     ]
@@ -110,7 +133,7 @@ def _plan(
             break
         out = earlier(distance)
         if out is not None:
-            pointers.append((distance, out.pointer))
+            pointers.append((distance, out))
     return _ObjectMemoryPlan(spatial, pointers)
 
 
@@ -129,43 +152,76 @@ def gather(
         _plan(view, frame_idx, reverse, config, max_cond_in_attn, num_frames)
         for view, frame_idx in zip(views, frame_indices, strict=True)
     ]
+    batch = len(plans)
     frames = max(len(plan.spatial) for plan in plans)
     num_pointers = max(len(plan.pointers) for plan in plans)
-    tokens = config.feature_size**2
-    empty_memory = torch.zeros(tokens, config.memory_dim, dtype=plans[0].spatial[0][0].dtype, device=device)
-    empty_pointer = torch.zeros(config.hidden_dim, device=device)
+    arena = _shared_arena(views)
 
-    spatial, pointers, layout = [], [], []  # layout: per row, (tpos..., valid..., offsets..., pointer valid...)
+    layout = []  # per row: tpos..., valid..., offsets..., pointer valid... (then for an arena: row, slots...)
     for plan in plans:
-        padding = frames - len(plan.spatial)
-        spatial += [memory.to(device, non_blocking=True) for memory, _ in plan.spatial] + [empty_memory] * padding
+        padding, missing = frames - len(plan.spatial), num_pointers - len(plan.pointers)
         layout += [tpos for _, tpos in plan.spatial] + [0] * padding
         layout += [1] * len(plan.spatial) + [0] * padding
-        missing = num_pointers - len(plan.pointers)
-        pointers += [pointer.to(device, torch.float32, non_blocking=True) for _, pointer in plan.pointers]
-        pointers += [empty_pointer] * missing
         layout += [offset for offset, _ in plan.pointers] + [0] * missing
         layout += [1] * len(plan.pointers) + [0] * missing
+    if arena is not None:  # padded slots read slot 0: the validity masks keep them out of the attention
+        for view, plan in zip(views, plans):
+            memory_slots = [stored.memory_slot for stored, _ in plan.spatial] + [0] * (frames - len(plan.spatial))
+            layout += [arena.memory_position(view.row, slot) for slot in memory_slots]
+        for view, plan in zip(views, plans):
+            pointer_slots = [stored.pointer_slot for _, stored in plan.pointers]
+            pointer_slots += [0] * (num_pointers - len(plan.pointers))
+            layout += [arena.pointer_position(view.row, slot) for slot in pointer_slots]
     # The small index tensors travel in one pinned, asynchronous copy: no stall of the GPU queue.
-    layout_tensor = torch.tensor(layout, dtype=torch.long)
-    if device.type == "cuda":
-        layout_tensor = layout_tensor.pin_memory()
-    layout_tensor = layout_tensor.to(device, non_blocking=True).reshape(len(plans), -1)  # (B, 2F + 2P)
-    tpos, spatial_valid, offsets, pointer_valid = layout_tensor.split([frames, frames, num_pointers, num_pointers], 1)
-    batch = len(plans)
-    spatial_padding = any(len(plan.spatial) < frames for plan in plans)
-    pointer_padding = any(len(plan.pointers) < num_pointers for plan in plans)
+    host_layout = torch.tensor(layout, dtype=torch.long)
+    layout_tensor = (host_layout.pin_memory() if device.type == "cuda" else host_layout).to(device, non_blocking=True)
+    width = 2 * frames + 2 * num_pointers
+    per_object = layout_tensor[: batch * width].reshape(batch, width)  # (B, 2F + 2P)
+    tpos, spatial_valid, offsets, pointer_valid = per_object.split([frames, frames, num_pointers, num_pointers], 1)
+    if arena is None:
+        spatial, pointers = _stacked(plans, frames, num_pointers, config, device)
+    else:  # memory kept off the device (offload_state_to_cpu) is indexed where it lies
+        positions = (layout_tensor if arena.device == device else host_layout)[batch * width :]
+        spatial, pointers = arena.gather(positions, batch, frames, device)
     max_pointers = min(num_frames, config.max_obj_ptrs) if num_frames else config.max_obj_ptrs
     return MemoryTokens(
-        spatial=torch.stack(spatial).reshape(batch, frames, tokens, config.memory_dim),
+        spatial=spatial,
         spatial_tpos=tpos,
-        spatial_valid=spatial_valid.bool() if spatial_padding else None,
-        pointers=torch.stack(pointers).reshape(batch, num_pointers, config.hidden_dim)
-        if num_pointers
-        else empty_pointer.new_zeros(batch, 0, config.hidden_dim),
+        spatial_valid=spatial_valid.bool() if any(len(plan.spatial) < frames for plan in plans) else None,
+        pointers=pointers,
         pointer_positions=offsets / max(max_pointers - 1, 1),
-        pointer_valid=pointer_valid.bool() if pointer_padding else None,
+        pointer_valid=pointer_valid.bool() if any(len(plan.pointers) < num_pointers for plan in plans) else None,
     )
+
+
+def _stacked(
+    plans: list[_ObjectMemoryPlan], frames: int, num_pointers: int, config: ModelConfig, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """The planned memories (B, F, h*w, C_mem) and pointers (B, P, C), stacked slot by slot; zeros in padded slots."""
+    tokens = config.feature_size**2
+    first = plans[0].spatial[0][0].memory
+    empty_memory = torch.zeros(tokens, config.memory_dim, dtype=first.dtype, device=device)
+    empty_pointer = torch.zeros(config.hidden_dim, device=device)
+    spatial, pointers = [], []
+    for plan in plans:
+        spatial += [stored.memory.to(device, non_blocking=True) for stored, _ in plan.spatial]
+        spatial += [empty_memory] * (frames - len(plan.spatial))
+        pointers += [stored.pointer.to(device, torch.float32, non_blocking=True) for _, stored in plan.pointers]
+        pointers += [empty_pointer] * (num_pointers - len(plan.pointers))
+    batch = len(plans)
+    stacked_pointers = torch.stack(pointers) if pointers else empty_pointer.new_zeros(0, config.hidden_dim)
+    return (
+        torch.stack(spatial).reshape(batch, frames, tokens, -1),  # (B, F, h*w, C_mem)
+        stacked_pointers.reshape(batch, num_pointers, config.hidden_dim),  # (B, P, C)
+    )
+
+
+def _shared_arena(views: Sequence[MemoryView]) -> Optional[MemoryArena]:
+    """The arena every view is a row of, if there is one."""
+    arena = getattr(views[0], "arena", None)
+    if arena is None or any(getattr(view, "arena", None) is not arena for view in views):
+        return None
+    return arena
 
 
 class FrameArchive:
@@ -189,52 +245,116 @@ class FrameArchive:
             self.non_cond.pop(t, None)
 
 
+class MemoryArena:
+    """The memory slots of every RingMemory of a pool: a row holds one object's spatial memories
+    (max_cond_frames + num_maskmem slots) and pointers (max_cond_frames + max_obj_ptrs slots).
+
+    Rows are handed out and taken back as objects come and go; the tensors grow by doubling when every
+    row is taken (copied once; slots are addressed by (row, slot), never held as views), and are freed
+    when the last row is given back. Like the pool, it is used from one thread at a time.
+    """
+
+    def __init__(self, config: ModelConfig, max_cond_frames: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.config = config
+        self.max_cond_frames = max_cond_frames
+        self.dtype = dtype
+        self.device = device
+        self.memory_slots = max_cond_frames + config.num_maskmem
+        self.pointer_slots = max_cond_frames + config.max_obj_ptrs
+        self._free: list[int] = []
+        self._allocate_rows(0)
+
+    @property
+    def capacity(self) -> int:
+        return self.memory.shape[0]
+
+    def take_row(self) -> int:
+        """A zeroed row for a new object."""
+        if not self._free:
+            self._allocate_rows(max(4, 2 * self.capacity))
+        row = self._free.pop()
+        self.memory[row].zero_()
+        self.pointers[row].zero_()
+        return row
+
+    def give_back(self, row: int) -> None:
+        self._free.append(row)
+        if len(self._free) == self.capacity:
+            self._allocate_rows(0)  # no object left: the memory goes back to the allocator
+
+    def memory_position(self, row: int, slot: int) -> int:
+        """Where a row's memory slot lies among all rows' slots, as `gather` takes it."""
+        return row * self.memory_slots + slot
+
+    def pointer_position(self, row: int, slot: int) -> int:
+        return row * self.pointer_slots + slot
+
+    def gather(self, positions: Tensor, batch: int, frames: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """Positions (B*F + B*P,) long: every object's memory slots, then every object's pointer slots ->
+        memories (B, F, h*w, C_mem) and pointers (B, P, C) on `device`, one index_select each (a copy of
+        whole slots: faster than indexing by (row, slot) pairs, which goes element by element on CPU)."""
+        memory_positions, pointer_positions = positions[: batch * frames], positions[batch * frames :]
+        spatial = self.memory.flatten(0, 1).index_select(0, memory_positions)  # (B*F, h*w, C_mem)
+        pointers = self.pointers.flatten(0, 1).index_select(0, pointer_positions)  # (B*P, C)
+        spatial = spatial.unflatten(0, (batch, frames))  # (B, F, h*w, C_mem)
+        pointers = pointers.unflatten(0, (batch, -1))  # (B, P, C)
+        return spatial.to(device, non_blocking=True), pointers.to(device, non_blocking=True)
+
+    def _allocate_rows(self, capacity: int) -> None:
+        tokens, config = self.config.feature_size**2, self.config
+        memory = torch.zeros(
+            capacity, self.memory_slots, tokens, config.memory_dim, dtype=self.dtype, device=self.device
+        )
+        pointers = torch.zeros(capacity, self.pointer_slots, config.hidden_dim, device=self.device)
+        if capacity:
+            kept = self.capacity
+            memory[:kept].copy_(self.memory)
+            pointers[:kept].copy_(self.pointers)
+            self._free += range(capacity - 1, kept - 1, -1)  # lowest rows first
+        else:
+            self._free = []
+        self.memory, self.pointers = memory, pointers
+
+
 class RingMemory:
-    """One object's memory for a stream, in buffers whose size is fixed when the object is created.
+    """One object's memory for a stream: a row of the pool's MemoryArena, whose size is fixed.
 
     Slots: `max_cond_frames` prompted frames (the first prompt is kept, the oldest other is
     evicted), and the spatial memories and pointers of the recent frames, each slot tagged with
     its frame index (-1: empty). The rings hold one frame more than a tracked frame sees, so that
-    a correction on the newest frame still sees the frames before it.
+    a correction on the newest frame still sees the frames before it. The row goes back to the
+    arena when the object is dropped.
     """
 
-    def __init__(self, config: ModelConfig, max_cond_frames: int, dtype: torch.dtype, device: torch.device) -> None:
-        if max_cond_frames < 1:
-            raise ValueError("max_cond_frames must be at least 1")
-        tokens, mem_dim, dim = config.feature_size**2, config.memory_dim, config.hidden_dim
-        self.recent_slots = config.num_maskmem
-        self.pointer_slots = config.max_obj_ptrs
-        self.cond_memory = torch.zeros(max_cond_frames, tokens, mem_dim, dtype=dtype, device=device)
-        self.cond_pointer = torch.zeros(max_cond_frames, dim, device=device)
-        self.cond_frame = [-1] * max_cond_frames
-        self.recent_memory = torch.zeros(self.recent_slots, tokens, mem_dim, dtype=dtype, device=device)
-        self.recent_memory_frame = [-1] * self.recent_slots
-        self.recent_pointer = torch.zeros(self.pointer_slots, dim, device=device)
-        self.recent_pointer_frame = [-1] * self.pointer_slots
+    def __init__(self, arena: MemoryArena) -> None:
+        self.arena = arena
+        self.row = arena.take_row()
+        weakref.finalize(self, arena.give_back, self.row).atexit = False
+        cond_slots = arena.max_cond_frames
+        self.cond_frame = [-1] * cond_slots  # cond slot s: memory slot s, pointer slot s
+        self.recent_memory_frame = [-1] * arena.config.num_maskmem  # memory slots after the cond slots
+        self.recent_pointer_frame = [-1] * arena.config.max_obj_ptrs  # pointer slots after the cond slots
 
     def tensors(self) -> list[Tensor]:
-        return [self.cond_memory, self.cond_pointer, self.recent_memory, self.recent_pointer]
+        return [self.arena.memory[self.row], self.arena.pointers[self.row]]
 
-    def conditioning(self) -> Mapping[int, FrameOutput]:
-        return {
-            frame: FrameOutput(None, self.cond_pointer[slot], None, self.cond_memory[slot])
-            for slot, frame in enumerate(self.cond_frame)
-            if frame >= 0
-        }
+    def conditioning(self) -> Mapping[int, RingSlot]:
+        return {frame: RingSlot(self, slot, slot) for slot, frame in enumerate(self.cond_frame) if frame >= 0}
 
-    def tracked(self, frame_idx: int) -> Optional[FrameOutput]:
-        pointer_slot = frame_idx % self.pointer_slots
+    def tracked(self, frame_idx: int) -> Optional[RingSlot]:
+        pointer_slot = frame_idx % len(self.recent_pointer_frame)
         if frame_idx < 0 or self.recent_pointer_frame[pointer_slot] != frame_idx:
             return None
-        memory_slot = frame_idx % self.recent_slots
-        memory = self.recent_memory[memory_slot] if self.recent_memory_frame[memory_slot] == frame_idx else None
-        return FrameOutput(None, self.recent_pointer[pointer_slot], None, memory)
+        memory_slot = frame_idx % len(self.recent_memory_frame)
+        kept = self.recent_memory_frame[memory_slot] == frame_idx
+        cond_slots = len(self.cond_frame)
+        return RingSlot(self, cond_slots + memory_slot if kept else None, cond_slots + pointer_slot)
 
     def write_tracked(self, frame_idx: int, memory: Tensor, pointer: Tensor) -> None:
-        memory_slot, pointer_slot = frame_idx % self.recent_slots, frame_idx % self.pointer_slots
-        self.recent_memory[memory_slot].copy_(memory)
+        memory_slot = frame_idx % len(self.recent_memory_frame)
+        pointer_slot = frame_idx % len(self.recent_pointer_frame)
+        self._write(len(self.cond_frame) + memory_slot, len(self.cond_frame) + pointer_slot, memory, pointer)
         self.recent_memory_frame[memory_slot] = frame_idx
-        self.recent_pointer[pointer_slot].copy_(pointer)
         self.recent_pointer_frame[pointer_slot] = frame_idx
 
     def write_conditioning(self, frame_idx: int, memory: Tensor, pointer: Tensor) -> None:
@@ -249,8 +369,7 @@ class RingMemory:
         else:  # full: keep the first prompt, replace the oldest of the others
             first = min(self.cond_frame)
             slot = min((s for s, t in enumerate(self.cond_frame) if t != first), key=lambda s: self.cond_frame[s])
-        self.cond_memory[slot].copy_(memory)
-        self.cond_pointer[slot].copy_(pointer)
+        self._write(slot, slot, memory, pointer)
         self.cond_frame[slot] = frame_idx
 
     def forget_tracked(self, first: int, last: int) -> None:
@@ -259,3 +378,7 @@ class RingMemory:
             for slot, t in enumerate(frames):
                 if first <= t <= last:
                     frames[slot] = -1
+
+    def _write(self, memory_slot: int, pointer_slot: int, memory: Tensor, pointer: Tensor) -> None:
+        self.arena.memory[self.row, memory_slot].copy_(memory)
+        self.arena.pointers[self.row, pointer_slot].copy_(pointer)

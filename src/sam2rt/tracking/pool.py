@@ -18,6 +18,7 @@ from ..frames import ImageLike
 from ..model.sam2 import SAM2Model
 from ..preprocess import Resize, check_resize
 from .engine import EncodedFrame, TrackerOptions, TrackingEngine
+from .memory_bank import MemoryArena
 from .pooled_stream import FrameResult, PooledStream
 
 
@@ -56,6 +57,8 @@ class StreamPool:
         self.model = model
         self.engine = TrackingEngine(model, options, cached_frames=0)
         self.max_cond_frames = max_cond_frames
+        # Every object's memory slots, of all streams: a batch of objects is gathered in one indexing call.
+        self.arena = MemoryArena(model.config, max_cond_frames, self.engine.memory_dtype, self.engine.storage_device)
 
     def open_stream(self) -> PooledStream:
         """A new stream, with no frame and no object yet."""

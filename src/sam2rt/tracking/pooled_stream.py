@@ -287,9 +287,7 @@ class PooledStream:
         return self._frame
 
     def _new_object(self, obj_id: int) -> _StreamObject:
-        engine = self.engine
-        memory = RingMemory(engine.config, self.pool.max_cond_frames, engine.memory_dtype, engine.storage_device)
-        obj = _StreamObject(obj_id, memory)
+        obj = _StreamObject(obj_id, RingMemory(self.pool.arena))
         self._objects[obj_id] = obj
         return obj
 
