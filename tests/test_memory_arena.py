@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import sys
 
 import numpy as np
 import torch
@@ -16,7 +17,7 @@ TOKENS = CONFIG.feature_size**2
 
 
 def _arena(max_cond_frames=3):
-    return MemoryArena(CONFIG, max_cond_frames, torch.float32, torch.device("cpu"))
+    return MemoryArena(CONFIG, max_cond_frames, lambda: (torch.float32, torch.device("cpu")))
 
 
 def _fill(ring: RingMemory, cond: list[int], tracked: list[int], seed: int) -> None:
@@ -80,13 +81,58 @@ def test_rows_are_reused_grow_by_doubling_keep_their_memory_and_are_freed_with_t
         assert all(torch.equal(t, s) for t, s in zip(ring.tensors(), saved))
     assert not any(t.any() for t in rings[4].tensors())  # a new row starts empty
     freed = rings.pop(1).row
-    gc.collect()
     again = RingMemory(arena)
     assert again.row == freed and not any(t.any() for t in again.tensors())  # reused, and zeroed
     rings.clear()
     del again, ring  # the loop above left its last ring bound
-    gc.collect()
+    assert arena.capacity == 8  # rows come back when the arena reclaims them (the pool does it on removals)
+    arena.reclaim()
     assert arena.capacity == 0 and arena.memory.numel() == 0  # no object left: no memory held
+
+
+def test_rings_collected_while_the_arena_grows_come_back_later():
+    """The cycle collector may finalize dropped rings at any allocation, growth included: their rows are
+    queued, never put back in the middle of a growth."""
+    arena = _arena()
+    rings = [RingMemory(arena) for _ in range(4)]
+    for ring in rings:
+        ring.cycle = ring  # unreachable only for the cycle collector
+    del rings, ring
+
+    def collect(frame, event, arg):
+        gc.collect()
+        return collect
+
+    def collect_on_every_line(frame, event, arg):
+        return collect if frame.f_code is MemoryArena._allocate_rows.__code__ else None
+
+    sys.settrace(collect_on_every_line)
+    try:
+        grown = RingMemory(arena)  # no free row: the arena grows, and the 4 dropped rings are collected meanwhile
+    finally:
+        sys.settrace(None)
+    assert arena.capacity == 8 and grown.row == 4
+    arena.reclaim()
+    assert sorted(arena._free) == [0, 1, 2, 3, 5, 6, 7]
+    del grown
+    arena.reclaim()
+    assert arena.capacity == 0
+
+
+def test_an_emptied_arena_starts_again_where_the_model_now_is():
+    placement = [(torch.float32, torch.device("cpu"))]
+    arena = MemoryArena(CONFIG, 2, lambda: placement[0])
+    ring = RingMemory(arena)
+    assert arena.memory.dtype == torch.float32
+    placement[0] = (torch.bfloat16, torch.device("cpu"))
+    RingMemory(arena)  # grows next to a live row: keeps its dtype
+    assert arena.memory.dtype == torch.float32
+    del ring
+    gc.collect()
+    arena.reclaim()
+    assert arena.capacity == 0
+    RingMemory(arena)
+    assert arena.memory.dtype == torch.bfloat16
 
 
 def test_a_pool_gives_its_memory_back_when_its_streams_close():

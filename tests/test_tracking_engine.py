@@ -33,7 +33,8 @@ def _frames(count, height=48, width=64, seed=0):
 
 def _state_size(tracker):
     held = {id(t): t for t in tracker.state_tensors()}
-    return len(held), sum(t.numel() * t.element_size() for t in held.values())
+    arena = tracker.pool.arena  # the rows of all objects, free ones included
+    return len(held), sum(t.numel() * t.element_size() for t in held.values()), arena.capacity
 
 
 def test_state_is_bounded_over_2000_frames(model, monkeypatch):

@@ -237,7 +237,8 @@ class TrackingEngine:
     def _store_memory(self, memories: Tensor) -> Tensor:
         """(B, C_mem, h, w) -> (B, h*w, C_mem) in the storage dtype and device."""
         flat = memories.flatten(2).transpose(1, 2)  # (B, h*w, C_mem)
-        return flat.to(self.memory_dtype).to(self.storage_device, non_blocking=True).contiguous()
+        # Offloaded, the copy must have landed before the host copies it into its slot: no non_blocking.
+        return flat.to(self.memory_dtype).to(self.storage_device).contiguous()
 
 
 def _per_object(frames: Sequence[EncodedFrame], batch: int) -> ImageFeatures:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
-from typing import Mapping, Optional, Protocol, Sequence, Union
+from typing import Callable, Mapping, Optional, Protocol, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -181,7 +181,7 @@ def gather(
     if arena is None:
         spatial, pointers = _stacked(plans, frames, num_pointers, config, device)
     else:  # memory kept off the device (offload_state_to_cpu) is indexed where it lies
-        positions = (layout_tensor if arena.device == device else host_layout)[batch * width :]
+        positions = (layout_tensor if arena.device == device else host_layout.to(arena.device))[batch * width :]
         spatial, pointers = arena.gather(positions, batch, frames, device)
     max_pointers = min(num_frames, config.max_obj_ptrs) if num_frames else config.max_obj_ptrs
     return MemoryTokens(
@@ -249,38 +249,55 @@ class MemoryArena:
     """The memory slots of every RingMemory of a pool: a row holds one object's spatial memories
     (max_cond_frames + num_maskmem slots) and pointers (max_cond_frames + max_obj_ptrs slots).
 
-    Rows are handed out and taken back as objects come and go; the tensors grow by doubling when every
-    row is taken (copied once; slots are addressed by (row, slot), never held as views), and are freed
-    when the last row is given back. Like the pool, it is used from one thread at a time.
+    Rows are handed out as objects come and taken back when they go; the tensors grow by doubling
+    when no row is free (copied once; slots are addressed by (row, slot), never held as views), and
+    are freed once every row is back. `placement()` gives the (memory dtype, device) to allocate on,
+    read whenever the arena starts from empty (a model moved before any object keeps its defaults).
+    Like the pool, it is used from one thread at a time.
     """
 
-    def __init__(self, config: ModelConfig, max_cond_frames: int, dtype: torch.dtype, device: torch.device) -> None:
+    def __init__(
+        self, config: ModelConfig, max_cond_frames: int, placement: Callable[[], tuple[torch.dtype, torch.device]]
+    ) -> None:
         self.config = config
         self.max_cond_frames = max_cond_frames
-        self.dtype = dtype
-        self.device = device
+        self.placement = placement
         self.memory_slots = max_cond_frames + config.num_maskmem
         self.pointer_slots = max_cond_frames + config.max_obj_ptrs
         self._free: list[int] = []
+        # Rows of dropped objects, queued by their finalizers, which may run at any allocation (the cycle
+        # collector) or on another thread: only appended to there, taken in by `reclaim`.
+        self._returned: list[int] = []
         self._allocate_rows(0)
 
     @property
     def capacity(self) -> int:
         return self.memory.shape[0]
 
+    @property
+    def device(self) -> torch.device:
+        return self.memory.device
+
     def take_row(self) -> int:
         """A zeroed row for a new object."""
+        self.reclaim()
         if not self._free:
-            self._allocate_rows(max(4, 2 * self.capacity))
+            self._allocate_rows(max(1, 2 * self.capacity))
         row = self._free.pop()
         self.memory[row].zero_()
         self.pointers[row].zero_()
         return row
 
     def give_back(self, row: int) -> None:
-        self._free.append(row)
-        if len(self._free) == self.capacity:
-            self._allocate_rows(0)  # no object left: the memory goes back to the allocator
+        """Queue a dropped object's row; it is free from the next `reclaim` (or `take_row`) on."""
+        self._returned.append(row)
+
+    def reclaim(self) -> None:
+        """Free the rows given back; with no row in use, free the memory too."""
+        while self._returned:
+            self._free.append(self._returned.pop())
+        if self.capacity and len(self._free) == self.capacity:
+            self._allocate_rows(0)
 
     def memory_position(self, row: int, slot: int) -> int:
         """Where a row's memory slot lies among all rows' slots, as `gather` takes it."""
@@ -301,18 +318,15 @@ class MemoryArena:
         return spatial.to(device, non_blocking=True), pointers.to(device, non_blocking=True)
 
     def _allocate_rows(self, capacity: int) -> None:
+        kept = self.capacity if capacity else 0
+        dtype, device = (self.memory.dtype, self.device) if kept else self.placement()
         tokens, config = self.config.feature_size**2, self.config
-        memory = torch.zeros(
-            capacity, self.memory_slots, tokens, config.memory_dim, dtype=self.dtype, device=self.device
-        )
-        pointers = torch.zeros(capacity, self.pointer_slots, config.hidden_dim, device=self.device)
-        if capacity:
-            kept = self.capacity
+        memory = torch.zeros(capacity, self.memory_slots, tokens, config.memory_dim, dtype=dtype, device=device)
+        pointers = torch.zeros(capacity, self.pointer_slots, config.hidden_dim, device=device)
+        if kept:
             memory[:kept].copy_(self.memory)
             pointers[:kept].copy_(self.pointers)
-            self._free += range(capacity - 1, kept - 1, -1)  # lowest rows first
-        else:
-            self._free = []
+        self._free = list(range(capacity - 1, kept - 1, -1)) + (self._free if kept else [])  # lowest rows first
         self.memory, self.pointers = memory, pointers
 
 

@@ -58,7 +58,8 @@ class StreamPool:
         self.engine = TrackingEngine(model, options, cached_frames=0)
         self.max_cond_frames = max_cond_frames
         # Every object's memory slots, of all streams: a batch of objects is gathered in one indexing call.
-        self.arena = MemoryArena(model.config, max_cond_frames, self.engine.memory_dtype, self.engine.storage_device)
+        engine = self.engine
+        self.arena = MemoryArena(model.config, max_cond_frames, lambda: (engine.memory_dtype, engine.storage_device))
 
     def open_stream(self) -> PooledStream:
         """A new stream, with no frame and no object yet."""

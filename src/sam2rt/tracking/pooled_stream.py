@@ -176,12 +176,14 @@ class PooledStream:
         if obj_id not in self._objects:
             raise KeyError(f"no object with id {obj_id}; tracked ids: {self.object_ids}")
         del self._objects[obj_id]
+        self.pool.arena.reclaim()
         return self.result()
 
     def reset(self) -> None:
         """Forget every object and frame (frames encoded ahead included)."""
         self._check_open()
         self._objects.clear()
+        self.pool.arena.reclaim()
         self._ahead.clear()
         self._frame = None
 
@@ -270,6 +272,7 @@ class PooledStream:
     def detach(self) -> None:
         """Drop all state and the pool: the stream is closed."""
         self._objects.clear()
+        self._pool.arena.reclaim()
         self._ahead.clear()
         self._frame = None
         self._pool = None
