@@ -16,6 +16,8 @@ the official predictor under bf16 autocast with TF32 matmuls, as its own benchma
   memory encoder, memory gather, output upsampling; the rest of the step is "other");
 - attention: the memory attention's cross-attention alone, per attention kernel (what bounds a step);
 - kernels: the GPU kernels of a 1-object step by time (torch.profiler, eager bf16);
+- outside: the ops a step runs outside the four graphed modules, per step and by sam2rt source line
+  (what CUDA graphs of the whole step would take in; views count, though they launch no kernel);
 - cpu: 4 objects on the CPU, memory attention split per object or batched, against the official loop.
 """
 
@@ -279,6 +281,58 @@ def case_kernels(model, frames, args) -> None:
         print(f"  {e.device_time_total / steps / 1000:7.3f} {e.count / steps:6.1f}  {e.key[:110]}")
 
 
+def case_outside(model, frames, args) -> None:
+    """Ops dispatched outside the image encoder, memory attention, decoder and memory encoder, by source line."""
+    import traceback
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    depth = [0]
+
+    class OutsideOps(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lines: Counter = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if not depth[0]:
+                ours = [
+                    f for f in traceback.extract_stack() if "sam2rt" in f.filename and "benchmarks" not in f.filename
+                ]
+                where = f"{ours[-1].filename.split('sam2rt/')[-1]}:{ours[-1].lineno} {ours[-1].name}" if ours else "?"
+                self.lines[where] += 1
+            return func(*args, **(kwargs or {}))
+
+    def enter(module, inputs):
+        depth[0] += 1
+
+    def leave(module, inputs, output):
+        depth[0] -= 1
+
+    modules = (model.image_encoder, model.memory_attention, model.sam_mask_decoder, model.memory_encoder)
+    handles = [m.register_forward_pre_hook(enter) for m in modules] + [m.register_forward_hook(leave) for m in modules]
+    try:
+        for objects in (1, 4):
+            tracker = sam2rt.StreamTracker(model)
+            tracker.step(frames[0])
+            for obj in range(objects):
+                tracker.add_prompt(obj + 1, points=_clicks(obj), labels=[1])
+            for frame in frames[1 : 1 + args.warmup]:
+                tracker.step(frame)
+            steps = frames[1 + args.warmup : 11 + args.warmup]
+            with OutsideOps() as counter:
+                for frame in steps:
+                    tracker.step(frame)
+            total = sum(counter.lines.values()) / len(steps)
+            print(f"outside: {objects} object(s), {total:.0f} ops a step outside the four modules; most:")
+            for where, count in counter.lines.most_common(8):
+                print(f"  {count / len(steps):6.1f}  {where}")
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def case_cpu(model, ref, frames, args) -> None:
     from sam2rt.tracking.engine import TrackingEngine
 
@@ -357,6 +411,8 @@ def main() -> None:
                 case_kernels(model, frames, args)
             elif case == "cpu":
                 case_cpu(model, ref, frames, args)
+            elif case == "outside":
+                case_outside(model, frames, args)
             else:
                 raise SystemExit(f"error: unknown case {case!r}")
             print(f"  ({case}: {time.perf_counter() - start:.0f} s)", flush=True)
