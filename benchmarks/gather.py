@@ -12,27 +12,21 @@ Each object has a full history (8 prompted frames, 16 tracked), the heavy case: 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from sam2rt.tracking.memory_bank import MemoryArena, RingMemory, gather
-from sam2rt.variants import ModelConfig, get_variant
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from image import timed  # noqa: E402
+from test_memory_arena import Unpooled  # noqa: E402 - a ring seen without its arena: stacked slot by slot
 
-class _Unpooled:
-    """A ring memory seen without its arena: the gather stacks its slots one by one."""
-
-    def __init__(self, ring: RingMemory) -> None:
-        self.ring = ring
-
-    def conditioning(self):
-        return self.ring.conditioning()
-
-    def tracked(self, frame_idx):
-        return self.ring.tracked(frame_idx)
+from sam2rt.tracking.memory_bank import MemoryArena, RingMemory, gather  # noqa: E402
+from sam2rt.variants import ModelConfig, get_variant  # noqa: E402
 
 
 class _CountOps(TorchDispatchMode):
@@ -46,7 +40,7 @@ class _CountOps(TorchDispatchMode):
 
 
 def _rings(config: ModelConfig, objects: int, dtype: torch.dtype, device: torch.device) -> list[RingMemory]:
-    arena = MemoryArena(config, 8, dtype, device)
+    arena = MemoryArena(config, 8, lambda: (dtype, device))
     rings = []
     for _ in range(objects):
         ring = RingMemory(arena)
@@ -58,21 +52,6 @@ def _rings(config: ModelConfig, objects: int, dtype: torch.dtype, device: torch.
             ring.write_tracked(t, memory, pointer)
         rings.append(ring)
     return rings
-
-
-def _time(call, device: torch.device, warmup: int, runs: int) -> float:
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(runs):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        call()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
 
 
 def main() -> None:
@@ -97,12 +76,12 @@ def main() -> None:
         rings = _rings(config, objects, dtype, device)
         frames = [24] * objects
         timings, ops = [], []
-        for views in (rings, [_Unpooled(ring) for ring in rings]):
+        for views in (rings, [Unpooled(ring) for ring in rings]):
 
             def call(views=views):
                 return gather(views, frames, False, config, device)
 
-            timings.append(_time(call, device, args.warmup, args.runs))
+            timings.append(timed(call, device, args.warmup, args.runs))
             with _CountOps() as counter:
                 call()
             ops.append(counter.count)

@@ -159,6 +159,12 @@ def test_track_writes_every_output_and_they_match_the_api(tmp_path, checkpoint, 
             assert iou > 0.9, f"frame {name} object {obj_id}: polygons fill to IoU {iou:.3f}"
 
 
+def _track_with_lookahead(capsys, checkpoint: Path, clip: Path, lookahead: int, png_dir: Path):
+    """`sam2rt track CLIP --point 28,50 --lookahead K --png-dir DIR`, in this process."""
+    args = ("track", clip, "--point", "28,50", "--lookahead", lookahead, "--png-dir", png_dir)
+    return invoke_in_process(capsys, *args, *model_args(checkpoint))
+
+
 def test_lookahead_encodes_the_clip_in_groups_and_writes_what_one_by_one_writes(
     tmp_path, checkpoint, clip, capsys, monkeypatch
 ):
@@ -173,18 +179,7 @@ def test_lookahead_encodes_the_clip_in_groups_and_writes_what_one_by_one_writes(
     labels = {}
     for lookahead in (1, 3):
         out = tmp_path / f"ahead{lookahead}"
-        result = invoke_in_process(
-            capsys,
-            "track",
-            clip,
-            "--point",
-            "28,50",
-            "--lookahead",
-            lookahead,
-            "--png-dir",
-            out,
-            *model_args(checkpoint),
-        )
+        result = _track_with_lookahead(capsys, checkpoint, clip, lookahead, out)
         assert result.returncode == 0, result.stderr
         labels[lookahead] = [np.asarray(Image.open(out / f"{index:05d}.png")) for index in range(NUM_FRAMES)]
     assert groups == [3] * (NUM_FRAMES // 3)  # lookahead 1 encodes nothing ahead
@@ -195,18 +190,7 @@ def test_lookahead_encodes_the_clip_in_groups_and_writes_what_one_by_one_writes(
 
 
 def test_lookahead_must_be_positive(tmp_path, checkpoint, clip, capsys):
-    result = invoke_in_process(
-        capsys,
-        "track",
-        clip,
-        "--point",
-        "28,50",
-        "--lookahead",
-        "0",
-        "--png-dir",
-        tmp_path / "png",
-        *model_args(checkpoint),
-    )
+    result = _track_with_lookahead(capsys, checkpoint, clip, 0, tmp_path / "png")
     assert result.returncode == 2 and "--lookahead" in result.stderr
     assert not (tmp_path / "png").exists()
 

@@ -35,7 +35,7 @@ def _fill(ring: RingMemory, cond: list[int], tracked: list[int], seed: int) -> N
         ring.write_tracked(t, memory(), pointer())
 
 
-class _Unpooled:
+class Unpooled:
     """The same memories, seen without their arena: the gather stacks them slot by slot."""
 
     def __init__(self, ring: RingMemory) -> None:
@@ -57,7 +57,7 @@ def test_a_gather_by_index_equals_stacking_slot_by_slot():
     rings = [long_history, short_history, evicting]
     for reverse, frames, limit in ((False, [30, 30, 15], -1), (False, [30, 30, 15], 2), (True, [5, 26, 2], -1)):
         got = gather(rings, frames, reverse, CONFIG, torch.device("cpu"), limit)
-        expected = gather([_Unpooled(r) for r in rings], frames, reverse, CONFIG, torch.device("cpu"), limit)
+        expected = gather([Unpooled(r) for r in rings], frames, reverse, CONFIG, torch.device("cpu"), limit)
         assert got.spatial.shape == expected.spatial.shape and got.pointers.shape == expected.pointers.shape
         for name in ("spatial_tpos", "pointer_positions", "spatial_valid", "pointer_valid"):
             a, b = getattr(got, name), getattr(expected, name)

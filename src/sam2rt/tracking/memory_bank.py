@@ -157,21 +157,22 @@ def gather(
     num_pointers = max(len(plan.pointers) for plan in plans)
     arena = _shared_arena(views)
 
-    layout = []  # per row: tpos..., valid..., offsets..., pointer valid... (then for an arena: row, slots...)
-    for plan in plans:
+    # Per row: tpos..., valid..., offsets..., pointer valid...; then, from an arena, every row's memory
+    # positions and every row's pointer positions (padded slots read slot 0: the validity masks keep
+    # them out of the attention).
+    layout, memory_positions, pointer_positions = [], [], []
+    for view, plan in zip(views, plans):
         padding, missing = frames - len(plan.spatial), num_pointers - len(plan.pointers)
         layout += [tpos for _, tpos in plan.spatial] + [0] * padding
         layout += [1] * len(plan.spatial) + [0] * padding
         layout += [offset for offset, _ in plan.pointers] + [0] * missing
         layout += [1] * len(plan.pointers) + [0] * missing
-    if arena is not None:  # padded slots read slot 0: the validity masks keep them out of the attention
-        for view, plan in zip(views, plans):
-            memory_slots = [stored.memory_slot for stored, _ in plan.spatial] + [0] * (frames - len(plan.spatial))
-            layout += [arena.memory_position(view.row, slot) for slot in memory_slots]
-        for view, plan in zip(views, plans):
-            pointer_slots = [stored.pointer_slot for _, stored in plan.pointers]
-            pointer_slots += [0] * (num_pointers - len(plan.pointers))
-            layout += [arena.pointer_position(view.row, slot) for slot in pointer_slots]
+        if arena is not None:
+            memory_slots = [stored.memory_slot for stored, _ in plan.spatial] + [0] * padding
+            pointer_slots = [stored.pointer_slot for _, stored in plan.pointers] + [0] * missing
+            memory_positions += [arena.memory_position(view.row, slot) for slot in memory_slots]
+            pointer_positions += [arena.pointer_position(view.row, slot) for slot in pointer_slots]
+    layout += memory_positions + pointer_positions
     # The small index tensors travel in one pinned, asynchronous copy: no stall of the GPU queue.
     host_layout = torch.tensor(layout, dtype=torch.long)
     layout_tensor = (host_layout.pin_memory() if device.type == "cuda" else host_layout).to(device, non_blocking=True)
