@@ -31,7 +31,11 @@ def make_checkpoint(path: Path, variant: str = VARIANT) -> Path:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(3)
-    model = sam2rt.build_model(variant, image_size=IMAGE_SIZE)
+    # The initial weights come from the global generator: seeded here, so that the checkpoint (and every
+    # mask a test sees) does not depend on which tests ran before the fixture was made.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        model = sam2rt.build_model(variant, image_size=IMAGE_SIZE)
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.02)
