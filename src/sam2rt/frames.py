@@ -64,11 +64,12 @@ def _check_unit_range(image: Tensor) -> None:
     raise ValueError(f"float images must hold values in [0, 1]; this one holds values from {low:g} to {high:g}{hint}")
 
 
-def to_device(rgb: Tensor, device: torch.device) -> Tensor:
-    """Upload a frame without stalling the GPU queue: through pinned memory, asynchronously."""
-    if device.type == "cuda" and rgb.device.type == "cpu":
-        return rgb.pin_memory().to(device, non_blocking=True)
-    return rgb.to(device)
+def to_device(tensor: Tensor, device: torch.device) -> Tensor:
+    """Upload a host tensor (a frame, a few numbers) without stalling the GPU queue: through pinned
+    memory, asynchronously. A plain copy from pageable memory waits for all queued GPU work."""
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 def to_host(tensor: Tensor) -> np.ndarray:

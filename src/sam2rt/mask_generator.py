@@ -224,7 +224,7 @@ class MaskGenerator:
         crop_hw = (y1 - y0, x1 - x0)
         self.predictor.set_image(rgb[y0:y1, x0:x1])
         scale = np.array([crop_hw[1], crop_hw[0]])
-        points = torch.as_tensor(self.point_grids[crop.layer] * scale, dtype=torch.float32).to(self.device)
+        points = to_device(torch.as_tensor(self.point_grids[crop.layer] * scale, dtype=torch.float32), self.device)
         masks_per_point = NUM_MULTIMASK if self.multimask_output else 1
         batch = self.points_per_batch
         round_points = batch * max(1, ROUND_MASKS // (batch * masks_per_point))
@@ -240,14 +240,14 @@ class MaskGenerator:
         groups = torch.zeros(len(found.ious), dtype=torch.long, device=self.device)
         found = found.select(batched_nms(found.boxes, found.ious, groups, self.box_nms_thresh))
         masks = torch.cat([chunk[:, 0] > self.mask_threshold for chunk in self._upscaled(found.low_res, crop_hw)])
-        offset = torch.tensor([x0, y0], device=self.device)
+        offset = to_device(torch.tensor([x0, y0]), self.device)
         return GeneratedMasks(
             masks=masks.reshape(-1, *crop_hw),  # (N, h, w) even when N == 0
             boxes=found.boxes + offset.repeat(2),
             predicted_ious=found.ious,
             stability_scores=found.stability,
             point_coords=found.points + offset,
-            crop_boxes=torch.tensor([crop.box], device=self.device).expand(len(found.ious), 4),
+            crop_boxes=to_device(torch.tensor([crop.box]), self.device).expand(len(found.ious), 4),
         )
 
     def _decode_batch(self, points: Tensor, crop_hw: tuple[int, int]) -> _Decoded:
@@ -275,7 +275,7 @@ class MaskGenerator:
         found = _Candidates(low_res, ious, torch.cat(stability), torch.cat(boxes), points)
         if self.stability_score_thresh > 0:
             found = found.select(found.stability >= self.stability_score_thresh)
-        offset = torch.tensor([crop.box[0], crop.box[1]] * 2, device=self.device)
+        offset = to_device(torch.tensor([crop.box[0], crop.box[1]] * 2), self.device)
         return found.select(~near_crop_edge(found.boxes + offset, crop.box, image_hw))
 
     def _refine(self, coords: Tensor, low_res: Tensor) -> tuple[Tensor, Tensor]:

@@ -45,13 +45,13 @@ def fill_holes(logits: Tensor, max_area: int, threshold: float = 0.0, fill_value
     logits (N, 1, H, W); components are 8-connected and may touch the border.
     """
     holes = small_components(logits <= threshold, max_area)
-    return torch.where(holes, torch.as_tensor(fill_value, dtype=logits.dtype, device=logits.device), logits)
+    return torch.where(holes, fill_value, logits)  # a Python number: no tensor copied to the GPU, no wait
 
 
 def remove_sprinkles(logits: Tensor, max_area: int, threshold: float = 0.0, fill_value: float = -10.0) -> Tensor:
     """Set foreground regions (logits > threshold) of at most `max_area` pixels to `fill_value`."""
     sprinkles = small_components(logits > threshold, max_area)
-    return torch.where(sprinkles, torch.as_tensor(fill_value, dtype=logits.dtype, device=logits.device), logits)
+    return torch.where(sprinkles, fill_value, logits)
 
 
 def keep_highest_object(logits: Tensor, floor: float = -10.0) -> Tensor:

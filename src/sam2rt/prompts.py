@@ -77,7 +77,9 @@ def to_model_frame(coords: Tensor, frame_hw: tuple[int, int], image_size: int, n
     """(..., 2) user coordinates -> pixels of the model's square input."""
     if normalize_coords:
         height, width = frame_hw
-        coords = coords / torch.tensor([width, height], dtype=coords.dtype, device=coords.device)
+        # Each axis divided by a Python number, as the official transform does: no tensor of the sizes
+        # to copy to a GPU (a copy the GPU's queue would wait for), and on CUDA the same rounding.
+        coords = torch.stack((coords[..., 0] / width, coords[..., 1] / height), dim=-1)
     return coords * image_size
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..frames import to_device
+
 EDGE_TOLERANCE = 20.0  # pixels: a box this close to a crop's border was cut by it
 
 
@@ -72,8 +74,8 @@ def batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: fl
 def near_crop_edge(boxes: Tensor, crop_box: tuple[int, int, int, int], image_hw: tuple[int, int]) -> Tensor:
     """(N,) bool: boxes (N, 4) of the image frame that touch a side of the crop that is not a side of the image."""
     height, width = image_hw
-    crop = torch.tensor(crop_box, dtype=torch.float32, device=boxes.device)
-    image = torch.tensor([0, 0, width, height], dtype=torch.float32, device=boxes.device)
+    sides = to_device(torch.tensor([crop_box, (0, 0, width, height)], dtype=torch.float32), boxes.device)
+    crop, image = sides  # (4,) each
     boxes = boxes.float()
     at_crop = (boxes - crop).abs() <= EDGE_TOLERANCE
     at_image = (boxes - image).abs() <= EDGE_TOLERANCE
