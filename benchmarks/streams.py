@@ -16,7 +16,7 @@ the official predictor under bf16 autocast with TF32 matmuls, as its own benchma
   memory encoder, memory gather, output upsampling; the rest of the step is "other");
 - attention: the memory attention's cross-attention alone, per attention kernel (what bounds a step);
 - kernels: the GPU kernels of a 1-object step by time (torch.profiler, eager bf16);
-- outside: the ops a step runs outside the four graphed modules, per step and by sam2rt source line
+- outside: the ops a step runs outside the model's graphed steps (STEPS), per step and by sam2rt source line
   (what CUDA graphs of the whole step would take in; views count, though they launch no kernel);
 - cpu: 4 objects on the CPU, memory attention split per object or batched, against the official loop.
 """
@@ -175,15 +175,34 @@ class StageTimer:
 
         return timed
 
-    def hook(self, name: str, module: torch.nn.Module) -> list:
-        return [
-            module.register_forward_pre_hook(lambda *_: self.begin(name)),
-            module.register_forward_hook(lambda *_: self.end(name)),
-        ]
-
     def totals(self) -> dict[str, float]:
         torch.cuda.synchronize()
         return {name: sum(a.elapsed_time(b) for a, b in spans) for name, spans in self.spans.items()}
+
+
+# The model's steps by stage, each its heavy module with the glue around it (what a CUDA graph replays).
+STEPS = {
+    "encoder": "encode_image",
+    "memory attention": "condition_on_memory",
+    "decoder": "segment",
+    "memory encoder": "encode_memory",
+}
+
+
+def wrap_steps(model, wrapper):
+    """Replace each of the model's STEPS by `wrapper(stage, step)`; returns a function that undoes it."""
+    own = {name: model.__dict__[name] for name in STEPS.values() if name in model.__dict__}  # graphed steps
+    for stage, name in STEPS.items():
+        setattr(model, name, wrapper(stage, getattr(model, name)))
+
+    def restore() -> None:
+        for name in STEPS.values():
+            if name in own:
+                setattr(model, name, own[name])
+            else:
+                delattr(model, name)
+
+    return restore
 
 
 def case_profile(model, frames, args) -> None:
@@ -197,10 +216,7 @@ def case_profile(model, frames, args) -> None:
             tracker.add_prompt(obj + 1, points=_clicks(obj), labels=[1])
         for frame in frames[1 : 1 + args.warmup]:
             tracker.step(frame)
-        handles = timer.hook("encoder", model.image_encoder)
-        handles += timer.hook("memory attention", model.memory_attention)
-        handles += timer.hook("decoder", model.sam_mask_decoder)
-        handles += timer.hook("memory encoder", model.memory_encoder)
+        restore = wrap_steps(model, timer.wrap)
         gather, upsample = engine_module.gather, engine_module.TrackingEngine.to_video_resolution
         engine_module.gather = timer.wrap("memory gather", gather)
         engine_module.TrackingEngine.to_video_resolution = timer.wrap("output", upsample)
@@ -215,8 +231,7 @@ def case_profile(model, frames, args) -> None:
                 host += time.perf_counter() - start
             totals = timer.totals()
         finally:
-            for handle in handles:
-                handle.remove()
+            restore()
             engine_module.gather, engine_module.TrackingEngine.to_video_resolution = gather, upsample
         per_frame = {name: total / len(timed) for name, total in totals.items()}
         step = per_frame.pop("step")
@@ -282,7 +297,7 @@ def case_kernels(model, frames, args) -> None:
 
 
 def case_outside(model, frames, args) -> None:
-    """Ops dispatched outside the image encoder, memory attention, decoder and memory encoder, by source line."""
+    """Ops dispatched outside the model's steps (encoding, conditioning, segmenting, memory), by source line."""
     import traceback
     from collections import Counter
 
@@ -304,14 +319,17 @@ def case_outside(model, frames, args) -> None:
                 self.lines[where] += 1
             return func(*args, **(kwargs or {}))
 
-    def enter(module, inputs):
-        depth[0] += 1
+    def uncounted(stage, step):
+        def run(*args, **kwargs):
+            depth[0] += 1
+            try:
+                return step(*args, **kwargs)
+            finally:
+                depth[0] -= 1
 
-    def leave(module, inputs, output):
-        depth[0] -= 1
+        return run
 
-    modules = (model.image_encoder, model.memory_attention, model.sam_mask_decoder, model.memory_encoder)
-    handles = [m.register_forward_pre_hook(enter) for m in modules] + [m.register_forward_hook(leave) for m in modules]
+    restore = wrap_steps(model, uncounted)
     try:
         for objects in (1, 4):
             tracker = sam2rt.StreamTracker(model)
@@ -325,12 +343,11 @@ def case_outside(model, frames, args) -> None:
                 for frame in steps:
                     tracker.step(frame)
             total = sum(counter.lines.values()) / len(steps)
-            print(f"outside: {objects} object(s), {total:.0f} ops a step outside the four modules; most:")
+            print(f"outside: {objects} object(s), {total:.0f} ops a step outside the model's steps; most:")
             for where, count in counter.lines.most_common(8):
                 print(f"  {count / len(steps):6.1f}  {where}")
     finally:
-        for handle in handles:
-            handle.remove()
+        restore()
 
 
 def case_cpu(model, ref, frames, args) -> None:

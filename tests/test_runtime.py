@@ -62,9 +62,54 @@ def test_cuda_graphs_need_cuda():
 def test_cuda_graphs_replay_the_eager_results():
     torch.manual_seed(0)
     model = sam2rt.build_model("sam2.1_hiera_tiny", image_size=256).cuda()
+    graphed_model = use_cuda_graphs(copy.deepcopy(model))
     with torch.inference_mode():
         reference = _track(model, count=24)
-        graphed = _track(use_cuda_graphs(copy.deepcopy(model)), count=24)
+        graphed = _track(graphed_model, count=24)
     for ref, got in zip(reference, graphed):
         assert got.object_ids == ref.object_ids
         torch.testing.assert_close(got.mask_logits, ref.mask_logits, atol=1e-3, rtol=1e-3)
+    # Tracking replays whole steps; decoding, called only inside them, was taken into their graphs.
+    assert graphed_model.segment.graphs and graphed_model.condition_on_memory.graphs
+    assert not graphed_model.decode.graphs
+
+
+@cuda
+def test_cuda_graphs_predict_images_like_eager():
+    torch.manual_seed(0)
+    model = sam2rt.build_model("sam2.1_hiera_tiny", image_size=256).cuda()
+    image = next(_frames(1))
+    answers = []
+    for candidate in (model, use_cuda_graphs(copy.deepcopy(model))):
+        predictor = sam2rt.ImagePredictor(candidate)
+        predictor.set_image(image)
+        for _ in range(3):  # the first call captures, the next ones replay
+            masks, scores, logits = predictor.predict(np.array([[30, 40]]), np.array([1]), return_logits=True)
+        answers.append((masks, scores, logits))
+    (masks, scores, logits), (graphed_masks, graphed_scores, graphed_logits) = answers
+    np.testing.assert_allclose(graphed_logits, logits, atol=1e-3, rtol=1e-3)
+    np.testing.assert_allclose(graphed_scores, scores, atol=1e-4)
+
+
+@cuda
+def test_a_tracking_step_never_waits_for_the_gpu():
+    """With the default hole filling and two objects, a step only queues work: nothing in it synchronises
+    with the GPU (a wait drains the queue, and the GPU then idles while the host prepares the next work)."""
+    torch.manual_seed(0)
+    model = use_cuda_graphs(to_inference_dtype(sam2rt.build_model("sam2.1_hiera_tiny", image_size=256).cuda()))
+    frames = list(_frames(12))
+    with torch.inference_mode():
+        tracker = sam2rt.StreamTracker(model)
+        assert tracker.engine.options.fill_hole_area > 0  # the default hole filling, which once waited
+        tracker.step(frames[0])
+        tracker.add_prompt(1, points=[[30, 40]], labels=[1])
+        tracker.add_prompt(2, box=[60, 10, 120, 90])
+        for frame in frames[1:9]:
+            tracker.step(frame)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            results = [tracker.step(frame) for frame in frames[9:]]
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    assert all(result.mask_logits.is_cuda and result.object_ids == [1, 2] for result in results)

@@ -5,12 +5,13 @@ The model code stays plain PyTorch; this module changes how it runs:
 - `to_inference_dtype` casts the parameters to bf16 (or fp16), which is faster than autocast:
   autocast converts weights and activations on every call. Positional tables and the prompt
   encoder's random Fourier matrix stay in fp32, and mask logits come back in fp32.
-- `use_cuda_graphs` replays the image encoder, the memory attention, the mask decoder and the memory
-  encoder from CUDA graphs, one graph per input shape (a batch of frames, a number of objects, of
-  clicks), captured on first use. A tracking step launches about a thousand small
-  kernels; replaying them from a graph takes the launch cost off the CPU, which otherwise
-  bounds the frame rate of the small variants. Captured code uses cuDNN's attention kernels
-  on batches, the fastest there on Hopper, whose per-call CPU cost a graph pays only once.
+- `use_cuda_graphs` replays the model's steps (encoding images, decoding prompts, segmenting for
+  tracking, conditioning on memory, encoding memory: each heavy module with the glue around it) from
+  CUDA graphs, one graph per input shape (a batch of frames, a number of objects, of clicks), captured
+  on first use. A tracking step launches about a thousand small kernels; replaying them from a graph
+  takes the launch cost off the CPU, which otherwise bounds the frame rate of the small variants.
+  Captured code uses cuDNN's attention kernels on batches, the fastest there on Hopper, whose
+  per-call CPU cost a graph pays only once.
 - `use_compile` runs the same four module forwards through torch.compile (inductor's fused kernels),
   under CUDA graphs or without them; `optimize(model, compile=True)` does bf16, compile and graphs.
   It is an option, not the default: about a third more FPS on an H200, for 30 to 60 s of compiling before
@@ -19,12 +20,12 @@ The model code stays plain PyTorch; this module changes how it runs:
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, Iterator, NamedTuple, Optional
 
 import torch
 from torch import Tensor
 
-from .model.layers import attention_for_graphs
+from .model.layers import attention_for_graphs, capturing_graphs
 from .model.sam2 import SAM2Model
 
 
@@ -40,37 +41,37 @@ def to_inference_dtype(model: SAM2Model, dtype: torch.dtype = torch.bfloat16) ->
 
 class _Graph(NamedTuple):
     graph: torch.cuda.CUDAGraph
-    inputs: dict[str, Tensor]  # static copies of the tensor arguments, by argument name
+    inputs: list[Tensor]  # static copies of the tensors among the arguments, in _tensors order
     output: object  # the static output structure
 
 
-def _signature(arguments: dict) -> tuple:
-    return tuple(
-        (name, tuple(a.shape), a.dtype, a.device) if isinstance(a, Tensor) else (name, a)
-        for name, a in arguments.items()
-    )
+def _key(value) -> object:
+    """What a graph is captured for: tensors by shape, dtype and device; tuples (NamedTuples too) element by
+    element; any other value (None, a flag, a size) as it is."""
+    if isinstance(value, Tensor):
+        return (tuple(value.shape), value.dtype, value.device)
+    if isinstance(value, tuple):
+        return (type(value), tuple(_key(v) for v in value))
+    return value
 
 
-def _is_tensor_tuple(value) -> bool:
-    return isinstance(value, tuple) and len(value) > 0 and all(isinstance(v, Tensor) for v in value)
+def _tensors(value) -> list[Tensor]:
+    """The tensors within an argument, depth first."""
+    if isinstance(value, Tensor):
+        return [value]
+    if isinstance(value, tuple):
+        return [t for v in value for t in _tensors(v)]
+    return []
 
 
-def _flatten(arguments: dict) -> dict:
-    """Arguments with each tuple of tensors spread into one entry per tensor ("name.0", ...)."""
-    flat = {}
-    for name, value in arguments.items():
-        if _is_tensor_tuple(value):
-            flat.update({f"{name}.{i}": v for i, v in enumerate(value)})
-        else:
-            flat[name] = value
-    return flat
-
-
-def _bind(name: str, value, inputs: dict[str, Tensor]):
-    """The static copy standing for argument `name` in the graph (a tuple of them for a tuple of tensors)."""
-    if _is_tensor_tuple(value):
-        return tuple(inputs[f"{name}.{i}"] for i in range(len(value)))
-    return inputs.get(name, value)
+def _rebuild(value, tensors: Iterator[Tensor]):
+    """`value` with each of its tensors replaced by the next of `tensors` (the graph's static copies)."""
+    if isinstance(value, Tensor):
+        return next(tensors)
+    if isinstance(value, tuple):
+        items = [_rebuild(v, tensors) for v in value]
+        return type(value)(*items) if hasattr(value, "_fields") else tuple(items)  # NamedTuple or tuple
+    return value
 
 
 def _clone_tree(value):
@@ -85,32 +86,35 @@ def _clone_tree(value):
 
 
 class GraphedCallable:
-    """`fn(*args)` replayed from a CUDA graph captured per signature (shapes, dtypes, non-tensor values)."""
+    """`fn(*args, **kwargs)` replayed from a CUDA graph captured per key (shapes, dtypes, other values).
+
+    Called while another graphed callable warms up or is being captured, it runs `fn` as it is: the
+    outer graph takes its kernels in (a graph cannot be replayed inside a capture).
+    """
 
     def __init__(self, fn: Callable, pool=None, warmup: int = 2) -> None:
         self.fn = fn
         self.pool = pool if pool is not None else torch.cuda.graph_pool_handle()
         self.warmup = warmup
-        self.graphs: dict[tuple, _Graph] = {}
+        self.graphs: dict[object, _Graph] = {}
 
     def __call__(self, *args, **kwargs):
-        arguments = {**{str(i): a for i, a in enumerate(args)}, **kwargs}
-        flat = _flatten(arguments)
-        key = _signature(flat)
+        if capturing_graphs():
+            return self.fn(*args, **kwargs)
+        arguments = (args, tuple(sorted(kwargs.items())))
+        key = _key(arguments)
         entry = self.graphs.get(key)
         if entry is None:
-            entry = self.graphs[key] = self._capture(arguments, flat, len(args))
-        for name, static in entry.inputs.items():
-            static.copy_(flat[name], non_blocking=True)
+            entry = self.graphs[key] = self._capture(arguments)
+        for static, tensor in zip(entry.inputs, _tensors(arguments)):
+            static.copy_(tensor, non_blocking=True)
         entry.graph.replay()
         return _clone_tree(entry.output)
 
-    def _capture(self, arguments: dict, flat: dict, num_positional: int) -> _Graph:
-        inputs = {name: a.clone() for name, a in flat.items() if isinstance(a, Tensor)}
-        bound = {name: _bind(name, a, inputs) for name, a in arguments.items()}
-        names = list(bound)
-        args = [bound[n] for n in names[:num_positional]]
-        kwargs = {n: bound[n] for n in names[num_positional:]}
+    def _capture(self, arguments: tuple) -> _Graph:
+        inputs = [t.clone() for t in _tensors(arguments)]
+        args, kwargs = _rebuild(arguments, iter(inputs))
+        kwargs = dict(kwargs)
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with attention_for_graphs():
@@ -125,8 +129,13 @@ class GraphedCallable:
 
 
 def _heavy_modules(model: SAM2Model) -> tuple[torch.nn.Module, ...]:
-    """The four modules that do a tracking step's work, which graphs and compile speed up."""
+    """The four modules that do a tracking step's work, which compile speeds up."""
     return (model.image_encoder, model.memory_attention, model.sam_mask_decoder, model.memory_encoder)
+
+
+# The model's steps, each a graph: its heavy module with the glue around it (positional encodings, pointers,
+# the padding point, the mask's resizing), which would otherwise run op by op from the CPU.
+GRAPHED_METHODS = ("encode_image", "decode", "segment", "condition_on_memory", "encode_memory")
 
 
 def optimize(model: SAM2Model, compile: bool = False) -> SAM2Model:
@@ -153,13 +162,12 @@ def with_speed_options(model: SAM2Model, fast: bool, compile: bool) -> SAM2Model
 
 
 def use_cuda_graphs(model: SAM2Model) -> SAM2Model:
-    """Replay the image encoder, memory attention, mask decoder and memory encoder from CUDA graphs
-    (the model must be on CUDA)."""
+    """Replay the model's GRAPHED_METHODS from CUDA graphs (the model must be on CUDA)."""
     if model.device.type != "cuda":
         raise ValueError("CUDA graphs need the model on a CUDA device")
     pool = torch.cuda.graph_pool_handle()
-    for module in _heavy_modules(model):
-        module.forward = GraphedCallable(module.forward, pool)
+    for name in GRAPHED_METHODS:
+        setattr(model, name, GraphedCallable(getattr(model, name), pool))
     return model
 
 
@@ -183,12 +191,11 @@ def use_compile(
     """
     if mode not in COMPILE_MODES:
         raise ValueError(f"compile mode must be one of {', '.join(COMPILE_MODES)}; got {mode!r}")
-    modules = _heavy_modules(model)
-    if any(isinstance(module.forward, GraphedCallable) for module in modules):
+    if any(isinstance(getattr(model, name), GraphedCallable) for name in GRAPHED_METHODS):
         raise ValueError("compile the model before use_cuda_graphs, not after: graphs replay the compiled code")
     import torch._dynamo.config as dynamo_config
 
     dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
-    for module in modules:
+    for module in _heavy_modules(model):
         module.forward = torch.compile(module.forward, mode=mode, dynamic=dynamic, backend=backend)
     return model

@@ -80,6 +80,11 @@ _CAPTURED_BACKENDS = [SDPBackend.CUDNN_ATTENTION, *_CUDA_BACKENDS]
 _graph_captures = 0
 
 
+def capturing_graphs() -> bool:
+    """True inside `attention_for_graphs`: code is being warmed up or captured into a CUDA graph."""
+    return _graph_captures > 0
+
+
 @contextmanager
 def attention_for_graphs() -> Iterator[None]:
     """Within: attention prefers cuDNN's kernels, for code being warmed up and captured into CUDA graphs."""
