@@ -41,27 +41,19 @@ def to_inference_dtype(model: SAM2Model, dtype: torch.dtype = torch.bfloat16) ->
 
 class _Graph(NamedTuple):
     graph: torch.cuda.CUDAGraph
-    inputs: list[Tensor]  # static copies of the tensors among the arguments, in _tensors order
+    inputs: list[Tensor]  # static copies of the tensors among the arguments, in _flatten order
     output: object  # the static output structure
 
 
-def _key(value) -> object:
-    """What a graph is captured for: tensors by shape, dtype and device; tuples (NamedTuples too) element by
-    element; any other value (None, a flag, a size) as it is."""
+def _flatten(value, tensors: list[Tensor]) -> object:
+    """The key a graph is captured for: tensors by shape, dtype and device; tuples (NamedTuples too) element
+    by element; any other value (None, a flag, a size) as it is. Appends the tensors to `tensors`, depth first."""
     if isinstance(value, Tensor):
+        tensors.append(value)
         return (tuple(value.shape), value.dtype, value.device)
     if isinstance(value, tuple):
-        return (type(value), tuple(_key(v) for v in value))
+        return (type(value), tuple(_flatten(v, tensors) for v in value))
     return value
-
-
-def _tensors(value) -> list[Tensor]:
-    """The tensors within an argument, depth first."""
-    if isinstance(value, Tensor):
-        return [value]
-    if isinstance(value, tuple):
-        return [t for v in value for t in _tensors(v)]
-    return []
 
 
 def _rebuild(value, tensors: Iterator[Tensor]):
@@ -102,17 +94,18 @@ class GraphedCallable:
         if capturing_graphs():
             return self.fn(*args, **kwargs)
         arguments = (args, tuple(sorted(kwargs.items())))
-        key = _key(arguments)
+        tensors: list[Tensor] = []
+        key = _flatten(arguments, tensors)
         entry = self.graphs.get(key)
         if entry is None:
-            entry = self.graphs[key] = self._capture(arguments)
-        for static, tensor in zip(entry.inputs, _tensors(arguments)):
+            entry = self.graphs[key] = self._capture(arguments, tensors)
+        for static, tensor in zip(entry.inputs, tensors):
             static.copy_(tensor, non_blocking=True)
         entry.graph.replay()
         return _clone_tree(entry.output)
 
-    def _capture(self, arguments: tuple) -> _Graph:
-        inputs = [t.clone() for t in _tensors(arguments)]
+    def _capture(self, arguments: tuple, tensors: list[Tensor]) -> _Graph:
+        inputs = [t.clone() for t in tensors]
         args, kwargs = _rebuild(arguments, iter(inputs))
         kwargs = dict(kwargs)
         stream = torch.cuda.Stream()
