@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 import sam2rt
+from sam2rt.frames import as_rgb_tensor
 
 IMAGE_SIZE = 64
 HEIGHT, WIDTH = 48, 64
@@ -142,3 +143,22 @@ def test_image_predictor_keeps_its_image_when_a_new_one_is_refused(model):
     masks, ious, low_res = predictor.predict(point_coords=[[20, 20]], point_labels=[1])
     assert np.array_equal(masks, expected[0]) and np.array_equal(ious, expected[1])
     assert np.array_equal(low_res, expected[2])
+
+
+def test_read_only_frames_are_read_in_place_and_left_as_they_were(model):
+    """Decoders often hand out read-only arrays (np.asarray of a PIL image): they are tracked as writable ones
+    are, without a copy of each frame, and come back unchanged."""
+    frames = _frames(4)
+    locked = [np.asarray(Image.fromarray(frame)) for frame in frames]
+    assert not locked[0].flags.writeable
+    if np.lib.NumpyVersion(np.__version__) >= "2.1.0":  # older numpy cannot share read-only arrays: a copy
+        assert as_rgb_tensor(locked[0]).data_ptr() == locked[0].ctypes.data
+    results = []
+    for sequence in (frames, locked):
+        tracker = sam2rt.StreamTracker(model)
+        tracker.step(sequence[0])
+        tracker.add_prompt(1, points=[[20, 20]], labels=[1])
+        results.append([tracker.step(frame) for frame in sequence[1:]])
+    for got, expected in zip(*results):
+        _assert_same(got, expected)
+    assert all(np.array_equal(frame, original) for frame, original in zip(locked, frames))

@@ -25,7 +25,8 @@ def as_rgb_tensor(image: ImageLike) -> Tensor:
     images (converted as image files are: 16-bit scaled to 8 bits, alpha dropped). Anything else
     (other integer types, floats outside [0, 1] such as 0-255 floats, NaN or infinity) is refused
     with a ValueError or TypeError that names the problem. Checking a float tensor on a GPU waits
-    for it (one synchronisation); uint8 frames need no check.
+    for it (one synchronisation); uint8 frames need no check. The tensor may share the array's memory,
+    read-only arrays' too: never write into it.
     """
     if isinstance(image, Image.Image):
         image = rgb_from_image(image)
@@ -34,9 +35,13 @@ def as_rgb_tensor(image: ImageLike) -> Tensor:
             raise TypeError(f"expected an RGB image of uint8 or float values, got an array of {image.dtype}")
         if image.dtype.kind in "ui" and image.dtype != np.uint8:
             raise TypeError(f"expected uint8 pixel values (or floats in [0, 1]), got an array of {image.dtype}")
-        if not image.flags.writeable:
-            image = image.copy()  # torch wants writable memory; frames from decoders are often read-only
-        image = torch.from_numpy(np.ascontiguousarray(image))
+        image = np.ascontiguousarray(image)
+        # Read-only arrays (np.asarray of a PIL image) are shared through DLPack, not copied: nothing writes
+        # into a frame, and torch.from_numpy would warn. numpy before 2.1 refuses to export them: a copy then.
+        try:
+            image = torch.from_numpy(image) if image.flags.writeable else torch.from_dlpack(image)
+        except BufferError:
+            image = torch.from_numpy(image.copy())
     if not isinstance(image, Tensor):
         raise TypeError(f"expected an RGB image (numpy array, torch tensor or PIL image), got {type(image).__name__}")
     if image.dim() == 2:
