@@ -73,7 +73,8 @@ def test_every_memory_length_stays_compiled():
     with torch.inference_mode():
         for seed, (frames, pointers, padded) in enumerate(shapes):
             inputs = _memory_inputs(eager, batch=2, frames=frames, pointers=pointers, padded=padded, seed=seed)
-            torch.testing.assert_close(_attend(compiled, inputs), _attend(eager, inputs), rtol=0, atol=0)
+            # Traced by dynamo, not generated: equal up to fp32 rounding (bit for bit on torch 2.13, not on 2.11).
+            torch.testing.assert_close(_attend(compiled, inputs), _attend(eager, inputs), rtol=1e-5, atol=1e-6)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == len(shapes)  # none ran eager
 
 
