@@ -13,11 +13,12 @@ the official predictor under bf16 autocast with TF32 matmuls, as its own benchma
 - memory: GPU memory allocated over a long stream (1 object), sampled every 1000 frames;
 - heavy: each object corrected on 8 frames (8 conditioning frames in its memory), 1 and 4 objects;
 - profile: ms per frame by stage (CUDA events around the encoder, memory attention, decoder,
-  memory encoder, memory gather, output upsampling; the rest of the step is "other");
+  memory encoder, memory gather, output upsampling; the rest of the step is "other"), each model step
+  its own graph; then the step as it runs (the engine's tracking pass one graph);
 - attention: the memory attention's cross-attention alone, per attention kernel (what bounds a step);
 - kernels: the GPU kernels of a 1-object step by time (torch.profiler, eager bf16);
-- outside: the ops a step runs outside the model's graphed steps (STEPS), per step and by sam2rt source line
-  (what CUDA graphs of the whole step would take in; views count, though they launch no kernel);
+- outside: the ops the host dispatches in a step, by sam2rt source line, without and with hole filling (with
+  graphs: all but the replays; what further graphs could take in);
 - cpu: 4 objects on the CPU, memory attention split per object or batched, against the official loop.
 """
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import sys
 import time
 from collections import defaultdict
@@ -205,42 +207,73 @@ def wrap_steps(model, wrapper):
     return restore
 
 
+@contextlib.contextmanager
+def _steps_one_by_one():
+    """The engine's tracking pass runs the model's steps one by one (each its own graph, so each can be timed)
+    instead of replaying the whole pass as one graph; trees before the whole-pass graph run so anyway."""
+    from sam2rt.tracking import engine as engine_module
+
+    whole = getattr(engine_module, "graphed_with_model", None)
+    if whole is None:
+        yield
+        return
+    engine_module.graphed_with_model = lambda model, fn: functools.partial(fn, model)
+    try:
+        yield
+    finally:
+        engine_module.graphed_with_model = whole
+
+
+def _profiled_tracker(model, frames, objects: int, warmup: int):
+    tracker = sam2rt.StreamTracker(model, fill_hole_area=0)
+    tracker.step(frames[0])
+    for obj in range(objects):
+        tracker.add_prompt(obj + 1, points=_clicks(obj), labels=[1])
+    for frame in frames[1 : 1 + warmup]:
+        tracker.step(frame)
+    return tracker
+
+
+def _timed_steps(tracker, frames, timer: StageTimer) -> float:
+    """Step through `frames` with the whole step timed on the GPU as "step"; returns the host's ms per frame."""
+    host = 0.0
+    for frame in frames:
+        start = time.perf_counter()
+        timer.begin("step")
+        tracker.step(frame)
+        timer.end("step")
+        host += time.perf_counter() - start
+    return 1000 * host / len(frames)
+
+
 def case_profile(model, frames, args) -> None:
     from sam2rt.tracking import engine as engine_module
 
+    timed = frames[1 + args.warmup :]
     for objects in (1, 4):
         timer = StageTimer()
-        tracker = sam2rt.StreamTracker(model, fill_hole_area=0)
-        tracker.step(frames[0])
-        for obj in range(objects):
-            tracker.add_prompt(obj + 1, points=_clicks(obj), labels=[1])
-        for frame in frames[1 : 1 + args.warmup]:
-            tracker.step(frame)
-        restore = wrap_steps(model, timer.wrap)
-        gather, upsample = engine_module.gather, engine_module.TrackingEngine.to_video_resolution
-        engine_module.gather = timer.wrap("memory gather", gather)
-        engine_module.TrackingEngine.to_video_resolution = timer.wrap("output", upsample)
-        host = 0.0
-        try:
-            timed = frames[1 + args.warmup :]
-            for frame in timed:
-                start = time.perf_counter()
-                timer.begin("step")
-                tracker.step(frame)
-                timer.end("step")
-                host += time.perf_counter() - start
-            totals = timer.totals()
-        finally:
-            restore()
-            engine_module.gather, engine_module.TrackingEngine.to_video_resolution = gather, upsample
+        with _steps_one_by_one():
+            tracker = _profiled_tracker(model, frames, objects, args.warmup)
+            restore = wrap_steps(model, timer.wrap)
+            gather, upsample = engine_module.gather, engine_module.TrackingEngine.to_video_resolution
+            engine_module.gather = timer.wrap("memory gather", gather)
+            engine_module.TrackingEngine.to_video_resolution = timer.wrap("output", upsample)
+            try:
+                host = _timed_steps(tracker, timed, timer)
+                totals = timer.totals()
+            finally:
+                restore()
+                engine_module.gather, engine_module.TrackingEngine.to_video_resolution = gather, upsample
         per_frame = {name: total / len(timed) for name, total in totals.items()}
         step = per_frame.pop("step")
         other = step - sum(per_frame.values())
         stages = ", ".join(f"{name} {ms:.2f}" for name, ms in per_frame.items())
-        print(
-            f"profile [{args.label}] tiny, {objects} object(s), ms/frame: step {step:.2f} (host {1000 * host / len(timed):.2f}); "
-            f"{stages}, other {other:.2f}"
-        )
+        label = f"profile [{args.label}] tiny, {objects} object(s), ms/frame"
+        print(f"{label}, steps one by one: step {step:.2f} (host {host:.2f}); {stages}, other {other:.2f}")
+        # The step as it runs: the engine's tracking pass replayed as one graph, where the tree has it.
+        timer = StageTimer()
+        host = _timed_steps(_profiled_tracker(model, frames, objects, args.warmup), timed, timer)
+        print(f"{label}, as it runs: step {timer.totals()['step'] / len(timed):.2f} (host {host:.2f})")
 
 
 def case_attention(model, frames, args) -> None:
@@ -297,57 +330,40 @@ def case_kernels(model, frames, args) -> None:
 
 
 def case_outside(model, frames, args) -> None:
-    """Ops dispatched outside the model's steps (encoding, conditioning, segmenting, memory), by source line."""
+    """Ops the host dispatches in a tracking step, by sam2rt source line: with graphs, everything but the
+    replays (copies into and out of graphs included; views count, though they launch no kernel)."""
     import traceback
     from collections import Counter
 
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    depth = [0]
-
-    class OutsideOps(TorchDispatchMode):
+    class DispatchedOps(TorchDispatchMode):
         def __init__(self) -> None:
             super().__init__()
             self.lines: Counter = Counter()
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if not depth[0]:
-                ours = [
-                    f for f in traceback.extract_stack() if "sam2rt" in f.filename and "benchmarks" not in f.filename
-                ]
-                where = f"{ours[-1].filename.split('sam2rt/')[-1]}:{ours[-1].lineno} {ours[-1].name}" if ours else "?"
-                self.lines[where] += 1
+            ours = [f for f in traceback.extract_stack() if "sam2rt" in f.filename and "benchmarks" not in f.filename]
+            where = f"{ours[-1].filename.split('sam2rt/')[-1]}:{ours[-1].lineno} {ours[-1].name}" if ours else "?"
+            self.lines[where] += 1
             return func(*args, **(kwargs or {}))
 
-    def uncounted(stage, step):
-        def run(*args, **kwargs):
-            depth[0] += 1
-            try:
-                return step(*args, **kwargs)
-            finally:
-                depth[0] -= 1
-
-        return run
-
-    restore = wrap_steps(model, uncounted)
-    try:
+    for fill_hole_area in (0, 8):
         for objects in (1, 4):
-            tracker = sam2rt.StreamTracker(model)
+            tracker = sam2rt.StreamTracker(model, fill_hole_area=fill_hole_area)
             tracker.step(frames[0])
             for obj in range(objects):
                 tracker.add_prompt(obj + 1, points=_clicks(obj), labels=[1])
             for frame in frames[1 : 1 + args.warmup]:
                 tracker.step(frame)
             steps = frames[1 + args.warmup : 11 + args.warmup]
-            with OutsideOps() as counter:
+            with DispatchedOps() as counter:
                 for frame in steps:
                     tracker.step(frame)
             total = sum(counter.lines.values()) / len(steps)
-            print(f"outside: {objects} object(s), {total:.0f} ops a step outside the model's steps; most:")
+            print(f"outside: {objects} object(s), hole filling {fill_hole_area}: {total:.0f} ops a step; most:")
             for where, count in counter.lines.most_common(8):
                 print(f"  {count / len(steps):6.1f}  {where}")
-    finally:
-        restore()
 
 
 def case_cpu(model, ref, frames, args) -> None:

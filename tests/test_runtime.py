@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import sam2rt
-from sam2rt.runtime import to_inference_dtype, use_cuda_graphs
+from sam2rt.runtime import graphed_with_model, to_inference_dtype, use_cuda_graphs
+from sam2rt.tracking import engine
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -69,9 +70,12 @@ def test_cuda_graphs_replay_the_eager_results():
     for ref, got in zip(reference, graphed):
         assert got.object_ids == ref.object_ids
         torch.testing.assert_close(got.mask_logits, ref.mask_logits, atol=1e-3, rtol=1e-3)
-    # Tracking replays whole steps; decoding, called only inside them, was taken into their graphs.
-    assert graphed_model.segment.graphs and graphed_model.condition_on_memory.graphs
-    assert not graphed_model.decode.graphs
+    # Tracking replays the engine's whole pass over the objects (hole filling included): the model's steps
+    # called inside it were taken into its graphs. Prompts (on the first frame: no memory) replay the segment
+    # step, decoding inside it.
+    assert graphed_with_model(graphed_model, engine._track_on_memory).graphs
+    assert not graphed_model.condition_on_memory.graphs
+    assert graphed_model.segment.graphs and not graphed_model.decode.graphs
 
 
 @cuda

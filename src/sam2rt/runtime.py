@@ -11,7 +11,8 @@ The model code stays plain PyTorch; this module changes how it runs:
   on first use. A tracking step launches about a thousand small kernels; replaying them from a graph
   takes the launch cost off the CPU, which otherwise bounds the frame rate of the small variants.
   Captured code uses cuDNN's attention kernels on batches, the fastest there on Hopper, whose
-  per-call CPU cost a graph pays only once.
+  per-call CPU cost a graph pays only once. Code around the model can join in: `graphed_with_model`
+  replays a function (the tracking engine's whole pass over a frame's objects) from graphs too.
 - `use_compile` runs the same four module forwards through torch.compile (inductor's fused kernels),
   under CUDA graphs or without them; `optimize(model, compile=True)` does bf16, compile and graphs.
   It is an option, not the default: about a third more FPS on an H200, for 30 to 60 s of compiling before
@@ -20,6 +21,7 @@ The model code stays plain PyTorch; this module changes how it runs:
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Iterator, NamedTuple, Optional
 
 import torch
@@ -154,6 +156,15 @@ def with_speed_options(model: SAM2Model, fast: bool, compile: bool) -> SAM2Model
     return use_compile(model) if compile else model
 
 
+class _ModelGraphs:
+    """What `use_cuda_graphs` leaves on a model: the memory pool of its graphs, and the functions of code
+    around the model graphed with it (`graphed_with_model`)."""
+
+    def __init__(self, pool) -> None:
+        self.pool = pool
+        self.functions: dict[Callable, GraphedCallable] = {}
+
+
 def use_cuda_graphs(model: SAM2Model) -> SAM2Model:
     """Replay the model's GRAPHED_METHODS from CUDA graphs (the model must be on CUDA)."""
     if model.device.type != "cuda":
@@ -161,7 +172,22 @@ def use_cuda_graphs(model: SAM2Model) -> SAM2Model:
     pool = torch.cuda.graph_pool_handle()
     for name in GRAPHED_METHODS:
         setattr(model, name, GraphedCallable(getattr(model, name), pool))
+    model._graphs = _ModelGraphs(pool)
     return model
+
+
+def graphed_with_model(model: SAM2Model, fn: Callable) -> Callable:
+    """`fn(model, ...)` as a function of the other arguments: replayed from CUDA graphs when `use_cuda_graphs`
+    graphed the model (its steps called inside run in fn's graph), else run as it is.
+
+    Kept on the model, one per fn: every tracker of a model shares the graphs, captured once.
+    """
+    graphs: Optional[_ModelGraphs] = model.__dict__.get("_graphs")
+    if graphs is None:
+        return functools.partial(fn, model)
+    if fn not in graphs.functions:
+        graphs.functions[fn] = GraphedCallable(functools.partial(fn, model), graphs.pool)
+    return graphs.functions[fn]
 
 
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")  # inductor's own CUDA graphs would clash with ours

@@ -18,8 +18,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..masks import fill_holes, keep_highest_object
-from ..model.sam2 import ImageFeatures, MaskPrediction, SAM2Model
+from ..model.sam2 import ImageFeatures, MaskPrediction, MemoryTokens, SAM2Model
 from ..preprocess import Resize, model_input
+from ..runtime import graphed_with_model
 from .memory_bank import FrameOutput, MemoryView, gather
 
 PROMPT_MASK_LOGIT_CLAMP = 32.0  # previous logits fed back with new clicks are clamped for numerical safety
@@ -129,20 +130,22 @@ class TrackingEngine:
     ) -> list[FrameOutput]:
         """Track every object of `views` on its frame in `frames` (one per view, or one for all) in one
         batched pass; outputs carry their new memory."""
-        batch = len(views)
-        features = _per_object(frames, batch)
-        conditioned = self._with_memory(frames, features.embed, views, reverse, num_frames)
-        prediction = self.model.segment(conditioned, features.high_res, None, None, None, multimask=True)
-        memories = self.model.encode_memory(
-            features.embed,
-            prediction.best_mask,
-            prediction.object_score_logits,
-            torch.zeros(batch, dtype=torch.bool, device=self.device),
-        )
-        outputs = self._outputs(prediction)
-        for output, spatial in zip(outputs, self._store_memory(memories)):
-            output.memory = spatial
-        return outputs
+        features = _per_object(frames, len(views))
+        settings = (self.options.fill_hole_area, self.memory_dtype)
+        if self._splits_attention(len(views)):
+            conditioned = self._with_memory(frames, features.embed, views, reverse, num_frames)
+            tracked = _track_conditioned(self.model, *settings, features.embed, features.high_res, conditioned)
+        else:
+            memory = self._gather(frames, views, reverse, num_frames)
+            # One graph for the pass when the model's steps are graphed: the glue between them replays too.
+            track_on_memory = graphed_with_model(self.model, _track_on_memory)
+            tracked = track_on_memory(*settings, features.embed, features.high_res, memory)
+        masks = tracked.masks.to(self.storage_device, non_blocking=True)
+        memories = self._to_storage(tracked.memories)
+        return [
+            FrameOutput(masks[row], tracked.pointers[row], tracked.object_scores[row], memories[row])
+            for row in range(masks.shape[0])
+        ]
 
     def prompt_points(
         self,
@@ -209,26 +212,30 @@ class TrackingEngine:
         num_frames: Optional[int],
     ) -> Tensor:
         """Features `embed` (1 or B, C, h, w) of each object's frame conditioned on its memory: (B, C, h, w)."""
-        own_frames = list(frames) if len(frames) == len(views) else [frames[0]] * len(views)
-        if self.split_cpu_attention and self.device.type == "cpu" and len(views) > 1:
+        if self._splits_attention(len(views)):
             # PyTorch's CPU attention runs a batch of objects slower than one call per object.
+            own_frames = list(frames) if len(frames) == len(views) else [frames[0]] * len(views)
             rows = [embed[i : i + 1] if embed.shape[0] > 1 else embed for i in range(len(views))]
             conditioned = [
                 self._with_memory([frame], row, [view], reverse, num_frames)
                 for frame, row, view in zip(own_frames, rows, views)
             ]
             return torch.cat(conditioned)  # (B, C, h, w)
-        indices = [frame.index for frame in own_frames]
-        memory = gather(
-            views, indices, reverse, self.config, self.device, self.options.max_cond_frames_in_attn, num_frames
-        )
-        return self.model.condition_on_memory(embed, memory)
+        return self.model.condition_on_memory(embed, self._gather(frames, views, reverse, num_frames))
+
+    def _splits_attention(self, objects: int) -> bool:
+        return self.split_cpu_attention and self.device.type == "cpu" and objects > 1
+
+    def _gather(
+        self, frames: Sequence[EncodedFrame], views: list[MemoryView], reverse: bool, num_frames: Optional[int]
+    ) -> MemoryTokens:
+        """The memory each object of `views` sees on its frame (one frame per view, or one for all)."""
+        indices = [frame.index for frame in frames] if len(frames) == len(views) else [frames[0].index] * len(views)
+        options = self.options
+        return gather(views, indices, reverse, self.config, self.device, options.max_cond_frames_in_attn, num_frames)
 
     def _outputs(self, prediction: MaskPrediction) -> list[FrameOutput]:
-        masks = prediction.best_mask
-        if self.options.fill_hole_area > 0:
-            masks = fill_holes(masks, self.options.fill_hole_area, fill_value=HOLE_FILL_LOGIT)
-        masks = masks.to(self.storage_device, non_blocking=True)
+        masks = _filled(prediction.best_mask, self.options.fill_hole_area).to(self.storage_device, non_blocking=True)
         return [
             FrameOutput(masks[row], prediction.obj_ptr[row], prediction.object_score_logits[row])
             for row in range(masks.shape[0])
@@ -236,9 +243,63 @@ class TrackingEngine:
 
     def _store_memory(self, memories: Tensor) -> Tensor:
         """(B, C_mem, h, w) -> (B, h*w, C_mem) in the storage dtype and device."""
-        flat = memories.flatten(2).transpose(1, 2)  # (B, h*w, C_mem)
+        return self._to_storage(_flat_memory(memories, self.memory_dtype))
+
+    def _to_storage(self, memories: Tensor) -> Tensor:
         # Offloaded, the copy must have landed before the host copies it into its slot: no non_blocking.
-        return flat.to(self.memory_dtype).to(self.storage_device).contiguous()
+        return memories.to(self.storage_device)
+
+
+class _TrackedBatch(NamedTuple):
+    masks: Tensor  # (B, 1, 4h, 4w) logits for output: the best mask, its small holes filled
+    pointers: Tensor  # (B, C) object pointers
+    object_scores: Tensor  # (B, 1) presence logits
+    memories: Tensor  # (B, h*w, C_mem) spatial memories in the memory dtype
+
+
+def _track_on_memory(
+    model: SAM2Model,
+    fill_hole_area: int,
+    memory_dtype: torch.dtype,
+    embed: Tensor,
+    high_res: tuple[Tensor, ...],
+    memory: MemoryTokens,
+) -> _TrackedBatch:
+    """A tracking pass from the gathered memory: the unit that replays as one CUDA graph."""
+    conditioned = model.condition_on_memory(embed, memory)
+    return _track_conditioned(model, fill_hole_area, memory_dtype, embed, high_res, conditioned)
+
+
+def _track_conditioned(
+    model: SAM2Model,
+    fill_hole_area: int,
+    memory_dtype: torch.dtype,
+    embed: Tensor,
+    high_res: tuple[Tensor, ...],
+    conditioned: Tensor,
+) -> _TrackedBatch:
+    """Segment each object from its frame's features conditioned on its memory (B, C, h, w), and encode its
+    new memory from the unfilled mask (as the official does: holes are filled in the output only)."""
+    prediction = model.segment(conditioned, high_res, None, None, None, multimask=True)
+    batch = conditioned.shape[0]
+    tracked = torch.zeros(batch, dtype=torch.bool, device=conditioned.device)  # masks of tracking: not binarised
+    memories = model.encode_memory(embed, prediction.best_mask, prediction.object_score_logits, tracked)
+    masks = _filled(prediction.best_mask, fill_hole_area)
+    return _TrackedBatch(
+        masks, prediction.obj_ptr, prediction.object_score_logits, _flat_memory(memories, memory_dtype)
+    )
+
+
+def _filled(mask_logits: Tensor, fill_hole_area: int) -> Tensor:
+    """Output logits (B, 1, 4h, 4w) with background holes of up to `fill_hole_area` pixels filled (0: none)."""
+    if fill_hole_area <= 0:
+        return mask_logits
+    return fill_holes(mask_logits, fill_hole_area, fill_value=HOLE_FILL_LOGIT)
+
+
+def _flat_memory(memories: Tensor, dtype: torch.dtype) -> Tensor:
+    """(B, C_mem, h, w) -> (B, h*w, C_mem), contiguous, in `dtype`."""
+    return memories.flatten(2).transpose(1, 2).to(dtype).contiguous()  # (B, h*w, C_mem)
 
 
 def _per_object(frames: Sequence[EncodedFrame], batch: int) -> ImageFeatures:
