@@ -78,6 +78,32 @@ def test_every_memory_length_stays_compiled():
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == len(shapes)  # none ran eager
 
 
+def test_compiled_memory_encoder_runs_its_depthwise_convs_as_shifted_products():
+    """Traced by dynamo, the fuser's depthwise convs become shifted products (one fused kernel under inductor);
+    the output equals the eager module's, which runs them as convolutions."""
+    torch.manual_seed(0)
+    encoder = sam2rt.build_model("sam2.1_hiera_tiny", image_size=128).memory_encoder
+    with torch.no_grad():
+        for block in encoder.fuser.layers:
+            block.gamma.fill_(1.0)  # the trained scale lets the convs' output through; the initial 1e-6 would hide it
+    graphs = []
+
+    def recording_backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    compiled = torch.compile(encoder.forward, backend=recording_backend, dynamic=False)
+    features, mask = torch.randn(2, 256, 8, 8), torch.randn(2, 1, 128, 128)
+    with torch.inference_mode():
+        expected, got = encoder(features, mask), compiled(features, mask)
+        fused = encoder.pix_feat_proj(features) + encoder.mask_downsampler(mask)
+        assert (encoder.fuser(fused) - fused).abs().max() > 0.1  # the blocks change what they are given
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    convs = [node for graph in graphs for node in graph.graph.nodes if node.target is torch.conv2d]
+    groups = [node.args[6] if len(node.args) > 6 else node.kwargs.get("groups", 1) for node in convs]
+    assert len(convs) == 7 and set(groups) == {1}  # the downsampler's 5, the two projections; no depthwise
+
+
 def test_automatic_dynamic_compiles_few_graphs():
     """By default the sizes that change become symbolic: a growing memory costs two compiles, not one per length."""
     eager = sam2rt.build_model("sam2.1_hiera_tiny", image_size=128)

@@ -98,9 +98,14 @@ def attention_for_graphs() -> Iterator[None]:
 
 # One object's memory attention (a single row and head, 4096 queries over up to ~29k memory keys) gives the
 # kernels too few query blocks to fill an H200; its keys cut into 4 slices run as a batch of 4 rows and are
-# combined by their log-sum-exps: 0.22 ms a layer against flash's 0.38 (cuDNN, inside CUDA graphs).
+# combined by their log-sum-exps: 0.22 ms a layer against flash's 0.38 (cuDNN, inside CUDA graphs). Its
+# self-attention (4096 keys) gains only when compiled, where the combination fuses into one kernel: 52 us
+# against flash's 65 (78 uncompiled).
 KEY_SLICES = 4
 SLICED_MIN_KEYS = 8192
+SLICED_MIN_KEYS_COMPILED = 4096
+# cuDNN's kernels walk keys 128 at a time: Hiera's small windows (16 to 64 keys) run faster on flash.
+CUDNN_MIN_KEYS = 128
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor] = None) -> Tensor:
@@ -115,10 +120,11 @@ def attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor] = None
     captured = _graph_captures > 0
     one_row = q.shape[0] * q.shape[1] == 1
     num_keys = k.shape[2]
-    if captured and one_row and key_mask is None and num_keys >= SLICED_MIN_KEYS and num_keys % KEY_SLICES == 0:
+    min_sliced = SLICED_MIN_KEYS_COMPILED if torch.compiler.is_compiling() else SLICED_MIN_KEYS
+    if captured and one_row and key_mask is None and num_keys >= min_sliced and num_keys % KEY_SLICES == 0:
         return sliced_key_attention(q, k, v, KEY_SLICES, _cudnn_attention_with_lse)
     # cuDNN wins on batches (4 objects' memory attention: 0.69 ms against flash's 1.47 on an H200), flash on one row.
-    backends = _CAPTURED_BACKENDS if captured and q.shape[0] > 1 else _CUDA_BACKENDS
+    backends = _CAPTURED_BACKENDS if captured and q.shape[0] > 1 and num_keys >= CUDNN_MIN_KEYS else _CUDA_BACKENDS
     with sdpa_kernel(backends, set_priority=True):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
 
