@@ -41,3 +41,18 @@ def test_one_row_on_cuda_uses_slices_within_bf16_noise():
         got = attention(q, k, v).float()
     expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
     assert (got - expected).abs().max().item() < 2e-2 * expected.abs().max().item()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (cuDNN attention)")
+@pytest.mark.parametrize("rows", [1, 4])
+def test_values_narrower_than_keys_on_cuda_within_bf16_noise(rows):
+    """Memory attention's raw 64-wide values under 256-wide keys: cuDNN (sliced for one row) takes them."""
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(rows, 1, 4096, 256, generator=generator, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(rows, 1, SLICED_MIN_KEYS * 2, 256, generator=generator, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn(rows, 1, SLICED_MIN_KEYS * 2, 64, generator=generator, device="cuda", dtype=torch.bfloat16)
+    with attention_for_graphs():
+        got = attention(q, k, v).float()
+    expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
+    assert got.shape == (rows, 1, 4096, 64)
+    assert (got - expected).abs().max().item() < 2e-2 * expected.abs().max().item()

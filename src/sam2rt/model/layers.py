@@ -109,7 +109,7 @@ CUDNN_MIN_KEYS = 128
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor] = None) -> Tensor:
-    """Scaled dot-product attention over heads: q (B, h, Nq, d), k and v (B, h, Nk, d) -> (B, h, Nq, d).
+    """Scaled dot-product attention over heads: q and k (B, h, Nq or Nk, d), v (B, h, Nk, e) -> (B, h, Nq, e).
 
     `key_mask` (B, Nk) is True where a key may be attended; each row must keep at least one key.
     """
@@ -123,8 +123,10 @@ def attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor] = None
     min_sliced = SLICED_MIN_KEYS_COMPILED if torch.compiler.is_compiling() else SLICED_MIN_KEYS
     if captured and one_row and key_mask is None and num_keys >= min_sliced and num_keys % KEY_SLICES == 0:
         return sliced_key_attention(q, k, v, KEY_SLICES, _cudnn_attention_with_lse)
-    # cuDNN wins on batches (4 objects' memory attention: 0.69 ms against flash's 1.47 on an H200), flash on one row.
-    backends = _CAPTURED_BACKENDS if captured and q.shape[0] > 1 and num_keys >= CUDNN_MIN_KEYS else _CUDA_BACKENDS
+    # cuDNN wins on batches (4 objects' memory attention: 0.69 ms against flash's 1.47 on an H200), flash on one
+    # row; flash cannot take values narrower than the keys (memory attention's, captured), cuDNN can.
+    prefers_cudnn = q.shape[0] > 1 or v.shape[-1] != q.shape[-1]
+    backends = _CAPTURED_BACKENDS if captured and prefers_cudnn and num_keys >= CUDNN_MIN_KEYS else _CUDA_BACKENDS
     with sdpa_kernel(backends, set_priority=True):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
 
@@ -132,17 +134,17 @@ def attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor] = None
 def sliced_key_attention(
     q: Tensor, k: Tensor, v: Tensor, slices: int, attend: Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
 ) -> Tensor:
-    """One row's attention, q (1, 1, Nq, d) over k and v (1, 1, Nk, d), as `slices` rows over equal slices of
-    the keys, combined: each slice's output weighted by its share exp(lse_i) / sum exp(lse_j) of the softmax.
+    """One row's attention, q (1, 1, Nq, d) over k (1, 1, Nk, d) and v (1, 1, Nk, e), as `slices` rows over equal
+    slices of the keys, combined: each slice's output weighted by its share exp(lse_i) / sum exp(lse_j) of the softmax.
 
-    `attend(q, k, v)` returns the attention output (S, 1, Nq, d) and its log-sum-exp (S, 1, Nq).
+    `attend(q, k, v)` returns the attention output (S, 1, Nq, e) and its log-sum-exp (S, 1, Nq).
     """
-    _, _, num_keys, head_dim = k.shape
-    key_slices = k.reshape(slices, 1, num_keys // slices, head_dim)  # (S, 1, Nk/S, d): consecutive keys per row
-    value_slices = v.reshape(slices, 1, num_keys // slices, head_dim)
+    num_keys = k.shape[2]
+    key_slices = k.reshape(slices, 1, num_keys // slices, k.shape[3])  # (S, 1, Nk/S, d): consecutive keys per row
+    value_slices = v.reshape(slices, 1, num_keys // slices, v.shape[3])
     out, lse = attend(q.repeat(slices, 1, 1, 1), key_slices, value_slices)
     shares = torch.softmax(lse.float(), dim=0)[..., None]  # (S, 1, Nq, 1)
-    return (out.float() * shares).sum(dim=0, keepdim=True).to(q.dtype)  # (1, 1, Nq, d)
+    return (out.float() * shares).sum(dim=0, keepdim=True).to(q.dtype)  # (1, 1, Nq, e)
 
 
 def _cudnn_attention_with_lse(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import Attention, attention
+from .layers import Attention, attention, capturing_graphs, split_heads
 from .positional import apply_rotary, rotary_tables
 
 
@@ -29,7 +29,14 @@ class RotaryAttention(Attention):
         rotary_frames: int,
         key_mask: Optional[Tensor] = None,
     ) -> Tensor:
-        q, k, v = self.project(q, k, v)  # (B, heads, N, d)
+        if values_first := self._projects_values_after(q):
+            # Softmax rows sum to 1, so P (X Wv^T + b) = (P X) Wv^T + b: attending over the memory's own
+            # 64 channels and projecting the 4096 outputs after costs a quarter of the value side's
+            # arithmetic of attending over 28k projected 256-wide values, and no value projection.
+            q, k = split_heads(self.q_proj(q), 1), split_heads(self.k_proj(k), 1)
+            v = v[:, None]  # (B, 1, Nk, C_mem)
+        else:
+            q, k, v = self.project(q, k, v)  # (B, heads, N, d)
         cos, sin = rope
         q = apply_rotary(q, cos, sin)
         tokens_per_frame = q.shape[2]
@@ -39,7 +46,17 @@ class RotaryAttention(Attention):
             frames = k[:, :, :num_rotary].reshape(batch, heads, rotary_frames, tokens_per_frame, head_dim)
             rotated = apply_rotary(frames, cos, sin).flatten(2, 3)  # (B, heads, frames * N, d)
             k = torch.cat([rotated, k[:, :, num_rotary:]], dim=2)
-        return self.finish(attention(q, k, v, key_mask))
+        out = attention(q, k, v, key_mask)
+        if values_first:
+            out = self.v_proj(out)  # (B, 1, Nq, C_mem) -> (B, 1, Nq, d)
+        return self.finish(out)
+
+    def _projects_values_after(self, q: Tensor) -> bool:
+        """Whether to attend over the unprojected values: one head, values narrower than it, and a kernel
+        that takes values of another width than the keys (on CUDA, cuDNN's: captured code only; flash
+        does not, and memory-efficient attention over 64 channels is slower than flash over 256)."""
+        narrower = self.v_proj.in_features < self.v_proj.out_features
+        return self.num_heads == 1 and narrower and (not q.is_cuda or capturing_graphs())
 
 
 class MemoryAttentionLayer(nn.Module):

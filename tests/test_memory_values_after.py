@@ -1,0 +1,53 @@
+"""Memory cross-attention over the memory's raw values, projected after: the same result as projecting first."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sam2rt.model.memory_attention import RotaryAttention
+from sam2rt.model.positional import rotary_tables
+
+WIDTH, MEMORY_DIM, SIDE = 256, 64, 8
+
+
+def _cross_attend(layer: RotaryAttention, values_after: bool, monkeypatch, key_mask=None):
+    """The layer's output with the values-after path forced on or off; records the value projection's inputs."""
+    monkeypatch.setattr(RotaryAttention, "_projects_values_after", lambda self, q: values_after)
+    generator = torch.Generator().manual_seed(1)
+    tokens, frames, pointer_tokens = SIDE * SIDE, 3, 8
+    q = torch.randn(2, tokens, WIDTH, generator=generator)
+    k = torch.randn(2, frames * tokens + pointer_tokens, MEMORY_DIM, generator=generator)
+    v = torch.randn(k.shape, generator=generator)
+    projected_rows = []
+    hook = layer.v_proj.register_forward_hook(lambda module, args, out: projected_rows.append(args[0].shape[-2]))
+    try:
+        with torch.inference_mode():
+            out = layer(q, k, v, rotary_tables(WIDTH, SIDE), rotary_frames=frames, key_mask=key_mask)
+    finally:
+        hook.remove()
+    return out, projected_rows
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_values_after_equals_values_first(monkeypatch, masked):
+    torch.manual_seed(0)
+    layer = RotaryAttention(WIDTH, num_heads=1, kv_in_dim=MEMORY_DIM)
+    key_mask = None
+    if masked:  # the first row lacks its second frame of memory
+        key_mask = torch.ones(2, 3 * SIDE * SIDE + 8, dtype=torch.bool)
+        key_mask[0, SIDE * SIDE : 2 * SIDE * SIDE] = False
+    first, first_rows = _cross_attend(layer, False, monkeypatch, key_mask)
+    after, after_rows = _cross_attend(layer, True, monkeypatch, key_mask)
+    assert first_rows == [3 * SIDE * SIDE + 8]  # projected the memory's keys' rows
+    assert after_rows == [SIDE * SIDE]  # projected the attention's outputs, one per query
+    scale = max(1.0, first.abs().max().item())
+    assert (after - first).abs().max().item() < 1e-5 * scale
+
+
+def test_values_after_is_chosen_for_memory_on_cpu():
+    memory = RotaryAttention(WIDTH, num_heads=1, kv_in_dim=MEMORY_DIM)
+    self_attention = RotaryAttention(WIDTH, num_heads=1)
+    q = torch.zeros(1, 4, WIDTH)
+    assert memory._projects_values_after(q)
+    assert not self_attention._projects_values_after(q)  # values as wide as the head: nothing to gain
