@@ -279,11 +279,15 @@ def _track_conditioned(
     conditioned: Tensor,
 ) -> _TrackedBatch:
     """Segment each object from its frame's features conditioned on its memory (B, C, h, w), and encode its
-    new memory from the unfilled mask (as the official does: holes are filled in the output only)."""
-    prediction = model.segment(conditioned, high_res, None, None, None, multimask=True)
+    new memory from the unfilled mask (as the official does: holes are filled in the output only).
+
+    `embed` and `high_res` are one frame's (batch 1) or each object's own (batch B): a graph of the pass
+    then holds one frame's decoder skips as its static input, not B expanded copies."""
     batch = conditioned.shape[0]
-    tracked = torch.zeros(batch, dtype=torch.bool, device=conditioned.device)  # masks of tracking: not binarised
-    memories = model.encode_memory(embed, prediction.best_mask, prediction.object_score_logits, tracked)
+    high_res = tuple(h.expand(batch, -1, -1, -1) for h in high_res)  # (1 or B, C, H, W) -> (B, C, H, W), a view
+    prediction = model.segment(conditioned, high_res, None, None, None, multimask=True)
+    binarize = torch.zeros(batch, dtype=torch.bool, device=conditioned.device)  # masks of tracking: not binarised
+    memories = model.encode_memory(embed, prediction.best_mask, prediction.object_score_logits, binarize)
     masks = _filled(prediction.best_mask, fill_hole_area)
     return _TrackedBatch(
         masks, prediction.obj_ptr, prediction.object_score_logits, _flat_memory(memories, memory_dtype)
@@ -305,12 +309,12 @@ def _flat_memory(memories: Tensor, dtype: torch.dtype) -> Tensor:
 def _per_object(frames: Sequence[EncodedFrame], batch: int) -> ImageFeatures:
     """The features each of `batch` objects works on, from one frame per object or one for all.
 
-    One frame for all: its embedding stays (1, C, h, w) and the decoder skips are expanded, not
-    copied. Several frames (objects of several streams): their rows are gathered, (B, ...).
+    One frame for all: its features as they are, batch 1 (the pass broadcasts them). Several frames
+    (objects of several streams): their rows are gathered, (B, ...).
     """
     first = frames[0].features
     if all(frame is frames[0] for frame in frames):
-        return ImageFeatures(first.embed, tuple(h.expand(batch, -1, -1, -1) for h in first.high_res), first.pos)
+        return first
     if len(frames) != batch:
         raise ValueError(f"expected one frame per object ({batch}), got {len(frames)}")
     embed = torch.cat([frame.features.embed for frame in frames])  # (B, C, h, w)
