@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import sam2rt
-from sam2rt.runtime import graphed_with_model, to_inference_dtype, use_cuda_graphs
+from sam2rt.runtime import GraphedCallable, _ModelGraphs, graphed_with_model, to_inference_dtype, use_cuda_graphs
 from sam2rt.tracking import engine
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -57,6 +57,23 @@ def test_cuda_graphs_need_cuda():
         pytest.skip("the CPU-only error path")
     with pytest.raises(ValueError, match="CUDA"):
         use_cuda_graphs(sam2rt.build_model("sam2.1_hiera_tiny", image_size=64))
+
+
+def _pass(model, scale, x):
+    """A module-level function of code around the model, as the engine's pass is."""
+    return x * scale
+
+
+def test_code_around_the_model_is_graphed_only_with_its_graphs():
+    model = sam2rt.build_model("sam2.1_hiera_tiny", image_size=64)
+    plain = graphed_with_model(model, _pass)
+    assert not isinstance(plain, GraphedCallable) and plain(3, torch.ones(2)).tolist() == [3.0, 3.0]
+    model._graphs = _ModelGraphs(pool=object())  # as use_cuda_graphs leaves it; no capture happens on CPU
+    shared = graphed_with_model(model, _pass)
+    assert isinstance(shared, GraphedCallable) and shared.fn.args == (model,)
+    assert graphed_with_model(model, _pass) is shared  # each tracker of the model replays the same graphs
+    other = sam2rt.build_model("sam2.1_hiera_tiny", image_size=64)
+    assert not isinstance(graphed_with_model(other, _pass), GraphedCallable)  # graphs stay with their model
 
 
 @cuda

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 import sam2rt
+from sam2rt.model.memory_encoder import depthwise_as_shifts
 from sam2rt.runtime import RECOMPILE_LIMIT, optimize, use_compile
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -102,6 +103,28 @@ def test_compiled_memory_encoder_runs_its_depthwise_convs_as_shifted_products():
     convs = [node for graph in graphs for node in graph.graph.nodes if node.target is torch.conv2d]
     groups = [node.args[6] if len(node.args) > 6 else node.kwargs.get("groups", 1) for node in convs]
     assert len(convs) == 7 and set(groups) == {1}  # the downsampler's 5, the two projections; no depthwise
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_depthwise_convs_as_shifted_products_equal_the_conv(dtype):
+    """Called directly: fp32 equals the conv to rounding; bf16 input and weights (accumulated in fp32, rounded
+    once) stay within bf16's rounding of the fp32 result."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(16, 16, kernel_size=7, padding=3, groups=16)
+    x = torch.randn(2, 16, 12, 10)
+    with torch.no_grad():
+        expected = conv(x)
+        got = depthwise_as_shifts(x.to(dtype), conv.to(dtype)).float()
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max().item() < tolerance * max(1.0, expected.abs().max().item())
+
+
+def test_depthwise_as_shifts_refuses_other_convs():
+    with pytest.raises(AssertionError):
+        depthwise_as_shifts(torch.randn(1, 4, 8, 8), torch.nn.Conv2d(4, 4, kernel_size=3, padding=1))  # not depthwise
+    with pytest.raises(AssertionError):
+        depthwise_as_shifts(torch.randn(1, 4, 8, 8), torch.nn.Conv2d(4, 4, kernel_size=3, stride=2, groups=4))
 
 
 def test_automatic_dynamic_compiles_few_graphs():
