@@ -37,7 +37,7 @@ def as_rgb_tensor(image: ImageLike) -> Tensor:
             raise TypeError(f"expected uint8 pixel values (or floats in [0, 1]), got an array of {image.dtype}")
         image = np.ascontiguousarray(image)
         # Read-only arrays (np.asarray of a PIL image) are shared through DLPack, not copied: nothing writes
-        # into a frame, and torch.from_numpy would warn. numpy before 2.1 refuses to export them: a copy then.
+        # into a frame, and torch.from_numpy would warn. With numpy < 2.1 or a torch without DLPack 1.0: a copy.
         try:
             image = torch.from_numpy(image) if image.flags.writeable else torch.from_dlpack(image)
         except BufferError:
