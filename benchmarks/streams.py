@@ -210,7 +210,7 @@ def wrap_steps(model, wrapper):
 @contextlib.contextmanager
 def _steps_one_by_one():
     """The engine's tracking pass runs the model's steps one by one (each its own graph, so each can be timed)
-    instead of replaying the whole pass as one graph; trees before the whole-pass graph run so anyway."""
+    instead of replaying the whole pass as one graph; checkouts older than the whole-pass graph run so anyway."""
     from sam2rt.tracking import engine as engine_module
 
     whole = getattr(engine_module, "graphed_with_model", None)

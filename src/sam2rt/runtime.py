@@ -166,7 +166,8 @@ class _ModelGraphs:
 
 
 def use_cuda_graphs(model: SAM2Model) -> SAM2Model:
-    """Replay the model's GRAPHED_METHODS from CUDA graphs (the model must be on CUDA)."""
+    """Replay the model's GRAPHED_METHODS from CUDA graphs (the model must be on CUDA), and leave `model._graphs`
+    for `graphed_with_model`: the tracking engine's whole pass over a frame's objects then replays as one graph."""
     if model.device.type != "cuda":
         raise ValueError("CUDA graphs need the model on a CUDA device")
     pool = torch.cuda.graph_pool_handle()
@@ -180,7 +181,8 @@ def graphed_with_model(model: SAM2Model, fn: Callable) -> Callable:
     """`fn(model, ...)` as a function of the other arguments: replayed from CUDA graphs when `use_cuda_graphs`
     graphed the model (its steps called inside run in fn's graph), else run as it is.
 
-    Kept on the model, one per fn: every tracker of a model shares the graphs, captured once.
+    Kept on the model, one per fn: every tracker of a model shares the graphs, captured once. `fn` must be
+    a module-level function: a new closure or lambda on each call would capture new graphs each time.
     """
     graphs: Optional[_ModelGraphs] = model.__dict__.get("_graphs")
     if graphs is None:

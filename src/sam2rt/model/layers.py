@@ -68,7 +68,7 @@ def merge_heads(x: Tensor) -> Tensor:
 # Hopper, rebuilds its execution plan for each of the many shapes SAM 2 uses (Hiera windows, global
 # blocks, decoder, memory) at about 0.5 ms of CPU time per call, which dominates a tracking step.
 # Captured into a CUDA graph, that CPU time is paid once per shape, and cuDNN's kernels are the fastest
-# on Hopper for batches (several objects' memory attention, a single head of width 256).
+# on Hopper for batches (several objects' memory attention, a single head of width 256) and 128 keys or more.
 _CUDA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 _CAPTURED_BACKENDS = [SDPBackend.CUDNN_ATTENTION, *_CUDA_BACKENDS]
 

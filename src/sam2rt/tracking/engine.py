@@ -131,15 +131,17 @@ class TrackingEngine:
         """Track every object of `views` on its frame in `frames` (one per view, or one for all) in one
         batched pass; outputs carry their new memory."""
         features = _per_object(frames, len(views))
-        settings = (self.options.fill_hole_area, self.memory_dtype)
+        fill_hole_area, memory_dtype = self.options.fill_hole_area, self.memory_dtype
         if self._splits_attention(len(views)):
             conditioned = self._with_memory(frames, features.embed, views, reverse, num_frames)
-            tracked = _track_conditioned(self.model, *settings, features.embed, features.high_res, conditioned)
+            tracked = _track_conditioned(
+                self.model, fill_hole_area, memory_dtype, features.embed, features.high_res, conditioned
+            )
         else:
             memory = self._gather(frames, views, reverse, num_frames)
             # One graph for the pass when the model's steps are graphed: the glue between them replays too.
             track_on_memory = graphed_with_model(self.model, _track_on_memory)
-            tracked = track_on_memory(*settings, features.embed, features.high_res, memory)
+            tracked = track_on_memory(fill_hole_area, memory_dtype, features.embed, features.high_res, memory)
         masks = tracked.masks.to(self.storage_device, non_blocking=True)
         memories = self._to_storage(tracked.memories)
         return [
