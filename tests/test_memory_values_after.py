@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sam2rt.model.layers import attention_for_graphs
 from sam2rt.model.memory_attention import RotaryAttention
 from sam2rt.model.positional import rotary_tables
 
@@ -45,9 +46,16 @@ def test_values_after_equals_values_first(monkeypatch, masked):
     assert (after - first).abs().max().item() < 1e-5 * scale
 
 
-def test_values_after_is_chosen_for_memory_on_cpu():
+def test_values_after_only_for_captured_cuda_code():
     memory = RotaryAttention(WIDTH, num_heads=1, kv_in_dim=MEMORY_DIM)
     self_attention = RotaryAttention(WIDTH, num_heads=1)
     q = torch.zeros(1, 4, WIDTH)
-    assert memory._projects_values_after(q)
-    assert not self_attention._projects_values_after(q)  # values as wide as the head: nothing to gain
+    with attention_for_graphs():
+        assert not memory._projects_values_after(q)  # on CPU the narrower values run slower
+    if not torch.cuda.is_available():
+        return
+    memory, self_attention, q = memory.cuda(), self_attention.cuda(), q.cuda()
+    assert not memory._projects_values_after(q)  # uncaptured: flash, which takes no narrower values
+    with attention_for_graphs():
+        assert memory._projects_values_after(q)
+        assert not self_attention._projects_values_after(q)  # values as wide as the head: nothing to gain
