@@ -15,7 +15,8 @@ the official predictor under bf16 autocast with TF32 matmuls, as its own benchma
 - profile: ms per frame by stage (CUDA events around the encoder, memory attention, decoder,
   memory encoder, memory gather, output upsampling; the rest of the step is "other"), each model step
   its own graph; then the step as it runs (the engine's tracking pass one graph);
-- attention: the memory attention's cross-attention alone, per attention kernel (what bounds a step);
+- attention: the memory attention's cross-attention alone, per attention kernel and as the engine runs it
+  (captured), values as wide as the keys and the memory's raw 64-wide values (what bounds a step);
 - kernels: the GPU kernels of a 1-object step by time (torch.profiler, eager bf16);
 - outside: the ops the host dispatches in a step, by sam2rt source line, without and with hole filling (with
   graphs: all but the replays; what further graphs could take in);
@@ -276,34 +277,66 @@ def case_profile(model, frames, args) -> None:
         print(f"{label}, as it runs: step {timer.totals()['step'] / len(timed):.2f} (host {host:.2f})")
 
 
+def _gpu_ms(fn, repeats: int = 20) -> float:
+    """GPU milliseconds per call of `fn`, after 3 calls of warm-up."""
+    for _ in range(3):
+        fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeats):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / repeats
+
+
+def _captured(fn):
+    """`fn` captured into a CUDA graph as the engine's pass is (cuDNN preferred, one row's keys sliced): its replay."""
+    from sam2rt.model.layers import attention_for_graphs
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with attention_for_graphs():
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                fn()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+    return graph.replay
+
+
 def case_attention(model, frames, args) -> None:
-    """The memory attention's cross-attention alone, per kernel: 7 frames of memory and 16 pointers per object."""
+    """The memory attention's cross-attention alone, per kernel and as the engine runs it (captured), with values
+    projected first (as wide as the keys) and with the memory's raw values (projected after): 7 frames of memory
+    and 16 pointers per object."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from sam2rt.model.layers import attention
 
     config = model.config
     tokens, width = config.feature_size**2, config.hidden_dim
     keys = (config.num_maskmem) * tokens + config.max_obj_ptrs * (width // config.memory_dim)
     for objects in (1, 4):
-        q = torch.randn(objects, 1, tokens, width, device="cuda", dtype=torch.bfloat16)
-        k, v = (torch.randn(objects, 1, keys, width, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-        flops = 4 * objects * tokens * keys * width
-        timings = []
-        for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION):
-            try:
-                with sdpa_kernel(backend):
-                    for _ in range(3):
-                        torch.nn.functional.scaled_dot_product_attention(q, k, v)
-                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    start.record()
-                    for _ in range(20):
-                        torch.nn.functional.scaled_dot_product_attention(q, k, v)
-                    end.record()
-                    torch.cuda.synchronize()
-                ms = start.elapsed_time(end) / 20
-                timings.append(f"{backend.name.lower()} {ms:.3f} ms ({flops / ms / 1e9:.0f} TFLOP/s)")
-            except RuntimeError as error:
-                timings.append(f"{backend.name.lower()} unavailable ({str(error).splitlines()[0][:60]})")
-        print(f"attention: {objects} object(s), {tokens} queries x {keys} keys, width {width}: " + "; ".join(timings))
+        for value_width in (width, config.memory_dim):
+            q, k = (torch.randn(objects, 1, n, width, device="cuda", dtype=torch.bfloat16) for n in (tokens, keys))
+            v = torch.randn(objects, 1, keys, value_width, device="cuda", dtype=torch.bfloat16)
+            flops = 2 * objects * tokens * keys * (width + value_width)
+            timings = []
+            for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION):
+                try:
+                    with sdpa_kernel(backend):
+                        ms = _gpu_ms(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v))
+                    timings.append(f"{backend.name.lower()} {ms:.3f} ms ({flops / ms / 1e9:.0f} TFLOP/s)")
+                except RuntimeError as error:
+                    timings.append(f"{backend.name.lower()} unavailable ({str(error).splitlines()[0][:60]})")
+            ms = _gpu_ms(_captured(lambda: attention(q, k, v)))
+            timings.append(f"engine, captured {ms:.3f} ms ({flops / ms / 1e9:.0f} TFLOP/s)")
+            print(
+                f"attention: {objects} object(s), {tokens} queries x {keys} keys, width {width}, values {value_width}: "
+                + "; ".join(timings)
+            )
     print(f"  (x4 layers per frame, plus self-attention over {tokens} tokens)")
 
 
