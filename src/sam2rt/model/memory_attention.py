@@ -29,14 +29,13 @@ class RotaryAttention(Attention):
         rotary_frames: int,
         key_mask: Optional[Tensor] = None,
     ) -> Tensor:
-        if values_first := self._projects_values_after(q):
-            # Softmax rows sum to 1, so P (X Wv^T + b) = (P X) Wv^T + b: attending over the memory's own
-            # 64 channels and projecting the 4096 outputs after costs a quarter of the value side's
-            # arithmetic of attending over 28k projected 256-wide values, and no value projection.
-            q, k = split_heads(self.q_proj(q), 1), split_heads(self.k_proj(k), 1)
-            v = v[:, None]  # (B, 1, Nk, C_mem)
-        else:
-            q, k, v = self.project(q, k, v)  # (B, heads, N, d)
+        # Softmax rows sum to 1, so P (X Wv^T + b) = (P X) Wv^T + b: attending over the memory's own 64
+        # channels and projecting the 4096 outputs after costs a quarter of the value side's arithmetic of
+        # attending over 28k projected 256-wide values, and no value projection.
+        values_after = self._projects_values_after(q)
+        q, k = split_heads(self.q_proj(q), self.num_heads), split_heads(self.k_proj(k), self.num_heads)
+        # (B, heads, N, d); values unprojected: (B, 1, Nk, C_mem)
+        v = v[:, None] if values_after else split_heads(self.v_proj(v), self.num_heads)
         cos, sin = rope
         q = apply_rotary(q, cos, sin)
         tokens_per_frame = q.shape[2]
@@ -47,7 +46,7 @@ class RotaryAttention(Attention):
             rotated = apply_rotary(frames, cos, sin).flatten(2, 3)  # (B, heads, frames * N, d)
             k = torch.cat([rotated, k[:, :, num_rotary:]], dim=2)
         out = attention(q, k, v, key_mask)
-        if values_first:
+        if values_after:
             out = self.v_proj(out)  # (B, 1, Nq, C_mem) -> (B, 1, Nq, d)
         return self.finish(out)
 
