@@ -2,7 +2,7 @@
 
     python benchmarks/streams.py                                    # every case, tiny at 1024
     python benchmarks/streams.py --cases profile                    # the profile alone (runs on older sam2rt too)
-    python benchmarks/streams.py --cases cpu --device cpu --threads 2 --image-size 512
+    python benchmarks/streams.py --cases cpu --device cpu --threads 2 --image-size 512 --frames 24
 
 Same weights and frames on both sides (the bedroom clip, or noise frames without it), no hole
 filling on either side. sam2rt runs with bf16 weights and CUDA graphs (sam2rt.runtime.optimize);
@@ -20,7 +20,8 @@ the official predictor under bf16 autocast with TF32 matmuls, as its own benchma
 - kernels: the GPU kernels of a 1-object step by time (torch.profiler, eager bf16);
 - outside: the ops the host dispatches in a step, by sam2rt source line, without and with hole filling (with
   graphs: all but the replays; what further graphs could take in);
-- cpu: 4 objects on the CPU, memory attention split per object or batched, against the official loop.
+- cpu: 4 objects on the CPU, memory attention split per object or batched (and split with the memory's values
+  projected before the attention), against the official loop, stepped in turns frame by frame.
 """
 
 from __future__ import annotations
@@ -400,25 +401,53 @@ def case_outside(model, frames, args) -> None:
 
 
 def case_cpu(model, ref, frames, args) -> None:
+    """Contenders stepped in turns, frame by frame, in a rotating order: the noise of a shared machine falls
+    on all alike. Timed once every object's memory is full (7 frames)."""
+    from sam2rt.model.memory_attention import RotaryAttention
     from sam2rt.tracking.engine import TrackingEngine
 
-    for split in (True, False):
-        TrackingEngine.split_cpu_attention = split
+    def ours(split: bool, values_after: bool):
         tracker = sam2rt.StreamTracker(model, fill_hole_area=0)
         tracker.step(frames[0])
         for obj in range(4):
             tracker.add_prompt(obj + 1, points=_clicks(obj), labels=[1])
-        tracker.step(frames[1])
-        start = time.perf_counter()
-        for frame in frames[2:]:
-            tracker.step(frame)
-        fps = (len(frames) - 2) / (time.perf_counter() - start)
-        print(
-            f"cpu: 4 objects, {torch.get_num_threads()} threads, attention {'split' if split else 'batched'}: {fps:.3f} FPS"
-        )
-    TrackingEngine.split_cpu_attention = True
+
+        def step(frame) -> None:
+            splits, chooses = TrackingEngine.split_cpu_attention, RotaryAttention._projects_values_after
+            TrackingEngine.split_cpu_attention = split
+            if not values_after:
+                RotaryAttention._projects_values_after = lambda self, q: False
+            try:
+                tracker.step(frame)
+            finally:
+                TrackingEngine.split_cpu_attention, RotaryAttention._projects_values_after = splits, chooses
+
+        return step
+
+    contenders = {
+        "split": ours(split=True, values_after=True),
+        "batched": ours(split=False, values_after=True),
+        "split, values projected first": ours(split=True, values_after=False),
+    }
     if ref is not None:
-        print(f"cpu: official, 4 objects: {_official_fps_taking_turns(ref, frames, 1, 4, 2):.3f} FPS")
+        state = oracle_video_state(ref, frames, "pil-bicubic")
+        for obj in range(4):
+            ref.add_new_points_or_box(state, 0, obj + 1, points=_clicks(obj), labels=[1])
+        run = ref.propagate_in_video(state)
+        next(run)  # frame 0, prompted: no tracking
+        contenders["official"] = lambda frame: next(run)
+    names, full_memory = list(contenders), 7
+    seconds = dict.fromkeys(names, 0.0)
+    for t, frame in enumerate(frames[1:], start=1):
+        for i in range(len(names)):
+            name = names[(t + i) % len(names)]
+            start = time.perf_counter()
+            contenders[name](frame)
+            if t > full_memory:
+                seconds[name] += time.perf_counter() - start
+    timed = len(frames) - 1 - full_memory
+    for name in names:
+        print(f"cpu: 4 objects, {torch.get_num_threads()} threads, {name}: {timed / seconds[name]:.3f} FPS")
 
 
 def main() -> None:

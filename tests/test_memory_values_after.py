@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+from sam2rt.model import layers
 from sam2rt.model.layers import attention_for_graphs
 from sam2rt.model.memory_attention import RotaryAttention
 from sam2rt.model.positional import rotary_tables
@@ -46,16 +48,48 @@ def test_values_after_equals_values_first(monkeypatch, masked):
     assert (after - first).abs().max().item() < 1e-5 * scale
 
 
-def test_values_after_only_for_captured_cuda_code():
+def test_values_after_on_cpu_at_inference_and_captured_cuda_code():
     memory = RotaryAttention(WIDTH, num_heads=1, kv_in_dim=MEMORY_DIM)
     self_attention = RotaryAttention(WIDTH, num_heads=1)
     q = torch.zeros(1, 4, WIDTH)
-    with attention_for_graphs():
-        assert not memory._projects_values_after(q)  # on CPU the narrower values run slower
+    with torch.inference_mode():
+        assert memory._projects_values_after(q)  # blockwise attention
+        assert not self_attention._projects_values_after(q)  # values as wide as the head: nothing to gain
+    with torch.enable_grad():
+        assert not memory._projects_values_after(q)  # training: PyTorch's attention, which autograd differentiates
     if not torch.cuda.is_available():
         return
     memory, self_attention, q = memory.cuda(), self_attention.cuda(), q.cuda()
-    assert not memory._projects_values_after(q)  # uncaptured: flash, which takes no narrower values
-    with attention_for_graphs():
-        assert memory._projects_values_after(q)
-        assert not self_attention._projects_values_after(q)  # values as wide as the head: nothing to gain
+    with torch.inference_mode():
+        assert not memory._projects_values_after(q)  # uncaptured: flash, which takes no narrower values
+        with attention_for_graphs():
+            assert memory._projects_values_after(q)
+            assert not self_attention._projects_values_after(q)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_blockwise_attention_equals_pytorch_attention(monkeypatch, masked):
+    """Several blocks of queries (the last one short), two heads, one side's batch shared, masked keys."""
+    generator = torch.Generator().manual_seed(2)
+    q = torch.randn(1, 2, 50, 32, generator=generator)
+    k = torch.randn(3, 2, 70, 32, generator=generator)
+    v = torch.randn(3, 2, 70, 8, generator=generator)
+    key_mask = None
+    if masked:
+        key_mask = torch.rand(3, 70, generator=generator) > 0.3
+        key_mask[:, 0] = True  # each row keeps a key
+    monkeypatch.setattr(layers, "SCORE_BLOCK_BYTES", 16 * 70 * 4)  # blocks of 16 queries: 16, 16, 16, 2
+    with torch.inference_mode():
+        blockwise = layers.attention(q, k, v, key_mask)
+        mask = None if key_mask is None else key_mask[:, None, None, :]
+        expected = F.scaled_dot_product_attention(q.expand(3, -1, -1, -1), k, v, attn_mask=mask)
+    assert blockwise.shape == (3, 2, 50, 8)
+    assert (blockwise - expected).abs().max().item() < 1e-5
+
+
+def test_blockwise_attention_keeps_autograd_on_pytorch_attention():
+    q = torch.randn(1, 1, 6, 16, requires_grad=True)
+    k, v = torch.randn(1, 1, 9, 16), torch.randn(1, 1, 9, 4)
+    out = layers.attention(q, k, v)
+    out.sum().backward()  # blockwise attention writes in place, which autograd cannot differentiate
+    assert q.grad is not None and q.grad.abs().sum() > 0

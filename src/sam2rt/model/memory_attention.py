@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import Attention, attention, capturing_graphs, split_heads
+from .layers import Attention, attention, blockwise_on, capturing_graphs, split_heads
 from .positional import apply_rotary, rotary_tables
 
 
@@ -52,11 +52,12 @@ class RotaryAttention(Attention):
 
     def _projects_values_after(self, q: Tensor) -> bool:
         """Whether to attend over the unprojected values: one head, values narrower than it, and a fast kernel
-        for values of another width than the keys: cuDNN's, in captured CUDA code only. Flash takes no such
-        values; memory-efficient attention over 64 channels is slower than flash over 256, and so is PyTorch's
-        CPU attention (tiny at 512, one object, 2 threads: 62 ms a layer against 51)."""
+        for values of another width than the keys. On the CPU at inference, `blockwise_attention`; on CUDA,
+        cuDNN's, in captured code only: flash takes no such values, and memory-efficient attention over 64
+        channels is slower than flash over 256."""
         narrower = self.v_proj.in_features < self.v_proj.out_features
-        return self.num_heads == 1 and narrower and q.is_cuda and capturing_graphs()
+        fast_kernel = capturing_graphs() if q.is_cuda else blockwise_on(q)
+        return self.num_heads == 1 and narrower and fast_kernel
 
 
 class MemoryAttentionLayer(nn.Module):
