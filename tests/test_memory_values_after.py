@@ -55,6 +55,7 @@ def test_values_after_on_cpu_at_inference_and_captured_cuda_code():
     with torch.inference_mode():
         assert memory._projects_values_after(q)  # blockwise attention
         assert not self_attention._projects_values_after(q)  # values as wide as the head: nothing to gain
+        assert not memory._projects_values_after(q.bfloat16())  # PyTorch's attention, which accumulates in fp32
     with torch.enable_grad():
         assert not memory._projects_values_after(q)  # training: PyTorch's attention, which autograd differentiates
     if not torch.cuda.is_available():

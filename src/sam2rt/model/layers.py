@@ -158,8 +158,9 @@ SCORE_BLOCK_BYTES = 128 * 2**20
 
 
 def blockwise_on(q: Tensor) -> bool:
-    """Whether `blockwise_attention` serves `q`'s attention: on the CPU, without autograd (it writes in place)."""
-    return q.device.type == "cpu" and not torch.is_grad_enabled()
+    """Whether `blockwise_attention` serves `q`'s attention: on the CPU, in fp32 (its softmax runs in the
+    scores' dtype), without autograd (it writes in place)."""
+    return q.device.type == "cpu" and q.dtype == torch.float32 and not torch.is_grad_enabled()
 
 
 def blockwise_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor] = None) -> Tensor:
