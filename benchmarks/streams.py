@@ -51,15 +51,19 @@ def _clicks(obj: int, correction: int = 0) -> list[tuple[int, int]]:
     return [(x + 3 * correction, y + 2 * correction)]
 
 
+def _official_run(ref, frames, objects: int, corrections: int = 1):
+    """An official session over `frames`, each object prompted on frames 0 .. corrections-1: its propagation."""
+    # Frames preprocessed up front with the official loader's resize (speed does not depend on which).
+    state = oracle_video_state(ref, frames, "pil-bicubic")
+    for obj in range(objects):
+        for t in range(corrections):
+            ref.add_new_points_or_box(state, t, obj + 1, points=_clicks(obj, t), labels=[1])
+    return ref.propagate_in_video(state)
+
+
 def _official_fps_taking_turns(ref, frames, streams: int, objects: int, warmup: int, corrections: int = 1) -> float:
     """Frames per second of each of `streams` official sessions propagated in turns, one frame each."""
-    # Frames preprocessed up front with the official loader's resize (speed does not depend on which).
-    states = [oracle_video_state(ref, frames, "pil-bicubic") for _ in range(streams)]
-    for state in states:
-        for obj in range(objects):
-            for t in range(corrections):
-                ref.add_new_points_or_box(state, t, obj + 1, points=_clicks(obj, t), labels=[1])
-    runs = [ref.propagate_in_video(state) for state in states]
+    runs = [_official_run(ref, frames, objects, corrections) for _ in range(streams)]
     for _ in range(max(warmup, corrections)):
         for run in runs:
             next(run)
@@ -430,10 +434,7 @@ def case_cpu(model, ref, frames, args) -> None:
         "split, values projected first": ours(split=True, values_after=False),
     }
     if ref is not None:
-        state = oracle_video_state(ref, frames, "pil-bicubic")
-        for obj in range(4):
-            ref.add_new_points_or_box(state, 0, obj + 1, points=_clicks(obj), labels=[1])
-        run = ref.propagate_in_video(state)
+        run = _official_run(ref, frames, objects=4)
         next(run)  # frame 0, prompted: no tracking
         contenders["official"] = lambda frame: next(run)
     names, full_memory = list(contenders), 7
