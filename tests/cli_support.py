@@ -13,7 +13,7 @@ import av
 import numpy as np
 import torch
 
-import sam2rt
+from visible import visible_state_dict
 
 VARIANT = "sam2.1_hiera_tiny"
 IMAGE_SIZE = 128  # small and fast; a checkpoint does not depend on the input size
@@ -22,26 +22,12 @@ CLIP_SIZE = (120, 160)  # (height, width)
 
 
 def make_checkpoint(path: Path, variant: str = VARIANT) -> Path:
-    """Random weights that give non-trivial masks: noise on every parameter, and objects judged present.
-
-    With plain random init the object-score head says "absent" and every mask is empty; the
-    outputs under test need masks with area, pieces and holes.
-    """
+    """A checkpoint of `visible_state_dict`: random weights that give masks with area, pieces and holes."""
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    generator = torch.Generator().manual_seed(3)
-    # The initial weights come from the global generator: seeded here, so that the checkpoint (and every
-    # mask a test sees) does not depend on which tests ran before the fixture was made.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(3)
-        model = sam2rt.build_model(variant, image_size=IMAGE_SIZE)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.02)
-        model.sam_mask_decoder.pred_obj_score_head.layers[2].bias.fill_(5.0)
     temporary = path.with_name(path.name + ".tmp")
-    torch.save({"model": model.state_dict()}, temporary)
+    torch.save({"model": visible_state_dict(variant, IMAGE_SIZE)}, temporary)
     os.replace(temporary, path)
     return path
 
