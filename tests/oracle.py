@@ -10,6 +10,7 @@ import sys
 import types
 from functools import lru_cache
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -224,3 +225,30 @@ def install_torchvision_standin() -> None:
     sys.modules["torchvision.transforms"] = transforms
     sys.modules["torchvision.ops"] = ops
     sys.modules["torchvision.ops.boxes"] = boxes
+
+
+def _reference_connected_components(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """sam2.utils.misc.get_connected_components by OpenCV: 8-connected components of masks (N, 1, H, W), their
+    labels (0 off the mask) and each pixel's component area (0 off the mask), both (N, 1, H, W) int32."""
+    import cv2
+
+    binary = mask.to(torch.uint8).cpu().numpy()
+    labels, areas = np.zeros(binary.shape, np.int32), np.zeros(binary.shape, np.int32)
+    for index in range(binary.shape[0]):
+        _, found, stats, _ = cv2.connectedComponentsWithStats(binary[index, 0], connectivity=8)
+        component_area = stats[:, cv2.CC_STAT_AREA].astype(np.int32)
+        component_area[0] = 0  # OpenCV's label 0 is the background of the mask
+        labels[index, 0], areas[index, 0] = found, component_area[found]
+    return torch.from_numpy(labels).to(mask.device), torch.from_numpy(areas).to(mask.device)
+
+
+def install_connected_components_standin() -> None:
+    """Give the oracle's hole filling and sprinkle removal the connected components of its CUDA extension.
+
+    Built without it (SAM2_BUILD_CUDA=0), the official code warns and skips both post-processing steps; with
+    this stand-in, the defaults users run (hole filling in tracking, max_hole_area / max_sprinkle_area in
+    the image predictor) are compared as well. The extension's components are 8-connected, as OpenCV's here.
+    """
+    import sam2.utils.misc
+
+    sam2.utils.misc.get_connected_components = _reference_connected_components

@@ -8,14 +8,14 @@ import torch
 from PIL import Image
 
 import sam2rt
+from visible import assert_nontrivial, visible_model
 
 IMAGE_SIZE = 256
 
 
 @pytest.fixture(scope="module")
 def predictor():
-    torch.manual_seed(0)
-    predictor = sam2rt.ImagePredictor(sam2rt.build_model("sam2.1_hiera_tiny", image_size=IMAGE_SIZE))
+    predictor = sam2rt.ImagePredictor(visible_model(image_size=IMAGE_SIZE))
     predictor.set_image(_image())
     return predictor
 
@@ -61,12 +61,15 @@ def test_threshold_turns_logits_into_masks(predictor):
 
 
 def test_hole_filling_and_sprinkle_removal_change_only_small_regions(predictor):
+    """They change the masks, and little of them (tests/test_parity_image.py compares them with the official)."""
     plain = predictor.predict(point_coords=[[50, 60]], point_labels=[1], return_logits=True)[0]
     cleaned = sam2rt.ImagePredictor(predictor.model, max_hole_area=40, max_sprinkle_area=40)
     cleaned.set_image(_image())
     tidy = cleaned.predict(point_coords=[[50, 60]], point_labels=[1], return_logits=True)[0]
     assert tidy.shape == plain.shape
+    assert_nontrivial(plain, "the masks before")
     changed = (tidy > 0) != (plain > 0)
+    assert changed.any(axis=(1, 2)).all()  # every candidate had small regions to tidy
     assert changed.mean() < 0.25  # small regions only; the big picture stays
 
 

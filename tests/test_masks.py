@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from sam2rt.masks import fill_holes, keep_highest_object, remove_sprinkles, small_components
+from sam2rt.masks import fill_holes, keep_highest_object, small_components, tidy_small_regions
 
 
 def _components(mask: np.ndarray) -> list[list[tuple[int, int]]]:
@@ -66,8 +66,25 @@ def test_fill_holes_and_remove_sprinkles():
     logits[0, 0, 0, 11] = 4.0  # a one-pixel sprinkle
     filled = fill_holes(logits, max_area=2)
     assert filled[0, 0, 5, 5] == pytest.approx(0.1) and filled[0, 0, 0, 0] == -5.0
-    cleaned = remove_sprinkles(logits, max_area=2)
-    assert cleaned[0, 0, 0, 11] == -10.0 and cleaned[0, 0, 4, 4] == 5.0
+    cleaned = tidy_small_regions(logits, max_hole_area=0, max_sprinkle_area=2)
+    assert cleaned[0, 0, 0, 11] == -10.0 and cleaned[0, 0, 4, 4] == 5.0 and cleaned[0, 0, 5, 5] == -3.0
+    both = tidy_small_regions(logits, max_hole_area=2, max_sprinkle_area=2, threshold=1.0)
+    assert both[0, 0, 5, 5] == 11.0 and both[0, 0, 0, 11] == -9.0 and both[0, 0, 0, 0] == -5.0
+
+
+def test_sprinkles_are_found_before_holes_are_filled():
+    """A ring of 8 pixels around a one-pixel hole: filled, the hole would make it a piece of 9, larger than the
+    sprinkle area of 8. Both are found in the decoder's logits (the official order): the ring goes, the hole
+    is filled."""
+    logits = torch.full((1, 1, 7, 7), -5.0)
+    logits[0, 0, 2:5, 2:5] = 5.0
+    logits[0, 0, 3, 3] = -5.0
+    tidy = tidy_small_regions(logits, max_hole_area=1, max_sprinkle_area=8)
+    assert tidy[0, 0, 3, 3] == 10.0
+    ring = torch.ones(3, 3, dtype=torch.bool)
+    ring[1, 1] = False
+    assert (tidy[0, 0, 2:5, 2:5][ring] == -10.0).all()
+    assert (tidy[0, 0, 0] == -5.0).all()
 
 
 def test_keep_highest_object():

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from media import shared_image
-from oracle import assert_close_logits, assert_close_scores, install_torchvision_standin, oracle_model, our_model
+from oracle import (
+    assert_close_logits,
+    assert_close_scores,
+    install_connected_components_standin,
+    install_torchvision_standin,
+    oracle_model,
+    our_model,
+)
 import torch
 
 import sam2rt
@@ -17,6 +24,7 @@ VARIANT = "sam2.1_hiera_tiny"
 @pytest.fixture(scope="module")
 def predictors():
     install_torchvision_standin()
+    install_connected_components_standin()
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 
     image = shared_image("truck.jpg")
@@ -53,6 +61,28 @@ def test_predict(predictors, case, multimask_output):
     kwargs = dict(CASES[case], multimask_output=multimask_output, return_logits=True)
     masks, ious, low_res = ours.predict(**kwargs)
     ref_masks, ref_ious, ref_low_res = ref.predict(**kwargs)
+    assert_close_logits(torch.from_numpy(masks), torch.from_numpy(ref_masks), what="masks")
+    assert_close_scores(torch.from_numpy(ious), torch.from_numpy(ref_ious), what="iou")
+    assert_close_logits(torch.from_numpy(low_res), torch.from_numpy(ref_low_res), what="low-res logits")
+
+
+@pytest.mark.parametrize(
+    "case,holes,sprinkles", [("click", 50, 0), ("click", 0, 50), ("click", 50, 50), ("boxes", 200, 10)]
+)
+def test_small_holes_and_sprinkles(predictors, case, holes, sprinkles):
+    """max_hole_area and max_sprinkle_area, alone and together, against the official post-processing (its
+    connected components from the OpenCV stand-in of its CUDA extension); they must change the masks."""
+    ours, ref, _ = predictors
+    kwargs = dict(CASES[case], multimask_output=True, return_logits=True)
+    plain = ref.predict(**kwargs)[0]
+    ours.max_hole_area, ours.max_sprinkle_area = holes, sprinkles
+    ref._transforms.max_hole_area, ref._transforms.max_sprinkle_area = holes, sprinkles
+    try:
+        masks, ious, low_res = ours.predict(**kwargs)
+        ref_masks, ref_ious, ref_low_res = ref.predict(**kwargs)
+    finally:
+        ours.max_hole_area = ours.max_sprinkle_area = ref._transforms.max_hole_area = ref._transforms.max_sprinkle_area = 0
+    assert ((ref_masks > 0) != (plain > 0)).sum() > 1000, "the post-processing changed nothing to compare"
     assert_close_logits(torch.from_numpy(masks), torch.from_numpy(ref_masks), what="masks")
     assert_close_scores(torch.from_numpy(ious), torch.from_numpy(ref_ious), what="iou")
     assert_close_logits(torch.from_numpy(low_res), torch.from_numpy(ref_low_res), what="low-res logits")

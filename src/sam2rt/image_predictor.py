@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .frames import ImageLike, as_rgb_tensor, to_host
-from .masks import fill_holes, remove_sprinkles
+from .masks import tidy_small_regions
 from .model.sam2 import SAM2Model
 from .preprocess import Resize, check_resize, model_input
 from .prompts import BOX_CORNER_LABELS, box_corners, check_inside, float_tensor, point_tensors, to_model_frame
@@ -237,10 +237,8 @@ class ImagePredictor:
         """Optional hole filling and sprinkle removal at low resolution, then resizing to the image."""
         batch, candidates, height, width = low_res.shape
         flat = low_res.reshape(batch * candidates, 1, height, width)  # each candidate as its own image
-        if self.max_hole_area > 0:
-            flat = fill_holes(flat, int(self.max_hole_area), self.mask_threshold, self.mask_threshold + 10.0)
-        if self.max_sprinkle_area > 0:
-            flat = remove_sprinkles(flat, int(self.max_sprinkle_area), self.mask_threshold, self.mask_threshold - 10.0)
+        if self.max_hole_area > 0 or self.max_sprinkle_area > 0:
+            flat = tidy_small_regions(flat, int(self.max_hole_area), int(self.max_sprinkle_area), self.mask_threshold)
         masks = flat.reshape(batch, candidates, height, width)
         return F.interpolate(masks, size=original_size, mode="bilinear", align_corners=False)
 

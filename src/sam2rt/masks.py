@@ -48,10 +48,17 @@ def fill_holes(logits: Tensor, max_area: int, threshold: float = 0.0, fill_value
     return torch.where(holes, fill_value, logits)  # a Python number: no tensor copied to the GPU, no wait
 
 
-def remove_sprinkles(logits: Tensor, max_area: int, threshold: float = 0.0, fill_value: float = -10.0) -> Tensor:
-    """Set foreground regions (logits > threshold) of at most `max_area` pixels to `fill_value`."""
-    sprinkles = small_components(logits > threshold, max_area)
-    return torch.where(sprinkles, fill_value, logits)
+def tidy_small_regions(logits: Tensor, max_hole_area: int, max_sprinkle_area: int, threshold: float = 0.0) -> Tensor:
+    """Fill background regions (logits <= threshold) of at most `max_hole_area` pixels (to threshold + 10) and
+    clear foreground regions of at most `max_sprinkle_area` pixels (to threshold - 10); 0 turns either off.
+
+    logits (N, 1, H, W). Both kinds of region are found in the given logits, as the official image predictor
+    finds them: a filled hole does not join the sprinkles around it into a larger piece that would stay.
+    """
+    holes = small_components(logits <= threshold, max_hole_area)
+    sprinkles = small_components(logits > threshold, max_sprinkle_area)
+    tidy = torch.where(holes, threshold + 10.0, logits)
+    return torch.where(sprinkles, threshold - 10.0, tidy)
 
 
 def keep_highest_object(logits: Tensor, floor: float = -10.0) -> Tensor:
