@@ -48,7 +48,7 @@ def test_values_after_equals_values_first(monkeypatch, masked):
     assert (after - first).abs().max().item() < 1e-5 * scale
 
 
-def test_values_after_on_cpu_at_inference_and_captured_cuda_code():
+def test_values_after_on_cpu_at_inference():
     memory = RotaryAttention(WIDTH, num_heads=1, kv_in_dim=MEMORY_DIM)
     self_attention = RotaryAttention(WIDTH, num_heads=1)
     q = torch.zeros(1, 4, WIDTH)
@@ -58,9 +58,13 @@ def test_values_after_on_cpu_at_inference_and_captured_cuda_code():
         assert not memory._projects_values_after(q.bfloat16())  # PyTorch's attention, which accumulates in fp32
     with torch.enable_grad():
         assert not memory._projects_values_after(q)  # training: PyTorch's attention, which autograd differentiates
-    if not torch.cuda.is_available():
-        return
-    memory, self_attention, q = memory.cuda(), self_attention.cuda(), q.cuda()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_values_after_in_captured_cuda_code_only():
+    memory = RotaryAttention(WIDTH, num_heads=1, kv_in_dim=MEMORY_DIM).cuda()
+    self_attention = RotaryAttention(WIDTH, num_heads=1).cuda()
+    q = torch.zeros(1, 4, WIDTH, device="cuda")
     with torch.inference_mode():
         assert not memory._projects_values_after(q)  # uncaptured: flash, which takes no narrower values
         with attention_for_graphs():

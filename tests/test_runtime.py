@@ -11,7 +11,9 @@ import torch
 import sam2rt
 from sam2rt.runtime import GraphedCallable, _ModelGraphs, graphed_with_model, to_inference_dtype, use_cuda_graphs
 from sam2rt.tracking import engine
+from visible import assert_masks_match, visible_model
 
+BF16_MIN_IOU = 0.97  # per object and frame: bf16 against fp32 measured 0.981 at least (tiny, 64 and 128 px)
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
@@ -36,15 +38,13 @@ def _track(model, count=8):
 
 
 def test_bf16_weights_track_like_fp32():
-    torch.manual_seed(0)
-    model = sam2rt.build_model("sam2.1_hiera_tiny", image_size=64)
+    model = visible_model(image_size=64)
     reference = _track(model, count=4)
     fast = _track(to_inference_dtype(copy.deepcopy(model)), count=4)
     assert len(fast) == len(reference) == 6
-    for ref, got in zip(reference[1:], fast[1:]):  # the first result is of the frame before any prompt
+    for t, (ref, got) in enumerate(zip(reference[1:], fast[1:])):  # the first result is of the frame before any prompt
         assert got.mask_logits.dtype == torch.float32 and got.object_ids == ref.object_ids
-        agree = ((got.mask_logits > 0) == (ref.mask_logits > 0)).float().mean()
-        assert agree > 0.9  # bf16 moves logits a little; the masks stay
+        assert_masks_match(got.mask_logits, ref.mask_logits, BF16_MIN_IOU, f"result {t}")  # bf16 moves logits a little
 
 
 def test_bad_dtype():

@@ -8,14 +8,14 @@ import torch
 from PIL import Image
 
 import sam2rt
+from visible import assert_nontrivial, visible_model
 
 IMAGE_SIZE = 64
 
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    return sam2rt.build_model("sam2.1_hiera_tiny", image_size=IMAGE_SIZE)
+    return visible_model(image_size=IMAGE_SIZE)
 
 
 def _frames(count, height=48, width=64):
@@ -116,7 +116,10 @@ def test_camera_predictor_errors_and_box_formats(model):
         camera.add_new_prompt(0, 1, points=[[1, 1]], labels=[1])
     camera.load_first_frame(frames[0])
     _, _, pairs = camera.add_new_prompt(0, 1, bbox=[[5, 5], [40, 30]])
-    _, _, flat = camera.add_new_prompt(0, 1, bbox=[5, 5, 40, 30])
+    other = sam2rt.CameraPredictor(model)  # the same box again on `camera` would be a correction of its mask
+    other.load_first_frame(frames[0])
+    _, _, flat = other.add_new_prompt(0, 1, bbox=[5, 5, 40, 30])
+    assert_nontrivial(pairs, "the box's mask")
     assert torch.equal(pairs, flat) and flat.shape == (1, 1, 48, 64)
     ids, logits = camera.track(frames[1])
     assert ids == [1] and logits.shape == (1, 1, 48, 64) and camera.frame_idx == 1
@@ -180,7 +183,8 @@ def test_video_propagation_order_and_shapes(video):
 
 
 def test_video_sources_agree(model, tmp_path):
-    """A list of frames, a folder of JPEG-free PNGs and the same frames give the same first result."""
+    """A list of frames, a folder of PNGs and its path as a string give the same first result, a mask with area
+    and background: frames read upside down or as BGR would change it."""
     frames = _frames(3)
     for index, frame in enumerate(frames):
         Image.fromarray(frame).save(tmp_path / f"{index:05d}.png")
@@ -189,4 +193,5 @@ def test_video_sources_agree(model, tmp_path):
     for source in (frames, tmp_path, str(tmp_path)):
         state = predictor.init_state(source)
         results.append(predictor.add_new_points_or_box(state, 1, 1, points=[[20, 20]], labels=[1])[2])
+    assert_nontrivial(results[0], "the mask from a list of frames")
     assert torch.equal(results[0], results[1]) and torch.equal(results[1], results[2])

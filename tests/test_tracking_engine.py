@@ -9,15 +9,15 @@ import pytest
 import torch
 
 import sam2rt
-from sam2rt.tracking.engine import TrackingEngine
+from sam2rt.tracking.engine import HOLE_FILL_LOGIT, TrackingEngine
+from visible import assert_nontrivial, visible_model
 
 IMAGE_SIZE = 64
 
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    return sam2rt.build_model("sam2.1_hiera_tiny", image_size=IMAGE_SIZE)
+    return visible_model(image_size=IMAGE_SIZE)  # masks with area and holes: the post-processing has work
 
 
 def _frames(count, height=48, width=64, seed=0):
@@ -103,25 +103,65 @@ def test_one_batched_pass_serves_all_objects(model, monkeypatch):
     assert batch_sizes["memory_attention"] == batch_sizes["mask_decoder"] == batch_sizes["memory_encoder"] == 4
 
 
-def test_hole_filling_runs_on_cpu(model):
-    tracker = sam2rt.StreamTracker(model, fill_hole_area=8)
-    frames = _frames(5)
-    tracker.step(next(frames))
-    tracker.add_prompt(1, points=[[20, 18]], labels=[1])
-    for frame in frames:
-        tracker.step(frame)
-    low_res = tracker._objects[1].latest.mask_logits[None]  # (1, 1, 4h, 4w)
-    from sam2rt.masks import small_components
+def _holes(logits: torch.Tensor, max_area: int) -> np.ndarray:
+    """Background (logits <= 0) pixels of 8-connected background pieces of at most `max_area` pixels, by OpenCV:
+    a reference independent of sam2rt.masks. logits (H, W) -> (H, W) bool."""
+    import cv2
 
-    assert not small_components(low_res <= 0, 8).any()
+    background = (logits <= 0).numpy().astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(background, connectivity=8)
+    small = np.zeros(count, dtype=bool)
+    small[1:] = stats[1:, cv2.CC_STAT_AREA] <= max_area
+    return small[labels]
+
+
+def _low_res(tracker, obj_id):
+    return tracker._objects[obj_id].latest.mask_logits[0]  # (4h, 4w): what hole filling works on
+
+
+def test_hole_filling_fills_small_background_holes_of_the_output():
+    """The default hole filling, against a tracker without it: on the prompted frame the output is the unfilled
+    one with each background piece of <= 8 pixels set to the fill logit; on tracked frames no such piece is
+    left, where the unfilled tracker has some. The weights make holes, so removing the filling fails this."""
+    model = visible_model(image_size=IMAGE_SIZE)
+    plain, filled = sam2rt.StreamTracker(model, fill_hole_area=0), sam2rt.StreamTracker(model)
+    assert filled.engine.options.fill_hole_area == 8  # the default, which the official also has
+    frames = list(_frames(5))
+    for tracker in (plain, filled):
+        tracker.step(frames[0])
+        tracker.add_prompt(1, points=[[20, 18]], labels=[1])
+    unfilled = _low_res(plain, 1)
+    holes = _holes(unfilled, 8)
+    assert holes.sum() >= 8, "the weights made no holes: nothing to fill"
+    assert_nontrivial(unfilled, "the prompted mask")
+    expected = torch.where(torch.from_numpy(holes), HOLE_FILL_LOGIT, unfilled)
+    assert torch.equal(_low_res(filled, 1), expected)
+    for t, frame in enumerate(frames[1:], start=1):
+        plain.step(frame)
+        result = filled.step(frame)
+        assert _holes(_low_res(plain, 1), 8).any(), f"frame {t}: the unfilled tracker has no holes to fill"
+        assert not _holes(_low_res(filled, 1), 8).any(), f"frame {t}: a hole was left"
+        assert_nontrivial(result.mask_logits, f"frame {t}")
 
 
 def test_non_overlapping_masks(model):
-    tracker = sam2rt.StreamTracker(model, non_overlap_masks=True)
-    frames = _frames(4)
-    tracker.step(next(frames))
-    tracker.add_prompt(1, points=[[20, 18]], labels=[1])
-    tracker.add_prompt(2, points=[[22, 20]], labels=[1])
-    for frame in frames:
-        result = tracker.step(frame)
-    assert not (result.masks[0] & result.masks[1]).any()
+    """Each pixel goes to the object with the highest logit, the others are capped at -10 there; only the output
+    changes (the official applies it to outputs), so the logits equal a plain tracker's with that rule applied."""
+    plain, exclusive = sam2rt.StreamTracker(model), sam2rt.StreamTracker(model, non_overlap_masks=True)
+    frames = list(_frames(4))
+    overlapped = 0
+    for t, frame in enumerate(frames):
+        results = [tracker.step(frame) for tracker in (plain, exclusive)]
+        if t == 0:
+            for tracker in (plain, exclusive):
+                tracker.add_prompt(1, points=[[20, 18]], labels=[1])
+            results = [tracker.add_prompt(2, points=[[40, 30]], labels=[1]) for tracker in (plain, exclusive)]
+        reference, got = results
+        logits = reference.mask_logits  # (2, H, W)
+        assert_nontrivial(logits, f"frame {t}")
+        winner = logits.argmax(dim=0)  # (H, W)
+        expected = torch.stack([torch.where(winner == row, logits[row], logits[row].clamp(max=-10.0)) for row in range(2)])
+        torch.testing.assert_close(got.mask_logits, expected, rtol=0, atol=0)
+        assert not (got.masks[0] & got.masks[1]).any()
+        overlapped += int((reference.masks[0] & reference.masks[1]).sum())
+    assert overlapped > 100, "the plain masks barely overlap: nothing to separate"

@@ -11,6 +11,7 @@ import torch
 import sam2rt
 from sam2rt.tracking.engine import TrackingEngine
 from oracle import assert_close_logits
+from visible import assert_nontrivial, visible_model
 
 IMAGE_SIZE = 64
 TICKS = 8
@@ -29,7 +30,7 @@ SCRIPT = {
     ("b", 0): [("box", 5, [4, 4, 30, 30])],
     ("b", 2): [("points", 5, [[10, 12]], [1], True)],
     ("b", 4): [("mask", 6)],
-    ("c", 3): [("points", 1, [[24, 40]], [1], True)],
+    ("c", 3): [("points", 1, [[20, 15]], [1], True)],
     ("c", 5): [("points", 2, [[10, 10]], [1], True)],
     ("c", 7): [("points", 1, [[30, 30]], [0], True), ("remove", 2)],
 }
@@ -37,8 +38,7 @@ SCRIPT = {
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    return sam2rt.build_model("sam2.1_hiera_tiny", image_size=IMAGE_SIZE)
+    return visible_model(image_size=IMAGE_SIZE)
 
 
 def _frame(name: str, t: int) -> np.ndarray:
@@ -64,17 +64,24 @@ def _prompt(stream, action):
     return stream.remove_object(obj)
 
 
-def _assert_same(got, expected, what):
+def _assert_same(got, expected, what, rel):
     assert got.frame_idx == expected.frame_idx and got.object_ids == expected.object_ids, what
     assert got.mask_logits.shape == expected.mask_logits.shape, what
     for row, obj_id in enumerate(expected.object_ids):
-        assert_close_logits(got.mask_logits[row], expected.mask_logits[row], rel=1e-5, what=f"{what}, {obj_id}")
-        assert_close_logits(got.object_scores[row], expected.object_scores[row], rel=1e-5, what=f"{what}, score")
+        assert_nontrivial(expected.mask_logits[row], f"{what}, {obj_id}")
+        assert_close_logits(got.mask_logits[row], expected.mask_logits[row], rel=rel, what=f"{what}, {obj_id}")
+        assert_close_logits(got.object_scores[row], expected.object_scores[row], rel=rel, what=f"{what}, score")
 
 
-def test_pool_matches_separate_stream_trackers(model):
-    """3 streams of different sizes and paces, joining and leaving, objects added, corrected and removed."""
+@pytest.mark.parametrize("batched", [False, True], ids=["split-attention", "batched-attention"])
+def test_pool_matches_separate_stream_trackers(model, batched):
+    """3 streams of different sizes and paces, joining and leaving, objects added, corrected and removed.
+
+    batched: the pool attends for all objects of all streams in one call (the GPU's way: memories of
+    different fill, padded and masked), the trackers one object at a time (the CPU's way)."""
     pool = sam2rt.StreamPool(model)
+    pool.engine.split_cpu_attention = not batched
+    rel = 1e-4 if batched else 1e-5  # another order of summation in the batched attention
     streams, trackers = {}, {}
     compared = Counter()
     for tick in range(TICKS):
@@ -90,11 +97,11 @@ def test_pool_matches_separate_stream_trackers(model):
         results = pool.step({streams[n]: frames[n] for n in stepped})
         assert set(results) == {streams[n] for n in stepped}  # streams without a frame are not stepped
         for name in stepped:
-            _assert_same(results[streams[name]], trackers[name].step(frames[name]), f"{name} at tick {tick}")
+            _assert_same(results[streams[name]], trackers[name].step(frames[name]), f"{name} at tick {tick}", rel)
             compared[name] += 1
             for action in SCRIPT.get((name, tick), []):
                 got, expected = _prompt(streams[name], action), _prompt(trackers[name], action)
-                _assert_same(got, expected, f"{name} at tick {tick} after {action[0]} on {action[1]}")
+                _assert_same(got, expected, f"{name} at tick {tick} after {action[0]} on {action[1]}", rel)
     assert compared == {"a": 8, "b": 3, "c": 5}
     assert streams["a"].object_ids == [1] and streams["c"].object_ids == [1]
     assert streams["a"].frame_idx == 7 and streams["c"].frame_idx == 4
