@@ -9,42 +9,68 @@ import pytest
 import torch
 
 import sam2rt
-from sam2rt.runtime import GraphedCallable, _ModelGraphs, graphed_with_model, to_inference_dtype, use_cuda_graphs
+from sam2rt.runtime import (
+    GraphedCallable,
+    _ModelGraphs,
+    graphed_with_model,
+    optimize,
+    to_inference_dtype,
+    use_cuda_graphs,
+)
 from sam2rt.tracking import engine
-from visible import assert_masks_match, visible_model
+from visible import assert_masks_match, assert_nontrivial, visible_model
 
-BF16_MIN_IOU = 0.97  # per object and frame: bf16 against fp32 measured 0.981 at least (tiny, 64 and 128 px)
+# bf16 against fp32 on `visible` weights, whose logits are smooth and near zero over wide areas. Measured on an
+# H100 (tiny at 256): per object and frame at least 0.956 (a click's mask on a 64x160 stream), on average 0.998.
+# Graphs replaying stale inputs gave 0.86-0.91 on average, memories lost in bf16 0.983-0.991: the mean catches
+# what a single mask cannot.
+BF16_MIN_IOU = 0.95  # each object and frame
+BF16_MEAN_IOU = 0.99  # over every object and frame of a run
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 def _frames(count, height=96, width=128):
-    rng = np.random.default_rng(0)
-    background = rng.integers(0, 80, size=(height, width, 3), dtype=np.uint8)
+    """A red box moving over a background of new noise on each frame: a step that works on another step's
+    inputs (a graph replaying stale ones) gives other masks."""
     for t in range(count):
-        frame = background.copy()
+        frame = np.random.default_rng(t).integers(0, 80, size=(height, width, 3), dtype=np.uint8)
         frame[20:60, 10 + 3 * t : 50 + 3 * t] = (220, 40, 40)
         yield frame
 
 
-def _track(model, count=8):
-    tracker = sam2rt.StreamTracker(model, memory_dtype=torch.float32)
+def _track(model, count=8, memory_dtype=torch.float32):
+    """A stream of `count` frames: a click and a box on frame 0, a correction of the click halfway."""
+    tracker = sam2rt.StreamTracker(model, memory_dtype=memory_dtype)
     results = []
     for t, frame in enumerate(_frames(count)):
         results.append(tracker.step(frame))
         if t == 0:
             results.append(tracker.add_prompt(1, points=[[30, 40]], labels=[1]))
             results.append(tracker.add_prompt(2, box=[60, 10, 120, 90]))
+        elif t == count // 2:
+            results.append(tracker.add_prompt(1, points=[[45, 50]], labels=[0], clear_old_points=False))
     return results
 
 
+def assert_tracks_alike(got, expected, what, min_iou=BF16_MIN_IOU, mean_iou=BF16_MEAN_IOU):
+    """The same objects in each result, their masks non-trivial and overlapping with IoU >= min_iou each and
+    >= mean_iou on average over every object and frame."""
+    assert len(got) == len(expected), what
+    ious = []
+    for index, (result, reference) in enumerate(zip(got, expected)):
+        assert result.object_ids == reference.object_ids, f"{what}, result {index}"
+        assert result.mask_logits.dtype == torch.float32
+        if reference.object_ids:  # the first frame's result, before any prompt, has no objects
+            ious.extend(assert_masks_match(result.mask_logits, reference.mask_logits, min_iou, f"{what}, result {index}"))
+    assert np.mean(ious) >= mean_iou, f"{what}: mean IoU {np.mean(ious):.4f} < {mean_iou}"
+
+
 def test_bf16_weights_track_like_fp32():
-    model = visible_model(image_size=64)
-    reference = _track(model, count=4)
-    fast = _track(to_inference_dtype(copy.deepcopy(model)), count=4)
-    assert len(fast) == len(reference) == 6
-    for t, (ref, got) in enumerate(zip(reference[1:], fast[1:])):  # the first result is of the frame before any prompt
-        assert got.mask_logits.dtype == torch.float32 and got.object_ids == ref.object_ids
-        assert_masks_match(got.mask_logits, ref.mask_logits, BF16_MIN_IOU, f"result {t}")  # bf16 moves logits a little
+    model = visible_model(image_size=128)
+    reference = _track(model, count=6)
+    fast = _track(to_inference_dtype(copy.deepcopy(model)), count=6)
+    assert len(reference) == 9
+    assert_tracks_alike(fast, reference, "bf16")  # bf16 moves logits a little; the masks stay
 
 
 def test_bad_dtype():
@@ -78,27 +104,85 @@ def test_code_around_the_model_is_graphed_only_with_its_graphs():
 
 @cuda
 def test_cuda_graphs_replay_the_eager_results():
-    torch.manual_seed(0)
-    model = sam2rt.build_model("sam2.1_hiera_tiny", image_size=256).cuda()
+    model = visible_model(image_size=256).cuda()
     graphed_model = use_cuda_graphs(copy.deepcopy(model))
     with torch.inference_mode():
         reference = _track(model, count=24)
         graphed = _track(graphed_model, count=24)
+    assert_tracks_alike(graphed, reference, "fp32 graphs", min_iou=0.999, mean_iou=0.999)
     for ref, got in zip(reference, graphed):
-        assert got.object_ids == ref.object_ids
         torch.testing.assert_close(got.mask_logits, ref.mask_logits, atol=1e-3, rtol=1e-3)
     # Tracking replays the engine's whole pass over the objects (hole filling included): the model's steps
     # called inside it were taken into its graphs. Prompts (on the first frame: no memory) replay the segment
     # step, decoding inside it.
     assert graphed_with_model(graphed_model, engine._track_on_memory).graphs
-    assert not graphed_model.condition_on_memory.graphs
+    assert len(graphed_model.condition_on_memory.graphs) == 1  # only the correction conditions outside the pass
     assert graphed_model.segment.graphs and not graphed_model.decode.graphs
 
 
 @cuda
+def test_bf16_graphs_track_like_fp32_eager():
+    """What users run on a GPU by default (bf16 weights and memories, CUDA graphs) against fp32 eager."""
+    model = visible_model(image_size=256).cuda()
+    fast = optimize(copy.deepcopy(model))
+    with torch.inference_mode():
+        reference = _track(model, count=24)
+        got = _track(fast, count=24, memory_dtype=None)
+    assert_tracks_alike(got, reference, "bf16 + graphs")
+
+
+POOL_SIZES = {"a": (96, 128), "b": (120, 90), "c": (64, 160)}  # (height, width) of each stream's frames
+
+
+def _stream_frame(name, t):
+    height, width = POOL_SIZES[name]
+    frame = np.random.default_rng((ord(name), t)).integers(0, 80, size=(height, width, 3), dtype=np.uint8)
+    x = 5 + (3 * t) % (width - 45)
+    frame[height // 4 : height // 4 + 30, x : x + 40] = (220, 40, 40)
+    return frame
+
+
+def _prompt_stream(target, name, frame_idx):
+    """After a stream's frame 0 a click and a box; after its frame 4 a correction of the click and a new object.
+    Returns the last prompt's result, or None."""
+    height, width = POOL_SIZES[name]
+    if frame_idx == 0:
+        target.add_prompt(1, points=[[width // 3, height // 2]], labels=[1])
+        return target.add_prompt(2, box=[width // 2, 5, width - 5, height - 5])
+    if frame_idx == 4:
+        target.add_prompt(1, points=[[width // 4, height // 3]], labels=[0], clear_old_points=False)
+        return target.add_prompt(3, points=[[width - 10, height - 10]], labels=[1])
+    return None
+
+
+@cuda
+def test_graphed_pool_tracks_like_eager_trackers():
+    """Three streams of different sizes and paces in one bf16 graphed pool, against fp32 eager trackers."""
+    model = visible_model(image_size=256).cuda()
+    pool = sam2rt.StreamPool(optimize(copy.deepcopy(model)))
+    streams = {name: pool.open_stream() for name in POOL_SIZES}
+    trackers = {name: sam2rt.StreamTracker(model, memory_dtype=torch.float32) for name in POOL_SIZES}
+    got, expected = {name: [] for name in POOL_SIZES}, {name: [] for name in POOL_SIZES}
+    with torch.inference_mode():
+        for tick in range(16):
+            due = [name for name in POOL_SIZES if name != "b" or tick % 2 == 0]  # b at half the pace
+            frames = {name: _stream_frame(name, tick) for name in due}
+            results = pool.step({streams[name]: frames[name] for name in due})
+            for name in due:
+                got[name].append(results[streams[name]])
+                expected[name].append(trackers[name].step(frames[name]))
+                prompted = [_prompt_stream(target, name, got[name][-1].frame_idx) for target in (streams[name], trackers[name])]
+                if prompted[0] is not None:
+                    got[name].append(prompted[0])
+                    expected[name].append(prompted[1])
+    for name in POOL_SIZES:
+        assert got[name][-1].object_ids == [1, 2, 3]
+        assert_tracks_alike(got[name], expected[name], f"stream {name}")
+
+
+@cuda
 def test_cuda_graphs_predict_images_like_eager():
-    torch.manual_seed(0)
-    model = sam2rt.build_model("sam2.1_hiera_tiny", image_size=256).cuda()
+    model = visible_model(image_size=256).cuda()
     image = next(_frames(1))
     answers = []
     for candidate in (model, use_cuda_graphs(copy.deepcopy(model))):
@@ -108,7 +192,9 @@ def test_cuda_graphs_predict_images_like_eager():
             masks, scores, logits = predictor.predict(np.array([[30, 40]]), np.array([1]), return_logits=True)
         answers.append((masks, scores, logits))
     (masks, scores, logits), (graphed_masks, graphed_scores, graphed_logits) = answers
+    assert_nontrivial(masks, "the eager masks")
     np.testing.assert_allclose(graphed_logits, logits, atol=1e-3, rtol=1e-3)
+    np.testing.assert_allclose(graphed_masks, masks, atol=1e-3, rtol=1e-3)
     np.testing.assert_allclose(graphed_scores, scores, atol=1e-4)
 
 
