@@ -29,7 +29,24 @@ from sam2rt.serve.scheduler import default_engine
 CHROMIUM = Path("/usr/bin/chromium")
 FRAME_SIZE = (180, 320)  # (height, width): small frames keep the CPU test fast
 CLIP_FRAMES = 40
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (bash scripts/setup.sh --test)")
+
+
+def _missing() -> list[str]:
+    """What the test needs and this machine lacks: the browser, and the Python package that drives it."""
+    missing = []
+    if not CHROMIUM.exists():
+        missing.append(f"Debian's chromium at {CHROMIUM}")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError as error:
+        missing.append(f"the Python package playwright ({error})")
+    return missing
+
+
+MISSING = _missing()
+pytestmark = pytest.mark.skipif(
+    bool(MISSING), reason=f"needs {' and '.join(MISSING)}: bash scripts/setup.sh --test installs both"
+)
 
 # Reads the page's pixels: where the shown result has a mask, the view must show the frame blended with the
 # object's colour (or the colour itself on the outline); elsewhere the frame as it is.

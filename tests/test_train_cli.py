@@ -16,7 +16,6 @@ import sam2rt
 from cli_support import VARIANT, assert_clean_error, invoke_in_process, make_checkpoint
 from sam2rt.train import (
     ImageMaskDataset,
-    OptimSettings,
     PromptSettings,
     TrainConfig,
     VOSDataset,
@@ -24,7 +23,6 @@ from sam2rt.train import (
     make_synthetic_vos,
     train,
 )
-from sam2rt.train.optim import lr_factor, make_optimizer
 
 SIZE = 64  # the smallest input that keeps every stage of the trunk; the tests check plumbing, not quality
 
@@ -166,29 +164,6 @@ def test_activation_checkpointing_gives_the_same_gradients(vos_root) -> None:
     assert grads[0].keys() == grads[1].keys()
     for name, grad in grads[0].items():
         torch.testing.assert_close(grads[1][name], grad, rtol=1e-4, atol=1e-6, msg=name)
-
-
-def test_optimizer_groups_follow_the_recipe() -> None:
-    model = sam2rt.build_model(VARIANT, image_size=SIZE)
-    settings = OptimSettings(lr=1.0, vision_lr=0.5, layer_decay=0.9)
-    optimizer = make_optimizer(model, settings)
-    rate, decay = {}, {}
-    names = {id(p): n for n, p in model.named_parameters()}
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            rate[names[id(param)]], decay[names[id(param)]] = group["peak_lr"], group["weight_decay"]
-    blocks = len(model.image_encoder.trunk.blocks)
-    assert rate["sam_mask_decoder.iou_token.weight"] == 1.0
-    assert rate["image_encoder.neck.convs.0.conv.weight"] == 0.5
-    assert rate["image_encoder.trunk.pos_embed"] == 0.5
-    assert rate["image_encoder.trunk.patch_embed.proj.weight"] == pytest.approx(0.5 * 0.9 ** (blocks + 1))
-    assert rate[f"image_encoder.trunk.blocks.{blocks - 1}.mlp.layers.0.weight"] == pytest.approx(0.5 * 0.9)
-    assert decay["sam_mask_decoder.iou_token.weight"] == 0.1
-    assert decay["memory_attention.layers.0.linear1.bias"] == 0.0
-    assert decay["memory_attention.layers.0.norm1.weight"] == 0.0  # LayerNorm
-    assert lr_factor(0, 100, settings) == 1.0
-    assert lr_factor(50, 100, settings) == pytest.approx(0.55)
-    assert lr_factor(100, 100, settings) == pytest.approx(0.1)
 
 
 def test_train_errors_are_one_line(capsys, vos_root, checkpoint, tmp_path) -> None:

@@ -2,9 +2,17 @@
 same prompt choices (NumPy generator) and same clicks (torch generator) -> same losses and gradients.
 
 fp32 on CPU, sam2.1_hiera_tiny at 256, dropout off on the oracle (our model has none to turn off).
+
+The optimiser equals the one Meta's construct_optimizer builds from its fine-tuning config: per parameter,
+the same learning rate (layer-wise decay in the trunk) and weight decay, and the same schedule.
 """
 
 from __future__ import annotations
+
+import math
+import sys
+import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -164,3 +172,126 @@ def test_click_and_box_sampling_equal_official() -> None:
         assert torch.equal(labels, expected_labels)
     coords, labels = sample_click(gt, prediction)
     assert labels[2].item() == 0 and not gt[2, 0, int(coords[2, 0, 1]), int(coords[2, 0, 0])]
+
+
+# -- the optimiser: parameter groups, layer-wise decay and schedule of Meta's fine-tuning config --------------
+
+RECIPE = "configs/sam2.1_training/sam2.1_hiera_b+_MOSE_finetune.yaml"  # in the sam2 wheel
+
+
+class _CosineParamScheduler:
+    """fvcore's CosineParamScheduler (fvcore is not installed here): start -> end along half a cosine."""
+
+    def __init__(self, start_value: float, end_value: float) -> None:
+        self.start_value, self.end_value = start_value, end_value
+
+    def __call__(self, where: float) -> float:
+        return self.end_value + 0.5 * (self.start_value - self.end_value) * (1 + math.cos(math.pi * where))
+
+
+class _ConstantParamScheduler:
+    """fvcore's ConstantParamScheduler."""
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def __call__(self, where: float) -> float:
+        return self.value
+
+
+@pytest.fixture
+def recipe_optim(monkeypatch):
+    """The `trainer.optim` section of Meta's fine-tuning config, read from the wheel's YAML; fvcore's two
+    schedulers are stood in for when fvcore is missing, and the config's `divide` resolver is registered."""
+    import importlib.util
+
+    import sam2
+    from omegaconf import OmegaConf
+
+    import_training()  # Meta's training/ on sys.path: the config names training.optimizer.layer_decay_param_modifier
+    if importlib.util.find_spec("fvcore") is None:
+        schedulers = types.ModuleType("fvcore.common.param_scheduler")
+        schedulers.CosineParamScheduler = _CosineParamScheduler
+        schedulers.ConstantParamScheduler = _ConstantParamScheduler
+        for name in ("fvcore", "fvcore.common"):
+            monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+        monkeypatch.setitem(sys.modules, "fvcore.common.param_scheduler", schedulers)
+    registered = not OmegaConf.has_resolver("divide")
+    if registered:
+        OmegaConf.register_new_resolver("divide", lambda x, y: x / y)  # as training.utils.train_utils does
+    config = OmegaConf.load(Path(sam2.__file__).parent / RECIPE)
+    yield config
+    if registered:
+        OmegaConf.clear_resolver("divide")
+
+
+def _meta_optimizer(model: nn.Module, config):
+    """Meta's construct_optimizer as its Trainer calls it, on Meta's own model."""
+    from training.optimizer import construct_optimizer
+
+    optim = config.trainer.optim
+    return construct_optimizer(model, optim.optimizer, optim.options, optim.param_group_modifiers)
+
+
+def _per_parameter(model: nn.Module, optimizer: torch.optim.Optimizer, key: str) -> dict[str, tuple[float, float]]:
+    """Parameter name -> (group[key], the group's weight decay)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return {names[id(p)]: (g[key], g["weight_decay"]) for g in optimizer.param_groups for p in g["params"]}
+
+
+def _differing(ours: dict, theirs: dict) -> dict:
+    """Parameter name -> ((our lr, our weight decay), (Meta's)) where they are not equal (to rounding)."""
+    return {n: (ours[n], theirs[n]) for n in theirs if ours[n] != pytest.approx(theirs[n], rel=1e-9, abs=0)}
+
+
+@pytest.mark.parametrize("custom", [False, True], ids=["recipe", "custom"])
+def test_optimizer_groups_equal_official(recipe_optim, custom: bool) -> None:
+    """Every parameter gets the learning rate (layer-wise decay in the trunk, vision_lr in the image encoder)
+    and the weight decay (none on biases and torch LayerNorms) that Meta's construct_optimizer and
+    layer_decay_param_modifier give it, under the config's own values and under other values set both ways;
+    along the schedule too."""
+    from sam2.build_sam import build_sam2
+
+    import sam2rt
+    from oracle import config_path
+    from sam2rt.train.optim import OptimSettings, lr_factor, make_optimizer, set_learning_rates
+
+    config = recipe_optim
+    if custom:  # every number differs from the recipe's, so that a setting wired to the wrong place shows
+        settings = OptimSettings(lr=4e-4, vision_lr=1.5e-4, layer_decay=0.7, weight_decay=0.03)
+        config.scratch.base_lr, config.scratch.vision_lr = settings.lr, settings.vision_lr
+        config.trainer.optim.param_group_modifiers[0].layer_decay_value = settings.layer_decay
+        config.trainer.optim.options.weight_decay[0].scheduler.value = settings.weight_decay
+    else:  # our defaults are the recipe
+        settings = OptimSettings()
+        assert settings.grad_clip == config.trainer.optim.gradient_clip.max_norm
+    theirs_model = build_sam2(config_path(VARIANT), None, device="cpu", apply_postprocessing=False)
+    theirs = _meta_optimizer(theirs_model, config)
+    ours_model = sam2rt.build_model(VARIANT, image_size=SIZE)
+    ours = make_optimizer(ours_model, settings)
+
+    expected = _per_parameter(theirs_model, theirs.optimizer, "lr")  # Meta's Optimizer has set where=0
+    got = _per_parameter(ours_model, ours, "peak_lr")
+    assert got.keys() == expected.keys(), got.keys() ^ expected.keys()
+    wrong = _differing(got, expected)
+    assert not wrong, f"{len(wrong)} differ, (lr, weight decay) ours, Meta's: {dict(list(wrong.items())[:6])}"
+
+    # The comparison is not vacuous: Meta's groups hold one rate per trunk layer (patch embedding, each
+    # block, and the position embeddings, which its config's override keeps at the full rate), and weight
+    # decay 0 on biases and LayerNorm weights.
+    blocks = len(theirs_model.image_encoder.trunk.blocks)
+    trunk_rates = {lr for n, (lr, _) in expected.items() if n.startswith("image_encoder.trunk.")}
+    assert len(trunk_rates) == blocks + 2, sorted(trunk_rates)
+    no_decay = {n for n, (_, wd) in expected.items() if wd == 0}
+    assert any(n.endswith(".bias") for n in no_decay), "no bias without weight decay"
+    assert any(n.endswith(".weight") for n in no_decay), "no LayerNorm weight without weight decay"
+    assert "image_encoder.trunk.pos_embed" not in no_decay  # Meta decays position embeddings
+
+    # The schedule (here through stand-ins with fvcore's formulas when fvcore is missing).
+    total = 40
+    for step in (1, 10, 20, 33, total - 1):
+        theirs.step_schedulers(step / total, step)  # Trainer: where = step / total steps, before the step
+        set_learning_rates(ours, lr_factor(step, total, settings))  # no warm-up, as in the recipe
+        expected, got = _per_parameter(theirs_model, theirs.optimizer, "lr"), _per_parameter(ours_model, ours, "lr")
+        wrong = _differing(got, expected)
+        assert not wrong, f"step {step} of {total}: {len(wrong)} rates differ, e.g. {next(iter(wrong.items()))}"
