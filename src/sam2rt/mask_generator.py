@@ -4,7 +4,7 @@ SAM2AutomaticMaskGenerator makes them (same parameters, defaults, records and or
 Per crop of the image: decode the grid points a batch at a time (a round of batches before the host
 looks at the results), keep masks whose predicted IoU and stability pass the thresholds and that are
 not cut by the crop's border, then drop duplicates by box
-NMS. Across crops, NMS again, preferring masks from larger crops. Everything runs on the model's
+NMS. Across crops, NMS again, preferring masks from smaller crops. Everything runs on the model's
 device; the host receives only the kept masks (or their run lengths) and a few numbers per mask.
 
 Masks are measured at full resolution, as the official generator does, but full-resolution logits
