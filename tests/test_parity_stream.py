@@ -3,7 +3,9 @@
 The official predictor is driven frame by frame: frame t is propagated alone, then the prompts
 scheduled on t land on it; t's expected result is each object's latest output there. Both
 correction modes, with the official predictor configured alike. fp32 on CPU, memories in bf16 on
-both sides, hole filling off on both sides.
+both sides, hole filling off on both sides. Beside SAM 2.1 tiny: SAM 2.0 tiny (no occlusion embedding,
+no temporal encoding of object pointers), another size (base_plus, at 128 px), and the batched
+multi-object memory attention that GPUs run (on CPU the engine splits it into one call per object).
 """
 
 from __future__ import annotations
@@ -15,8 +17,18 @@ import torch.nn.functional as F
 
 import sam2rt
 from media import shared_path
-from oracle import assert_close_logits, assert_close_scores, oracle_model, oracle_video_state, our_model
+from oracle import (
+    TRACKING_OBJECT_SCORE_SHIFT,
+    assert_close_logits,
+    assert_close_scores,
+    oracle_model,
+    oracle_video_state,
+    our_model,
+)
 from sam2rt.io.video_file import VideoFileFrames
+from sam2rt.model.sam2 import SAM2Model
+from sam2rt.tracking.engine import TrackingEngine
+from visible import assert_nontrivial
 
 VARIANT = "sam2.1_hiera_tiny"
 IMAGE_SIZE = 256
@@ -92,32 +104,80 @@ def _assert_result(result, expected, what):
     for row, obj_id in enumerate(ids):
         assert_close_logits(result.mask_logits[row], logits[row], what=f"{what}, object {obj_id}")
         assert_close_scores(result.object_scores[row], scores[row], what=f"{what}, score of object {obj_id}")
+    # An absent object's mask is the constant no-object logit; a present one's must hold object and background,
+    # or its comparison would pass whatever the code under test did with the image.
+    present = scores > 0
+    if present.any():
+        assert_nontrivial(logits[present], f"{what}: the oracle's masks of present objects")
 
 
-@pytest.mark.parametrize("correction_as_cond", [True, False], ids=["corrections-as-cond", "official-default"])
-def test_stream_matches_official_driven_as_stream(frames, correction_as_cond):
-    model = our_model(VARIANT, IMAGE_SIZE)
+def _recording_batches(monkeypatch):
+    """Record (objects, padded) of every memory attention call: padded when some object's memory has
+    padding slots, masked out of the attention."""
+    calls = []
+    condition_on_memory = SAM2Model.condition_on_memory
+
+    def recorded(self, embed, memory):
+        calls.append((memory.spatial.shape[0], memory.spatial_valid is not None or memory.pointer_valid is not None))
+        return condition_on_memory(self, embed, memory)
+
+    monkeypatch.setattr(SAM2Model, "condition_on_memory", recorded)
+    return calls
+
+
+# (variant, image size, corrections as conditioning frames, memory attention split per object as on CPU)
+STREAM_CASES = [
+    pytest.param(VARIANT, IMAGE_SIZE, True, True, id="corrections-as-cond"),
+    pytest.param(VARIANT, IMAGE_SIZE, False, True, id="official-default"),
+    pytest.param("sam2_hiera_tiny", IMAGE_SIZE, True, True, id="sam2_hiera_tiny-corrections-as-cond"),
+    pytest.param("sam2_hiera_tiny", IMAGE_SIZE, False, True, id="sam2_hiera_tiny-official-default"),
+    pytest.param("sam2.1_hiera_base_plus", 128, True, True, id="sam2.1_hiera_base_plus-128px"),
+    pytest.param(VARIANT, IMAGE_SIZE, True, False, id="batched-attention"),
+]
+
+
+@pytest.mark.parametrize("variant, image_size, correction_as_cond, split_attention", STREAM_CASES)
+def test_stream_matches_official_driven_as_stream(
+    frames, monkeypatch, variant, image_size, correction_as_cond, split_attention
+):
+    monkeypatch.setattr(TrackingEngine, "split_cpu_attention", split_attention)
+    batches = _recording_batches(monkeypatch)
+    shift = TRACKING_OBJECT_SCORE_SHIFT[variant]
+    model = our_model(variant, image_size, object_score_shift=shift)
     tracker = sam2rt.StreamTracker(
         model, fill_hole_area=0, add_all_frames_to_correct_as_cond=correction_as_cond, memory_dtype=torch.bfloat16
     )
     ref = oracle_model(
-        VARIANT, IMAGE_SIZE, video=True, fill_hole_area=0, add_all_frames_to_correct_as_cond=correction_as_cond
+        variant,
+        image_size,
+        video=True,
+        object_score_shift=shift,
+        fill_hole_area=0,
+        add_all_frames_to_correct_as_cond=correction_as_cond,
     )
     state = oracle_video_state(ref, frames, "bilinear-antialias")
     frame_hw = frames[0].shape[:2]
-    present = []
+    present, tracked_present = [], []
     for t, frame in enumerate(frames):
         result = tracker.step(frame)
         if state["obj_ids"]:
             list(ref.propagate_in_video(state, start_frame_idx=t, max_frame_num_to_track=0))
             _assert_result(result, _official_latest(state, t, frame_hw), f"frame {t}")
+            tracked_present.append(bool((result.object_scores > 0).any()))
         for action in SCHEDULE.get(t, []):
             result = _apply_ours(tracker, action, frame_hw)
             _apply_official(ref, state, t, action, frame_hw)
             _assert_result(result, _official_latest(state, t, frame_hw), f"frame {t}, after {action[0]} on {action[1]}")
         present += (result.object_scores > 0).tolist()
     assert tracker.object_ids == [1, 3]
-    assert any(present) and not all(present)  # the weights exercise both the present and the absent paths
+    # The weights exercise both the present and the absent paths (oracle.TRACKING_OBJECT_SCORE_SHIFT), and every
+    # tracked frame compares a present object's mask, not only the constant masks of absent ones.
+    assert any(present) and not all(present)
+    assert all(tracked_present), f"tracked frames with every object absent: {tracked_present}"
+    if split_attention:
+        assert all(objects == 1 for objects, _ in batches)  # one memory attention call per object
+    else:  # three objects' memories, padded to one size, in one batch
+        assert (3, True) in batches, f"no batch of 3 objects with padded memories among {sorted(set(batches))}"
 
 
 def test_camera_predictor_gives_the_stream_tracker_outputs(frames):

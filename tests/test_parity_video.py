@@ -3,7 +3,8 @@
 Three objects prompted by a click, a box and a mask on different frames, a correction click,
 forward then reverse propagation, an object removed, a propagation from a later start.
 fp32 on CPU, memories stored in bf16 on both sides (as the official predictor stores them),
-hole filling off on both sides (the official one needs its CUDA extension).
+hole filling off on both sides (the official one needs its CUDA extension). The session runs on
+SAM 2.1 tiny, and on SAM 2.0 tiny and SAM 2.1 base_plus at 128 px over fewer frames.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import torch
 
 import sam2rt
 from media import shared_path
-from oracle import assert_close_logits, oracle_model, oracle_video_state, our_model
+from oracle import TRACKING_OBJECT_SCORE_SHIFT, assert_close_logits, oracle_model, oracle_video_state, our_model
 from sam2rt.io.video_file import VideoFileFrames
+from sam2rt.model.sam2 import NO_OBJECT_SCORE
+from visible import assert_nontrivial
 
 VARIANT = "sam2.1_hiera_tiny"
 IMAGE_SIZE = 256
@@ -28,13 +31,22 @@ def frames():
     return [video[i] for i in range(NUM_FRAMES)]
 
 
+def _present(ref_logits):
+    """Per object: judged present by the oracle (an absent object's mask is the constant no-object logit)."""
+    return [bool(logits.max() > NO_OBJECT_SCORE / 2) for logits in ref_logits]
+
+
 def _assert_masks(ours, theirs, what):
-    """Per object: max |diff| <= 1e-4 x max(1, largest |oracle logit| of that object)."""
+    """Per object: max |diff| <= 1e-4 x max(1, largest |oracle logit| of that object). The oracle's masks of
+    present objects must hold object and background: a constant, empty or full mask would compare nothing."""
     frame, ids, logits = ours
     ref_frame, ref_ids, ref_logits = theirs
     assert (frame, list(ids)) == (ref_frame, list(ref_ids)), what
     for row, obj_id in enumerate(ids):
         assert_close_logits(logits[row], ref_logits[row], what=f"{what}, object {obj_id}")
+    present = _present(ref_logits)
+    if any(present):
+        assert_nontrivial(ref_logits[torch.tensor(present)], f"{what}: the oracle's masks of present objects")
 
 
 def _propagate(ours, ref, state, ref_state, what, **kwargs):
@@ -43,19 +55,37 @@ def _propagate(ours, ref, state, ref_state, what, **kwargs):
     assert [m[0] for m in mine] == [t[0] for t in theirs], what
     for m, t in zip(mine, theirs):
         _assert_masks(m, t, f"{what}, frame {m[0]}")
+    assert any(any(_present(t[2])) for t in theirs), f"{what}: every object judged absent on every frame"
     return mine
 
 
-@pytest.mark.parametrize("correction_as_cond", [False, True], ids=["official-default", "corrections-as-cond"])
-def test_scripted_session(frames, correction_as_cond):
+# (variant, image size, frames, corrections as conditioning frames): SAM 2.1 tiny in both correction modes; SAM
+# 2.0 tiny and another size at 128 px over fewer frames (the session's prompts all lie on frames 0 to 12).
+SESSION_CASES = [
+    pytest.param(VARIANT, IMAGE_SIZE, NUM_FRAMES, False, id="official-default"),
+    pytest.param(VARIANT, IMAGE_SIZE, NUM_FRAMES, True, id="corrections-as-cond"),
+    pytest.param("sam2_hiera_tiny", 128, 14, False, id="sam2_hiera_tiny-128px"),
+    pytest.param("sam2.1_hiera_base_plus", 128, 14, False, id="sam2.1_hiera_base_plus-128px"),
+]
+
+
+@pytest.mark.parametrize("variant, image_size, num_frames, correction_as_cond", SESSION_CASES)
+def test_scripted_session(frames, variant, image_size, num_frames, correction_as_cond):
+    frames = frames[:num_frames]
+    shift = TRACKING_OBJECT_SCORE_SHIFT[variant]
     ours = sam2rt.VideoPredictor(
-        our_model(VARIANT, IMAGE_SIZE),
+        our_model(variant, image_size, object_score_shift=shift),
         fill_hole_area=0,
         add_all_frames_to_correct_as_cond=correction_as_cond,
         memory_dtype=torch.bfloat16,
     )
     ref = oracle_model(
-        VARIANT, IMAGE_SIZE, video=True, fill_hole_area=0, add_all_frames_to_correct_as_cond=correction_as_cond
+        variant,
+        image_size,
+        video=True,
+        object_score_shift=shift,
+        fill_hole_area=0,
+        add_all_frames_to_correct_as_cond=correction_as_cond,
     )
     state, ref_state = ours.init_state(frames), oracle_video_state(ref, frames, "pil-bicubic")
     height, width = frames[0].shape[:2]
@@ -68,7 +98,10 @@ def test_scripted_session(frames, correction_as_cond):
     mask = np.zeros((height, width), dtype=bool)
     mask[250:480, 40:300] = True
     _assert_masks(*both("add_new_mask", 6, 3, mask), "mask on frame 6")
-    _propagate(ours, ref, state, ref_state, "forward")
+    forward = _propagate(ours, ref, state, ref_state, "forward")
+    present = [p for _, _, logits in forward for p in _present(logits)]
+    # The weights exercise both the present and the absent paths (oracle.TRACKING_OBJECT_SCORE_SHIFT).
+    assert any(present) and not all(present)
 
     _assert_masks(*both("add_new_points_or_box", 10, 1, points=[[300, 300]], labels=[0]), "correction")
     _assert_masks(
@@ -76,7 +109,7 @@ def test_scripted_session(frames, correction_as_cond):
         "second correction click",
     )
     _assert_masks(*both("add_new_points_or_box", 12, 2, points=[[600, 300]], labels=[1]), "correction of object 2")
-    _propagate(ours, ref, state, ref_state, "reverse", start_frame_idx=NUM_FRAMES - 1, reverse=True)
+    _propagate(ours, ref, state, ref_state, "reverse", start_frame_idx=len(frames) - 1, reverse=True)
 
     ids, updated = ours.remove_object(state, 2)
     ref_ids, ref_updated = ref.remove_object(ref_state, 2)
