@@ -3,10 +3,11 @@
 The official predictor is driven frame by frame: frame t is propagated alone, then the prompts
 scheduled on t land on it; t's expected result is each object's latest output there. Both
 correction modes, with the official predictor configured alike. fp32 on CPU, memories in bf16 on
-both sides, hole filling off on both sides. Beside SAM 2.1 tiny: SAM 2.0 tiny (no occlusion embedding,
-no temporal encoding of object pointers), another size (base_plus, at 128 px), and the batched
-multi-object memory attention that GPUs run (on CPU the engine splits it into one call per object).
-"""
+both sides, hole filling off on both sides except in the case that compares the default hole filling
+(the official's connected components from OpenCV, in place of its CUDA extension). Beside SAM 2.1
+tiny: SAM 2.0 tiny (no occlusion embedding, no temporal encoding of object pointers), another size
+(base_plus, at 128 px), and the batched multi-object memory attention that GPUs run (on CPU the
+engine splits it into one call per object)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from oracle import (
     TRACKING_OBJECT_SCORE_SHIFT,
     assert_close_logits,
     assert_close_scores,
+    install_connected_components_standin,
     oracle_model,
     oracle_video_state,
     our_model,
@@ -125,34 +127,58 @@ def _recording_batches(monkeypatch):
     return calls
 
 
-# (variant, image size, corrections as conditioning frames, memory attention split per object as on CPU)
+def _counting_filled_pixels(monkeypatch):
+    """The oracle's hole filling, its connected components from OpenCV (the CUDA extension's stand-in); the
+    returned list gets the number of pixels each call filled."""
+    import sam2.sam2_video_predictor as official
+
+    install_connected_components_standin()
+    filled = []
+    fill = official.fill_holes_in_mask_scores
+
+    def counted(mask, max_area):
+        out = fill(mask, max_area)
+        filled.append(int((out != mask).sum()))
+        return out
+
+    monkeypatch.setattr(official, "fill_holes_in_mask_scores", counted)
+    return filled
+
+
+# (variant, image size, corrections as conditioning frames, memory attention split per object as on CPU, hole
+# filling area: 8 is the default of both, 0 compares the masks before filling)
 STREAM_CASES = [
-    pytest.param(VARIANT, IMAGE_SIZE, True, True, id="corrections-as-cond"),
-    pytest.param(VARIANT, IMAGE_SIZE, False, True, id="official-default"),
-    pytest.param("sam2_hiera_tiny", IMAGE_SIZE, True, True, id="sam2_hiera_tiny-corrections-as-cond"),
-    pytest.param("sam2_hiera_tiny", IMAGE_SIZE, False, True, id="sam2_hiera_tiny-official-default"),
-    pytest.param("sam2.1_hiera_base_plus", 128, True, True, id="sam2.1_hiera_base_plus-128px"),
-    pytest.param(VARIANT, IMAGE_SIZE, True, False, id="batched-attention"),
+    pytest.param(VARIANT, IMAGE_SIZE, True, True, 0, id="corrections-as-cond"),
+    pytest.param(VARIANT, IMAGE_SIZE, False, True, 0, id="official-default"),
+    pytest.param("sam2_hiera_tiny", IMAGE_SIZE, True, True, 0, id="sam2_hiera_tiny-corrections-as-cond"),
+    pytest.param("sam2_hiera_tiny", IMAGE_SIZE, False, True, 0, id="sam2_hiera_tiny-official-default"),
+    pytest.param("sam2.1_hiera_base_plus", 128, True, True, 0, id="sam2.1_hiera_base_plus-128px"),
+    pytest.param(VARIANT, IMAGE_SIZE, True, False, 0, id="batched-attention"),
+    pytest.param(VARIANT, IMAGE_SIZE, True, True, 8, id="hole-filling"),
 ]
 
 
-@pytest.mark.parametrize("variant, image_size, correction_as_cond, split_attention", STREAM_CASES)
+@pytest.mark.parametrize("variant, image_size, correction_as_cond, split_attention, fill_hole_area", STREAM_CASES)
 def test_stream_matches_official_driven_as_stream(
-    frames, monkeypatch, variant, image_size, correction_as_cond, split_attention
+    frames, monkeypatch, variant, image_size, correction_as_cond, split_attention, fill_hole_area
 ):
     monkeypatch.setattr(TrackingEngine, "split_cpu_attention", split_attention)
     batches = _recording_batches(monkeypatch)
+    filled = _counting_filled_pixels(monkeypatch) if fill_hole_area else []
     shift = TRACKING_OBJECT_SCORE_SHIFT[variant]
     model = our_model(variant, image_size, object_score_shift=shift)
     tracker = sam2rt.StreamTracker(
-        model, fill_hole_area=0, add_all_frames_to_correct_as_cond=correction_as_cond, memory_dtype=torch.bfloat16
+        model,
+        fill_hole_area=fill_hole_area,
+        add_all_frames_to_correct_as_cond=correction_as_cond,
+        memory_dtype=torch.bfloat16,
     )
     ref = oracle_model(
         variant,
         image_size,
         video=True,
         object_score_shift=shift,
-        fill_hole_area=0,
+        fill_hole_area=fill_hole_area,
         add_all_frames_to_correct_as_cond=correction_as_cond,
     )
     state = oracle_video_state(ref, frames, "bilinear-antialias")
@@ -174,6 +200,8 @@ def test_stream_matches_official_driven_as_stream(
     # tracked frame compares a present object's mask, not only the constant masks of absent ones.
     assert any(present) and not all(present)
     assert all(tracked_present), f"tracked frames with every object absent: {tracked_present}"
+    if fill_hole_area:
+        assert sum(filled) > 0, "the oracle filled no hole: the filling was not compared"
     if split_attention:
         assert all(objects == 1 for objects, _ in batches)  # one memory attention call per object
     else:  # three objects' memories, padded to one size, in one batch
