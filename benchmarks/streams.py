@@ -297,7 +297,7 @@ def _gpu_ms(fn, repeats: int = 20) -> float:
 
 def _captured(fn):
     """`fn` captured into a CUDA graph as the engine's pass is (cuDNN preferred, one row's keys sliced): its replay."""
-    from sam2rt.model.layers import attention_for_graphs
+    from sam2rt.runtime.kernels import attention_for_graphs
 
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
@@ -318,7 +318,7 @@ def case_attention(model, frames, args) -> None:
     and 16 pointers per object."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from sam2rt.model.layers import attention
+    from sam2rt.runtime.kernels import attention
 
     config = model.config
     tokens, width = config.feature_size**2, config.hidden_dim
@@ -407,7 +407,7 @@ def case_outside(model, frames, args) -> None:
 def case_cpu(model, ref, frames, args) -> None:
     """Contenders stepped in turns, frame by frame, in a rotating order: the noise of a shared machine falls
     on all alike. Timed once every object's memory is full (7 frames)."""
-    from sam2rt.model.memory_attention import RotaryAttention
+    from sam2rt.runtime import kernels
     from sam2rt.tracking.engine import TrackingEngine
 
     def ours(split: bool, values_after: bool):
@@ -417,14 +417,14 @@ def case_cpu(model, ref, frames, args) -> None:
             tracker.add_prompt(obj + 1, points=_clicks(obj), labels=[1])
 
         def step(frame) -> None:
-            splits, chooses = TrackingEngine.split_cpu_attention, RotaryAttention._projects_values_after
+            splits, chooses = TrackingEngine.split_cpu_attention, kernels.attends_raw_values
             TrackingEngine.split_cpu_attention = split
             if not values_after:
-                RotaryAttention._projects_values_after = lambda self, q: False
+                kernels.attends_raw_values = lambda q, values_projection: False
             try:
                 tracker.step(frame)
             finally:
-                TrackingEngine.split_cpu_attention, RotaryAttention._projects_values_after = splits, chooses
+                TrackingEngine.split_cpu_attention, kernels.attends_raw_values = splits, chooses
 
         return step
 

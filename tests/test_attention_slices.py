@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sam2rt.model.layers import SLICED_MIN_KEYS, attention, attention_for_graphs, sliced_key_attention
+from sam2rt.runtime.kernels import SLICED_MIN_KEYS, attention, attention_for_graphs, sliced_key_attention
 
 
 def _attend_with_lse(q, k, v):

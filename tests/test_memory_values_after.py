@@ -6,17 +6,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sam2rt.model import layers
-from sam2rt.model.layers import attention_for_graphs
 from sam2rt.model.memory_attention import RotaryAttention
 from sam2rt.model.positional import rotary_tables
+from sam2rt.runtime import kernels
+from sam2rt.runtime.kernels import attends_raw_values, attention_for_graphs
 
 WIDTH, MEMORY_DIM, SIDE = 256, 64, 8
 
 
 def _cross_attend(layer: RotaryAttention, values_after: bool, monkeypatch, key_mask=None):
     """The layer's output with the values-after path forced on or off; records the value projection's inputs."""
-    monkeypatch.setattr(RotaryAttention, "_projects_values_after", lambda self, q: values_after)
+    monkeypatch.setattr(kernels, "attends_raw_values", lambda q, values_projection: values_after)
     generator = torch.Generator().manual_seed(1)
     tokens, frames, pointer_tokens = SIDE * SIDE, 3, 8
     q = torch.randn(2, tokens, WIDTH, generator=generator)
@@ -51,25 +51,25 @@ def test_values_after_equals_values_first(monkeypatch, masked):
 def test_values_after_on_cpu_at_inference():
     memory = RotaryAttention(WIDTH, num_heads=1, kv_in_dim=MEMORY_DIM)
     self_attention = RotaryAttention(WIDTH, num_heads=1)
-    q = torch.zeros(1, 4, WIDTH)
+    q = torch.zeros(1, 1, 4, WIDTH)  # (B, heads, N, d)
     with torch.inference_mode():
-        assert memory._projects_values_after(q)  # blockwise attention
-        assert not self_attention._projects_values_after(q)  # values as wide as the head: nothing to gain
-        assert not memory._projects_values_after(q.bfloat16())  # PyTorch's attention, which accumulates in fp32
+        assert attends_raw_values(q, memory.v_proj)  # blockwise attention
+        assert not attends_raw_values(q, self_attention.v_proj)  # values as wide as the head: nothing to gain
+        assert not attends_raw_values(q.bfloat16(), memory.v_proj)  # PyTorch's attention, which accumulates in fp32
     with torch.enable_grad():
-        assert not memory._projects_values_after(q)  # training: PyTorch's attention, which autograd differentiates
+        assert not attends_raw_values(q, memory.v_proj)  # training: PyTorch's attention, which autograd differentiates
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_values_after_in_captured_cuda_code_only():
     memory = RotaryAttention(WIDTH, num_heads=1, kv_in_dim=MEMORY_DIM).cuda()
     self_attention = RotaryAttention(WIDTH, num_heads=1).cuda()
-    q = torch.zeros(1, 4, WIDTH, device="cuda")
+    q = torch.zeros(1, 1, 4, WIDTH, device="cuda")  # (B, heads, N, d)
     with torch.inference_mode():
-        assert not memory._projects_values_after(q)  # uncaptured: flash, which takes no narrower values
+        assert not attends_raw_values(q, memory.v_proj)  # uncaptured: flash, which takes no narrower values
         with attention_for_graphs():
-            assert memory._projects_values_after(q)
-            assert not self_attention._projects_values_after(q)
+            assert attends_raw_values(q, memory.v_proj)
+            assert not attends_raw_values(q, self_attention.v_proj)
 
 
 @pytest.mark.parametrize("masked", [False, True])
@@ -83,9 +83,9 @@ def test_blockwise_attention_equals_pytorch_attention(monkeypatch, masked):
     if masked:
         key_mask = torch.rand(3, 70, generator=generator) > 0.3
         key_mask[:, 0] = True  # each row keeps a key
-    monkeypatch.setattr(layers, "SCORE_BLOCK_BYTES", 16 * 70 * 4)  # blocks of 16 queries: 16, 16, 16, 2
+    monkeypatch.setattr(kernels, "SCORE_BLOCK_BYTES", 16 * 70 * 4)  # blocks of 16 queries: 16, 16, 16, 2
     with torch.inference_mode():
-        blockwise = layers.attention(q, k, v, key_mask)
+        blockwise = kernels.attention(q, k, v, key_mask)
         mask = None if key_mask is None else key_mask[:, None, None, :]
         expected = F.scaled_dot_product_attention(q.expand(3, -1, -1, -1), k, v, attn_mask=mask)
     assert blockwise.shape == (3, 2, 50, 8)
@@ -95,6 +95,6 @@ def test_blockwise_attention_equals_pytorch_attention(monkeypatch, masked):
 def test_blockwise_attention_keeps_autograd_on_pytorch_attention():
     q = torch.randn(1, 1, 6, 16, requires_grad=True)
     k, v = torch.randn(1, 1, 9, 16), torch.randn(1, 1, 9, 4)
-    out = layers.attention(q, k, v)
+    out = kernels.attention(q, k, v)
     out.sum().backward()  # blockwise attention writes in place, which autograd cannot differentiate
     assert q.grad is not None and q.grad.abs().sum() > 0

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from sam2rt.model.positional import apply_rotary, rotary_tables
+from sam2rt.model.positional import rotary_tables
+from sam2rt.runtime.kernels import apply_rotary
 
 
 def _rotated_pair_by_pair(x, cos, sin):

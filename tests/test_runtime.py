@@ -9,14 +9,8 @@ import pytest
 import torch
 
 import sam2rt
-from sam2rt.runtime import (
-    GraphedCallable,
-    _ModelGraphs,
-    graphed_with_model,
-    optimize,
-    to_inference_dtype,
-    use_cuda_graphs,
-)
+from sam2rt.runtime import graphed_with_model, optimize, to_inference_dtype, use_cuda_graphs
+from sam2rt.runtime.graphs import GraphedCallable, _ModelGraphs
 from sam2rt.tracking import engine
 from visible import assert_masks_match, assert_nontrivial, visible_model
 

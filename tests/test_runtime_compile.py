@@ -11,8 +11,9 @@ import torch
 from PIL import Image
 
 import sam2rt
-from sam2rt.model.memory_encoder import depthwise_as_shifts
-from sam2rt.runtime import RECOMPILE_LIMIT, optimize, use_compile
+from sam2rt.runtime import optimize, use_compile
+from sam2rt.runtime.compile import RECOMPILE_LIMIT
+from sam2rt.runtime.kernels import depthwise_as_shifts
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..variants import HieraSpec
-from .layers import MLP, attention, merge_heads, split_heads
+from ..runtime.kernels import attention
+from .layers import MLP, merge_heads, split_heads
 
 
 def _pad_to_multiple(x: Tensor, window: int) -> Tensor:

@@ -1,14 +1,15 @@
-"""Building blocks shared by several modules: MLP, channel LayerNorm, and the one attention function."""
+"""Building blocks shared by several modules: MLP, channel LayerNorm, heads, multi-head attention.
+
+The attention itself is the runtime's (`runtime.kernels.attention`): which kernel runs is its choice."""
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Callable, Iterator, Optional
+from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from ..runtime.kernels import attention
 
 
 class MLP(nn.Module):
@@ -62,139 +63,6 @@ def merge_heads(x: Tensor) -> Tensor:
     """(B, heads, N, d) -> (B, N, heads * d)"""
     batch, heads, tokens, head_dim = x.shape
     return x.transpose(1, 2).reshape(batch, tokens, heads * head_dim)
-
-
-# On CUDA, flash and memory-efficient kernels only: PyTorch's cuDNN attention, preferred by default on
-# Hopper, rebuilds its execution plan for each of the many shapes SAM 2 uses (Hiera windows, global
-# blocks, decoder, memory) at about 0.5 ms of CPU time per call, which dominates a tracking step.
-# Captured into a CUDA graph, that CPU time is paid once per shape, and cuDNN's kernels are the fastest
-# on Hopper for batches (several objects' memory attention, a single head of width 256) and 128 keys or more.
-_CUDA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-_CAPTURED_BACKENDS = [SDPBackend.CUDNN_ATTENTION, *_CUDA_BACKENDS]
-
-
-# A module-level count, not a ContextVar: torch.compile cannot trace ContextVar.get (a graph break in every
-# attention call), while a global it reads is guarded, so compiled code follows the setting. Only one thread
-# runs the model (the server's scheduler); another thread would see the preference too, which changes kernel
-# choice, not results.
-_graph_captures = 0
-
-
-def capturing_graphs() -> bool:
-    """True inside `attention_for_graphs`: code is being warmed up or captured into a CUDA graph."""
-    return _graph_captures > 0
-
-
-@contextmanager
-def attention_for_graphs() -> Iterator[None]:
-    """Within: attention prefers cuDNN's kernels, for code being warmed up and captured into CUDA graphs."""
-    global _graph_captures
-    _graph_captures += 1
-    try:
-        yield
-    finally:
-        _graph_captures -= 1
-
-
-# One object's memory attention (a single row and head, 4096 queries over up to ~29k memory keys) gives the
-# kernels too few query blocks to fill an H200; its keys cut into 4 slices run as a batch of 4 rows and are
-# combined by their log-sum-exps: 0.22 ms a layer against flash's 0.38 (cuDNN, inside CUDA graphs). Its
-# self-attention (4096 keys) gains only when compiled, where the combination fuses into one kernel: 52 us
-# against flash's 65 (78 uncompiled).
-KEY_SLICES = 4
-SLICED_MIN_KEYS = 8192
-SLICED_MIN_KEYS_COMPILED = 4096
-# cuDNN's kernels walk keys 128 at a time: Hiera's small windows (16 to 64 keys) run faster on flash.
-CUDNN_MIN_KEYS = 128
-
-
-def attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor] = None) -> Tensor:
-    """Scaled dot-product attention over heads: q and k (B, h, Nq or Nk, d), v (B, h, Nk, e) -> (B, h, Nq, e).
-
-    `key_mask` (B, Nk) is True where a key may be attended; each row must keep at least one key.
-    """
-    if key_mask is not None:
-        key_mask = key_mask[:, None, None, :]  # (B, 1, 1, Nk), broadcast over heads and queries
-    if not q.is_cuda:
-        if v.shape[-1] < q.shape[-1] and blockwise_on(q):
-            return blockwise_attention(q, k, v, key_mask)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
-    captured = _graph_captures > 0
-    one_row = q.shape[0] * q.shape[1] == 1
-    num_keys = k.shape[2]
-    min_sliced = SLICED_MIN_KEYS_COMPILED if torch.compiler.is_compiling() else SLICED_MIN_KEYS
-    if captured and one_row and key_mask is None and num_keys >= min_sliced and num_keys % KEY_SLICES == 0:
-        return sliced_key_attention(q, k, v, KEY_SLICES, _cudnn_attention_with_lse)
-    # cuDNN wins on batches (4 objects' memory attention: 0.69 ms against flash's 1.47 on an H200), flash on one
-    # row; flash cannot take values narrower than the keys (memory attention's, captured), cuDNN can.
-    prefers_cudnn = q.shape[0] > 1 or v.shape[-1] != q.shape[-1]
-    backends = _CAPTURED_BACKENDS if captured and prefers_cudnn and num_keys >= CUDNN_MIN_KEYS else _CUDA_BACKENDS
-    with sdpa_kernel(backends, set_priority=True):
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
-
-
-def sliced_key_attention(
-    q: Tensor, k: Tensor, v: Tensor, slices: int, attend: Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
-) -> Tensor:
-    """One row's attention, q (1, 1, Nq, d) over k (1, 1, Nk, d) and v (1, 1, Nk, e), as `slices` rows over equal
-    slices of the keys, combined: each slice's output weighted by its share exp(lse_i) / sum exp(lse_j) of the softmax.
-
-    `attend(q, k, v)` returns the attention output (S, 1, Nq, e) and its log-sum-exp (S, 1, Nq).
-    """
-    num_keys = k.shape[2]
-    key_slices = k.reshape(slices, 1, num_keys // slices, k.shape[3])  # (S, 1, Nk/S, d): consecutive keys per row
-    value_slices = v.reshape(slices, 1, num_keys // slices, v.shape[3])
-    out, lse = attend(q.repeat(slices, 1, 1, 1), key_slices, value_slices)
-    shares = torch.softmax(lse.float(), dim=0)[..., None]  # (S, 1, Nq, 1)
-    return (out.float() * shares).sum(dim=0, keepdim=True).to(q.dtype)  # (1, 1, Nq, e)
-
-
-# PyTorch's CPU attention is flash-like only for values as wide as the keys. Narrower values (the memory's raw
-# 64 channels) run faster as explicit products over blocks of queries, which reach matmul speed: 1024 queries
-# over 7232 keys, 2 threads, 33-36 ms against 44 for flash over 256-wide values and 54 for PyTorch's own
-# narrower-values path. Blocks of fewer rows are slower (43-54 ms at 128 rows); 4096 queries over 28,736 keys take
-# 535 ms in blocks of 1024 rows (112 MiB), 570 in blocks of 512, 790 in blocks of 128, against flash's 693.
-SCORE_BLOCK_BYTES = 128 * 2**20
-
-
-def blockwise_on(q: Tensor) -> bool:
-    """Whether `blockwise_attention` serves `q`'s attention: on the CPU, in fp32 (its softmax runs in the
-    scores' dtype), without autograd (it writes in place)."""
-    return q.device.type == "cpu" and q.dtype == torch.float32 and not torch.is_grad_enabled()
-
-
-def blockwise_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor] = None) -> Tensor:
-    """Attention as explicit matmuls, one block of queries at a time, the block's scores (at most
-    SCORE_BLOCK_BYTES) held once and softmaxed in place: q and k (B, h, N, d), v (B, h, Nk, e) -> (B, h, Nq, e).
-
-    `key_mask` (B, 1, 1, Nk) is True where a key may be attended.
-    """
-    batch = max(q.shape[0], k.shape[0])
-    q, k, v = (x.expand(batch, -1, -1, -1) for x in (q, k, v))  # a side of batch 1 shared: views
-    _, heads, num_queries, head_dim = q.shape
-    num_keys = k.shape[2]
-    rows = max(1, min(num_queries, SCORE_BLOCK_BYTES // (num_keys * q.element_size())))
-    out = q.new_empty(batch, heads, num_queries, v.shape[-1])
-    scores = q.new_empty(rows, num_keys)
-    for b in range(batch):
-        hidden = None if key_mask is None else ~key_mask[b, 0, 0]  # (Nk,) keys this row may not attend
-        for h in range(heads):
-            keys_t = k[b, h].transpose(0, 1)  # (d, Nk)
-            for start in range(0, num_queries, rows):
-                end = min(start + rows, num_queries)
-                block = scores[: end - start]  # (rows, Nk)
-                torch.addmm(block, q[b, h, start:end], keys_t, beta=0, alpha=head_dim**-0.5, out=block)
-                if hidden is not None:
-                    block.masked_fill_(hidden, float("-inf"))
-                torch.ops.aten._softmax.out(block, -1, False, out=block)
-                torch.mm(block, v[b, h], out=out[b, h, start:end])
-    return out
-
-
-def _cudnn_attention_with_lse(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-    """cuDNN's attention with its log-sum-exp (B, h, Nq), which the public function does not return."""
-    out, lse = torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, True)[:2]
-    return out, lse.reshape(q.shape[:3])
 
 
 class Attention(nn.Module):

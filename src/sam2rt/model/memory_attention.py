@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import Attention, attention, blockwise_on, capturing_graphs, split_heads
-from .positional import apply_rotary, rotary_tables
+from ..runtime.kernels import apply_rotary, attention
+from .layers import Attention, split_heads
+from .positional import rotary_tables
 
 
 class RotaryAttention(Attention):
@@ -29,13 +30,7 @@ class RotaryAttention(Attention):
         rotary_frames: int,
         key_mask: Optional[Tensor] = None,
     ) -> Tensor:
-        # Softmax rows sum to 1, so P (X Wv^T + b) = (P X) Wv^T + b: attending over the memory's own 64
-        # channels and projecting the 4096 outputs after costs a quarter of the value side's arithmetic of
-        # attending over 28k projected 256-wide values, and no value projection.
-        values_after = self._projects_values_after(q)
-        q, k = split_heads(self.q_proj(q), self.num_heads), split_heads(self.k_proj(k), self.num_heads)
-        # (B, heads, N, d); values unprojected: (B, 1, Nk, C_mem)
-        v = v[:, None] if values_after else split_heads(self.v_proj(v), self.num_heads)
+        q, k = split_heads(self.q_proj(q), self.num_heads), split_heads(self.k_proj(k), self.num_heads)  # (B, h, N, d)
         cos, sin = rope
         q = apply_rotary(q, cos, sin)
         tokens_per_frame = q.shape[2]
@@ -45,19 +40,7 @@ class RotaryAttention(Attention):
             frames = k[:, :, :num_rotary].reshape(batch, heads, rotary_frames, tokens_per_frame, head_dim)
             rotated = apply_rotary(frames, cos, sin).flatten(2, 3)  # (B, heads, frames * N, d)
             k = torch.cat([rotated, k[:, :, num_rotary:]], dim=2)
-        out = attention(q, k, v, key_mask)
-        if values_after:
-            out = self.v_proj(out)  # (B, 1, Nq, C_mem) -> (B, 1, Nq, d)
-        return self.finish(out)
-
-    def _projects_values_after(self, q: Tensor) -> bool:
-        """Whether to attend over the unprojected values: one head, values narrower than it, and a fast kernel
-        for values of another width than the keys. On the CPU at inference, `blockwise_attention`; on CUDA,
-        cuDNN's, in captured code only: flash takes no such values, and memory-efficient attention over 64
-        channels is slower than flash over 256."""
-        narrower = self.v_proj.in_features < self.v_proj.out_features
-        fast_kernel = capturing_graphs() if q.is_cuda else blockwise_on(q)
-        return self.num_heads == 1 and narrower and fast_kernel
+        return self.finish(attention(q, k, v, key_mask, values_projection=self.v_proj))
 
 
 class MemoryAttentionLayer(nn.Module):

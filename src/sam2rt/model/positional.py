@@ -88,31 +88,3 @@ def rotary_tables(head_dim: int, side: int, theta: float = 10000.0) -> tuple[Ten
     y = torch.div(index, side, rounding_mode="floor")
     angles = torch.cat([torch.outer(x, freqs), torch.outer(y, freqs)], dim=-1)  # (N, head_dim // 2)
     return angles.cos(), angles.sin()
-
-
-def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate consecutive channel pairs of x (..., N, d) by the angles of cos/sin (N, d // 2).
-
-    A key sequence made of several frames of N tokens each is passed as (..., frames, N, d).
-    """
-    pairs = x.float().unflatten(-1, (-1, 2))  # (..., N, d // 2, 2)
-    if _traced() or cos.dtype not in (torch.float32, torch.float64):
-        # Real numbers only: exported graphs hold no complex operators, and inductor fuses this form into one
-        # kernel (complex numbers it leaves to eager kernels: 4 objects compiled ran 7% slower on an H200).
-        real, imag = pairs[..., 0], pairs[..., 1]
-        rotated = torch.stack((real * cos - imag * sin, real * sin + imag * cos), dim=-1)
-        return rotated.flatten(-2).type_as(x)
-    # Eager: each pair as one complex number times e^(i angle), one pass over x. The real form's strided
-    # halves take 6 kernels: 4-6x slower on a CPU; tiny replayed from CUDA graphs tracks 13-15% faster so.
-    rotated = torch.view_as_complex(pairs) * torch.complex(cos, sin)  # (..., N, d // 2) complex
-    return torch.view_as_real(rotated).flatten(-2).type_as(x)
-
-
-def _traced() -> bool:
-    """Whether this code is being compiled, traced or scripted rather than run."""
-    return (
-        torch.compiler.is_compiling()
-        or torch.jit.is_tracing()
-        or torch.jit.is_scripting()
-        or torch.fx._symbolic_trace.is_fx_tracing()
-    )

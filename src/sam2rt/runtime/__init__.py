@@ -1,0 +1,62 @@
+"""The runtime: how the model runs, applied from outside the model's code.
+
+- `kernels`: the kernels behind the model's operations (attention, depthwise conv, rotary encoding) and the
+  choice among them, the one seam the model calls; the model's maths does not depend on which runs.
+- `to_inference_dtype` casts the parameters to bf16 (or fp16), which is faster than autocast:
+  autocast converts weights and activations on every call. Positional tables and the prompt
+  encoder's random Fourier matrix stay in fp32, and mask logits come back in fp32.
+- `graphs.use_cuda_graphs` replays the model's steps (encoding images, decoding prompts, segmenting for
+  tracking, conditioning on memory, encoding memory: each heavy module with the glue around it) from
+  CUDA graphs, one graph per input shape (a batch of frames, a number of objects, of clicks), captured
+  on first use. Code around the model can join in: `graphed_with_model` replays a function (the tracking
+  engine's whole pass over a frame's objects) from graphs too.
+- `compile.use_compile` runs the same four module forwards through torch.compile (inductor's fused kernels),
+  under CUDA graphs or without them; `optimize(model, compile=True)` does bf16, compile and graphs.
+  It is an option, not the default: about a third more FPS on an H200, for 30 to 60 s of compiling before
+  the first masks and more while the memory fills (benchmarks/tracking.py --compile; the README's table).
+
+The model is passed as an nn.Module (a SAM2Model): the runtime sits below the model, which calls its kernels.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .compile import use_compile
+from .graphs import graphed_with_model, use_cuda_graphs
+
+__all__ = ["graphed_with_model", "optimize", "to_inference_dtype", "use_compile", "use_cuda_graphs", "with_speed_options"]
+
+
+@torch.no_grad()
+def to_inference_dtype(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.Module:
+    """Cast the model's parameters (not its buffers) to `dtype`, in place; returns the model."""
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
+    for param in model.parameters():
+        param.data = param.data.to(dtype)
+    return model
+
+
+def optimize(model: nn.Module, compile: bool = False) -> nn.Module:
+    """On CUDA, bf16 parameters and CUDA graphs, and with `compile` torch.compile under the graphs; elsewhere
+    the model is left as it is, and `compile` is refused: it is set up and measured for CUDA (on CPU inductor
+    needs a C++ compiler, and tiny's memory attention alone took 30 to 40 s to compile on 2 cores; `use_compile`
+    does it if asked). Returns the model."""
+    if model.device.type != "cuda":
+        if compile:
+            raise ValueError(f"compile needs the model on a CUDA device, not {model.device.type}")
+        return model
+    to_inference_dtype(model)
+    if compile:
+        use_compile(model)
+    return use_cuda_graphs(model)
+
+
+def with_speed_options(model: nn.Module, fast: bool, compile: bool) -> nn.Module:
+    """The commands' --fast/--exact and --compile: `optimize(model, compile)` when fast, else only compile if
+    asked (fp32 weights, no graphs). Returns the model."""
+    if fast:
+        return optimize(model, compile)
+    return use_compile(model) if compile else model

@@ -1,0 +1,221 @@
+"""The kernels behind the model's operations, and the choice among them: the runtime's side of the one seam the
+model calls (`attention`, `depthwise_conv`, `apply_rotary`). Each computes the same numbers whichever kernel
+runs; which one runs depends on the device, the dtype, whether code is being captured into CUDA graphs or
+compiled, and on measurements noted beside each choice.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterator, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+
+# On CUDA, flash and memory-efficient kernels only: PyTorch's cuDNN attention, preferred by default on
+# Hopper, rebuilds its execution plan for each of the many shapes SAM 2 uses (Hiera windows, global
+# blocks, decoder, memory) at about 0.5 ms of CPU time per call, which dominates a tracking step.
+# Captured into a CUDA graph, that CPU time is paid once per shape, and cuDNN's kernels are the fastest
+# on Hopper for batches (several objects' memory attention, a single head of width 256) and 128 keys or more.
+_CUDA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+_CAPTURED_BACKENDS = [SDPBackend.CUDNN_ATTENTION, *_CUDA_BACKENDS]
+
+
+# A module-level count, not a ContextVar: torch.compile cannot trace ContextVar.get (a graph break in every
+# attention call), while a global it reads is guarded, so compiled code follows the setting. Only one thread
+# runs the model (the server's scheduler); another thread would see the preference too, which changes kernel
+# choice, not results.
+_graph_captures = 0
+
+
+def capturing_graphs() -> bool:
+    """True inside `attention_for_graphs`: code is being warmed up or captured into a CUDA graph."""
+    return _graph_captures > 0
+
+
+@contextmanager
+def attention_for_graphs() -> Iterator[None]:
+    """Within: attention prefers cuDNN's kernels, for code being warmed up and captured into CUDA graphs."""
+    global _graph_captures
+    _graph_captures += 1
+    try:
+        yield
+    finally:
+        _graph_captures -= 1
+
+
+# One object's memory attention (a single row and head, 4096 queries over up to ~29k memory keys) gives the
+# kernels too few query blocks to fill an H200; its keys cut into 4 slices run as a batch of 4 rows and are
+# combined by their log-sum-exps: 0.22 ms a layer against flash's 0.38 (cuDNN, inside CUDA graphs). Its
+# self-attention (4096 keys) gains only when compiled, where the combination fuses into one kernel: 52 us
+# against flash's 65 (78 uncompiled).
+KEY_SLICES = 4
+SLICED_MIN_KEYS = 8192
+SLICED_MIN_KEYS_COMPILED = 4096
+# cuDNN's kernels walk keys 128 at a time: Hiera's small windows (16 to 64 keys) run faster on flash.
+CUDNN_MIN_KEYS = 128
+
+
+def attention(
+    q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor] = None, values_projection: Optional[nn.Linear] = None
+) -> Tensor:
+    """Scaled dot-product attention over heads: q and k (B, h, Nq or Nk, d), v (B, h, Nk, e) -> (B, h, Nq, e).
+
+    `key_mask` (B, Nk) is True where a key may be attended; each row must keep at least one key. With
+    `values_projection`, v holds the values before it, (B, Nk, C), and the projection is applied here: to the
+    values, or to the outputs where that is faster (`attends_raw_values`).
+    """
+    if values_projection is not None:
+        if attends_raw_values(q, values_projection):
+            # Softmax rows sum to 1, so P (X Wv^T + b) = (P X) Wv^T + b: attending over the memory's own 64
+            # channels and projecting the 4096 outputs after costs a quarter of the value side's arithmetic of
+            # attending over 28k projected 256-wide values, and no value projection.
+            return values_projection(attention(q, k, v[:, None], key_mask))  # (B, 1, Nq, C) -> (B, 1, Nq, e)
+        v = values_projection(v).unflatten(-1, (q.shape[1], -1)).transpose(1, 2)  # (B, Nk, h*e) -> (B, h, Nk, e)
+    if key_mask is not None:
+        key_mask = key_mask[:, None, None, :]  # (B, 1, 1, Nk), broadcast over heads and queries
+    if not q.is_cuda:
+        if v.shape[-1] < q.shape[-1] and blockwise_on(q):
+            return blockwise_attention(q, k, v, key_mask)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
+    captured = _graph_captures > 0
+    one_row = q.shape[0] * q.shape[1] == 1
+    num_keys = k.shape[2]
+    min_sliced = SLICED_MIN_KEYS_COMPILED if torch.compiler.is_compiling() else SLICED_MIN_KEYS
+    if captured and one_row and key_mask is None and num_keys >= min_sliced and num_keys % KEY_SLICES == 0:
+        return sliced_key_attention(q, k, v, KEY_SLICES, _cudnn_attention_with_lse)
+    # cuDNN wins on batches (4 objects' memory attention: 0.69 ms against flash's 1.47 on an H200), flash on one
+    # row; flash cannot take values narrower than the keys (memory attention's, captured), cuDNN can.
+    prefers_cudnn = q.shape[0] > 1 or v.shape[-1] != q.shape[-1]
+    backends = _CAPTURED_BACKENDS if captured and prefers_cudnn and num_keys >= CUDNN_MIN_KEYS else _CUDA_BACKENDS
+    with sdpa_kernel(backends, set_priority=True):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
+
+
+def sliced_key_attention(
+    q: Tensor, k: Tensor, v: Tensor, slices: int, attend: Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
+) -> Tensor:
+    """One row's attention, q (1, 1, Nq, d) over k (1, 1, Nk, d) and v (1, 1, Nk, e), as `slices` rows over equal
+    slices of the keys, combined: each slice's output weighted by its share exp(lse_i) / sum exp(lse_j) of the softmax.
+
+    `attend(q, k, v)` returns the attention output (S, 1, Nq, e) and its log-sum-exp (S, 1, Nq).
+    """
+    num_keys = k.shape[2]
+    key_slices = k.reshape(slices, 1, num_keys // slices, k.shape[3])  # (S, 1, Nk/S, d): consecutive keys per row
+    value_slices = v.reshape(slices, 1, num_keys // slices, v.shape[3])
+    out, lse = attend(q.repeat(slices, 1, 1, 1), key_slices, value_slices)
+    shares = torch.softmax(lse.float(), dim=0)[..., None]  # (S, 1, Nq, 1)
+    return (out.float() * shares).sum(dim=0, keepdim=True).to(q.dtype)  # (1, 1, Nq, e)
+
+
+# PyTorch's CPU attention is flash-like only for values as wide as the keys. Narrower values (the memory's raw
+# 64 channels) run faster as explicit products over blocks of queries, which reach matmul speed: 1024 queries
+# over 7232 keys, 2 threads, 33-36 ms against 44 for flash over 256-wide values and 54 for PyTorch's own
+# narrower-values path. Blocks of fewer rows are slower (43-54 ms at 128 rows); 4096 queries over 28,736 keys take
+# 535 ms in blocks of 1024 rows (112 MiB), 570 in blocks of 512, 790 in blocks of 128, against flash's 693.
+SCORE_BLOCK_BYTES = 128 * 2**20
+
+
+def blockwise_on(q: Tensor) -> bool:
+    """Whether `blockwise_attention` serves `q`'s attention: on the CPU, in fp32 (its softmax runs in the
+    scores' dtype), without autograd (it writes in place)."""
+    return q.device.type == "cpu" and q.dtype == torch.float32 and not torch.is_grad_enabled()
+
+
+def blockwise_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor] = None) -> Tensor:
+    """Attention as explicit matmuls, one block of queries at a time, the block's scores (at most
+    SCORE_BLOCK_BYTES) held once and softmaxed in place: q and k (B, h, N, d), v (B, h, Nk, e) -> (B, h, Nq, e).
+
+    `key_mask` (B, 1, 1, Nk) is True where a key may be attended.
+    """
+    batch = max(q.shape[0], k.shape[0])
+    q, k, v = (x.expand(batch, -1, -1, -1) for x in (q, k, v))  # a side of batch 1 shared: views
+    _, heads, num_queries, head_dim = q.shape
+    num_keys = k.shape[2]
+    rows = max(1, min(num_queries, SCORE_BLOCK_BYTES // (num_keys * q.element_size())))
+    out = q.new_empty(batch, heads, num_queries, v.shape[-1])
+    scores = q.new_empty(rows, num_keys)
+    for b in range(batch):
+        hidden = None if key_mask is None else ~key_mask[b, 0, 0]  # (Nk,) keys this row may not attend
+        for h in range(heads):
+            keys_t = k[b, h].transpose(0, 1)  # (d, Nk)
+            for start in range(0, num_queries, rows):
+                end = min(start + rows, num_queries)
+                block = scores[: end - start]  # (rows, Nk)
+                torch.addmm(block, q[b, h, start:end], keys_t, beta=0, alpha=head_dim**-0.5, out=block)
+                if hidden is not None:
+                    block.masked_fill_(hidden, float("-inf"))
+                torch.ops.aten._softmax.out(block, -1, False, out=block)
+                torch.mm(block, v[b, h], out=out[b, h, start:end])
+    return out
+
+
+def _cudnn_attention_with_lse(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """cuDNN's attention with its log-sum-exp (B, h, Nq), which the public function does not return."""
+    out, lse = torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, True)[:2]
+    return out, lse.reshape(q.shape[:3])
+
+
+def attends_raw_values(q: Tensor, values_projection: nn.Linear) -> bool:
+    """Whether attention runs over the values before `values_projection` and projects its outputs: one head,
+    values narrower than it, and a fast kernel for values of another width than the keys. On the CPU at
+    inference, `blockwise_attention`; on CUDA, cuDNN's, in captured code only: flash takes no such values, and
+    memory-efficient attention over 64 channels is slower than flash over 256."""
+    narrower = values_projection.in_features < values_projection.out_features
+    fast_kernel = capturing_graphs() if q.is_cuda else blockwise_on(q)
+    return q.shape[1] == 1 and narrower and fast_kernel
+
+
+def depthwise_conv(x: Tensor, conv: nn.Conv2d) -> Tensor:
+    """A depthwise conv of x (B, C, H, W). Compiled, as shifted products, which inductor fuses into one kernel: 17 us
+    against cuDNN's 40 for 64x64x256 in bf16 on an H200 (63 against 148 for 4 objects). Eager, cuDNN's kernel.
+    (torch.export traces the same branch: the exported graph holds the shifted products too.)"""
+    return depthwise_as_shifts(x, conv) if torch.compiler.is_compiling() else conv(x)
+
+
+def depthwise_as_shifts(x: Tensor, conv: nn.Conv2d) -> Tensor:
+    """`conv(x)` for a depthwise conv (one filter per channel, odd square kernel, stride 1, "same" padding) of
+    x (B, C, H, W): the sum of the shifted inputs times each tap's weights, accumulated in fp32."""
+    size, (height, width) = conv.kernel_size[0], x.shape[-2:]
+    assert conv.groups == conv.in_channels == conv.out_channels and conv.bias is not None, "depthwise, with bias"
+    assert conv.kernel_size == (size, size) and size % 2 == 1 and conv.padding == (size // 2, size // 2)
+    assert conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.padding_mode == "zeros"
+    padded = F.pad(x, (size // 2,) * 4)
+    weight = conv.weight.float()  # (C, 1, k, k)
+    out = conv.bias.float()[None, :, None, None]
+    for row in range(size):
+        for col in range(size):
+            tap = weight[None, :, 0, row, col, None, None]  # (1, C, 1, 1)
+            out = out + padded[:, :, row : row + height, col : col + width].float() * tap
+    return out.to(x.dtype)
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate consecutive channel pairs of x (..., N, d) by the angles of cos/sin (N, d // 2).
+
+    A key sequence made of several frames of N tokens each is passed as (..., frames, N, d).
+    """
+    pairs = x.float().unflatten(-1, (-1, 2))  # (..., N, d // 2, 2)
+    if _traced() or cos.dtype not in (torch.float32, torch.float64):
+        # Real numbers only: exported graphs hold no complex operators, and inductor fuses this form into one
+        # kernel (complex numbers it leaves to eager kernels: 4 objects compiled ran 7% slower on an H200).
+        real, imag = pairs[..., 0], pairs[..., 1]
+        rotated = torch.stack((real * cos - imag * sin, real * sin + imag * cos), dim=-1)
+        return rotated.flatten(-2).type_as(x)
+    # Eager: each pair as one complex number times e^(i angle), one pass over x. The real form's strided
+    # halves take 6 kernels: 4-6x slower on a CPU; tiny replayed from CUDA graphs tracks 13-15% faster so.
+    rotated = torch.view_as_complex(pairs) * torch.complex(cos, sin)  # (..., N, d // 2) complex
+    return torch.view_as_real(rotated).flatten(-2).type_as(x)
+
+
+def _traced() -> bool:
+    """Whether this code is being compiled, traced or scripted rather than run."""
+    return (
+        torch.compiler.is_compiling()
+        or torch.jit.is_tracing()
+        or torch.jit.is_scripting()
+        or torch.fx._symbolic_trace.is_fx_tracing()
+    )
