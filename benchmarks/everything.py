@@ -31,8 +31,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the oracle helpers: same weights into both implementations
 
-import sam2rt  # noqa: E402
 from oracle import install_torchvision_standin, oracle_model, our_model, perturbed_weights  # noqa: E402
+
+import sam2rt  # noqa: E402
 from sam2rt.runtime import optimize  # noqa: E402
 
 WORKLOADS = ("default", "like real", "all masks")

@@ -21,8 +21,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the oracle helpers: same weights into both implementations
 
-import sam2rt  # noqa: E402
 from oracle import install_torchvision_standin, oracle_model, our_model  # noqa: E402
+
+import sam2rt  # noqa: E402
 
 
 def load_image(path: Path) -> np.ndarray:

@@ -17,9 +17,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the oracle helpers: same weights into both implementations
 
-import sam2rt  # noqa: E402
 from oracle import oracle_model, our_model  # noqa: E402
-from sam2rt.preprocess import RESIZES  # noqa: E402
+
+import sam2rt  # noqa: E402
+from sam2rt.processing.preprocess import RESIZES  # noqa: E402
 
 VARIANT = "sam2.1_hiera_tiny"
 CLICK = [[210, 350]]

@@ -31,11 +31,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import sam2rt  # noqa: E402
 from oracle import our_model  # noqa: E402
+from tracking import CLICKS, load_frames, synchronize  # noqa: E402
+
+import sam2rt  # noqa: E402
 from sam2rt.runtime import to_inference_dtype, use_compile, use_cuda_graphs  # noqa: E402
 from sam2rt.tracking.lookahead import encoded_ahead  # noqa: E402
-from tracking import CLICKS, load_frames, synchronize  # noqa: E402
 
 SETTINGS = ("graphs", "compile+graphs", "compile", "eager")
 

@@ -40,10 +40,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import sam2rt  # noqa: E402
 from oracle import oracle_model, oracle_video_state, our_model  # noqa: E402
-from sam2rt.runtime import optimize, to_inference_dtype  # noqa: E402
 from tracking import CLICKS, load_frames, synchronize  # noqa: E402
+
+import sam2rt  # noqa: E402
+from sam2rt.runtime import optimize, to_inference_dtype  # noqa: E402
 
 
 def _clicks(obj: int, correction: int = 0) -> list[tuple[int, int]]:

@@ -46,10 +46,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the oracle helpers: same weights into both implementations
 
-import sam2rt  # noqa: E402
-from sam2rt.runtime import to_inference_dtype, use_cuda_graphs  # noqa: E402
 from oracle import oracle_model, oracle_video_state, our_model  # noqa: E402
+
+import sam2rt  # noqa: E402
 from sam2rt.io.sources import open_frames  # noqa: E402
+from sam2rt.runtime import to_inference_dtype, use_cuda_graphs  # noqa: E402
 
 CLICKS = [(210, 350), (560, 250), (700, 420), (400, 150)]  # one per object, on frame 0 (960x540 frames)
 

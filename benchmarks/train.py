@@ -30,9 +30,9 @@ import sam2rt  # noqa: E402
 from sam2rt.evaluate import evaluate_folders, run_vos_inference
 from sam2rt.train import (
     LossWeights,
+    OptimSettings,
     PromptSettings,
     TrainConfig,
-    OptimSettings,
     VOSDataset,
     clip_forward,
     clip_loss,

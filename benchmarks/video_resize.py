@@ -17,7 +17,7 @@ import av
 import numpy as np
 import torch
 
-from sam2rt.preprocess import RESIZES, model_input
+from sam2rt.processing.preprocess import RESIZES, model_input
 
 MEAN = np.array([0.485, 0.456, 0.406])[:, None, None]
 STD = np.array([0.229, 0.224, 0.225])[:, None, None]

@@ -12,7 +12,6 @@ from typing import Optional
 import av
 import numpy as np
 import torch
-
 from visible import visible_state_dict
 
 VARIANT = "sam2.1_hiera_tiny"

@@ -139,8 +139,8 @@ def oracle_video_state(predictor, frames: list, resize: str) -> dict:
     """
     from unittest import mock
 
-    from sam2rt.frames import as_rgb_tensor
-    from sam2rt.preprocess import model_input
+    from sam2rt.processing.images import as_rgb_tensor
+    from sam2rt.processing.preprocess import model_input
 
     size, device = predictor.image_size, predictor.device
     images = torch.cat([model_input(as_rgb_tensor(frame), size, resize, device) for frame in frames])

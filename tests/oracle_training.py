@@ -85,9 +85,8 @@ def official_loss(loss_fns):
 
 def official_train_model(variant: str, image_size: int, settings, device: str = "cpu", freeze_encoder: bool = False):
     """Meta's SAM2Train for an official variant, with the prompt options of a sam2rt PromptSettings, in train mode."""
-    from sam2.build_sam import build_sam2
-
     from oracle import config_path
+    from sam2.build_sam import build_sam2
 
     import_training()
     overrides = [

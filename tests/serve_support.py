@@ -12,11 +12,11 @@ from typing import Iterator, Optional
 
 import numpy as np
 import uvicorn
+from cli_support import IMAGE_SIZE, VARIANT, make_checkpoint
 from PIL import Image
 from websockets.sync.client import ClientConnection, connect
 
 import sam2rt
-from cli_support import IMAGE_SIZE, VARIANT, make_checkpoint
 from sam2rt.serve.app import ServerConfig, create_app
 from sam2rt.serve.protocol import FORMAT_PNG, FORMAT_RGB, frame_header
 

@@ -9,7 +9,7 @@ from media import shared_path
 from PIL import Image
 
 import sam2rt
-from sam2rt.prompts import mask_to_model_frame
+from sam2rt.processing.prompts import mask_to_model_frame
 
 
 @pytest.fixture(scope="module")

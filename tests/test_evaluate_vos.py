@@ -22,9 +22,9 @@ from vos_data import import_reference, moving_objects, save_labels
 
 import sam2rt
 from sam2rt.evaluate import evaluate_folders, read_labels, run_vos_inference
-from sam2rt.frames import as_rgb_tensor
-from sam2rt.preprocess import model_input
 from sam2rt.io.sources import ImageFolderFrames
+from sam2rt.processing.images import as_rgb_tensor
+from sam2rt.processing.preprocess import model_input
 
 VARIANT = "sam2.1_hiera_tiny"
 IMAGE_SIZE = 256

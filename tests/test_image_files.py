@@ -17,8 +17,8 @@ import pytest
 from cli_support import assert_clean_error, clip_frames, model_args
 from PIL import Image
 
-from sam2rt.frames import as_rgb_tensor
-from sam2rt.io.image_file import MAX_IMAGE_PIXELS, ImageFileError, read_mask_image, read_rgb
+from sam2rt.io.image_file import MAX_IMAGE_PIXELS, read_mask_image, read_rgb
+from sam2rt.processing.images import ImageError, as_rgb_tensor
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_other_modes_convert_as_the_official_loaders_do(tmp_path, gray):
 )
 def test_images_without_a_colour_meaning_are_refused(tmp_path, values, message):
     path = _save(tmp_path / "odd.tif", values, "F" if values.dtype == np.float32 else "I")
-    with pytest.raises(ImageFileError, match=message):
+    with pytest.raises(ImageError, match=message):
         read_rgb(path)
 
 
@@ -111,10 +111,10 @@ def test_masks_of_every_mode(tmp_path):
         image.save(tmp_path / name)
         assert np.array_equal(read_mask_image(tmp_path / name), shape), name
     Image.fromarray(rgb).convert("CMYK").save(tmp_path / "mcmyk.tif")
-    with pytest.raises(ImageFileError, match="has mode CMYK; masks must be grayscale, palette or RGB"):
+    with pytest.raises(ImageError, match="has mode CMYK; masks must be grayscale, palette or RGB"):
         read_mask_image(tmp_path / "mcmyk.tif")
     Image.fromarray(np.full((6, 8), np.nan, np.float32), "F").save(tmp_path / "mnan.tif")
-    with pytest.raises(ImageFileError, match="holds NaN or infinite values"):
+    with pytest.raises(ImageError, match="holds NaN or infinite values"):
         read_mask_image(tmp_path / "mnan.tif")
 
 
@@ -123,9 +123,9 @@ def test_decompression_bombs_are_refused_before_decoding(tmp_path, width, height
     """Above our limit, whether or not PIL's own (larger) limit also trips."""
     path = _bomb(tmp_path / "bomb.png", width, height)
     assert width * height > MAX_IMAGE_PIXELS and path.stat().st_size < 100
-    with pytest.raises(ImageFileError, match=f"more than the limit of {MAX_IMAGE_PIXELS}"):
+    with pytest.raises(ImageError, match=f"more than the limit of {MAX_IMAGE_PIXELS}"):
         read_rgb(path)
-    with pytest.raises(ImageFileError, match=f"more than the limit of {MAX_IMAGE_PIXELS}"):
+    with pytest.raises(ImageError, match=f"more than the limit of {MAX_IMAGE_PIXELS}"):
         read_mask_image(path)
 
 

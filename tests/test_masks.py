@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from sam2rt.masks import fill_holes, keep_highest_object, small_components, tidy_small_regions
+from sam2rt.processing.masks import fill_holes, keep_highest_object, small_components, tidy_small_regions
 
 
 def _components(mask: np.ndarray) -> list[list[tuple[int, int]]]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from oracle import assert_close_logits, oracle_model, our_model
 
 import sam2rt
-from oracle import assert_close_logits, oracle_model, our_model
 
 # large at 512 keeps CI time sane; the others at the default 1024.
 CASES = [(v, 512 if v.endswith("large") else 1024) for v in sam2rt.VARIANTS if v != "sam2.1_hiera_tiny"]

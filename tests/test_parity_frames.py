@@ -15,12 +15,12 @@ import av
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
-import sam2rt
 from media import shared_path
 from oracle import assert_close_logits, oracle_model, our_model
+from PIL import Image
 from test_parity_video import _assert_masks, _propagate
+
+import sam2rt
 
 VARIANT = "sam2.1_hiera_tiny"
 IMAGE_SIZE = 256

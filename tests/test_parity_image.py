@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
+import torch
 from media import shared_image
 from oracle import (
     assert_close_logits,
@@ -14,7 +14,6 @@ from oracle import (
     oracle_model,
     our_model,
 )
-import torch
 
 import sam2rt
 

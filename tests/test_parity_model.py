@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
 from oracle import assert_close_logits, assert_close_scores, oracle_model, our_model
+
 from sam2rt.model.sam2 import MemoryTokens
 
 VARIANT = "sam2.1_hiera_tiny"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from oracle import assert_close_logits, assert_close_scores, oracle_model, our_model
 
 VARIANT = "sam2.1_hiera_tiny"

@@ -15,8 +15,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-import sam2rt
 from media import shared_path
 from oracle import (
     TRACKING_OBJECT_SCORE_SHIFT,
@@ -27,10 +25,12 @@ from oracle import (
     oracle_video_state,
     our_model,
 )
+from visible import assert_nontrivial
+
+import sam2rt
 from sam2rt.io.video_file import VideoFileFrames
 from sam2rt.model.sam2 import SAM2Model
 from sam2rt.tracking.engine import TrackingEngine
-from visible import assert_nontrivial
 
 VARIANT = "sam2.1_hiera_tiny"
 IMAGE_SIZE = 256

@@ -12,13 +12,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-import sam2rt
 from media import shared_path
 from oracle import TRACKING_OBJECT_SCORE_SHIFT, assert_close_logits, oracle_model, oracle_video_state, our_model
+from visible import assert_nontrivial
+
+import sam2rt
 from sam2rt.io.video_file import VideoFileFrames
 from sam2rt.model.sam2 import NO_OBJECT_SCORE
-from visible import assert_nontrivial
 
 VARIANT = "sam2.1_hiera_tiny"
 IMAGE_SIZE = 256

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 import sam2rt
-from sam2rt.frames import as_rgb_tensor
+from sam2rt.processing.images import as_rgb_tensor
 
 IMAGE_SIZE = 64
 HEIGHT, WIDTH = 48, 64

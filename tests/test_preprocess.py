@@ -6,12 +6,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from oracle import install_torchvision_standin
 from PIL import Image
 
 import sam2rt
-from oracle import install_torchvision_standin
-from sam2rt.frames import as_rgb_tensor
-from sam2rt.preprocess import IMAGENET_MEAN, IMAGENET_STD, RESIZES, check_resize, model_input
+from sam2rt.processing.images import as_rgb_tensor
+from sam2rt.processing.preprocess import IMAGENET_MEAN, IMAGENET_STD, RESIZES, check_resize, model_input
 
 CPU = torch.device("cpu")
 SIZES = [64, 256]  # down- and upsampling of the 100 x 150 test image

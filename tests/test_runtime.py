@@ -7,12 +7,12 @@ import copy
 import numpy as np
 import pytest
 import torch
+from visible import assert_masks_match, assert_nontrivial, visible_model
 
 import sam2rt
 from sam2rt.runtime import graphed_with_model, optimize, to_inference_dtype, use_cuda_graphs
 from sam2rt.runtime.graphs import GraphedCallable, _ModelGraphs
 from sam2rt.tracking import engine
-from visible import assert_masks_match, assert_nontrivial, visible_model
 
 # bf16 against fp32 on `visible` weights, whose logits are smooth and near zero over wide areas. Measured on an
 # H100 (tiny at 256): per object and frame at least 0.956 (a click's mask on a 64x160 stream), on average 0.998.

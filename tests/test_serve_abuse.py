@@ -13,11 +13,10 @@ import weakref
 import numpy as np
 import pytest
 import torch
-from websockets.exceptions import InvalidStatus
-from websockets.sync.client import connect
-
 from cli_support import clip_frames, invoke_in_process, write_clip
 from serve_support import Client, load_test_model, png_frame, rgb_frame, running_server
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
 
 from sam2rt.serve.app import ServerConfig
 from sam2rt.serve.protocol import FORMAT_JPEG, MAX_FRAME_BYTES, frame_header

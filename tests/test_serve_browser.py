@@ -17,10 +17,9 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from PIL import Image
-
 from cli_support import clip_frames
 from media import SHARED_DATA
+from PIL import Image
 from serve_support import load_test_model, running_server
 
 from sam2rt.serve.app import ServerConfig

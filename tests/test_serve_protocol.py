@@ -14,12 +14,11 @@ import zipfile
 
 import numpy as np
 import pytest
-from PIL import Image
-
-import sam2rt
 from cli_support import clip_frames, make_checkpoint, model_args
+from PIL import Image
 from serve_support import Client, decode_masks, load_test_model, png_frame, running_server
 
+import sam2rt
 from sam2rt.serve.app import ServerConfig
 from sam2rt.serve.scheduler import default_engine
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import av
 import numpy as np
 import pytest
+from media import shared_path
 from PIL import Image
 
-from media import shared_path
 from sam2rt.io.sources import ImageFolderFrames, ListFrames, open_frames
 from sam2rt.io.video_file import VideoFileFrames, VideoReadError
 

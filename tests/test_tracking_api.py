@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from visible import assert_nontrivial, visible_model
 
 import sam2rt
-from visible import assert_nontrivial, visible_model
 
 IMAGE_SIZE = 64
 

@@ -7,10 +7,10 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+from visible import assert_nontrivial, visible_model
 
 import sam2rt
 from sam2rt.tracking.engine import HOLE_FILL_LOGIT, TrackingEngine
-from visible import assert_nontrivial, visible_model
 
 IMAGE_SIZE = 64
 
@@ -105,7 +105,7 @@ def test_one_batched_pass_serves_all_objects(model, monkeypatch):
 
 def _holes(logits: torch.Tensor, max_area: int) -> np.ndarray:
     """Background (logits <= 0) pixels of 8-connected background pieces of at most `max_area` pixels, by OpenCV:
-    a reference independent of sam2rt.masks. logits (H, W) -> (H, W) bool."""
+    a reference independent of sam2rt.processing.masks. logits (H, W) -> (H, W) bool."""
     import cv2
 
     background = (logits <= 0).numpy().astype(np.uint8)

@@ -6,12 +6,11 @@ from collections import Counter
 
 import numpy as np
 import pytest
-import torch
+from oracle import assert_close_logits
+from visible import assert_nontrivial, visible_model
 
 import sam2rt
 from sam2rt.tracking.engine import TrackingEngine
-from oracle import assert_close_logits
-from visible import assert_nontrivial, visible_model
 
 IMAGE_SIZE = 64
 TICKS = 8

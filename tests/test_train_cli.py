@@ -10,19 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_support import VARIANT, assert_clean_error, invoke_in_process, make_checkpoint
 from PIL import Image
 
 import sam2rt
-from cli_support import VARIANT, assert_clean_error, invoke_in_process, make_checkpoint
-from sam2rt.train import (
-    ImageMaskDataset,
-    PromptSettings,
-    TrainConfig,
-    VOSDataset,
-    collate,
-    make_synthetic_vos,
-    train,
-)
+from sam2rt.train import ImageMaskDataset, PromptSettings, TrainConfig, VOSDataset, collate, make_synthetic_vos, train
 
 SIZE = 64  # the smallest input that keeps every stage of the trunk; the tests check plumbing, not quality
 
@@ -78,9 +70,8 @@ def test_train_vos_writes_official_checkpoint_log_and_resumes(capsys, vos_root, 
     assert torch.equal(model.state_dict()[head], torch.load(out / "last.pt", weights_only=False)["model"][head])
 
     pytest.importorskip("sam2")
-    from sam2.build_sam import build_sam2
-
     from oracle import config_path
+    from sam2.build_sam import build_sam2
 
     reference = build_sam2(config_path(VARIANT), str(out / "model.pt"), device="cpu")  # Meta's strict loading
     assert torch.equal(reference.state_dict()[head], model.state_dict()[head])
@@ -144,10 +135,10 @@ def test_image_datasets_and_an_image_training_step(tmp_path) -> None:
 
 
 def test_activation_checkpointing_gives_the_same_gradients(vos_root) -> None:
+    import random
+
     from sam2rt.train import clip_forward, clip_loss, enable_activation_checkpointing, plan_clip
     from sam2rt.train.loss import LossWeights
-
-    import random
 
     batch = collate([VOSDataset(vos_root, 2, 1).sample(random.Random(0), SIZE)])
     grads = []

@@ -21,9 +21,9 @@ import random
 
 import numpy as np
 import torch
+from media import shared_image
 
 import sam2rt
-from media import shared_image
 from sam2rt.evaluate import evaluate_folders, run_vos_inference
 from sam2rt.train import (
     OptimSettings,

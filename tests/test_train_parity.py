@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
 from oracle import perturbed_weights
 from oracle_training import import_training, official_loss, official_train_model
+from torch import nn
+
 from sam2rt.train.clip_forward import ClipBatch, clip_forward
 from sam2rt.train.loss import LossWeights, clip_loss
 from sam2rt.train.prompts import PromptSettings, plan_clip, sample_box, sample_click
@@ -250,10 +250,10 @@ def test_optimizer_groups_equal_official(recipe_optim, custom: bool) -> None:
     and the weight decay (none on biases and torch LayerNorms) that Meta's construct_optimizer and
     layer_decay_param_modifier give it, under the config's own values and under other values set both ways;
     along the schedule too."""
+    from oracle import config_path
     from sam2.build_sam import build_sam2
 
     import sam2rt
-    from oracle import config_path
     from sam2rt.train.optim import OptimSettings, lr_factor, make_optimizer, set_learning_rates
 
     config = recipe_optim

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from oracle import config_path
 
 import sam2rt
-from oracle import config_path
 
 
 @pytest.mark.parametrize("variant", list(sam2rt.VARIANTS))

@@ -14,11 +14,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .frames import ImageLike, as_rgb_tensor, to_host
-from .masks import tidy_small_regions
 from .model.sam2 import SAM2Model
-from .preprocess import Resize, check_resize, model_input
-from .prompts import BOX_CORNER_LABELS, box_corners, check_inside, float_tensor, point_tensors, to_model_frame
+from .processing.images import ImageLike, as_rgb_tensor, to_host
+from .processing.masks import tidy_small_regions
+from .processing.preprocess import Resize, check_resize, model_input
+from .processing.prompts import (
+    BOX_CORNER_LABELS,
+    box_corners,
+    check_inside,
+    float_tensor,
+    point_tensors,
+    to_model_frame,
+)
 
 _CPU = torch.device("cpu")
 LOW_RES_LOGIT_CLAMP = 32.0  # low-resolution logits are returned clamped, ready to feed back as mask_input

@@ -22,14 +22,7 @@ from .io.clashes import OutputPath
 from .io.live import SourceError
 from .io.overlay import OverlayVideoWriter
 from .io.prompt_file import Prompt, PromptError
-from .io.sinks import (
-    OutputError,
-    PngMaskWriter,
-    SinkSet,
-    TrackedFrame,
-    check_writable_file,
-    check_writable_folder,
-)
+from .io.sinks import OutputError, PngMaskWriter, SinkSet, TrackedFrame, check_writable_file, check_writable_folder
 from .io.track_source import TrackSource
 from .io.video_file import VideoReadError
 from .stop_signals import StopSignals

@@ -18,11 +18,11 @@ import typer
 
 from .. import checkpoints
 from ..checkpoints import CheckpointError
-from ..io.image_file import ImageFileError
 from ..io.live import SourceError
 from ..io.prompt_file import Prompt, PromptError, make_prompt, read_mask
 from ..io.sinks import OutputError
 from ..io.video_file import VideoReadError
+from ..processing.images import ImageError
 from ..variants import VARIANTS
 
 DEFAULT_VARIANT = "sam2.1_hiera_tiny"
@@ -77,7 +77,7 @@ def errors_as_messages() -> Iterator[None]:
     """Bad inputs end the command with one line on stderr and exit code 1, never a traceback."""
     try:
         yield
-    except (CheckpointError, PromptError, SourceError, OutputError, VideoReadError, ImageFileError, RunFailed) as error:
+    except (CheckpointError, PromptError, SourceError, OutputError, VideoReadError, ImageError, RunFailed) as error:
         fail(str(error))
     except FileNotFoundError as error:
         fail(str(error) if error.filename is None else f"no such file: {error.filename}")

@@ -9,11 +9,11 @@ import numpy as np
 import typer
 from PIL import Image
 
+from ..io.atomic import OutputError, write_atomically
+from ..io.clashes import NamedPath, OutputPath, check_clashes
 from ..io.image_file import read_rgb
 from ..io.overlay import draw_overlay
 from ..io.prompt_file import Prompt, PromptError, check_prompts, read_mask
-from ..io.atomic import OutputError, write_atomically
-from ..io.clashes import NamedPath, OutputPath, check_clashes
 from ..io.sinks import prepare_file
 from .common import (
     BOX,
@@ -81,7 +81,7 @@ def _image_job(
 def _segment_image(model, job: _ImageJob) -> tuple[np.ndarray, float]:
     """The best mask (H, W) bool for the job's prompts, and its predicted IoU."""
     from ..image_predictor import ImagePredictor
-    from ..prompts import mask_to_model_frame
+    from ..processing.prompts import mask_to_model_frame
 
     mask_input = None
     if job.mask is not None:

@@ -21,7 +21,6 @@ from .common import (
     load_cli_model,
 )
 
-
 WS_MAX_BYTES = 64 * 1024 * 1024  # above the protocol's own caps, which answer with an error and keep the session
 
 

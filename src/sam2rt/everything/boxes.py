@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..frames import to_device
+from ..processing.images import to_device
 
 EDGE_TOLERANCE = 20.0  # pixels: a box this close to a crop's border was cut by it
 

@@ -29,8 +29,9 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from ..prompts import check_inside
-from .image_file import ImageFileError, read_mask_image
+from ..processing.images import ImageError
+from ..processing.prompts import check_inside
+from .image_file import read_mask_image
 from .prompt_json import JsonLimitError, load_json, preview, repeated_key
 
 ENTRY_KEYS = ("frame", "obj_id", "points", "labels", "box", "mask")
@@ -65,7 +66,7 @@ def read_mask(path: Path, origin: str) -> np.ndarray:
         mask = read_mask_image(path)
     except FileNotFoundError:
         raise PromptError(f"{origin}: mask file {path} not found") from None
-    except ImageFileError as error:
+    except ImageError as error:
         raise PromptError(f"{origin}: mask file {error}") from None
     if not mask.any():
         raise PromptError(f"{origin}: mask {path} is empty (no non-zero pixel)")

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..frames import ImageLike, as_rgb_tensor
-from .image_file import ImageFileError, image_file_size, read_rgb
+from ..processing.images import ImageError, ImageLike, as_rgb_tensor
+from .image_file import image_file_size, read_rgb
 from .video_file import VideoFileFrames, VideoReadError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -107,7 +107,7 @@ def _folder_frame(read, path: Path):
     """A frame folder is a video: its unreadable images are video read errors, which end a run cleanly."""
     try:
         return read(path)
-    except ImageFileError as error:
+    except ImageError as error:
         raise VideoReadError(str(error)) from None
     except OSError as error:
         raise VideoReadError(f"{path} is not a readable image: {error}") from None

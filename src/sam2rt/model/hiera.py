@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..variants import HieraSpec
 from ..runtime.kernels import attention
+from ..variants import HieraSpec
 from .layers import MLP, merge_heads, split_heads
 
 

@@ -10,7 +10,6 @@ from torch import nn
 
 from .graphs import GRAPHED_METHODS, GraphedCallable
 
-
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")  # inductor's own CUDA graphs would clash with ours
 # The memory attention meets a new memory length on each of the first frames of an object (1 to 7 frames of
 # memory plus conditioning frames, up to 16 pointers), with and without padded slots, for each object

@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-
 # On CUDA, flash and memory-efficient kernels only: PyTorch's cuDNN attention, preferred by default on
 # Hopper, rebuilds its execution plan for each of the many shapes SAM 2 uses (Hiera windows, global
 # blocks, decoder, memory) at about 0.5 ms of CPU time per call, which dominates a tracking step.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ..frames import ImageLike, as_rgb_tensor
+from ..processing.images import ImageLike, as_rgb_tensor
 from .stream import FrameResult, StreamTracker
 
 

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..masks import fill_holes, keep_highest_object
 from ..model.sam2 import ImageFeatures, MaskPrediction, MemoryTokens, SAM2Model
-from ..preprocess import Resize, model_input
+from ..processing.masks import fill_holes, keep_highest_object
+from ..processing.preprocess import Resize, model_input
 from ..runtime import graphed_with_model
 from .memory_bank import FrameOutput, MemoryView, gather
 

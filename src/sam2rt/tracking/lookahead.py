@@ -12,7 +12,7 @@ from typing import Callable, Iterable, Iterator, TypeVar
 
 import torch
 
-from ..frames import ImageLike
+from ..processing.images import ImageLike
 from .pooled_stream import PooledStream
 
 Item = TypeVar("Item")

@@ -14,9 +14,9 @@ from typing import Mapping, Optional
 import torch
 from torch import Tensor
 
-from ..frames import ImageLike
 from ..model.sam2 import SAM2Model
-from ..preprocess import Resize, check_resize
+from ..processing.images import ImageLike
+from ..processing.preprocess import Resize, check_resize
 from .engine import EncodedFrame, TrackerOptions, TrackingEngine
 from .memory_bank import MemoryArena
 from .pooled_stream import FrameResult, PooledStream

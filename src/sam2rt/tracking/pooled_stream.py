@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, NamedTuple, Optional, Sequence
 import torch
 from torch import Tensor
 
-from ..frames import ImageLike, as_rgb_tensor
-from ..prompts import mask_to_model_frame, object_clicks
+from ..processing.images import ImageLike, as_rgb_tensor
+from ..processing.prompts import mask_to_model_frame, object_clicks
 from .engine import EncodedFrame, TrackingEngine
 from .memory_bank import FrameOutput, RingMemory
 

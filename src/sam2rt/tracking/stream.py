@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 
 from ..model.sam2 import SAM2Model
-from ..preprocess import Resize
+from ..processing.preprocess import Resize
 from .pool import StreamPool
 from .pooled_stream import FrameResult, PooledStream
 

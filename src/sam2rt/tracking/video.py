@@ -14,11 +14,11 @@ from typing import Iterator, Optional, Sequence
 import torch
 from torch import Tensor
 
-from ..frames import as_rgb_tensor
 from ..io.sources import FrameSequence, open_frames
 from ..model.sam2 import NO_OBJECT_SCORE, SAM2Model
-from ..preprocess import Resize, check_resize
-from ..prompts import mask_to_model_frame, object_clicks
+from ..processing.images import as_rgb_tensor
+from ..processing.preprocess import Resize, check_resize
+from ..processing.prompts import mask_to_model_frame, object_clicks
 from .engine import EncodedFrame, TrackerOptions, TrackingEngine
 from .lookahead import default_lookahead
 from .memory_bank import FrameArchive, FrameOutput

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from ..preprocess import model_input
+from ..processing.preprocess import model_input
 from .clip_forward import ClipBatch
 
 _CPU = torch.device("cpu")

@@ -2,6 +2,10 @@
 
 A frame is checked before anything else happens with it, so that a refused frame leaves a tracker
 as it was. How a checked frame becomes the model's input is preprocess.py's job.
+
+PIL images (decoded files, or given as they are) are converted by rule, never clipped: 16-bit values are
+scaled to 8 bits, alpha is dropped (as `convert("RGB")` drops it in the official loaders), and what has no
+clear meaning as a colour image (32-bit floats outside [0, 1], negative integers) is refused with the reason.
 """
 
 from __future__ import annotations
@@ -13,9 +17,18 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .io.image_file import rgb_from_image
-
 ImageLike = Union[np.ndarray, Tensor, Image.Image]
+
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+_ALPHA_MODES = {"LA": "L", "La": "L", "PA": "P", "RGBA": "RGB", "RGBa": "RGB"}  # mode without its alpha band
+_SINGLE_BAND_MODES = ("1", "L", "P", "I", "F", *_SIXTEEN_BIT_MODES)
+_SIXTEEN_BIT_MAX = 65535
+
+
+class ImageError(ValueError):
+    """An image (a file, or one given in memory) that cannot be taken as it is: the message says why."""
+
+
 
 
 def as_rgb_tensor(image: ImageLike) -> Tensor:
@@ -89,3 +102,51 @@ def to_host(tensor: Tensor) -> np.ndarray:
     host.copy_(tensor, non_blocking=True)
     torch.cuda.current_stream(tensor.device).synchronize()
     return host.numpy()
+
+
+def rgb_from_image(image: Image.Image, what: str = "the image") -> np.ndarray:
+    """A PIL image as H x W x 3 uint8 RGB, converted by rule (see the module docstring)."""
+    mode = image.mode
+    if mode == "RGB":
+        return np.asarray(image)
+    if mode in _SIXTEEN_BIT_MODES or mode == "I":
+        values = np.asarray(image).astype(np.int64)
+        if values.size and (values.min() < 0 or values.max() > _SIXTEEN_BIT_MAX):
+            raise ImageError(
+                f"{what} holds 32-bit integers from {values.min()} to {values.max()}; "
+                "only 0..65535 (16-bit images) can be converted to colours"
+            )
+        gray = np.round(values * (255 / _SIXTEEN_BIT_MAX)).astype(np.uint8)  # 65535 -> 255, not clipped at 255
+        return np.repeat(gray[..., None], 3, axis=-1)  # (H, W) -> (H, W, 3)
+    if mode == "F":
+        values = np.asarray(image)
+        if values.size and not (np.isfinite(values).all() and values.min() >= 0 and values.max() <= 1):
+            raise ImageError(
+                f"{what} holds 32-bit floats from {np.nanmin(values)} to {np.nanmax(values)}; "
+                "only values in [0, 1] can be converted to colours"
+            )
+        gray = np.round(values * 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=-1)  # (H, W) -> (H, W, 3)
+    try:
+        return np.asarray(image.convert("RGB"))
+    except ValueError as error:
+        raise ImageError(f"{what} has mode {mode}, which cannot be converted to RGB: {error}") from None
+
+
+def mask_from_image(image: Image.Image, what: str = "the mask") -> np.ndarray:
+    """A PIL image as a mask (H, W) bool: a pixel is the object when its value (palette index for indexed
+    images; any colour band for RGB) is not zero. Alpha is ignored; other colour spaces are refused."""
+    mode = image.mode
+    values = np.asarray(image)
+    if mode in _ALPHA_MODES:
+        values = values[..., :-1]  # (H, W, B) without its last band, the alpha
+        mode = _ALPHA_MODES[mode]
+    if mode == "F" and not np.isfinite(values).all():
+        raise ImageError(f"{what} holds NaN or infinite values")
+    if mode in _SINGLE_BAND_MODES:
+        return values.reshape(values.shape[:2]) != 0
+    if mode == "RGB":
+        return (values != 0).any(axis=-1)
+    raise ImageError(
+        f"{what} has mode {mode}; masks must be grayscale, palette or RGB images (with or without alpha)"
+    )

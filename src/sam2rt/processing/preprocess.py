@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from .frames import to_device
+from .images import to_device
 
 Resize = Literal["bilinear-antialias", "pil-bicubic", "opencv-bilinear"]
 RESIZES: tuple[str, ...] = get_args(Resize)
