@@ -25,8 +25,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from image import timed  # noqa: E402
 from test_memory_arena import Unpooled  # noqa: E402 - a ring seen without its arena: stacked slot by slot
 
+from sam2rt.model.variants import ModelConfig, get_variant  # noqa: E402
 from sam2rt.tracking.memory_bank import MemoryArena, RingMemory, gather  # noqa: E402
-from sam2rt.variants import ModelConfig, get_variant  # noqa: E402
 
 
 class _CountOps(TorchDispatchMode):

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import sam2rt
-from sam2rt.variants import get_variant
+from sam2rt.model.variants import get_variant
 
 OBJECT_SCORE_BIAS = "sam_mask_decoder.pred_obj_score_head.layers.2.bias"
 OBJECT_SCORE_SHIFT = 0.45  # added to OBJECT_SCORE_BIAS unless a test asks for another shift (see perturbed_weights)

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 import sam2rt
-from sam2rt.checkpoints import identify_variant, read_state_dict
+from sam2rt.checkpoints.files import identify_variant, read_state_dict
 
 VARIANT = "sam2.1_hiera_tiny"
 

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 import sam2rt
+from sam2rt.model.variants import ModelConfig, get_variant
 from sam2rt.tracking.memory_bank import MemoryArena, RingMemory, gather
-from sam2rt.variants import ModelConfig, get_variant
 
 CONFIG = ModelConfig(get_variant("sam2.1_hiera_tiny"), 64)
 TOKENS = CONFIG.feature_size**2

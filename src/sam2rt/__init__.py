@@ -4,12 +4,12 @@ from .checkpoints import CheckpointError, load_model
 from .image_predictor import ImagePredictor
 from .mask_generator import GeneratedMasks, MaskGenerator
 from .model.sam2 import SAM2Model, build_model
+from .model.variants import VARIANTS, ModelConfig, Variant, get_variant
 from .tracking.camera import CameraPredictor
 from .tracking.pool import StreamPool
 from .tracking.pooled_stream import PooledStream
 from .tracking.stream import FrameResult, StreamTracker
 from .tracking.video import InferenceState, VideoPredictor
-from .variants import VARIANTS, ModelConfig, Variant, get_variant
 
 __all__ = [
     "CameraPredictor",

@@ -22,8 +22,8 @@ from ..io.live import SourceError
 from ..io.prompt_file import Prompt, PromptError, make_prompt, read_mask
 from ..io.sinks import OutputError
 from ..io.video_file import VideoReadError
+from ..model.variants import VARIANTS
 from ..processing.images import ImageError
-from ..variants import VARIANTS
 
 DEFAULT_VARIANT = "sam2.1_hiera_tiny"
 

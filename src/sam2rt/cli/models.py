@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from .. import checkpoints
-from ..variants import VARIANTS
+from ..model.variants import VARIANTS
 from .common import PROGRESS, app, check_variant, errors_as_messages
 
 

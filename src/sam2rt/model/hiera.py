@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..runtime.kernels import attention
-from ..variants import HieraSpec
 from .layers import MLP, merge_heads, split_heads
+from .variants import HieraSpec
 
 
 def _pad_to_multiple(x: Tensor, window: int) -> Tensor:

@@ -13,9 +13,9 @@ from typing import NamedTuple
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..variants import HieraSpec
 from .hiera import Hiera
 from .positional import sine_grid
+from .variants import HieraSpec
 
 
 class BackboneFeatures(NamedTuple):

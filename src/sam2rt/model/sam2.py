@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..variants import ModelConfig
 from .layers import MLP
 from .mask_decoder import DecoderOutput, MaskDecoder
 from .memory_attention import MemoryAttention
@@ -20,6 +19,7 @@ from .memory_encoder import MemoryEncoder
 from .neck import ImageEncoder
 from .positional import sine_1d
 from .prompt_encoder import PromptEncoder
+from .variants import ModelConfig, get_variant
 
 NO_OBJECT_SCORE = -1024.0  # mask logit given to every pixel of an object judged absent
 MASK_LOGIT_SCALE, MASK_LOGIT_BIAS = 20.0, -10.0  # binary mask -> logits of +-10, and probability -> memory input
@@ -252,6 +252,4 @@ class SAM2Model(nn.Module):
 
 def build_model(variant: str, image_size: int = 1024) -> SAM2Model:
     """A randomly initialised model of an official variant, in eval mode."""
-    from ..variants import get_variant
-
     return SAM2Model(ModelConfig(get_variant(variant), image_size)).eval()

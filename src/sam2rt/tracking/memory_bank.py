@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ..model.sam2 import MemoryTokens
-from ..variants import ModelConfig
+from ..model.variants import ModelConfig
 
 
 @dataclass
