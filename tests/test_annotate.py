@@ -19,7 +19,7 @@ from cli_support import (
 from PIL import Image
 
 import sam2rt
-from sam2rt.everything.rle import decode_rle
+from sam2rt.io.rle import decode_rle
 
 BOXES = [(0, "0 0.3 0.4 0.3 0.4"), (1, "1 0.6 0.5 0.5 0.6")]
 

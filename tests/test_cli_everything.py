@@ -16,7 +16,7 @@ from cli_support import (
 from PIL import Image
 
 import sam2rt
-from sam2rt.everything.rle import decode_rle
+from sam2rt.io.rle import decode_rle
 
 # The test checkpoint's random weights predict IoUs and stabilities far below the defaults: keep every mask.
 SETTINGS = ["--points-per-side", "4", "--pred-iou-thresh", "0", "--stability-score-thresh", "0"]

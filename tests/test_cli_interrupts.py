@@ -26,8 +26,8 @@ from cli_support import decode_video, model_args, write_clip
 from sam2rt.io.sinks import SinkSet, TrackedFrame
 from sam2rt.io.sources import ListFrames
 from sam2rt.io.track_source import FileSource
-from sam2rt.pipeline import run_tracking
-from sam2rt.stop_signals import Interrupted
+from sam2rt.tracking.run import run_tracking
+from sam2rt.tracking.stop_signals import Interrupted
 from sam2rt.tracking.stream import FrameResult
 
 # In this process: the signal comes from inside an output.

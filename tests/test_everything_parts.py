@@ -9,7 +9,7 @@ from pycocotools import mask as mask_utils
 
 from sam2rt.everything.boxes import batched_nms, masks_to_boxes
 from sam2rt.everything.crops import crop_boxes
-from sam2rt.everything.rle import coco_rle, decode_rle, mask_run_lengths, uncompressed_rle
+from sam2rt.io.rle import coco_rle, decode_rle, mask_run_lengths, uncompressed_rle
 
 
 def _random_masks(count: int, height: int, width: int, seed: int = 0) -> torch.Tensor:

@@ -12,10 +12,11 @@ from cli_support import decode_video
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from sam2rt.io.annotations import CocoWriter, YoloWriter, mask_polygons
+from sam2rt.io.coco import CocoWriter
 from sam2rt.io.overlay import OverlayVideoWriter, draw_overlay, object_color, video_rate
 from sam2rt.io.sinks import OutputError, PngMaskWriter, SinkSet, TrackedFrame, davis_palette
-from sam2rt.pipeline import check_outputs
+from sam2rt.io.yolo import YoloWriter, mask_polygons
+from sam2rt.tracking.run import check_outputs
 
 
 def _frame(index: int, size=(31, 45), ids=(1, 7)) -> TrackedFrame:

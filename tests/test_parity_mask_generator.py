@@ -39,7 +39,7 @@ from visible import assert_nontrivial
 
 import sam2rt
 from sam2rt.everything.crops import crop_boxes
-from sam2rt.everything.rle import decode_rle
+from sam2rt.io.rle import decode_rle
 
 VARIANT = "sam2.1_hiera_tiny"
 IMAGE_SIZE = 128

@@ -12,7 +12,7 @@ from sam2rt.io.sinks import SinkSet, TrackedFrame
 from sam2rt.io.sources import ListFrames
 from sam2rt.io.track_source import FileSource
 from sam2rt.io.video_file import VideoReadError
-from sam2rt.pipeline import run_tracking
+from sam2rt.tracking.run import run_tracking
 from sam2rt.tracking.lookahead import encoded_ahead
 
 IMAGE_SIZE = 64

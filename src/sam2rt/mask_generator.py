@@ -24,8 +24,8 @@ from torch import Tensor
 
 from .everything.boxes import batched_nms, box_area, masks_to_boxes, near_crop_edge, xyxy_to_xywh
 from .everything.crops import Crop, crop_boxes, layer_point_grids
-from .everything.rle import coco_rle, mask_run_lengths, uncompressed_rle
 from .image_predictor import LOW_RES_LOGIT_CLAMP, ImagePredictor
+from .io.rle import coco_rle, mask_run_lengths, uncompressed_rle
 from .model.mask_decoder import NUM_MULTIMASK
 from .model.sam2 import SAM2Model
 from .processing.images import ImageLike, as_rgb_tensor, to_device, to_host

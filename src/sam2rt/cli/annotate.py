@@ -48,9 +48,9 @@ def annotate(
     compile: bool = COMPILE,
 ) -> None:
     """Turn detection boxes into masks; finished images are skipped when the run is started again."""
-    from .. import annotate as annotation
-    from ..annotate_ray import annotate_on_ray
-    from ..annotate_video import is_video
+    from ..annotate import images as annotation
+    from ..annotate.ray import annotate_on_ray
+    from ..annotate.videos import is_video
     from ..io.sinks import check_writable_folder
 
     sources = [value for value in (labels, coco, detector) if value is not None]
@@ -108,7 +108,7 @@ def _model_spec(
 ):
     """The model options as each Ray worker loads them (the variant read from the checkpoint, as locally)."""
     from .. import checkpoints
-    from ..annotate_ray import ModelSpec
+    from ..annotate.ray import ModelSpec
     from .common import DEFAULT_VARIANT, check_compile_device, check_model_options, parse_device
 
     check_model_options(variant, image_size)
@@ -132,8 +132,8 @@ def _model_spec(
 
 def _annotate_video(video: Path, labels: Optional[Path], output: Path, formats: list[str], model_options) -> None:
     """A video with YOLO boxes on key frames: tracks and labels for every frame."""
-    from .. import annotate as annotation
-    from ..annotate_video import annotate_video, video_done, video_records
+    from ..annotate import images as annotation
+    from ..annotate.videos import annotate_video, video_done, video_records
 
     if labels is None:
         raise RunFailed("a video is annotated from --labels: a folder of key frame labels <frame number>.txt")

@@ -10,7 +10,7 @@ import typer
 from PIL import Image
 
 from ..io.atomic import write_atomically
-from ..io.coco_dataset import CocoDataset
+from ..io.coco import CocoDataset
 from ..io.overlay import draw_overlay
 from ..io.sinks import OutputError, check_writable_file, check_writable_folder, make_folder
 from .common import RunFailed
@@ -57,7 +57,7 @@ def labels_of(masks: np.ndarray) -> np.ndarray:
 def segment_everything(
     model, image_path: Path, output: Path, overlay: Optional[Path], settings: EverythingSettings
 ) -> None:
-    from ..everything.rle import decode_rle
+    from ..io.rle import decode_rle
     from ..mask_generator import MaskGenerator
     from .image import read_image
 
@@ -67,7 +67,7 @@ def segment_everything(
     images = image_files(image_path)
     overlays = overlay_paths(images, overlay, not image_path.is_dir())
     generator = MaskGenerator(model, output_mode="coco_rle", **settings._asdict())
-    dataset = CocoDataset(["object"], f"sam2rt image --everything {image_path}")
+    dataset = CocoDataset(["object"], {"description": f"sam2rt image --everything {image_path}"})
     for path, overlay_path in zip(images, overlays):
         rgb = read_image(path)
         records = generator.generate(rgb)

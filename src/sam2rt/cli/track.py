@@ -13,7 +13,7 @@ from ..io.live import is_stream_url
 from ..io.prompt_file import Prompt, check_prompts, check_unique, read_prompts_file
 from ..io.sinks import MAX_PNG_OBJECT_ID
 from ..io.track_source import open_track_source
-from ..stop_signals import Interrupted, StopSignals
+from ..tracking.stop_signals import Interrupted, StopSignals
 from .common import (
     BOX,
     CHECKPOINT,
@@ -81,7 +81,7 @@ def track(
     progress: Optional[bool] = PROGRESS,
 ) -> None:
     """Track objects through a video, a folder of frames, a camera or a stream."""
-    from ..pipeline import open_sinks, output_paths, run_tracking
+    from ..tracking.run import open_sinks, output_paths, run_tracking
     from ..tracking.stream import StreamTracker
 
     check_model_options(variant, image_size)

@@ -45,3 +45,8 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
         temporary.unlink(missing_ok=True)
         raise
     replace_with(temporary, path)
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """`text` as the whole content of `path`, appearing at once (see write_atomically)."""
+    write_atomically(path, lambda temporary: temporary.write_text(text))

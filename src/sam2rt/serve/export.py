@@ -18,7 +18,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..io.annotations import CocoWriter
+from ..io.coco import CocoWriter
 from ..io.overlay import OverlayVideoWriter
 from ..io.sinks import PngMaskWriter, TrackedFrame
 from .protocol import decode_payload

@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass
 from typing import Optional
 
-from ..io.annotations import encode_rle
+from ..io.rle import encode_rle
 from ..io.sinks import TrackedFrame
 from .sessions import Frame, Session
 

@@ -19,7 +19,7 @@ from typing import Any, Optional, Protocol
 
 import numpy as np
 
-from ..pipeline import tracked_frame
+from ..tracking.run import tracked_frame
 from ..tracking.stream import FrameResult
 from .protocol import (
     FORMAT_JPEG,

@@ -23,6 +23,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.checkpoint import checkpoint as recompute
 
+from ..io.atomic import write_atomically
 from ..model.sam2 import SAM2Model
 from .clip_forward import ClipBatch, clip_forward
 from .datasets import ClipDataset, collate
@@ -105,9 +106,7 @@ def save_weights(model: SAM2Model, path: Path) -> None:
 
 def _atomic_save(payload: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(path.suffix + ".part")
-    torch.save(payload, partial)
-    os.replace(partial, path)
+    write_atomically(path, lambda temporary: torch.save(payload, temporary))
 
 
 def _distributed() -> tuple[int, int]:

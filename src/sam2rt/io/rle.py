@@ -1,7 +1,8 @@
 """Run-length encoding of masks, the COCO way: runs down the columns, starting with a run of zeros.
 
-The runs are found on the mask's device (one pass over all masks), and only their boundaries
-travel to the host; pycocotools turns the counts into its compressed string.
+Masks on the host are encoded by pycocotools (`encode_rle`). Masks on a GPU (segment-everything's) have their
+runs found on the device in one pass (`mask_run_lengths`), so that only the runs' boundaries travel to the
+host; pycocotools turns those counts into its compressed string (`coco_rle`). Either way the counts are text.
 """
 
 from __future__ import annotations
@@ -10,6 +11,18 @@ from typing import Union
 
 import numpy as np
 from torch import Tensor
+
+
+def encode_rle(masks: np.ndarray) -> list[dict]:
+    """Masks (N, H, W) bool -> N COCO RLEs {"size": [H, W], "counts": str}."""
+    from pycocotools import mask as mask_utils
+
+    columns = np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8))  # (H, W, N), column-major as RLE wants
+    rles = mask_utils.encode(columns)
+    for rle in rles:
+        rle["counts"] = rle["counts"].decode("ascii")  # bytes -> str for JSON
+    return rles
+
 
 PIXELS_PER_CHUNK = 2**28  # bound the temporaries of one pass (a few hundred MB of bools)
 

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import NamedTuple, Optional, Sequence
 
-from .annotate import Item, LabelError
+from .images import Item, LabelError
 
 
 class ModelSpec(NamedTuple):
@@ -29,9 +29,9 @@ class _Worker:
     """A Ray Data actor: loads the model once, then annotates the images of each batch it is given."""
 
     def __init__(self, spec: ModelSpec, output: str, yolo: bool) -> None:
-        from .annotate import BoxSegmenter
-        from .checkpoints import load_model
-        from .runtime import with_speed_options
+        from ..checkpoints import load_model
+        from ..runtime import with_speed_options
+        from .images import BoxSegmenter
 
         model = load_model(spec.variant, spec.checkpoint and Path(spec.checkpoint), spec.device, spec.image_size)
         self.segmenter = BoxSegmenter(with_speed_options(model, spec.fast, spec.compile))
@@ -39,7 +39,7 @@ class _Worker:
         self.yolo = yolo
 
     def __call__(self, batch: dict) -> dict:
-        from .annotate import Detection, annotate_item
+        from .images import Detection, annotate_item
 
         counts = []
         for image, label, detections in zip(batch["image"], batch["label"], batch["detections"]):

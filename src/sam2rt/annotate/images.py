@@ -10,15 +10,16 @@ from those records at the end.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from .io.annotations import encode_rle, yolo_lines
-from .io.sinks import OutputError, make_folder
+from ..io.atomic import write_text_atomically
+from ..io.rle import encode_rle
+from ..io.sinks import make_folder
+from ..io.yolo import yolo_lines
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 PARTS = ".parts"
@@ -137,7 +138,7 @@ class BoxSegmenter:
     """One mask per box, all boxes of an image in one batch of the image predictor."""
 
     def __init__(self, model) -> None:
-        from .image_predictor import ImagePredictor
+        from ..image_predictor import ImagePredictor
 
         self.predictor = ImagePredictor(model)
 
@@ -173,15 +174,6 @@ def part_path(output: Path, item: Item) -> Path:
     return output / PARTS / f"{item.name}.json"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    try:
-        temporary.write_text(text)
-        os.replace(temporary, path)
-    except OSError as error:
-        raise OutputError(f"cannot write {path}: {error.strerror or error}") from None
-
-
 def annotate_item(item: Item, segmenter, output: Path, yolo: bool) -> dict:
     """Segment one image's boxes; write its YOLO label file, then its record (the mark that it is done)."""
     from PIL import Image
@@ -198,9 +190,10 @@ def annotate_item(item: Item, segmenter, output: Path, yolo: bool) -> dict:
     masks, ious = segmenter(rgb, boxes)
     if yolo:
         lines = yolo_lines([d.class_id for d in detections], masks)
-        write_atomic(make_folder(output / "labels") / f"{item.name}.txt", "".join(line + "\n" for line in lines))
+        text = "".join(line + "\n" for line in lines)
+        write_text_atomically(make_folder(output / "labels") / f"{item.name}.txt", text)
     record = image_record(item, rgb, detections, masks, ious)
-    write_atomic(make_folder(output / PARTS) / f"{item.name}.json", json.dumps(record))
+    write_text_atomically(make_folder(output / PARTS) / f"{item.name}.json", json.dumps(record))
     return record
 
 
@@ -211,9 +204,9 @@ def pending(items: Sequence[Item], output: Path) -> list[Item]:
 
 def write_coco(records: Sequence[dict], class_names: Sequence[str], path: Path) -> int:
     """The COCO JSON of finished image records, in their order; returns the number of masks."""
-    from .io.coco_dataset import CocoDataset
+    from ..io.coco import CocoDataset
 
-    dataset = CocoDataset(class_names, "sam2rt annotate")  # no paths: the same file wherever it is made
+    dataset = CocoDataset(class_names, {"description": "sam2rt annotate"})  # no paths: the same file wherever it is made
     for record in records:
         image_id = dataset.add_image(record["file_name"], record["height"], record["width"])
         for a in record["annotations"]:

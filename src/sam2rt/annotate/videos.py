@@ -13,10 +13,11 @@ from pathlib import Path
 
 import torch
 
-from .annotate import PARTS, Detection, Item, LabelError, image_record, read_yolo_boxes, write_atomic
-from .everything.boxes import box_iou, masks_to_boxes
-from .io.annotations import yolo_lines
-from .io.sinks import make_folder
+from ..everything.boxes import box_iou, masks_to_boxes
+from ..io.atomic import write_text_atomically
+from ..io.sinks import make_folder
+from ..io.yolo import yolo_lines
+from .images import PARTS, Detection, Item, LabelError, image_record, read_yolo_boxes
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm")
 MATCH_IOU = 0.5
@@ -40,8 +41,8 @@ def key_frames(labels: Path, num_frames: int) -> dict[int, Path]:
 
 def annotate_video(video: Path, labels: Path, model, output: Path, yolo: bool) -> list[dict]:
     """Track the key frames' boxes through `video`; returns one record per frame (also written to .parts)."""
-    from .io.sources import open_frames
-    from .tracking.stream import StreamTracker
+    from ..io.sources import open_frames
+    from ..tracking.stream import StreamTracker
 
     frames = open_frames(video)
     keys = key_frames(labels, len(frames))
@@ -65,14 +66,14 @@ def annotate_video(video: Path, labels: Path, model, output: Path, yolo: bool) -
         name = f"{video.stem}_{index:05d}"
         if yolo:
             lines = yolo_lines(class_ids, masks)
-            write_atomic(make_folder(output / "labels") / f"{name}.txt", "".join(line + "\n" for line in lines))
+            write_text_atomically(make_folder(output / "labels") / f"{name}.txt", "".join(line + "\n" for line in lines))
         scores = torch.sigmoid(result.object_scores.float()).cpu().numpy()
         detections = [Detection(c, (0.0, 0.0, 0.0, 0.0)) for c in class_ids]  # image_record reads the class
         record = image_record(Item(Path(f"{name}.jpg")), rgb, detections, masks, scores)
         for annotation, obj_id in zip(record["annotations"], result.object_ids):
             annotation["track_id"] = obj_id
         records.append(record)
-    write_atomic(make_folder(output / PARTS) / f"{video.stem}.json", json.dumps({"frames": records}))
+    write_text_atomically(make_folder(output / PARTS) / f"{video.stem}.json", json.dumps({"frames": records}))
     return records
 
 

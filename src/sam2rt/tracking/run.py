@@ -17,17 +17,18 @@ from typing import NamedTuple, Optional, Sequence
 import numpy as np
 import torch
 
-from .io.annotations import CocoWriter, YoloWriter
-from .io.clashes import OutputPath
-from .io.live import SourceError
-from .io.overlay import OverlayVideoWriter
-from .io.prompt_file import Prompt, PromptError
-from .io.sinks import OutputError, PngMaskWriter, SinkSet, TrackedFrame, check_writable_file, check_writable_folder
-from .io.track_source import TrackSource
-from .io.video_file import VideoReadError
+from ..io.clashes import OutputPath
+from ..io.coco import CocoWriter
+from ..io.live import SourceError
+from ..io.overlay import OverlayVideoWriter
+from ..io.prompt_file import Prompt, PromptError
+from ..io.sinks import OutputError, PngMaskWriter, SinkSet, TrackedFrame, check_writable_file, check_writable_folder
+from ..io.track_source import TrackSource
+from ..io.video_file import VideoReadError
+from ..io.yolo import YoloWriter
+from .lookahead import default_lookahead, encoded_ahead
 from .stop_signals import StopSignals
-from .tracking.lookahead import default_lookahead, encoded_ahead
-from .tracking.stream import FrameResult, StreamTracker
+from .stream import FrameResult, StreamTracker
 
 # Errors of the input or the outputs, not of sam2rt: they end a run with a message, not a traceback.
 RUN_ERRORS = (VideoReadError, SourceError, PromptError, OutputError)
