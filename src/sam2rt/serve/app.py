@@ -37,12 +37,13 @@ from .protocol import (
     ProtocolError,
     SourceRequest,
     error_message,
+    ReceivedFrame,
     parse_frame,
     parse_text,
 )
 from .scheduler import Scheduler, StreamEngine
 from .security import TOKEN_COOKIE, Guard
-from .sessions import Close, Frame, Reset, Restart, Session
+from .sessions import Close, Reset, Restart, Session
 
 STATIC = Path(__file__).parent / "static"
 OUTBOX_SIZE = 32  # messages waiting for a slow client; the oldest results go first
@@ -138,8 +139,8 @@ class Server:
         if session.source_kind not in ("none", "webcam"):
             raise ProtocolError("this session reads a server-side source: send {'type': 'source', 'kind': 'webcam'}")
         arrived = time.monotonic()
-        frame = await asyncio.to_thread(parse_frame, data)
-        refusal = session.offer(Frame(frame.frame_id, frame.image, frame.encoded, frame.format, arrived))
+        frame = await asyncio.to_thread(parse_frame, data, arrived)
+        refusal = session.offer(frame)
         if refusal is not None:
             raise ProtocolError(refusal)
 
@@ -170,7 +171,7 @@ class Server:
             source = check_url(request.target)
 
         def on_frame(number: int, image) -> None:
-            refusal = session.offer(Frame(number, image, None, 0, time.monotonic()))
+            refusal = session.offer(ReceivedFrame(number, image, None, 0, time.monotonic()))
             if refusal is not None:
                 session.deliver(error_message(refusal), None)
 

@@ -28,7 +28,7 @@ EXPORT_KINDS = ("coco.json", "masks.zip", "overlay.mp4")
 
 
 @dataclass(frozen=True)
-class FrameRecord:
+class RecordedFrame:
     frame_id: int
     offset: int  # of the encoded frame in the spool file
     length: int
@@ -48,7 +48,7 @@ class Recorder:
         self._lock = threading.Lock()
         self._spool = tempfile.TemporaryFile(prefix="sam2rt-session-")
         self._end = 0
-        self._records: dict[int, FrameRecord] = {}
+        self._records: dict[int, RecordedFrame] = {}
 
     @property
     def frames(self) -> int:
@@ -67,7 +67,7 @@ class Recorder:
                 return
             self._spool.seek(self._end)
             self._spool.write(encoded)
-            self._records[frame_id] = FrameRecord(
+            self._records[frame_id] = RecordedFrame(
                 frame_id,
                 self._end,
                 len(encoded),
@@ -91,12 +91,12 @@ class Recorder:
             self._records.clear()
             self._spool.close()
 
-    def _snapshot(self) -> list[FrameRecord]:
+    def _snapshot(self) -> list[RecordedFrame]:
         with self._lock:
             self._spool.flush()
             return [self._records[key] for key in sorted(self._records)]
 
-    def _frame(self, record: FrameRecord, with_image: bool) -> TrackedFrame:
+    def _frame(self, record: RecordedFrame, with_image: bool) -> TrackedFrame:
         from pycocotools import mask as mask_utils
 
         height, width = record.size

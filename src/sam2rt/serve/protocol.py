@@ -81,11 +81,14 @@ Request = Union[SourceRequest, PromptRequest, RemoveRequest, ControlRequest]
 
 
 @dataclass(frozen=True)
-class ClientFrame:
-    frame_id: int
-    image: np.ndarray  # (H, W, 3) uint8 RGB
-    encoded: bytes  # the bytes as received (kept for prompts on this frame and for the export)
+class ReceivedFrame:
+    """A frame of a session, decoded: from its browser (a binary message) or read from its server-side source."""
+
+    frame_id: int  # the client's id (webcam) or the source's frame number
+    image: Optional[np.ndarray]  # (H, W, 3) uint8 RGB; None once the frame is only kept for prompts
+    encoded: Optional[bytes]  # as the client sent it; server-side frames are encoded (JPEG) when published
     format: int
+    arrived: float  # time.monotonic() when the server got it
 
 
 def _integer(message: dict, key: str, low: int, high: int) -> int:
@@ -179,15 +182,15 @@ def frame_header(frame_id: int, format: int, width: int, height: int) -> bytes:
     return FRAME_HEADER.pack(FRAME_MAGIC, format, frame_id, width, height)
 
 
-def parse_frame(data: bytes) -> ClientFrame:
-    """A binary frame message as an RGB image, or a ProtocolError (bad header, size, or image)."""
+def parse_frame(data: bytes, arrived: float) -> ReceivedFrame:
+    """A binary frame message, received at `arrived`, decoded to RGB; or a ProtocolError (bad header, size, or image)."""
     if len(data) > MAX_FRAME_BYTES + FRAME_HEADER.size:
         raise ProtocolError(f"frame too large: {len(data)} bytes (at most {MAX_FRAME_BYTES})")
     if len(data) < FRAME_HEADER.size or data[:4] != FRAME_MAGIC:
         raise ProtocolError(f"a binary message is a frame: a {FRAME_HEADER.size}-byte header starting with 'S2RT'")
     _, format, frame_id, width, height = FRAME_HEADER.unpack_from(data)
     image = decode_payload(data[FRAME_HEADER.size :], format, width, height)
-    return ClientFrame(frame_id, image, data[FRAME_HEADER.size :], format)
+    return ReceivedFrame(frame_id, image, data[FRAME_HEADER.size :], format, arrived)
 
 
 def decode_payload(payload: bytes, format: int, width: int, height: int) -> np.ndarray:

@@ -16,7 +16,8 @@ from typing import Optional
 
 from ..io.rle import encode_rle
 from ..io.sinks import TrackedFrame
-from .sessions import Frame, Session
+from .protocol import ReceivedFrame
+from .sessions import Session
 
 log = logging.getLogger("sam2rt.serve")
 
@@ -25,7 +26,7 @@ log = logging.getLogger("sam2rt.serve")
 class Outgoing:
     session: Session
     generation: int  # the session's source when the frame was tracked: a newer source drops it
-    frame: Frame  # encoded (as received, or JPEG for server-side frames)
+    frame: ReceivedFrame  # encoded (as received, or JPEG for server-side frames)
     tracked: TrackedFrame  # masks, scores and labels on the CPU
     index: int  # the stream's frame index
     prompted: bool

@@ -33,7 +33,8 @@ from .protocol import (
     frame_header,
 )
 from .publisher import Outgoing, Publisher
-from .sessions import RECENT_FRAMES, Close, Command, Frame, Reset, Restart, Session, SessionStats
+from .protocol import ReceivedFrame
+from .sessions import RECENT_FRAMES, Close, Command, Reset, Restart, Session, SessionStats
 
 log = logging.getLogger("sam2rt.serve")
 
@@ -83,7 +84,7 @@ class Scheduler:
                 if self._stop:
                     return
                 work = [(s, *s.take_work()) for s in self.sessions if s.has_work()]
-            batch: dict[Session, Frame] = {}
+            batch: dict[Session, ReceivedFrame] = {}
             for session, commands, frame in work:
                 for command in commands:
                     self._guarded(session, command)
@@ -103,7 +104,7 @@ class Scheduler:
             log.exception("request of session %s failed", session.id[:6])
             session.deliver(error_message("internal error while handling the request (see the server log)"), None)
 
-    def _step(self, batch: dict[Session, Frame]) -> None:
+    def _step(self, batch: dict[Session, ReceivedFrame]) -> None:
         frames = {self._stream(session): frame.image for session, frame in batch.items()}
         try:
             results = self.engine.step(frames)
@@ -185,7 +186,7 @@ class Scheduler:
 
     # Results
 
-    def _publish(self, session: Session, frame: Frame, result: FrameResult, prompted: bool) -> None:
+    def _publish(self, session: Session, frame: ReceivedFrame, result: FrameResult, prompted: bool) -> None:
         """Bring a frame's masks to the CPU and hand them to the publisher (which encodes, records and sends)."""
         height, width = session.size or (0, 0)
         image = frame.image if frame.image is not None else np.broadcast_to(np.zeros(1, np.uint8), (height, width, 3))

@@ -15,22 +15,12 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional, Union
 
-import numpy as np
 
 from .export import Recorder
-from .protocol import PromptRequest, RemoveRequest
+from .protocol import PromptRequest, ReceivedFrame, RemoveRequest
 
 RECENT_FRAMES = 32  # processed frames kept per session, so that a click lands on the frame it was made on
 FPS_WINDOW_S = 2.0
-
-
-@dataclass(frozen=True)
-class Frame:
-    frame_id: int  # the client's id (webcam) or the source's frame number
-    image: Optional[np.ndarray]  # (H, W, 3) uint8 RGB; None once the frame is only kept for prompts
-    encoded: Optional[bytes]  # as the client sent it; server-side frames are encoded (JPEG) when published
-    format: int
-    arrived: float  # time.monotonic() when the server got it
 
 
 @dataclass(frozen=True)
@@ -92,18 +82,18 @@ class Session:
         self.released = threading.Event()  # set once the scheduler has given the stream back
         # Shared with the scheduler, under `_lock`:
         self._lock = lock
-        self.waiting: Optional[Frame] = None
+        self.waiting: Optional[ReceivedFrame] = None
         self.commands: deque[Command] = deque()
         self.paused = False
         self.closed = False
         self.size: Optional[tuple[int, int]] = None  # (height, width) of this source's frames
         # The scheduler's alone:
         self.stream: Any = None
-        self.recent: OrderedDict[int, Frame] = OrderedDict()
+        self.recent: OrderedDict[int, ReceivedFrame] = OrderedDict()
         self.newest: Optional[int] = None  # id of the frame the stream's newest frame is
         self.generation = 0  # counts the sources: results of an earlier one are not sent
 
-    def offer(self, frame: Frame) -> Optional[str]:
+    def offer(self, frame: ReceivedFrame) -> Optional[str]:
         """Hand the newest frame to the scheduler; returns why it was refused, if it was."""
         height, width = frame.image.shape[:2]  # (H, W, 3)
         with self._lock:
@@ -140,7 +130,7 @@ class Session:
         if self.feed is not None:
             self.feed.pause(paused)
 
-    def take_work(self) -> tuple[list[Command], Optional[Frame]]:
+    def take_work(self) -> tuple[list[Command], Optional[ReceivedFrame]]:
         """The scheduler's share: the queued requests and the frame waiting (call with the lock held)."""
         commands = list(self.commands)
         self.commands.clear()
@@ -150,7 +140,7 @@ class Session:
     def has_work(self) -> bool:
         return bool(self.commands) or self.waiting is not None
 
-    def remember(self, frame: Frame) -> None:
+    def remember(self, frame: ReceivedFrame) -> None:
         """Keep a processed, encoded frame for prompts (scheduler thread); the pixels are decoded again if needed."""
         self.recent[frame.frame_id] = replace(frame, image=None)
         self.recent.move_to_end(frame.frame_id)

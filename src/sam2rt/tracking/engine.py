@@ -10,7 +10,6 @@ where outputs are kept is the caller's.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Callable, NamedTuple, Optional, Sequence
 
 import torch
@@ -19,26 +18,13 @@ from torch import Tensor
 
 from ..model.sam2 import ImageFeatures, MaskPrediction, MemoryTokens, SAM2Model
 from ..processing.masks import fill_holes, keep_highest_object
-from ..processing.preprocess import Resize, model_input
+from ..processing.preprocess import model_input
 from ..runtime import graphed_with_model
-from .memory_bank import FrameOutput, MemoryView, gather
+from .memory_bank import ObjectOutput, MemoryView, gather
+from .options import TrackerOptions
 
 PROMPT_MASK_LOGIT_CLAMP = 32.0  # previous logits fed back with new clicks are clamped for numerical safety
 HOLE_FILL_LOGIT = 0.1
-
-
-@dataclass(frozen=True)
-class TrackerOptions:
-    """Options with the official names; see StreamTracker and VideoPredictor for their defaults."""
-
-    fill_hole_area: int = 8  # fill background holes up to this many low-resolution pixels (0: off)
-    non_overlap_masks: bool = False  # each pixel goes to the object with the highest logit in the output
-    clear_non_cond_mem_around_input: bool = False  # drop tracked memories within num_maskmem frames of a prompt
-    add_all_frames_to_correct_as_cond: bool = False  # a correction becomes a conditioning (prompted) frame
-    max_cond_frames_in_attn: int = -1  # attend to this many closest prompted frames (-1: all)
-    memory_dtype: Optional[torch.dtype] = None  # spatial memories: None is bf16 on CUDA, fp32 elsewhere
-    offload_state_to_cpu: bool = False  # keep memories and masks in CPU memory
-    resize: Resize = "bilinear-antialias"  # how frames become the model's input (preprocess.py)
 
 
 class EncodedFrame(NamedTuple):
@@ -127,7 +113,7 @@ class TrackingEngine:
 
     def track(
         self, frames: Sequence[EncodedFrame], views: list[MemoryView], reverse: bool, num_frames: Optional[int]
-    ) -> list[FrameOutput]:
+    ) -> list[ObjectOutput]:
         """Track every object of `views` on its frame in `frames` (one per view, or one for all) in one
         batched pass; outputs carry their new memory."""
         features = _per_object(frames, len(views))
@@ -145,7 +131,7 @@ class TrackingEngine:
         masks = tracked.masks.to(self.storage_device, non_blocking=True)
         memories = self._to_storage(tracked.memories)
         return [
-            FrameOutput(masks[row], tracked.pointers[row], tracked.object_scores[row], memories[row])
+            ObjectOutput(masks[row], tracked.pointers[row], tracked.object_scores[row], memories[row])
             for row in range(masks.shape[0])
         ]
 
@@ -158,7 +144,7 @@ class TrackingEngine:
         previous_logits: Optional[Tensor],
         reverse: bool,
         num_frames: Optional[int],
-    ) -> FrameOutput:
+    ) -> ObjectOutput:
         """Segment one object from clicks (1, N, 2) in model pixels with labels (1, N).
 
         Without `memory` the frame is a first prompt and is segmented without memory; otherwise the
@@ -177,13 +163,13 @@ class TrackingEngine:
         prediction = self.model.segment(embed, features.high_res, coords, labels, previous_logits, multimask)
         return self._outputs(prediction)[0]
 
-    def prompt_mask(self, frame: EncodedFrame, mask: Tensor) -> FrameOutput:
+    def prompt_mask(self, frame: EncodedFrame, mask: Tensor) -> ObjectOutput:
         """Take a binary mask (1, 1, S, S) as one object's segmentation of `frame`."""
         features = frame.features
         prediction = self.model.mask_as_output(features.embed, features.high_res, mask.to(self.device))
         return self._outputs(prediction)[0]
 
-    def encode_prompted(self, frames: Sequence[EncodedFrame], outputs: list[FrameOutput]) -> None:
+    def encode_prompted(self, frames: Sequence[EncodedFrame], outputs: list[ObjectOutput]) -> None:
         """Give prompted outputs of `frames` (one per output, or one for all) their memory, with the masks
         binarised as the user shaped them."""
         if not outputs:
@@ -236,10 +222,10 @@ class TrackingEngine:
         options = self.options
         return gather(views, indices, reverse, self.config, self.device, options.max_cond_frames_in_attn, num_frames)
 
-    def _outputs(self, prediction: MaskPrediction) -> list[FrameOutput]:
+    def _outputs(self, prediction: MaskPrediction) -> list[ObjectOutput]:
         masks = _filled(prediction.best_mask, self.options.fill_hole_area).to(self.storage_device, non_blocking=True)
         return [
-            FrameOutput(masks[row], prediction.obj_ptr[row], prediction.object_score_logits[row])
+            ObjectOutput(masks[row], prediction.obj_ptr[row], prediction.object_score_logits[row])
             for row in range(masks.shape[0])
         ]
 

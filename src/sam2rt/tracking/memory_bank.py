@@ -11,7 +11,7 @@ and object pointers. A frame t tracked in direction d sees, for each object:
 memory-attention call serves all objects however different their histories are.
 
 Two stores implement the view the gather reads: `RingMemory`, fixed-capacity slots for streams (its
-size never grows with the frame count), and `FrameArchive`, every frame's output, for the offline
+size never grows with the frame count), and `OutputArchive`, every frame's output, for the offline
 video predictor whose prompts and re-propagations may land on any frame. The ring memories of a pool
 are rows of one `MemoryArena`: a batch of them is gathered by slot index in one indexing call per
 tensor, whatever the number of objects and slots.
@@ -31,7 +31,7 @@ from ..model.variants import ModelConfig
 
 
 @dataclass
-class FrameOutput:
+class ObjectOutput:
     """What the tracker keeps of one object on one frame."""
 
     mask_logits: Optional[Tensor]  # (1, 4h, 4w) low-resolution logits; None where only memory is kept
@@ -57,7 +57,7 @@ class RingSlot:
         return self.ring.arena.pointers[self.ring.row, self.pointer_slot]
 
 
-Stored = Union[FrameOutput, RingSlot]  # a frame's memory and pointer, as a view returns them
+Stored = Union[ObjectOutput, RingSlot]  # a frame's memory and pointer, as a view returns them
 
 
 class MemoryView(Protocol):
@@ -225,20 +225,20 @@ def _shared_arena(views: Sequence[MemoryView]) -> Optional[MemoryArena]:
     return arena
 
 
-class FrameArchive:
+class OutputArchive:
     """Every frame's output of one object, as the offline video predictor needs them."""
 
     def __init__(self) -> None:
-        self.cond: dict[int, FrameOutput] = {}
-        self.non_cond: dict[int, FrameOutput] = {}
+        self.cond: dict[int, ObjectOutput] = {}
+        self.non_cond: dict[int, ObjectOutput] = {}
 
-    def conditioning(self) -> Mapping[int, FrameOutput]:
+    def conditioning(self) -> Mapping[int, ObjectOutput]:
         return self.cond
 
-    def tracked(self, frame_idx: int) -> Optional[FrameOutput]:
+    def tracked(self, frame_idx: int) -> Optional[ObjectOutput]:
         return self.non_cond.get(frame_idx)
 
-    def output(self, frame_idx: int) -> Optional[FrameOutput]:
+    def output(self, frame_idx: int) -> Optional[ObjectOutput]:
         return self.cond.get(frame_idx) or self.non_cond.get(frame_idx)
 
     def clear_tracked_around(self, frame_idx: int, radius: int) -> None:

@@ -9,57 +9,34 @@ is a pool of one.
 
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 from torch import Tensor
 
 from ..model.sam2 import SAM2Model
 from ..processing.images import ImageLike
-from ..processing.preprocess import Resize, check_resize
-from .engine import EncodedFrame, TrackerOptions, TrackingEngine
+from .engine import EncodedFrame, TrackingEngine
 from .memory_bank import MemoryArena
+from .options import STREAM_OPTIONS, TrackerOptions, tracker_options
 from .pooled_stream import FrameResult, PooledStream
 
 
 class StreamPool:
     """Streams that share one model and are stepped together.
 
-    Options have the official names and StreamTracker's defaults; they hold for every stream.
+    Options (tracking/options.py): `options`, else StreamTracker's defaults, changed by keywords of their
+    names; they hold for every stream.
     """
 
-    def __init__(
-        self,
-        model: SAM2Model,
-        *,
-        fill_hole_area: int = 8,
-        non_overlap_masks: bool = False,
-        clear_non_cond_mem_around_input: bool = False,
-        add_all_frames_to_correct_as_cond: bool = True,
-        max_cond_frames_in_attn: int = -1,
-        max_cond_frames: int = 8,
-        memory_dtype: Optional[torch.dtype] = None,
-        offload_state_to_cpu: bool = False,
-        resize: Resize = "bilinear-antialias",
-    ) -> None:
-        if max_cond_frames < 1:
-            raise ValueError("max_cond_frames must be at least 1")
-        options = TrackerOptions(
-            fill_hole_area=fill_hole_area,
-            non_overlap_masks=non_overlap_masks,
-            clear_non_cond_mem_around_input=clear_non_cond_mem_around_input,
-            add_all_frames_to_correct_as_cond=add_all_frames_to_correct_as_cond,
-            max_cond_frames_in_attn=max_cond_frames_in_attn,
-            memory_dtype=memory_dtype,
-            offload_state_to_cpu=offload_state_to_cpu,
-            resize=check_resize(resize),
-        )
+    def __init__(self, model: SAM2Model, options: Optional[TrackerOptions] = None, **changes: Any) -> None:
+        options = tracker_options(STREAM_OPTIONS, options, changes)
         self.model = model
         self.engine = TrackingEngine(model, options, cached_frames=0)
-        self.max_cond_frames = max_cond_frames
         # Every object's memory slots, of all streams: a batch of objects is gathered in one indexing call.
         engine = self.engine
-        self.arena = MemoryArena(model.config, max_cond_frames, lambda: (engine.memory_dtype, engine.storage_device))
+        placement = lambda: (engine.memory_dtype, engine.storage_device)  # noqa: E731 - read when slots are made
+        self.arena = MemoryArena(model.config, options.max_cond_frames, placement)
 
     def open_stream(self) -> PooledStream:
         """A new stream, with no frame and no object yet."""

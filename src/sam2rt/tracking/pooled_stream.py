@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NamedTuple, Optional, Sequence
+from typing import Mapping, NamedTuple, Optional, Protocol, Sequence
 
 import torch
 from torch import Tensor
@@ -20,10 +20,7 @@ from torch import Tensor
 from ..processing.images import ImageLike, as_rgb_tensor
 from ..processing.prompts import mask_to_model_frame, object_clicks
 from .engine import EncodedFrame, TrackingEngine
-from .memory_bank import FrameOutput, RingMemory
-
-if TYPE_CHECKING:
-    from .pool import StreamPool
+from .memory_bank import ObjectOutput, MemoryArena, RingMemory
 
 
 class FrameResult(NamedTuple):
@@ -38,9 +35,21 @@ class FrameResult(NamedTuple):
         return self.mask_logits > 0
 
 
+class StreamOwner(Protocol):
+    """What a stream needs of the pool that made it (StreamPool), which owns its life: `close` hands the
+    stream back to it, `step` asks it to step this stream alone."""
+
+    engine: TrackingEngine
+    arena: MemoryArena
+
+    def step(self, frames: Mapping[PooledStream, ImageLike]) -> dict[PooledStream, FrameResult]: ...
+
+    def close_stream(self, stream: PooledStream) -> None: ...
+
+
 @dataclass
 class _Pending:
-    output: FrameOutput
+    output: ObjectOutput
     is_cond: bool
 
 
@@ -48,7 +57,7 @@ class _Pending:
 class _StreamObject:
     obj_id: int
     memory: RingMemory
-    latest: Optional[FrameOutput] = None  # output on the newest frame
+    latest: Optional[ObjectOutput] = None  # output on the newest frame
     tracked_on_latest: bool = False  # tracked by step() on the newest frame: a prompt is a correction
     pending: Optional[_Pending] = None  # a prompt on the newest frame, waiting for its memory
     points: Optional[tuple[Tensor, Tensor]] = field(default=None, repr=False)  # clicks on the newest frame
@@ -61,14 +70,14 @@ class PooledStream:
     in one batched pass. Streams are made by `StreamPool.open_stream()`.
     """
 
-    def __init__(self, pool: StreamPool) -> None:
-        self._pool: Optional[StreamPool] = pool
+    def __init__(self, pool: StreamOwner) -> None:
+        self._pool: Optional[StreamOwner] = pool
         self._objects: dict[int, _StreamObject] = {}
         self._frame: Optional[EncodedFrame] = None
         self._ahead: deque[tuple[ImageLike, EncodedFrame]] = deque()  # (frame given, its features), in order
 
     @property
-    def pool(self) -> StreamPool:
+    def pool(self) -> StreamOwner:
         self._check_open()
         return self._pool
 
@@ -251,7 +260,7 @@ class PooledStream:
             self._ahead.clear()  # stepped with another frame: the frames encoded ahead will not come in order
         self._frame = frame._replace(index=self.frame_idx + 1)
 
-    def take_tracked(self, obj: _StreamObject, output: FrameOutput) -> None:
+    def take_tracked(self, obj: _StreamObject, output: ObjectOutput) -> None:
         obj.memory.write_tracked(self.frame_idx, output.memory, output.pointer)
         obj.latest, obj.tracked_on_latest, obj.points = output, True, None
 

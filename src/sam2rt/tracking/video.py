@@ -9,7 +9,7 @@ propagation may start from any frame. `offload_state_to_cpu` keeps them in CPU m
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -17,23 +17,23 @@ from torch import Tensor
 from ..io.sources import FrameSequence, open_frames
 from ..model.sam2 import NO_OBJECT_SCORE, SAM2Model
 from ..processing.images import as_rgb_tensor
-from ..processing.preprocess import Resize, check_resize
 from ..processing.prompts import mask_to_model_frame, object_clicks
-from .engine import EncodedFrame, TrackerOptions, TrackingEngine
+from .engine import EncodedFrame, TrackingEngine
 from .lookahead import default_lookahead
-from .memory_bank import FrameArchive, FrameOutput
+from .memory_bank import OutputArchive, ObjectOutput
+from .options import VIDEO_OPTIONS, TrackerOptions, tracker_options
 
 
 @dataclass
 class _VideoObject:
     obj_id: int
-    archive: FrameArchive = field(default_factory=FrameArchive)
+    archive: OutputArchive = field(default_factory=OutputArchive)
     points: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)  # frame -> (1, N, 2), (1, N)
     masks: dict[int, Tensor] = field(default_factory=dict)  # frame -> (1, 1, S, S)
-    pending: dict[bool, dict[int, FrameOutput]] = field(default_factory=lambda: {True: {}, False: {}})  # by is_cond
+    pending: dict[bool, dict[int, ObjectOutput]] = field(default_factory=lambda: {True: {}, False: {}})  # by is_cond
     tracked_frames: dict[int, bool] = field(default_factory=dict)  # frame -> tracked in reverse
 
-    def latest(self, frame_idx: int, is_cond: bool) -> Optional[FrameOutput]:
+    def latest(self, frame_idx: int, is_cond: bool) -> Optional[ObjectOutput]:
         """The output to show on a frame: a pending prompt of the same kind, else the stored output."""
         return self.pending[is_cond].get(frame_idx) or self.archive.output(frame_idx)
 
@@ -75,39 +75,27 @@ class InferenceState:
 class VideoPredictor:
     """Segment and track objects through a video known up front.
 
-    Options have the official names and defaults (corrections are not conditioning frames unless
-    `add_all_frames_to_correct_as_cond`); `memory_dtype` defaults to bf16 on CUDA, fp32 on CPU.
-    `resize` names how frames become the model's input (preprocess.py); the default is the official
-    video loader's, so that a JPEG folder gives the official numbers. `lookahead`: frames encoded in
-    one image-encoder call while propagating (tracking/lookahead.py; None: 4 on CUDA, 1 elsewhere).
+    Options (tracking/options.py): `options`, else the official defaults (corrections are not conditioning
+    frames unless `add_all_frames_to_correct_as_cond`; the official video loader's resize, so that a JPEG folder
+    gives the official numbers), changed by keywords of their names. `lookahead`: frames encoded in one
+    image-encoder call while propagating (tracking/lookahead.py; None: 4 on CUDA, 1 elsewhere).
     """
 
     def __init__(
         self,
         model: SAM2Model,
+        options: Optional[TrackerOptions] = None,
         *,
-        fill_hole_area: int = 8,
-        non_overlap_masks: bool = False,
-        clear_non_cond_mem_around_input: bool = False,
-        add_all_frames_to_correct_as_cond: bool = False,
-        max_cond_frames_in_attn: int = -1,
-        memory_dtype: Optional[torch.dtype] = None,
-        resize: Resize = "pil-bicubic",
         lookahead: Optional[int] = None,
+        **changes: Any,
     ) -> None:
         if lookahead is not None and lookahead < 1:
             raise ValueError(f"lookahead must be at least 1, got {lookahead}")
+        if "max_cond_frames" in changes:
+            raise TypeError("VideoPredictor keeps every prompted frame of the video: max_cond_frames is for streams")
         self.model = model
         self.lookahead = default_lookahead(model.device) if lookahead is None else lookahead
-        self.options = TrackerOptions(
-            fill_hole_area=fill_hole_area,
-            non_overlap_masks=non_overlap_masks,
-            clear_non_cond_mem_around_input=clear_non_cond_mem_around_input,
-            add_all_frames_to_correct_as_cond=add_all_frames_to_correct_as_cond,
-            max_cond_frames_in_attn=max_cond_frames_in_attn,
-            memory_dtype=memory_dtype,
-            resize=check_resize(resize),
-        )
+        self.options = tracker_options(VIDEO_OPTIONS, options, changes)
 
     @torch.inference_mode()
     def init_state(
@@ -125,7 +113,7 @@ class VideoPredictor:
         """
         options = self.options
         if offload_state_to_cpu:
-            options = TrackerOptions(**{**options.__dict__, "offload_state_to_cpu": True})
+            options = options.changed({"offload_state_to_cpu": True})
         engine = TrackingEngine(self.model, options, cached_frames=self.lookahead)
         state = InferenceState(open_frames(video_path), engine)
         state.frame(0)  # decode and encode the first frame, where prompts usually go
@@ -242,7 +230,7 @@ class VideoPredictor:
             raise RuntimeError("No input points or masks are provided for any object; please add inputs first.")
         radius = self.model.config.num_maskmem
         for is_cond in (False, True):
-            by_frame: dict[int, list[FrameOutput]] = {}
+            by_frame: dict[int, list[ObjectOutput]] = {}
             for obj in state.objects.values():
                 for frame_idx, output in obj.pending[is_cond].items():
                     if output.memory is None:
