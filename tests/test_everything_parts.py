@@ -7,8 +7,8 @@ import torch
 from oracle import _reference_batched_nms
 from pycocotools import mask as mask_utils
 
-from sam2rt.everything.boxes import batched_nms, masks_to_boxes
-from sam2rt.everything.crops import crop_boxes
+from sam2rt.images.boxes import batched_nms, masks_to_boxes
+from sam2rt.images.crops import crop_boxes
 from sam2rt.io.rle import coco_rle, decode_rle, mask_run_lengths, uncompressed_rle
 
 

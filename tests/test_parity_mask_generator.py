@@ -38,7 +38,7 @@ from PIL import Image
 from visible import assert_nontrivial
 
 import sam2rt
-from sam2rt.everything.crops import crop_boxes
+from sam2rt.images.crops import crop_boxes
 from sam2rt.io.rle import decode_rle
 
 VARIANT = "sam2.1_hiera_tiny"

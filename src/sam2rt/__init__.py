@@ -1,8 +1,8 @@
 """sam2rt: SAM 2 for live video."""
 
 from .checkpoints import CheckpointError, load_model
-from .image_predictor import ImagePredictor
-from .mask_generator import GeneratedMasks, MaskGenerator
+from .images.mask_generator import GeneratedMasks, MaskGenerator
+from .images.predictor import ImagePredictor
 from .model.sam2 import SAM2Model, build_model
 from .model.variants import VARIANTS, ModelConfig, Variant, get_variant
 from .tracking.camera import CameraPredictor

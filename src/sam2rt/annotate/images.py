@@ -138,7 +138,7 @@ class BoxSegmenter:
     """One mask per box, all boxes of an image in one batch of the image predictor."""
 
     def __init__(self, model) -> None:
-        from ..image_predictor import ImagePredictor
+        from ..images.predictor import ImagePredictor
 
         self.predictor = ImagePredictor(model)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..everything.boxes import box_iou, masks_to_boxes
+from ..images.boxes import box_iou, masks_to_boxes
 from ..io.atomic import write_text_atomically
 from ..io.sinks import make_folder
 from ..io.yolo import yolo_lines

@@ -57,8 +57,8 @@ def labels_of(masks: np.ndarray) -> np.ndarray:
 def segment_everything(
     model, image_path: Path, output: Path, overlay: Optional[Path], settings: EverythingSettings
 ) -> None:
+    from ..images.mask_generator import MaskGenerator
     from ..io.rle import decode_rle
-    from ..mask_generator import MaskGenerator
     from .image import read_image
 
     if output.suffix.lower() != ".json":

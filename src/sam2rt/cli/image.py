@@ -80,7 +80,7 @@ def _image_job(
 
 def _segment_image(model, job: _ImageJob) -> tuple[np.ndarray, float]:
     """The best mask (H, W) bool for the job's prompts, and its predicted IoU."""
-    from ..image_predictor import ImagePredictor
+    from ..images.predictor import ImagePredictor
     from ..processing.prompts import mask_to_model_frame
 
     mask_input = None

@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .model.sam2 import SAM2Model
-from .processing.images import ImageLike, as_rgb_tensor, to_host
-from .processing.masks import tidy_small_regions
-from .processing.preprocess import Resize, check_resize, model_input
-from .processing.prompts import (
+from ..model.sam2 import SAM2Model
+from ..processing.images import ImageLike, as_rgb_tensor, to_host
+from ..processing.masks import tidy_small_regions
+from ..processing.preprocess import Resize, check_resize, model_input
+from ..processing.prompts import (
     BOX_CORNER_LABELS,
     box_corners,
     check_inside,

@@ -22,15 +22,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .everything.boxes import batched_nms, box_area, masks_to_boxes, near_crop_edge, xyxy_to_xywh
-from .everything.crops import Crop, crop_boxes, layer_point_grids
-from .image_predictor import LOW_RES_LOGIT_CLAMP, ImagePredictor
-from .io.rle import coco_rle, mask_run_lengths, uncompressed_rle
-from .model.mask_decoder import NUM_MULTIMASK
-from .model.sam2 import SAM2Model
-from .processing.images import ImageLike, as_rgb_tensor, to_device, to_host
-from .processing.masks import stability_score
-from .processing.prompts import to_model_frame
+from ..io.rle import coco_rle, mask_run_lengths, uncompressed_rle
+from ..model.mask_decoder import NUM_MULTIMASK
+from ..model.sam2 import SAM2Model
+from ..processing.images import ImageLike, as_rgb_tensor, to_device, to_host
+from ..processing.masks import stability_score
+from ..processing.prompts import to_model_frame
+from .boxes import batched_nms, box_area, masks_to_boxes, near_crop_edge, xyxy_to_xywh
+from .crops import Crop, crop_boxes, layer_point_grids
+from .predictor import LOW_RES_LOGIT_CLAMP, ImagePredictor
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 UPSCALE_PIXELS = 2**27  # full-resolution logits upscaled at once: 512 MB of float32
