@@ -6,6 +6,7 @@ from .images.predictor import ImagePredictor
 from .model.sam2 import SAM2Model, build_model
 from .model.variants import VARIANTS, ModelConfig, Variant, get_variant
 from .tracking.camera import CameraPredictor
+from .tracking.options import TrackerOptions
 from .tracking.pool import StreamPool
 from .tracking.pooled_stream import PooledStream
 from .tracking.stream import FrameResult, StreamTracker
@@ -24,6 +25,7 @@ __all__ = [
     "SAM2Model",
     "StreamPool",
     "StreamTracker",
+    "TrackerOptions",
     "VARIANTS",
     "Variant",
     "VideoPredictor",

@@ -49,7 +49,7 @@ class _Prompts:
 class ImagePredictor:
     """Segment an image from points, boxes and masks; the image embedding is computed once per image.
 
-    `resize` names how images become the model's input (preprocess.py); the default is the official
+    `resize` names how images become the model's input (processing/preprocess.py); the default is the official
     image predictor's. A refused image leaves the previous one set.
     """
 
