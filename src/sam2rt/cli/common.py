@@ -1,4 +1,4 @@
-"""What the commands share: the model and prompt options, clean one-line errors, model loading.
+"""What the commands share: the model and prompt options, clean one-line errors, model loading, reading images.
 
 Exit codes: 0 success; 1 a bad input or a failure, told in one line `error: ...` on stderr
 (missing or unreadable files, corrupt videos, cameras that do not open, prompts outside the frame
@@ -18,6 +18,7 @@ import typer
 
 from .. import checkpoints
 from ..checkpoints import CheckpointError
+from ..io.image_file import read_rgb
 from ..io.live import SourceError
 from ..io.prompt_file import Prompt, PromptError, make_prompt, read_mask
 from ..io.sinks import OutputError
@@ -83,6 +84,14 @@ def errors_as_messages() -> Iterator[None]:
         fail(str(error) if error.filename is None else f"no such file: {error.filename}")
     except OSError as error:  # unreadable files and folders: the system's reason and the path say it all
         fail(str(error) if error.filename is None else f"{error.filename}: {error.strerror}")
+
+
+def read_image(path: Path) -> np.ndarray:
+    """The image file as (H, W, 3) uint8 RGB; a missing file is a one-line error."""
+    try:
+        return read_rgb(path)
+    except FileNotFoundError:
+        raise RunFailed(f"no such image file: {path}") from None
 
 
 def parse_numbers(text: str, count: int, option: str, form: str) -> list[float]:

@@ -11,7 +11,6 @@ from PIL import Image
 
 from ..io.atomic import OutputError, write_atomically
 from ..io.clashes import NamedPath, OutputPath, check_clashes
-from ..io.image_file import read_rgb
 from ..io.overlay import draw_overlay
 from ..io.prompt_file import Prompt, PromptError, check_prompts, read_mask
 from ..io.sinks import prepare_file
@@ -26,23 +25,16 @@ from .common import (
     NEGATIVE,
     POINT,
     VARIANT,
-    RunFailed,
     app,
     check_model_options,
     errors_as_messages,
     flag_prompt,
     load_cli_model,
+    read_image,
 )
 from .everything import EverythingSettings, image_files, segment_everything
 
 MASK_PROMPT_LOGIT = 10.0  # a binary mask given to the image predictor becomes logits of +-10
-
-
-def read_image(path: Path) -> np.ndarray:
-    try:
-        return read_rgb(path)
-    except FileNotFoundError:
-        raise RunFailed(f"no such image file: {path}") from None
 
 
 def _check_image_output(path: Path) -> None:
