@@ -7,17 +7,8 @@ from typing import Optional
 
 import typer
 
-from .common import (
-    CHECKPOINT,
-    DEVICE,
-    IMAGE_SIZE,
-    PROGRESS,
-    VARIANT,
-    RunFailed,
-    app,
-    errors_as_messages,
-    load_cli_model,
-)
+from .common import PROGRESS, RunFailed, app, errors_as_messages
+from .model_choice import MODEL_OPTIONS, ModelChoice, model_options
 
 
 def _dataset(data: Path, coco: Optional[Path], frames: int, max_objects: int):
@@ -40,16 +31,14 @@ def _dataset(data: Path, coco: Optional[Path], frames: int, max_objects: int):
 
 
 @app.command()
+@model_options(speed=False)
 def train(
     data: Path = typer.Argument(
         ..., help="VOS root (JPEGImages/, Annotations/), or a folder with images/ and masks/, or COCO images."
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: model.pt, last.pt (for resuming), log.csv."),
     coco: Optional[Path] = typer.Option(None, "--coco", help="COCO JSON (polygons or RLE) of the images in DATA."),
-    checkpoint: Optional[Path] = CHECKPOINT,
-    variant: Optional[str] = VARIANT,
-    image_size: int = IMAGE_SIZE,
-    device: Optional[str] = DEVICE,
+    model: ModelChoice = MODEL_OPTIONS,
     steps: int = typer.Option(1000, "--steps", min=1, help="Optimizer steps in all (a resumed run continues)."),
     batch_size: int = typer.Option(1, "--batch-size", min=1, help="Clips per step (per GPU)."),
     frames: int = typer.Option(8, "--frames", min=1, help="Frames per video clip."),
@@ -98,8 +87,7 @@ def train(
                 optim=OptimSettings(lr=lr, vision_lr=vision_lr),
             )
             dataset = _dataset(data, coco, frames, max_objects)
-            model = load_cli_model(checkpoint, variant, image_size, device, fast=False)
-            result = run_training(model, dataset, config)
+            result = run_training(model.load(), dataset, config)
         except (ValueError, RuntimeError) as error:
             raise RunFailed(str(error)) from None
     typer.echo(f"trained {result.steps_done} steps, last loss {result.final_loss:.4f}")
