@@ -61,9 +61,9 @@ def test_workers_load_on_the_device_the_driver_resolved(checkpoint, monkeypatch,
     """Without --device, workers take the driver's default (and reserve a GPU when it is CUDA); a CUDA
     index becomes plain "cuda": a worker sees only the GPU Ray assigned it."""
     from sam2rt.cli import annotate as annotate_cli
-    from sam2rt.cli import common
+    from sam2rt.cli import model_choice
 
     asked = []
-    monkeypatch.setattr(common, "parse_device", lambda name: asked.append(name) or torch.device(resolved))
-    spec = annotate_cli._model_spec(checkpoint, None, 64, given, True, False)
+    monkeypatch.setattr(model_choice, "parse_device", lambda name: asked.append(name) or torch.device(resolved))
+    spec = annotate_cli._model_spec(model_choice.ModelChoice(checkpoint, None, 64, given, True, False))
     assert asked == [given] and spec.device == worker and spec.variant == "sam2.1_hiera_tiny"

@@ -7,23 +7,14 @@ from typing import Optional
 
 import typer
 
-from .common import (
-    CHECKPOINT,
-    COMPILE,
-    DEVICE,
-    FAST,
-    IMAGE_SIZE,
-    VARIANT,
-    RunFailed,
-    app,
-    errors_as_messages,
-    load_cli_model,
-)
+from .common import RunFailed, app, errors_as_messages
+from .model_choice import MODEL_OPTIONS, ModelChoice, model_options
 
 FORMATS = ("yolo", "coco")
 
 
 @app.command()
+@model_options
 def annotate(
     images: Path = typer.Argument(..., help="Folder of images, or a video (with --labels on key frames)."),
     labels: Optional[Path] = typer.Option(
@@ -40,12 +31,7 @@ def annotate(
         None, "--ray-address", help="With --ray: the cluster to join (default: RAY_ADDRESS, else a local one)."
     ),
     workers: int = typer.Option(2, "--workers", help="With --ray: model copies (one per GPU or CPU worker)."),
-    checkpoint: Optional[Path] = CHECKPOINT,
-    variant: Optional[str] = VARIANT,
-    image_size: int = IMAGE_SIZE,
-    device: Optional[str] = DEVICE,
-    fast: bool = FAST,
-    compile: bool = COMPILE,
+    model: ModelChoice = MODEL_OPTIONS,
 ) -> None:
     """Turn detection boxes into masks; finished images are skipped when the run is started again."""
     from ..annotate import images as annotation
@@ -64,9 +50,8 @@ def annotate(
     with errors_as_messages():
         try:
             check_writable_folder(output)
-            model_options = (checkpoint, variant, image_size, device, fast, compile)
             if is_video(images):
-                _annotate_video(images, labels, output, formats, model_options)
+                _annotate_video(images, labels, output, formats, model)
                 return
             class_names = None
             if labels is not None:
@@ -80,11 +65,11 @@ def annotate(
                 typer.echo(f"resuming: {len(items) - len(todo)} of {len(items)} images already done")
             annotation.check_items(todo)
             if todo and ray:
-                spec = _model_spec(*model_options)
+                spec = _model_spec(model)
                 for name, count in annotate_on_ray(todo, spec, output, "yolo" in formats, ray_address, workers):
                     typer.echo(f"{name}: {count} masks")
             elif todo:
-                segmenter = annotation.BoxSegmenter(load_cli_model(*model_options))
+                segmenter = annotation.BoxSegmenter(model.load())
                 for item in todo:
                     record = annotation.annotate_item(item, segmenter, output, "yolo" in formats)
                     typer.echo(f"{item.image.name}: {len(record['annotations'])} masks")
@@ -98,39 +83,26 @@ def annotate(
             raise RunFailed(str(error)) from None
 
 
-def _model_spec(
-    checkpoint: Optional[Path],
-    variant: Optional[str],
-    image_size: int,
-    device: Optional[str],
-    fast: bool,
-    compile: bool,
-):
+def _model_spec(model: ModelChoice):
     """The model options as each Ray worker loads them (the variant read from the checkpoint, as locally)."""
-    from .. import checkpoints
     from ..annotate.ray import ModelSpec
-    from .common import DEFAULT_VARIANT, check_compile_device, check_model_options, parse_device
 
-    check_model_options(variant, image_size)
+    model.check()
     # Resolved here, as for a local run: workers then reserve a GPU exactly when the run would use one, and
     # --compile is refused before any worker starts rather than in each of them. A worker sees only the GPU
     # Ray gives it, so a CUDA index means nothing there.
-    target = parse_device(device)
-    check_compile_device(compile, target)
-    worker_device = "cuda" if target.type == "cuda" else str(target)
-    if checkpoint is not None and variant is None:
-        variant = checkpoints.checkpoint_variant(checkpoint)
+    device = model.target_device()
     return ModelSpec(
-        None if checkpoint is None else str(checkpoint),
-        variant or DEFAULT_VARIANT,
-        image_size,
-        worker_device,
-        fast,
-        compile,
+        None if model.checkpoint is None else str(model.checkpoint),
+        model.variant_name(),
+        model.image_size,
+        "cuda" if device.type == "cuda" else str(device),
+        model.fast,
+        model.compile,
     )
 
 
-def _annotate_video(video: Path, labels: Optional[Path], output: Path, formats: list[str], model_options) -> None:
+def _annotate_video(video: Path, labels: Optional[Path], output: Path, formats: list[str], model: ModelChoice) -> None:
     """A video with YOLO boxes on key frames: tracks and labels for every frame."""
     from ..annotate import images as annotation
     from ..annotate.videos import annotate_video, video_done, video_records
@@ -141,7 +113,7 @@ def _annotate_video(video: Path, labels: Optional[Path], output: Path, formats: 
         typer.echo(f"resuming: {video.name} already done")
         records = video_records(video, output)
     else:
-        records = annotate_video(video, labels, load_cli_model(*model_options), output, "yolo" in formats)
+        records = annotate_video(video, labels, model.load(), output, "yolo" in formats)
         typer.echo(f"{video.name}: {len(records)} frames")
     if "coco" in formats:
         count = annotation.write_coco(records, annotation.class_names_of(records), output / "annotations.json")

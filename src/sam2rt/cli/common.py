@@ -1,4 +1,6 @@
-"""What the commands share: the model and prompt options, clean one-line errors, model loading.
+"""What the commands share: the prompt options, clean one-line errors, reading images.
+
+The model options and model loading are in `model_choice`.
 
 Exit codes: 0 success; 1 a bad input or a failure, told in one line `error: ...` on stderr
 (missing or unreadable files, corrupt videos, cameras that do not open, prompts outside the frame
@@ -16,16 +18,14 @@ from typing import Iterator, NoReturn, Optional
 import numpy as np
 import typer
 
-from .. import checkpoints
 from ..checkpoints import CheckpointError
+from ..io.image_file import read_rgb
 from ..io.live import SourceError
 from ..io.prompt_file import Prompt, PromptError, make_prompt, read_mask
 from ..io.sinks import OutputError
 from ..io.video_file import VideoReadError
 from ..model.variants import VARIANTS
 from ..processing.images import ImageError
-
-DEFAULT_VARIANT = "sam2.1_hiera_tiny"
 
 app = typer.Typer(
     name="sam2rt",
@@ -35,32 +35,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-# Options shared by the commands that run the model, and the prompt flags of `image` and `track`.
-CHECKPOINT = typer.Option(
-    None, "--checkpoint", "-c", help="Checkpoint file (.pt or .safetensors); its variant is read from it."
-)
-VARIANT = typer.Option(
-    None,
-    "--variant",
-    help=f"Model variant; without --checkpoint, from the cache, downloaded when missing (default: {DEFAULT_VARIANT}).",
-)
-IMAGE_SIZE = typer.Option(
-    1024, "--image-size", help="Model input side in pixels, a multiple of 32 (the checkpoints are trained at 1024)."
-)
-DEVICE = typer.Option(None, "--device", help="cpu, cuda, cuda:1, mps (default: cuda when available).")
+# The prompt flags of `image` and `track`, and the progress bar.
 POINT = typer.Option([], "--point", "-p", help="X,Y pixel on the object (repeatable).")
 NEGATIVE = typer.Option([], "--negative", "-n", help="X,Y pixel not on the object (repeatable).")
 BOX = typer.Option(None, "--box", "-b", help="X0,Y0,X1,Y1 box around the object.")
 MASK = typer.Option(None, "--mask", "-m", help="Image file the size of the frame, non-zero on the object.")
 PROGRESS = typer.Option(None, "--progress/--no-progress", help="Progress bar on stderr (default: on a terminal).")
-FAST = typer.Option(
-    True, "--fast/--exact", help="On CUDA: bf16 weights and CUDA graphs (--exact: fp32 weights, no graphs)."
-)
-COMPILE = typer.Option(
-    False,
-    "--compile",
-    help="CUDA only: also torch.compile the model (under --fast's graphs); compiling adds time at start-up.",
-)
 
 
 class RunFailed(Exception):
@@ -83,6 +63,14 @@ def errors_as_messages() -> Iterator[None]:
         fail(str(error) if error.filename is None else f"no such file: {error.filename}")
     except OSError as error:  # unreadable files and folders: the system's reason and the path say it all
         fail(str(error) if error.filename is None else f"{error.filename}: {error.strerror}")
+
+
+def read_image(path: Path) -> np.ndarray:
+    """The image file as (H, W, 3) uint8 RGB; a missing file is a one-line error."""
+    try:
+        return read_rgb(path)
+    except FileNotFoundError:
+        raise RunFailed(f"no such image file: {path}") from None
 
 
 def parse_numbers(text: str, count: int, option: str, form: str) -> list[float]:
@@ -112,57 +100,8 @@ def flag_prompt(
     return make_prompt(frame, obj_id, clicks or None, labels or None, corners, mask_array, origin, mask)
 
 
-def parse_device(name: Optional[str]):
-    import torch
-
-    if name is None:
-        return checkpoints.default_device()
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise RunFailed(f"unknown device {name!r} (expected cpu, cuda, cuda:N or mps)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RunFailed(f"device {name} was asked for, but CUDA is not available here")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise RunFailed(f"device {name} was asked for, but MPS is not available here")
-    return device
-
-
 def check_variant(variant: Optional[str], hint: str) -> None:
     if variant is not None and variant not in VARIANTS:
         raise typer.BadParameter(
             f"unknown variant {variant!r}; the variants are: {', '.join(VARIANTS)}", param_hint=hint
         )
-
-
-def check_model_options(variant: Optional[str], image_size: int) -> None:
-    """Usage errors in the model options, found before any work."""
-    check_variant(variant, "--variant")
-    if image_size <= 0 or image_size % 32:
-        raise typer.BadParameter(f"must be a positive multiple of 32, got {image_size}", param_hint="--image-size")
-
-
-def load_cli_model(
-    checkpoint: Optional[Path],
-    variant: Optional[str],
-    image_size: int,
-    device: Optional[str],
-    fast: bool,
-    compile: bool = False,
-):
-    from ..runtime import with_speed_options
-
-    check_model_options(variant, image_size)
-    target = parse_device(device)
-    check_compile_device(compile, target)
-    if checkpoint is not None and variant is None:
-        variant = checkpoints.checkpoint_variant(checkpoint)
-    model = checkpoints.load_model(variant or DEFAULT_VARIANT, checkpoint, target, image_size)
-    return with_speed_options(model, fast, compile)
-
-
-def check_compile_device(compile: bool, device) -> None:
-    if compile and device.type != "cuda":
-        # Refused rather than ignored: compiling is set up and measured for CUDA; on CPU inductor needs a C++
-        # compiler and tens of seconds per module, for a speed nobody measured.
-        raise RunFailed(f"--compile needs a CUDA device, and the model would run on {device}")

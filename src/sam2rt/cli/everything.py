@@ -13,7 +13,7 @@ from ..io.atomic import write_atomically
 from ..io.coco import CocoDataset
 from ..io.overlay import draw_overlay
 from ..io.sinks import OutputError, check_writable_file, check_writable_folder, make_folder
-from .common import RunFailed
+from .common import RunFailed, read_image
 
 
 class EverythingSettings(NamedTuple):
@@ -59,7 +59,6 @@ def segment_everything(
 ) -> None:
     from ..images.mask_generator import MaskGenerator
     from ..io.rle import decode_rle
-    from .image import read_image
 
     if output.suffix.lower() != ".json":
         raise OutputError(f"--output must name the COCO JSON file to write (.json), got {output}")

@@ -11,38 +11,23 @@ from PIL import Image
 
 from ..io.atomic import OutputError, write_atomically
 from ..io.clashes import NamedPath, OutputPath, check_clashes
-from ..io.image_file import read_rgb
 from ..io.overlay import draw_overlay
 from ..io.prompt_file import Prompt, PromptError, check_prompts, read_mask
 from ..io.sinks import prepare_file
 from .common import (
     BOX,
-    CHECKPOINT,
-    COMPILE,
-    DEVICE,
-    FAST,
-    IMAGE_SIZE,
     MASK,
     NEGATIVE,
     POINT,
-    VARIANT,
-    RunFailed,
     app,
-    check_model_options,
     errors_as_messages,
     flag_prompt,
-    load_cli_model,
+    read_image,
 )
 from .everything import EverythingSettings, image_files, segment_everything
+from .model_choice import MODEL_OPTIONS, ModelChoice, model_options
 
 MASK_PROMPT_LOGIT = 10.0  # a binary mask given to the image predictor becomes logits of +-10
-
-
-def read_image(path: Path) -> np.ndarray:
-    try:
-        return read_rgb(path)
-    except FileNotFoundError:
-        raise RunFailed(f"no such image file: {path}") from None
 
 
 def _check_image_output(path: Path) -> None:
@@ -105,6 +90,7 @@ def _segment_image(model, job: _ImageJob) -> tuple[np.ndarray, float]:
 
 
 @app.command()
+@model_options
 def image(
     image_path: Path = typer.Argument(
         ..., metavar="IMAGE", help="The image to segment (with --everything: an image or a folder of images)."
@@ -131,15 +117,10 @@ def image(
         0.95, "--stability-score-thresh", help="--everything: least stability score."
     ),
     crop_n_layers: int = typer.Option(0, "--crop-n-layers", help="--everything: layers of crops (0: none)."),
-    checkpoint: Optional[Path] = CHECKPOINT,
-    variant: Optional[str] = VARIANT,
-    image_size: int = IMAGE_SIZE,
-    device: Optional[str] = DEVICE,
-    fast: bool = FAST,
-    compile: bool = COMPILE,
+    model: ModelChoice = MODEL_OPTIONS,
 ) -> None:
     """Segment one object of an image from clicks, a box and/or a mask, or everything in images (--everything)."""
-    check_model_options(variant, image_size)
+    model.check()
     if everything:
         if point or negative or box is not None or mask is not None:
             raise typer.BadParameter("--everything takes no prompts", param_hint="--everything")
@@ -152,12 +133,11 @@ def image(
             images = image_files(image_path)  # bad inputs fail before the model loads
             check_clashes(
                 [NamedPath("the input image", path) for path in images]
-                + ([NamedPath("the checkpoint", checkpoint)] if checkpoint else []),
+                + ([NamedPath("the checkpoint", model.checkpoint)] if model.checkpoint else []),
                 [OutputPath("--output", output)]
                 + ([OutputPath("--overlay", overlay, folder_suffix=".png")] if overlay else []),
             )
-            model = load_cli_model(checkpoint, variant, image_size, device, fast, compile)
-            segment_everything(model, image_path, output, overlay, settings)
+            segment_everything(model.load(), image_path, output, overlay, settings)
         return
     with errors_as_messages():
         prompt = flag_prompt(point, negative, box, None, 0, 1)
@@ -166,11 +146,12 @@ def image(
         outputs = [OutputPath(option, path) for option, path in (("--output", output), ("--overlay", overlay)) if path]
         inputs = [NamedPath("the input image", image_path)]
         inputs += [
-            NamedPath(role, path) for role, path in (("the --mask file", mask), ("the checkpoint", checkpoint)) if path
+            NamedPath(role, path)
+            for role, path in (("the --mask file", mask), ("the checkpoint", model.checkpoint))
+            if path
         ]
         job = _image_job(image_path, prompt, mask, outputs, inputs)
-        model = load_cli_model(checkpoint, variant, image_size, device, fast, compile)
-        result, iou = _segment_image(model, job)
+        result, iou = _segment_image(model.load(), job)
         typer.echo(f"mask: {int(result.sum())} pixels, predicted IoU {iou:.3f}")
         if output is not None:
             _save_image(result.astype(np.uint8) * 255, output)

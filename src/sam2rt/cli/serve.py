@@ -7,24 +7,14 @@ from typing import Optional
 
 import typer
 
-from .common import (
-    CHECKPOINT,
-    COMPILE,
-    DEVICE,
-    FAST,
-    IMAGE_SIZE,
-    VARIANT,
-    RunFailed,
-    app,
-    check_model_options,
-    errors_as_messages,
-    load_cli_model,
-)
+from .common import RunFailed, app, errors_as_messages
+from .model_choice import MODEL_OPTIONS, ModelChoice, model_options
 
 WS_MAX_BYTES = 64 * 1024 * 1024  # above the protocol's own caps, which answer with an error and keep the session
 
 
 @app.command()
+@model_options
 def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; any but loopback needs --token."),
     port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port to listen on (0: any free port)."),
@@ -39,12 +29,7 @@ def serve(
         600.0, "--idle-timeout", min=1.0, help="Seconds without a message from a client before its session ends."
     ),
     max_upload_mb: int = typer.Option(512, "--max-upload-mb", min=1, help="Largest video a browser may upload."),
-    checkpoint: Optional[Path] = CHECKPOINT,
-    variant: Optional[str] = VARIANT,
-    image_size: int = IMAGE_SIZE,
-    device: Optional[str] = DEVICE,
-    fast: bool = FAST,
-    compile: bool = COMPILE,
+    model: ModelChoice = MODEL_OPTIONS,
 ) -> None:
     """Serve the browser app: track objects in live video (webcam, uploads, files, streams) by clicking on them."""
     import uvicorn
@@ -53,13 +38,13 @@ def serve(
     from ..serve.scheduler import default_engine
     from ..serve.security import is_loopback
 
-    check_model_options(variant, image_size)
+    model.check()
     with errors_as_messages():
         if not is_loopback(host) and not token:
             raise RunFailed(f"--host {host} makes the server reachable from other machines: give --token too")
         if media_root is not None and not media_root.is_dir():
             raise RunFailed(f"--media-root {media_root} is not a folder")
-        model = load_cli_model(checkpoint, variant, image_size, device, fast, compile)
+        loaded = model.load()
     config = ServerConfig(
         token=token or None,
         media_root=media_root,
@@ -69,7 +54,7 @@ def serve(
     )
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(default_engine(model), config),
+            create_app(default_engine(loaded), config),
             host=host,
             port=port,
             ws_max_size=WS_MAX_BYTES,

@@ -16,27 +16,21 @@ from ..io.track_source import open_track_source
 from ..tracking.stop_signals import Interrupted, StopSignals
 from .common import (
     BOX,
-    CHECKPOINT,
-    COMPILE,
-    DEVICE,
-    FAST,
-    IMAGE_SIZE,
     MASK,
     NEGATIVE,
     POINT,
     PROGRESS,
-    VARIANT,
     RunFailed,
     app,
-    check_model_options,
     errors_as_messages,
     fail,
     flag_prompt,
-    load_cli_model,
 )
+from .model_choice import MODEL_OPTIONS, ModelChoice, model_options
 
 
 @app.command()
+@model_options
 def track(
     source: str = typer.Argument(
         ..., help="Video file, folder of frames, camera index (0, 1, ...) or stream URL (rtsp://, http://)."
@@ -72,19 +66,14 @@ def track(
         min=1,
         help="Frames of a file or folder encoded in one batch (default: 4 on CUDA, 1 on CPU; live sources: 1).",
     ),
-    checkpoint: Optional[Path] = CHECKPOINT,
-    variant: Optional[str] = VARIANT,
-    image_size: int = IMAGE_SIZE,
-    device: Optional[str] = DEVICE,
-    fast: bool = FAST,
-    compile: bool = COMPILE,
+    model: ModelChoice = MODEL_OPTIONS,
     progress: Optional[bool] = PROGRESS,
 ) -> None:
     """Track objects through a video, a folder of frames, a camera or a stream."""
     from ..tracking.run import open_sinks, output_paths, run_tracking
     from ..tracking.stream import StreamTracker
 
-    check_model_options(variant, image_size)
+    model.check()
     with StopSignals(ignore_after_signal=True) as stops, errors_as_messages():
         try:
             with stops.interruptible():  # nothing is written before the outputs open
@@ -99,7 +88,7 @@ def track(
                 if png_dir is not None and max(p.obj_id for p in all_prompts) > MAX_PNG_OBJECT_ID:
                     raise RunFailed(f"--png-dir holds object ids 1 to {MAX_PNG_OBJECT_ID} (one byte per pixel)")
                 outputs = output_paths(overlay, png_dir, coco, yolo_dir)
-                check_clashes(_inputs(source, prompts, file_prompts, mask, checkpoint), outputs)
+                check_clashes(_inputs(source, prompts, file_prompts, mask, model.checkpoint), outputs)
                 stream = open_track_source(source, realtime)
         except Interrupted as stop:
             _stopped_before_tracking(stop)
@@ -109,14 +98,16 @@ def track(
                 if max_frames is not None and num_frames is not None and max_frames < num_frames:
                     num_frames, limit = max_frames, f"--max-frames {max_frames}"
                 check_prompts(all_prompts, stream.size, num_frames, limit)
-                model = load_cli_model(checkpoint, variant, image_size, device, fast, compile)
+                loaded = model.load()
             sinks = open_sinks(stream, overlay, png_dir, coco, yolo_dir)
         except BaseException as error:
             stream.close()
             if isinstance(error, Interrupted):
                 _stopped_before_tracking(error)
             raise
-        summary = run_tracking(StreamTracker(model), stream, all_prompts, sinks, max_frames, progress, stops, lookahead)
+        summary = run_tracking(
+            StreamTracker(loaded), stream, all_prompts, sinks, max_frames, progress, stops, lookahead
+        )
         typer.echo(summary.describe())
         stop = stops.interrupted
         if stop is None and isinstance(summary.error, KeyboardInterrupt):  # Ctrl+C where no handler could be set

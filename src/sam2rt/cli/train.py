@@ -7,22 +7,13 @@ from typing import Optional
 
 import typer
 
-from .common import (
-    CHECKPOINT,
-    DEVICE,
-    IMAGE_SIZE,
-    PROGRESS,
-    VARIANT,
-    RunFailed,
-    app,
-    errors_as_messages,
-    load_cli_model,
-)
+from ..train import ImageMaskDataset, OptimSettings, TrainConfig, VOSDataset
+from ..train import train as run_training
+from .common import PROGRESS, RunFailed, app, errors_as_messages
+from .model_choice import MODEL_OPTIONS, ModelChoice, model_options
 
 
 def _dataset(data: Path, coco: Optional[Path], frames: int, max_objects: int):
-    from ..train import ImageMaskDataset, VOSDataset
-
     if not data.is_dir():
         raise RunFailed(f"no such folder: {data}")
     if coco is not None:
@@ -40,32 +31,36 @@ def _dataset(data: Path, coco: Optional[Path], frames: int, max_objects: int):
 
 
 @app.command()
+@model_options(speed=False)
 def train(
     data: Path = typer.Argument(
         ..., help="VOS root (JPEGImages/, Annotations/), or a folder with images/ and masks/, or COCO images."
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: model.pt, last.pt (for resuming), log.csv."),
     coco: Optional[Path] = typer.Option(None, "--coco", help="COCO JSON (polygons or RLE) of the images in DATA."),
-    checkpoint: Optional[Path] = CHECKPOINT,
-    variant: Optional[str] = VARIANT,
-    image_size: int = IMAGE_SIZE,
-    device: Optional[str] = DEVICE,
-    steps: int = typer.Option(1000, "--steps", min=1, help="Optimizer steps in all (a resumed run continues)."),
-    batch_size: int = typer.Option(1, "--batch-size", min=1, help="Clips per step (per GPU)."),
+    model: ModelChoice = MODEL_OPTIONS,
+    steps: int = typer.Option(
+        TrainConfig.steps, "--steps", min=1, help="Optimizer steps in all (a resumed run continues)."
+    ),
+    batch_size: int = typer.Option(TrainConfig.batch_size, "--batch-size", min=1, help="Clips per step (per GPU)."),
     frames: int = typer.Option(8, "--frames", min=1, help="Frames per video clip."),
     max_objects: int = typer.Option(3, "--max-objects", min=1, help="Objects per clip at most."),
-    lr: float = typer.Option(5e-6, "--lr", min=0.0, help="Peak learning rate outside the image encoder."),
-    vision_lr: float = typer.Option(3e-6, "--vision-lr", min=0.0, help="Peak learning rate of the image encoder."),
+    lr: float = typer.Option(OptimSettings.lr, "--lr", min=0.0, help="Peak learning rate outside the image encoder."),
+    vision_lr: float = typer.Option(
+        OptimSettings.vision_lr, "--vision-lr", min=0.0, help="Peak learning rate of the image encoder."
+    ),
     freeze: list[str] = typer.Option(
         [], "--freeze", help="Part to keep fixed, repeatable: image_encoder, image_encoder.trunk, memory_attention, ..."
     ),
-    precision: str = typer.Option("bf16", "--precision", help="bf16 (autocast, as Meta trains) or fp32."),
+    precision: str = typer.Option(
+        TrainConfig.precision, "--precision", help="bf16 (autocast, as Meta trains) or fp32."
+    ),
     activation_checkpointing: bool = typer.Option(
         False, "--activation-checkpointing", help="Recompute activations in backward: less memory, more time."
     ),
-    save_every: int = typer.Option(500, "--save-every", min=1, help="Steps between checkpoints."),
-    log_every: int = typer.Option(10, "--log-every", min=1, help="Steps between rows of log.csv."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the clip and prompt sampling."),
+    save_every: int = typer.Option(TrainConfig.save_every, "--save-every", min=1, help="Steps between checkpoints."),
+    log_every: int = typer.Option(TrainConfig.log_every, "--log-every", min=1, help="Steps between rows of log.csv."),
+    seed: int = typer.Option(TrainConfig.seed, "--seed", help="Seed of the clip and prompt sampling."),
     tensorboard: bool = typer.Option(False, "--tensorboard", help="Also log to OUT/tensorboard (needs tensorboard)."),
     progress: Optional[bool] = PROGRESS,
 ) -> None:
@@ -75,9 +70,6 @@ def train(
     Meta's code. Run it again with the same OUT to resume. Several GPUs: torchrun --nproc_per_node N.
     """
     import sys
-
-    from ..train import OptimSettings, TrainConfig
-    from ..train import train as run_training
 
     if precision not in ("bf16", "fp32"):
         raise typer.BadParameter(f"expected bf16 or fp32, got {precision!r}", param_hint="--precision")
@@ -98,8 +90,7 @@ def train(
                 optim=OptimSettings(lr=lr, vision_lr=vision_lr),
             )
             dataset = _dataset(data, coco, frames, max_objects)
-            model = load_cli_model(checkpoint, variant, image_size, device, fast=False)
-            result = run_training(model, dataset, config)
+            result = run_training(model.load(), dataset, config)
         except (ValueError, RuntimeError) as error:
             raise RunFailed(str(error)) from None
     typer.echo(f"trained {result.steps_done} steps, last loss {result.final_loss:.4f}")
