@@ -3,6 +3,7 @@ one way, down, with no circle; a new arrow back up fails here the day it is writ
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,8 @@ PYPROJECT = Path(__file__).parents[1] / "pyproject.toml"
 
 def test_imports_keep_the_architecture(capsys):
     cli = pytest.importorskip("importlinter.cli", reason="needs import-linter (bash scripts/setup.sh --test)")
+    contracts = tomllib.loads(PYPROJECT.read_text())["tool"]["importlinter"]["contracts"]
     code = cli.lint_imports(config_filename=str(PYPROJECT), no_cache=True)
     report = capsys.readouterr().out
     assert code == 0, report
-    assert "Contracts: 4 kept, 0 broken." in report, report
+    assert f"Contracts: {len(contracts)} kept, 0 broken." in report, report  # every contract was checked
