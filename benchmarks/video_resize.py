@@ -2,7 +2,7 @@
 
 The official SAM2VideoPredictor reads mp4 files with decord, which scales inside FFmpeg (swscale)
 while converting from YUV. sam2rt decodes with PyAV to RGB at full size and then resizes by name
-(preprocess.py). This prints, in uint8 levels, the max and mean |difference| of the S x S frames
+(processing/preprocess.py). This prints, in uint8 levels, the max and mean |difference| of the S x S frames
 from decord and from each of ours. decord is not a dependency; install it to a side folder:
 
     .venv/bin/pip install --no-deps --target /tmp/decord decord
