@@ -23,7 +23,7 @@ they must come from, the NMS in the crops must drop duplicates, the crop NMS too
 says so, and the single-mask case must keep masks of token 0 and of the fallback.
 
 The oracle's NMS comes from the test stand-in for torchvision (tests/oracle.py); a wrapper around it
-counts what each call keeps. min_mask_region_area stays 0 here (compared elsewhere).
+counts what each call keeps. min_mask_region_area stays 0 in these cases; its own cases follow them.
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+import torch
 from media import shared_image
-from oracle import install_torchvision_standin, oracle_model, our_model
+from oracle import install_connected_components_standin, install_torchvision_standin, oracle_model, our_model
 from PIL import Image
 from visible import assert_nontrivial
 
@@ -172,15 +173,38 @@ def _shape_of(value):
     return type(value)
 
 
+def _official(official_generator, ref_model, settings: dict):
+    reference = official_generator(ref_model, **settings)
+    # The official predictor assumes image size 1024 for its feature map sizes; tell it ours.
+    reference.predictor._bb_feat_sizes = [(IMAGE_SIZE // stride,) * 2 for stride in (4, 8, 16)]
+    return reference
+
+
+def _assert_same_records(ours: list[dict], ref: list[dict]) -> None:
+    """The same records in the same order: types, area and box exactly, masks by IoU, numbers within 1e-4."""
+    assert len(ours) == len(ref)
+    for index, (mine, theirs) in enumerate(zip(ours, ref)):
+        assert set(mine) == set(theirs)
+        for key in theirs:
+            assert _shape_of(mine[key]) == _shape_of(theirs[key]), f"mask {index}: {key} has other types"
+        a, b = _mask(mine["segmentation"]), _mask(theirs["segmentation"])
+        assert_nontrivial(b, f"mask {index} of the oracle")
+        assert mine["area"] == theirs["area"] and mine["bbox"] == theirs["bbox"], f"mask {index}"
+        iou = (a & b).sum() / max((a | b).sum(), 1)
+        assert iou >= 0.99, f"mask {index}: IoU {iou:.4f}"
+        assert abs(mine["predicted_iou"] - theirs["predicted_iou"]) <= 1e-4, f"mask {index}"
+        assert abs(mine["stability_score"] - theirs["stability_score"]) <= 1e-4, f"mask {index}"
+        assert mine["crop_box"] == theirs["crop_box"], f"mask {index}"
+        np.testing.assert_allclose(mine["point_coords"], theirs["point_coords"], atol=1e-3, err_msg=f"mask {index}")
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_same_masks_as_the_official_generator(loaded, official_generator, oracle_nms_calls, monkeypatch, case):
     expected = CASES[case]
     image, ours_model, ref_model = loaded(expected.photo, expected.seed)
     settings = dict(RANDOM_WEIGHT_SETTINGS, **expected.settings)
     ours = sam2rt.MaskGenerator(ours_model, **settings).generate(image)
-    reference = official_generator(ref_model, **settings)
-    # The official predictor assumes image size 1024 for its feature map sizes; tell it ours.
-    reference.predictor._bb_feat_sizes = [(IMAGE_SIZE // stride,) * 2 for stride in (4, 8, 16)]
+    reference = _official(official_generator, ref_model, settings)
     single_mask_sources = _record_single_mask_sources(ref_model.sam_mask_decoder, monkeypatch)
     ref = reference.generate(image)
 
@@ -199,20 +223,89 @@ def test_same_masks_as_the_official_generator(loaded, official_generator, oracle
         from_token_0 = [single_mask_sources[record["predicted_iou"]] for record in ref]
         assert any(from_token_0) and not all(from_token_0), f"single masks from token 0 (else fallback): {from_token_0}"
 
-    assert len(ours) == len(ref)
-    for index, (mine, theirs) in enumerate(zip(ours, ref)):
-        assert set(mine) == set(theirs)
-        for key in theirs:
-            assert _shape_of(mine[key]) == _shape_of(theirs[key]), f"mask {index}: {key} has other types"
-        a, b = _mask(mine["segmentation"]), _mask(theirs["segmentation"])
-        assert_nontrivial(b, f"mask {index} of the oracle")
-        assert mine["area"] == theirs["area"] and mine["bbox"] == theirs["bbox"], f"mask {index}"
-        iou = (a & b).sum() / max((a | b).sum(), 1)
-        assert iou >= 0.99, f"mask {index}: IoU {iou:.4f}"
-        assert abs(mine["predicted_iou"] - theirs["predicted_iou"]) <= 1e-4, f"mask {index}"
-        assert abs(mine["stability_score"] - theirs["stability_score"]) <= 1e-4, f"mask {index}"
-        assert mine["crop_box"] == theirs["crop_box"], f"mask {index}"
-        np.testing.assert_allclose(mine["point_coords"], theirs["point_coords"], atol=1e-3, err_msg=f"mask {index}")
+    _assert_same_records(ours, ref)
+
+
+# min_mask_region_area. The official generator hands it to its image predictor as max_hole_area and
+# max_sprinkle_area: in the low-resolution logits of every decoded mask (image_size / 4 a side, 32 x 32
+# here), 8-connected background regions of at most that many pixels are filled and foreground regions of at
+# most that many are cleared, both found before either changes, then the logits are upscaled and measured.
+# Its postprocess_small_regions (SAM 1's step at full resolution with an NMS after it) is never called in
+# sam2==1.1.0. Built without its CUDA extension, as here, the official predictor warns and skips the step
+# (the option then changes nothing); the cases give it OpenCV's components, what the extension computes.
+# A whole-image case, one with crops and one with m2m (its refinement is prompted by the logits as decoded;
+# only the refined masks are cleaned); each asserts that the step changed masks and that ignoring it would
+# give other records. 20 and 40 pixels are 2% and 4% of the 32 x 32 logits: besides holes and specks, the
+# step clears whole small masks.
+SMALL_REGION_CASES = {
+    "whole-image": Case(
+        dict(points_per_side=8, mask_threshold=WHOLE_IMAGE_CUT, min_mask_region_area=20),
+        10,
+        photo="groceries.jpg",
+        seed=0,
+    ),
+    "crops": Case(
+        dict(points_per_side=4, crop_n_layers=1, mask_threshold=CROP_CUT, min_mask_region_area=40), 6, fewest_crops=2
+    ),
+    "m2m": Case(
+        dict(points_per_side=8, use_m2m=True, mask_threshold=2.0, min_mask_region_area=40),
+        15,
+        photo="groceries.jpg",
+        seed=2,
+    ),
+}
+
+
+@pytest.fixture
+def oracle_small_regions(official_generator, monkeypatch) -> list[list[int]]:
+    """The oracle's connected components by OpenCV (the stand-in of its CUDA extension); per call, the smallest
+    component's area in each mask (a large number where it has none). The official predictor looks for
+    holes (the calls at even positions) and then for specks (odd positions) in each batch it decodes."""
+    import sam2.utils.misc as official_misc
+
+    # Through monkeypatch first, so that the extension's absence comes back after the test.
+    monkeypatch.setattr(official_misc, "get_connected_components", official_misc.get_connected_components)
+    install_connected_components_standin()
+    components = official_misc.get_connected_components
+    calls = []
+
+    def counted(mask):
+        labels, areas = components(mask)
+        smallest = torch.where(areas > 0, areas, torch.iinfo(areas.dtype).max).amin(dim=(1, 2, 3))
+        calls.append(smallest.tolist())
+        return labels, areas
+
+    official_misc.get_connected_components = counted
+    return calls
+
+
+def _regions(records: list[dict]) -> list[tuple]:
+    return [(record["area"], tuple(record["bbox"])) for record in records]
+
+
+@pytest.mark.parametrize("case", list(SMALL_REGION_CASES))
+def test_min_mask_region_area_as_the_official_generator(loaded, official_generator, oracle_small_regions, case):
+    expected = SMALL_REGION_CASES[case]
+    image, ours_model, ref_model = loaded(expected.photo, expected.seed)
+    settings = dict(RANDOM_WEIGHT_SETTINGS, **expected.settings)
+    area = settings["min_mask_region_area"]
+    ours = sam2rt.MaskGenerator(ours_model, **settings).generate(image)
+    ref = _official(official_generator, ref_model, settings).generate(image)
+
+    # Something to compare: kept masks (of several crops), masks whose holes were filled and masks whose specks
+    # were cleared, and records that differ from those of a generator ignoring the option.
+    assert len(ref) >= expected.fewest_masks, f"only {len(ref)} masks survive: too few for the comparison to mean much"
+    height, width = image.shape[:2]
+    crops = {tuple(record["crop_box"]) for record in ref} - {(0, 0, width, height)}
+    assert len(crops) >= expected.fewest_crops, f"the kept masks come from {len(crops)} crop(s) besides the whole image"
+    holes, specks = oracle_small_regions[0::2], oracle_small_regions[1::2]
+    filled = sum(smallest <= area for call in holes for smallest in call)
+    cleared = sum(smallest <= area for call in specks for smallest in call)
+    assert filled > 0 and cleared > 0, f"masks with holes filled: {filled}, with specks cleared: {cleared}"
+    ignoring = sam2rt.MaskGenerator(ours_model, **dict(settings, min_mask_region_area=0)).generate(image)
+    assert _regions(ignoring) != _regions(ref), "the option changes no record: nothing of it is compared"
+
+    _assert_same_records(ours, ref)
 
 
 @pytest.mark.parametrize("image_hw", [PHOTO_SIZE[::-1], (375, 500), (1080, 1920)])

@@ -101,7 +101,10 @@ class MaskGenerator:
     +- stability_score_offset) is below stability_score_thresh, are dropped; box_nms_thresh and
     crop_nms_thresh drop duplicates within and across crops. crop_n_layers > 0 also runs on
     (2**i)**2 overlapping crops per layer i. min_mask_region_area > 0 fills holes and removes islands
-    of at most that many low-resolution pixels. use_m2m refines each mask once with itself as a prompt.
+    (8-connected, of at most that many pixels of the low-resolution logits, image_size / 4 a side) in
+    every decoded mask before it is measured, as the official generator does through its predictor; its
+    full-resolution postprocess_small_regions (SAM 1's) is never called, and its build without the CUDA
+    extension skips the step with a warning. use_m2m refines each mask once with itself as a prompt.
     """
 
     def __init__(
