@@ -3,10 +3,10 @@ one way, down, with no circle; a new arrow back up fails here the day it is writ
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 PYPROJECT = Path(__file__).parents[1] / "pyproject.toml"
 

@@ -80,7 +80,9 @@ def test_small_holes_and_sprinkles(predictors, case, holes, sprinkles):
         masks, ious, low_res = ours.predict(**kwargs)
         ref_masks, ref_ious, ref_low_res = ref.predict(**kwargs)
     finally:
-        ours.max_hole_area = ours.max_sprinkle_area = ref._transforms.max_hole_area = ref._transforms.max_sprinkle_area = 0
+        ours.max_hole_area = ours.max_sprinkle_area = ref._transforms.max_hole_area = (
+            ref._transforms.max_sprinkle_area
+        ) = 0
     assert ((ref_masks > 0) != (plain > 0)).sum() > 1000, "the post-processing changed nothing to compare"
     assert_close_logits(torch.from_numpy(masks), torch.from_numpy(ref_masks), what="masks")
     assert_close_scores(torch.from_numpy(ious), torch.from_numpy(ref_ious), what="iou")

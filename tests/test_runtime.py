@@ -55,7 +55,9 @@ def assert_tracks_alike(got, expected, what, min_iou=BF16_MIN_IOU, mean_iou=BF16
         assert result.object_ids == reference.object_ids, f"{what}, result {index}"
         assert result.mask_logits.dtype == torch.float32
         if reference.object_ids:  # the first frame's result, before any prompt, has no objects
-            ious.extend(assert_masks_match(result.mask_logits, reference.mask_logits, min_iou, f"{what}, result {index}"))
+            ious.extend(
+                assert_masks_match(result.mask_logits, reference.mask_logits, min_iou, f"{what}, result {index}")
+            )
     assert np.mean(ious) >= mean_iou, f"{what}: mean IoU {np.mean(ious):.4f} < {mean_iou}"
 
 
@@ -165,7 +167,9 @@ def test_graphed_pool_tracks_like_eager_trackers():
             for name in due:
                 got[name].append(results[streams[name]])
                 expected[name].append(trackers[name].step(frames[name]))
-                prompted = [_prompt_stream(target, name, got[name][-1].frame_idx) for target in (streams[name], trackers[name])]
+                prompted = [
+                    _prompt_stream(target, name, got[name][-1].frame_idx) for target in (streams[name], trackers[name])
+                ]
                 if prompted[0] is not None:
                     got[name].append(prompted[0])
                     expected[name].append(prompted[1])

@@ -160,7 +160,9 @@ def test_non_overlapping_masks(model):
         logits = reference.mask_logits  # (2, H, W)
         assert_nontrivial(logits, f"frame {t}")
         winner = logits.argmax(dim=0)  # (H, W)
-        expected = torch.stack([torch.where(winner == row, logits[row], logits[row].clamp(max=-10.0)) for row in range(2)])
+        expected = torch.stack(
+            [torch.where(winner == row, logits[row], logits[row].clamp(max=-10.0)) for row in range(2)]
+        )
         torch.testing.assert_close(got.mask_logits, expected, rtol=0, atol=0)
         assert not (got.masks[0] & got.masks[1]).any()
         overlapped += int((reference.masks[0] & reference.masks[1]).sum())

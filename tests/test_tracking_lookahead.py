@@ -12,8 +12,8 @@ from sam2rt.io.sinks import SinkSet, TrackedFrame
 from sam2rt.io.sources import ListFrames
 from sam2rt.io.track_source import FileSource
 from sam2rt.io.video_file import VideoReadError
-from sam2rt.tracking.run import run_tracking
 from sam2rt.tracking.lookahead import encoded_ahead
+from sam2rt.tracking.run import run_tracking
 
 IMAGE_SIZE = 64
 CLOSE = 1e-4  # encoding a batch may sum in another order than encoding one frame (float32, CPU)

@@ -84,7 +84,9 @@ def mask_ious(got: Masks, expected: Masks, threshold: float = 0.0) -> np.ndarray
     return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
 
 
-def assert_masks_match(got: Masks, expected: Masks, min_iou: float, what: str = "masks", threshold: float = 0.0) -> np.ndarray:
+def assert_masks_match(
+    got: Masks, expected: Masks, min_iou: float, what: str = "masks", threshold: float = 0.0
+) -> np.ndarray:
     """Every mask of `expected` is non-trivial, and each of `got` overlaps it with IoU >= min_iou.
 
     Returns the IoUs, (N,).
@@ -92,5 +94,7 @@ def assert_masks_match(got: Masks, expected: Masks, min_iou: float, what: str = 
     assert_nontrivial(expected, f"{what} (expected)", threshold)
     ious = mask_ious(got, expected, threshold)
     worst = int(ious.argmin())
-    assert ious[worst] >= min_iou, f"{what}: IoU {ious[worst]:.4f} < {min_iou} (mask {worst}; IoUs {np.round(ious, 4).tolist()})"
+    assert ious[worst] >= min_iou, (
+        f"{what}: IoU {ious[worst]:.4f} < {min_iou} (mask {worst}; IoUs {np.round(ious, 4).tolist()})"
+    )
     return ious

@@ -206,7 +206,9 @@ def write_coco(records: Sequence[dict], class_names: Sequence[str], path: Path) 
     """The COCO JSON of finished image records, in their order; returns the number of masks."""
     from ..io.coco import CocoDataset
 
-    dataset = CocoDataset(class_names, {"description": "sam2rt annotate"})  # no paths: the same file wherever it is made
+    dataset = CocoDataset(
+        class_names, {"description": "sam2rt annotate"}
+    )  # no paths: the same file wherever it is made
     for record in records:
         image_id = dataset.add_image(record["file_name"], record["height"], record["width"])
         for a in record["annotations"]:

@@ -66,7 +66,9 @@ def annotate_video(video: Path, labels: Path, model, output: Path, yolo: bool) -
         name = f"{video.stem}_{index:05d}"
         if yolo:
             lines = yolo_lines(class_ids, masks)
-            write_text_atomically(make_folder(output / "labels") / f"{name}.txt", "".join(line + "\n" for line in lines))
+            write_text_atomically(
+                make_folder(output / "labels") / f"{name}.txt", "".join(line + "\n" for line in lines)
+            )
         scores = torch.sigmoid(result.object_scores.float()).cpu().numpy()
         detections = [Detection(c, (0.0, 0.0, 0.0, 0.0)) for c in class_ids]  # image_record reads the class
         record = image_record(Item(Path(f"{name}.jpg")), rgb, detections, masks, scores)

@@ -23,7 +23,8 @@ class CocoDataset:
     def __init__(self, category_names: Sequence[str], info: dict, first_category_id: int = 0) -> None:
         self.info = info
         self.categories = [
-            {"id": first_category_id + i, "name": name, "supercategory": "object"} for i, name in enumerate(category_names)
+            {"id": first_category_id + i, "name": name, "supercategory": "object"}
+            for i, name in enumerate(category_names)
         ]
         self.images: list[dict] = []
         self.annotations: list[dict] = []

@@ -20,7 +20,6 @@ from ..processing.images import ImageError, mask_from_image, rgb_from_image
 MAX_IMAGE_PIXELS = 2**27  # 134 megapixels: a 16384 x 8192 panorama; 8K video frames are 33 megapixels
 
 
-
 def check_pixels(size: tuple[int, int], what: str) -> None:
     """Refuse a (width, height) of more than MAX_IMAGE_PIXELS pixels."""
     width, height = size

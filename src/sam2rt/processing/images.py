@@ -29,8 +29,6 @@ class ImageError(ValueError):
     """An image (a file, or one given in memory) that cannot be taken as it is: the message says why."""
 
 
-
-
 def as_rgb_tensor(image: ImageLike) -> Tensor:
     """An RGB image as a (3, H, W) tensor: uint8, or float in [0, 1].
 
@@ -147,6 +145,4 @@ def mask_from_image(image: Image.Image, what: str = "the mask") -> np.ndarray:
         return values.reshape(values.shape[:2]) != 0
     if mode == "RGB":
         return (values != 0).any(axis=-1)
-    raise ImageError(
-        f"{what} has mode {mode}; masks must be grayscale, palette or RGB images (with or without alpha)"
-    )
+    raise ImageError(f"{what} has mode {mode}; masks must be grayscale, palette or RGB images (with or without alpha)")

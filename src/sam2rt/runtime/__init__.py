@@ -26,7 +26,14 @@ from torch import nn
 from .compile import use_compile
 from .graphs import graphed_with_model, use_cuda_graphs
 
-__all__ = ["graphed_with_model", "optimize", "to_inference_dtype", "use_compile", "use_cuda_graphs", "with_speed_options"]
+__all__ = [
+    "graphed_with_model",
+    "optimize",
+    "to_inference_dtype",
+    "use_compile",
+    "use_cuda_graphs",
+    "with_speed_options",
+]
 
 
 @torch.no_grad()

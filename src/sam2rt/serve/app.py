@@ -35,9 +35,9 @@ from .protocol import (
     MAX_OBJECTS,
     ControlRequest,
     ProtocolError,
+    ReceivedFrame,
     SourceRequest,
     error_message,
-    ReceivedFrame,
     parse_frame,
     parse_text,
 )

@@ -26,6 +26,7 @@ from .protocol import (
     MAX_OBJECTS,
     PromptRequest,
     ProtocolError,
+    ReceivedFrame,
     RemoveRequest,
     decode_payload,
     encode_jpeg,
@@ -33,7 +34,6 @@ from .protocol import (
     frame_header,
 )
 from .publisher import Outgoing, Publisher
-from .protocol import ReceivedFrame
 from .sessions import RECENT_FRAMES, Close, Command, Reset, Restart, Session, SessionStats
 
 log = logging.getLogger("sam2rt.serve")

@@ -15,7 +15,6 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional, Union
 
-
 from .export import Recorder
 from .protocol import PromptRequest, ReceivedFrame, RemoveRequest
 

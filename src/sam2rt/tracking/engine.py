@@ -20,7 +20,7 @@ from ..model.sam2 import ImageFeatures, MaskPrediction, MemoryTokens, SAM2Model
 from ..processing.masks import fill_holes, keep_highest_object
 from ..processing.preprocess import model_input
 from ..runtime import graphed_with_model
-from .memory_bank import ObjectOutput, MemoryView, gather
+from .memory_bank import MemoryView, ObjectOutput, gather
 from .options import TrackerOptions
 
 PROMPT_MASK_LOGIT_CLAMP = 32.0  # previous logits fed back with new clicks are clamped for numerical safety
@@ -75,7 +75,9 @@ class TrackingEngine:
     def encode_batch(self, frames: Sequence[tuple[int, Tensor]]) -> list[EncodedFrame]:
         """Encode (index, RGB (3, H, W)) frames of any sizes in one image-encoder call; nothing is cached."""
         size = self.config.image_size
-        images = torch.cat([model_input(rgb, size, self.options.resize, self.device) for _, rgb in frames])  # (B, 3, S, S)
+        images = torch.cat(
+            [model_input(rgb, size, self.options.resize, self.device) for _, rgb in frames]
+        )  # (B, 3, S, S)
         features = self.model.encode_image(images)
         return [
             EncodedFrame(

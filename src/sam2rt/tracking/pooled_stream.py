@@ -20,7 +20,7 @@ from torch import Tensor
 from ..processing.images import ImageLike, as_rgb_tensor
 from ..processing.prompts import mask_to_model_frame, object_clicks
 from .engine import EncodedFrame, TrackingEngine
-from .memory_bank import ObjectOutput, MemoryArena, RingMemory
+from .memory_bank import MemoryArena, ObjectOutput, RingMemory
 
 
 class FrameResult(NamedTuple):
