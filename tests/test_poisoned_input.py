@@ -56,8 +56,8 @@ BAD_FRAMES = {
         r"values in \[0, 1\]; this one holds values from 0 to 255 \(0-255 floats\? pass uint8",
     ),
     "negative floats": (lambda: _frames(1)[0] / 255.0 - 0.5, ValueError, r"from -0\.5 to 0\.5"),
-    "uint16": (lambda: _frames(1)[0].astype(np.uint16) * 257, TypeError, "uint8 pixel values .* uint16"),
-    "int64 tensor": (lambda: torch.from_numpy(_frames(1)[0]).long(), TypeError, "uint8 pixel values .* torch.int64"),
+    "16-bit range": (lambda: _frames(1)[0].astype(np.uint16) * 257, ValueError, r"values in 0\.\.255; .* to 65535"),
+    "negative int64 tensor": (lambda: torch.from_numpy(_frames(1)[0]).long() - 300, ValueError, "from -300 to"),
     "bool": (lambda: _frames(1)[0] > 128, TypeError, "got an array of bool"),
     "rgba": (lambda: np.zeros((HEIGHT, WIDTH, 4), np.uint8), ValueError, r"shape \(H, W, 3\)"),
     "float image out of range": (

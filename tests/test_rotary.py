@@ -45,9 +45,31 @@ def test_rotary_angles_follow_x_then_y():
     assert math.isclose(angles[token, 2].item(), 1.0, abs_tol=1e-5)
 
 
-def test_a_traced_rotary_holds_no_complex_operators():
-    cos, sin = rotary_tables(head_dim=8, side=3)
-    x = torch.randn(1, 9, 8)
-    traced = torch.jit.trace(lambda x: apply_rotary(x, cos, sin), (x,))
-    assert "complex" not in str(traced.graph)  # exported graphs (ONNX) have no complex operators
-    assert (traced(x) - apply_rotary(x, cos, sin)).abs().max().item() < 1e-6
+class _Rotary(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.cos, self.sin = rotary_tables(head_dim=8, side=3)
+
+    def forward(self, x):
+        return apply_rotary(x, self.cos, self.sin)
+
+
+def _graph_of(tracer: str, module: torch.nn.Module, x: torch.Tensor):
+    """(the graph as text, the traced callable) of each way torch turns code into a graph."""
+    if tracer == "jit.trace":
+        traced = torch.jit.trace(module, (x,))
+        return str(traced.graph), traced
+    if tracer == "fx.symbolic_trace":
+        traced = torch.fx.symbolic_trace(module)
+        return traced.code, traced
+    exported = torch.export.export(module, (x,))
+    return str(exported.graph), exported.module()
+
+
+@pytest.mark.parametrize("tracer", ["jit.trace", "fx.symbolic_trace", "export"])
+def test_a_traced_rotary_holds_no_complex_operators(tracer):
+    module, x = _Rotary(), torch.randn(1, 9, 8)
+    graph, traced = _graph_of(tracer, module, x)
+    assert "complex" not in graph  # exported graphs (ONNX) have no complex operators
+    assert "view_as_real" not in graph and "stack" in graph  # the real form was traced
+    assert (traced(x) - module(x)).abs().max().item() < 1e-6

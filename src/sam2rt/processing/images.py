@@ -32,20 +32,22 @@ class ImageError(ValueError):
 def as_rgb_tensor(image: ImageLike) -> Tensor:
     """An RGB image as a (3, H, W) tensor: uint8, or float in [0, 1].
 
-    Accepts H x W x 3 numpy arrays or tensors (uint8, or float in [0, 1]), H x W grayscale, and PIL
-    images (converted as image files are: 16-bit scaled to 8 bits, alpha dropped). Anything else
-    (other integer types, floats outside [0, 1] such as 0-255 floats, NaN or infinity) is refused
-    with a ValueError or TypeError that names the problem. Checking a float tensor on a GPU waits
-    for it (one synchronisation); uint8 frames need no check. The tensor may share the array's memory,
-    read-only arrays' too: never write into it.
+    Accepts H x W x 3 numpy arrays or tensors (uint8, other integers holding values in 0..255, or float
+    in [0, 1]), H x W grayscale, and PIL images (converted as image files are: 16-bit scaled to 8 bits,
+    alpha dropped). Anything else (integers outside 0..255, floats outside [0, 1] such as 0-255 floats,
+    NaN or infinity, booleans) is refused with a ValueError or TypeError that names the problem. Checking
+    a float or wide-integer tensor on a GPU waits for it (one synchronisation); uint8 frames need no check.
+    The tensor may share the array's memory, read-only arrays' too: never write into it.
     """
     if isinstance(image, Image.Image):
         image = rgb_from_image(image)
     if isinstance(image, np.ndarray):
         if image.dtype == np.bool_ or image.dtype.kind not in "uif":
             raise TypeError(f"expected an RGB image of uint8 or float values, got an array of {image.dtype}")
-        if image.dtype.kind in "ui" and image.dtype != np.uint8:
-            raise TypeError(f"expected uint8 pixel values (or floats in [0, 1]), got an array of {image.dtype}")
+        if image.dtype.kind in "ui" and image.dtype != np.uint8 and image.size:
+            # np.asarray of a list of pixel values gives int64: taken as bytes when every value is one
+            _check_byte_range(int(image.min()), int(image.max()))
+            image = image.astype(np.uint8)
         image = np.ascontiguousarray(image)
         # Read-only arrays (np.asarray of a PIL image) are shared through DLPack, not copied: nothing writes
         # into a frame, and torch.from_numpy would warn. With numpy < 2.1 or a torch without DLPack 1.0: a copy.
@@ -61,11 +63,19 @@ def as_rgb_tensor(image: ImageLike) -> Tensor:
         raise ValueError(f"expected an image of shape (H, W, 3) in RGB order, got shape {tuple(image.shape)}")
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise ValueError(f"the image is empty: shape {tuple(image.shape)}")
-    if image.dtype != torch.uint8 and not image.is_floating_point():
+    if image.dtype == torch.bool or image.is_complex():
         raise TypeError(f"expected uint8 pixel values (or floats in [0, 1]), got {image.dtype}")
+    if image.dtype != torch.uint8 and not image.is_floating_point():
+        _check_byte_range(int(image.min()), int(image.max()))
+        image = image.to(torch.uint8)
     if image.is_floating_point():
         _check_unit_range(image)
     return image.permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
+
+
+def _check_byte_range(low: int, high: int) -> None:
+    if low < 0 or high > 255:
+        raise ValueError(f"integer images must hold values in 0..255; this one holds values from {low} to {high}")
 
 
 def _check_unit_range(image: Tensor) -> None:

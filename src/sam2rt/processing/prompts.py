@@ -1,4 +1,5 @@
-"""Validating click, box and mask prompts and bringing them to the model's input frame.
+"""Validating click, box and mask prompts (and the object ids and frame indices they name) and bringing
+them to the model's input frame.
 
 User coordinates are pixels of the original image, x before y, or fractions of its width and
 height when `normalize_coords=False`. The model wants pixels of its square input.
@@ -6,12 +7,35 @@ height when `normalize_coords=False`. The model wants pixels of its square input
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 BOX_CORNER_LABELS = (2, 3)  # top-left, bottom-right
+
+
+def object_id(value) -> int:
+    """An object id as a Python int; numpy integers too, as np.unique of a label mask gives them."""
+    return _integer(value, "object ids")
+
+
+def frame_index(value) -> int:
+    """A frame index (or count of frames) as a Python int; numpy integers too."""
+    return _integer(value, "frame indices")
+
+
+def _integer(value, what: str) -> int:
+    # Python's own integer protocol takes numpy integers and one-element integer tensors; True as an object
+    # or 2.0 as a frame is a slip, not a number, and must not become a key of its own.
+    if not isinstance(value, (bool, np.bool_)):
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    raise TypeError(f"{what} are integers, got {value!r}")
 
 
 def float_tensor(value, name: str, device: torch.device) -> Tensor:

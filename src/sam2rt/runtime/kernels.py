@@ -211,10 +211,11 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 def _traced() -> bool:
-    """Whether this code is being compiled, traced or scripted rather than run."""
-    return (
-        torch.compiler.is_compiling()
-        or torch.jit.is_tracing()
-        or torch.jit.is_scripting()
-        or torch.fx._symbolic_trace.is_fx_tracing()
-    )
+    """Whether this code is being compiled, exported, traced or scripted rather than run."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting() or _fx_symbolic_tracing()
+
+
+# Newer torch asks about fx.symbolic_trace alone (export answers is_compiling) and warns at each call of the
+# older, broader question; older torch has only that one, without a warning.
+_fx_trace = torch.fx._symbolic_trace
+_fx_symbolic_tracing = getattr(_fx_trace, "is_fx_symbolic_tracing", _fx_trace.is_fx_tracing)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from ..processing.images import ImageLike, as_rgb_tensor
+from ..processing.prompts import frame_index
 from .stream import FrameResult, StreamTracker
 
 
@@ -62,7 +63,7 @@ class CameraPredictor(StreamTracker):
     def _check_frame(self, frame_idx: int) -> None:
         if self.frame_idx < 0:
             raise RuntimeError("call load_first_frame(img) before adding prompts")
-        if frame_idx != self.frame_idx:
+        if frame_index(frame_idx) != self.frame_idx:
             raise ValueError(f"prompts go on the newest frame ({self.frame_idx}); frame {frame_idx} cannot be prompted")
 
 

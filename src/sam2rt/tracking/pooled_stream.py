@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ..processing.images import ImageLike, as_rgb_tensor
-from ..processing.prompts import mask_to_model_frame, object_clicks
+from ..processing.prompts import mask_to_model_frame, object_clicks, object_id
 from .engine import EncodedFrame, TrackingEngine
 from .memory_bank import MemoryArena, ObjectOutput, RingMemory
 
@@ -155,9 +155,8 @@ class PooledStream:
             raise ValueError("give either a mask or points/box for one prompt, not both")
         if mask is None and points is None and box is None:
             raise ValueError("a prompt needs points (with labels), a box, or a mask")
+        obj_id = object_id(obj_id)
         obj = self._objects.get(obj_id)
-        if obj is None and (isinstance(obj_id, bool) or not isinstance(obj_id, int)):
-            raise TypeError(f"object ids are integers, got {obj_id!r}")
         # Validate the prompt before anything changes: a refused prompt leaves the stream as it was.
         if mask is not None:
             mask_input = mask_to_model_frame(mask, engine.config.image_size, engine.device)
@@ -182,6 +181,7 @@ class PooledStream:
     def remove_object(self, obj_id: int) -> FrameResult:
         """Stop tracking an object; returns the newest frame's result without it."""
         self._check_open()
+        obj_id = object_id(obj_id)
         if obj_id not in self._objects:
             raise KeyError(f"no object with id {obj_id}; tracked ids: {self.object_ids}")
         del self._objects[obj_id]

@@ -17,7 +17,7 @@ from torch import Tensor
 from ..io.sources import FrameSequence, open_frames
 from ..model.sam2 import NO_OBJECT_SCORE, SAM2Model
 from ..processing.images import as_rgb_tensor
-from ..processing.prompts import mask_to_model_frame, object_clicks
+from ..processing.prompts import frame_index, mask_to_model_frame, object_clicks, object_id
 from .engine import EncodedFrame, TrackingEngine
 from .lookahead import default_lookahead
 from .memory_bank import ObjectOutput, OutputArchive
@@ -134,7 +134,7 @@ class VideoPredictor:
         box=None,
     ) -> tuple[int, list[int], Tensor]:
         """Add clicks and/or a box for an object on a frame; returns (frame_idx, obj_ids, masks (N, 1, H, W))."""
-        state = inference_state
+        state, frame_idx, obj_id = inference_state, frame_index(frame_idx), object_id(obj_id)
         frame = state.frame(frame_idx)
         if (points is None) != (labels is None):
             raise ValueError("points and labels must be provided together")
@@ -167,7 +167,7 @@ class VideoPredictor:
         self, inference_state: InferenceState, frame_idx: int, obj_id: int, mask
     ) -> tuple[int, list[int], Tensor]:
         """Give an object's mask (H, W) on a frame; returns (frame_idx, obj_ids, masks (N, 1, H, W))."""
-        state = inference_state
+        state, frame_idx, obj_id = inference_state, frame_index(frame_idx), object_id(obj_id)
         frame = state.frame(frame_idx)
         mask_input = mask_to_model_frame(mask, self.model.config.image_size, state.engine.device)
         obj = self._object(state, obj_id)
@@ -183,7 +183,7 @@ class VideoPredictor:
         self, inference_state: InferenceState, frame_idx: int, obj_id: int, need_output: bool = True
     ):
         """Remove an object's prompts on a frame; a prompted frame it had there becomes a tracked frame."""
-        state = inference_state
+        state, frame_idx, obj_id = inference_state, frame_index(frame_idx), object_id(obj_id)
         obj = self._existing(state, obj_id)
         self._clear_prompts(obj, frame_idx)
         if not need_output:
@@ -196,7 +196,7 @@ class VideoPredictor:
         self, inference_state: InferenceState, obj_id: int, strict: bool = False, need_output: bool = True
     ):
         """Remove an object; returns (obj_ids, [(frame_idx, masks)]) for the frames where it had prompts."""
-        state = inference_state
+        state, obj_id = inference_state, object_id(obj_id)
         if obj_id not in state.objects:
             if strict:
                 raise RuntimeError(
@@ -270,10 +270,12 @@ class VideoPredictor:
         objects = list(state.objects.values())
         if start_frame_idx is None:
             start_frame_idx = min(t for obj in objects for t in obj.archive.cond)
+        start_frame_idx = frame_index(start_frame_idx)
         if not 0 <= start_frame_idx < state.num_frames:
             raise IndexError(f"start_frame_idx {start_frame_idx} is outside the video's {state.num_frames} frames")
         if max_frame_num_to_track is None:
             max_frame_num_to_track = state.num_frames
+        max_frame_num_to_track = frame_index(max_frame_num_to_track)
         if reverse:
             end = max(start_frame_idx - max_frame_num_to_track, 0)
             order = range(start_frame_idx, end - 1, -1) if start_frame_idx > 0 else range(0)
@@ -304,8 +306,6 @@ class VideoPredictor:
 
     def _object(self, state: InferenceState, obj_id: int) -> _VideoObject:
         if obj_id not in state.objects:
-            if isinstance(obj_id, bool) or not isinstance(obj_id, int):
-                raise TypeError(f"object ids are integers, got {obj_id!r}")
             state.objects[obj_id] = _VideoObject(obj_id)
         return state.objects[obj_id]
 
