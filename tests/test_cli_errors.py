@@ -202,7 +202,7 @@ def test_video_that_breaks_midway(tmp_path, clip, checkpoint, damage, message):
     assert decode_video(out / "overlay.mp4")[:2] == (tracked, (120, 160))
     assert len(list((out / "png").iterdir())) == len(list((out / "yolo").iterdir())) == tracked
     coco = json.loads((out / "masks.json").read_text())
-    assert [image["id"] for image in coco["images"]] == list(range(tracked))
+    assert [image["id"] for image in coco["images"]] == list(range(1, tracked + 1))
 
 
 def test_folder_with_a_broken_frame(sam2rt, tmp_path, checkpoint):

@@ -132,7 +132,7 @@ def _check_outputs(out: Path, stdout: str) -> Optional[int]:
     assert sorted(p.stem for p in (out / "png").iterdir()) == names
     assert sorted(p.stem for p in (out / "yolo").iterdir()) == names
     coco = json.loads((out / "masks.json").read_text())
-    assert [image["id"] for image in coco["images"]] == list(range(tracked))
+    assert [image["frame_index"] for image in coco["images"]] == list(range(tracked))
     assert f"wrote {tracked} PNG masks" in stdout and f"({tracked} frames, " in stdout
     return tracked
 

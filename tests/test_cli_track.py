@@ -132,11 +132,15 @@ def test_track_writes_every_output_and_they_match_the_api(tmp_path, checkpoint, 
 
     # COCO: the RLEs decode to the API's masks; an object is annotated exactly on the frames where it is visible.
     coco = json.loads((out / "masks.json").read_text())
-    assert [image["id"] for image in coco["images"]] == list(range(NUM_FRAMES))
+    # Ids from 1; each entry says which frame of which video it is (the frames exist as no file of their own).
+    assert [image["id"] for image in coco["images"]] == list(range(1, NUM_FRAMES + 1))
+    assert [image["frame_index"] for image in coco["images"]] == list(range(NUM_FRAMES))
+    assert {image["video"] for image in coco["images"]} == {str(clip)}
+    assert [image["file_name"] for image in coco["images"]] == [f"{name}.jpg" for name in names]
     assert all((image["height"], image["width"]) == CLIP_SIZE for image in coco["images"])
     annotated = set()
     for annotation in coco["annotations"]:
-        frame, obj_id = annotation["image_id"], annotation["object_id"]
+        frame, obj_id = annotation["image_id"] - 1, annotation["object_id"]
         annotated.add((frame, obj_id))
         mask = mask_utils.decode(annotation["segmentation"]).astype(bool)
         np.testing.assert_array_equal(mask, expected[frame][obj_id] > 0)

@@ -85,7 +85,7 @@ def _check_live_run(result, out, total: int) -> None:
     tracked, dropped = int(summary.split()[1]), int(summary.split(", ")[1].split()[0])
     assert tracked + dropped == total and tracked >= 2, summary
     ids = [image["id"] for image in json.loads((out / "masks.json").read_text())["images"]]
-    assert len(ids) == tracked and ids == sorted(ids) and ids[0] == 0 and ids[-1] == total - 1
+    assert len(ids) == tracked and ids == sorted(ids) and ids[0] == 1 and ids[-1] == total  # frame index + 1
     assert decode_video(out / "overlay.mp4")[:2] == (tracked, (120, 160))
 
 

@@ -15,7 +15,7 @@ from pycocotools import mask as mask_utils
 from sam2rt.io.coco import CocoWriter
 from sam2rt.io.overlay import OverlayVideoWriter, draw_overlay, object_color, video_rate
 from sam2rt.io.sinks import OutputError, PngMaskWriter, SinkSet, TrackedFrame, davis_palette
-from sam2rt.io.yolo import YoloWriter, mask_polygons
+from sam2rt.io.yolo import YoloWriter, mask_polygons, yolo_lines
 from sam2rt.tracking.run import check_outputs
 
 
@@ -50,6 +50,20 @@ def test_overlay_video_with_odd_size_is_padded_and_keeps_its_rate(tmp_path):
     writer.close()
     assert decode_video(tmp_path / "sub" / "overlay.mp4") == (5, (32, 46), video_rate(29.97002997))
     assert video_rate(29.97002997).denominator == 1001 and video_rate(None) == 30
+    boxes = _top_level_boxes(tmp_path / "sub" / "overlay.mp4")
+    assert boxes.index("moov") < boxes.index("mdat"), boxes  # faststart: playable while it downloads
+
+
+def _top_level_boxes(path) -> list[str]:
+    """The types of an MP4 file's top-level boxes, in file order (each: 4-byte size, 4-byte type)."""
+    data, boxes, at = path.read_bytes(), [], 0
+    while at + 8 <= len(data):
+        size, kind = int.from_bytes(data[at : at + 4], "big"), data[at + 4 : at + 8].decode("latin-1")
+        if size == 1:  # a 64-bit size follows the type
+            size = int.from_bytes(data[at + 8 : at + 16], "big")
+        boxes.append(kind)
+        at += size if size else len(data)
+    return boxes
 
 
 def test_png_masks_hold_the_object_ids(tmp_path):
@@ -69,11 +83,23 @@ def test_coco_rle_round_trip(tmp_path):
     writer.write(_frame(1, ids=(1,)))
     writer.close()
     coco = json.loads((tmp_path / "masks.json").read_text())
-    assert [(a["image_id"], a["object_id"]) for a in coco["annotations"]] == [(0, 1), (0, 7), (1, 1)]
+    assert [(a["image_id"], a["object_id"]) for a in coco["annotations"]] == [(1, 1), (1, 7), (2, 1)]
+    # Ids from 1; a video's frames exist as no file of their own: their entries name the video and the frame.
+    assert coco["images"][1] == {
+        "id": 2, "file_name": "00001.jpg", "height": 31, "width": 45, "frame_index": 1, "video": "clip.mp4"
+    }  # fmt: skip
     first = coco["annotations"][0]
     np.testing.assert_array_equal(mask_utils.decode(first["segmentation"]).astype(bool), _frame(0).masks[0])
     assert first["bbox"] == [5.0, 5.0, 20.0, 15.0] and first["area"] == 15 * 20 - 16
     assert coco["categories"] == [{"id": 1, "name": "object", "supercategory": "object"}]
+
+
+def test_coco_entries_of_a_folders_frames_name_their_files(tmp_path):
+    writer = CocoWriter(tmp_path / "masks.json", "frames/", frame_file=lambda index: f"shot_{index}.png")
+    writer.write(_frame(4))
+    writer.close()
+    image = json.loads((tmp_path / "masks.json").read_text())["images"][0]
+    assert image == {"id": 5, "file_name": "shot_4.png", "height": 31, "width": 45, "frame_index": 4}
 
 
 @pytest.mark.parametrize("shape", ["ring", "two pieces", "thin line"])
@@ -103,6 +129,47 @@ def test_yolo_lines_are_normalised(tmp_path):
     assert [line.split()[0] for line in lines] == ["1", "7"]
     values = np.array([float(v) for line in lines for v in line.split()[1:]])
     assert values.min() >= 0 and values.max() <= 1
+
+
+def _pieces_mask() -> np.ndarray:
+    """Three pieces, one of them with a hole, and a speck far away."""
+    mask = np.zeros((60, 80), bool)
+    mask[5:20, 5:30] = True
+    mask[30:55, 40:75] = True
+    mask[35:45, 50:60] = False
+    mask[8:14, 60:66] = True
+    mask[57:59, 2:4] = True
+    return mask
+
+
+def _filled(polygon_line: str, size: tuple[int, int]) -> np.ndarray:
+    """A YOLO line back to pixels as the YOLO tools draw it: denormalised, rounded, cv2.fillPoly."""
+    height, width = size
+    coords = np.array([float(v) for v in polygon_line.split()[1:]]).reshape(-1, 2) * [width, height]  # -> (P, 2)
+    filled = np.zeros(size, np.uint8)
+    cv2.fillPoly(filled, [np.round(coords).astype(np.int32)], 1)
+    return filled.astype(bool)
+
+
+def test_yolo_writes_one_line_per_object_its_pieces_joined():
+    mask = _pieces_mask()
+    (line,) = yolo_lines([3], mask[None])
+    filled = _filled(line, mask.shape)
+    assert line.split()[0] == "3"
+    assert (filled & mask).sum() == mask.sum()  # every piece, the hole left out ...
+    seams = filled & ~mask
+    # ... but for one-pixel cuts along the shortest gaps (38 + 14 + 16 rows or columns, and 6 to the hole)
+    assert 0 < seams.sum() <= 80 and not seams[36:44, 51:59].any()
+    assert len(mask_polygons(mask)) == 4
+
+
+def test_yolo_per_piece_writes_a_line_per_piece():
+    mask = _pieces_mask()
+    lines = yolo_lines([3], mask[None], per_piece=True)
+    assert len(lines) == 4 and {line.split()[0] for line in lines} == {"3"}
+    union = np.logical_or.reduce([_filled(line, mask.shape) for line in lines])
+    assert (union == mask).all()
+    assert yolo_lines([1, 2], np.zeros((2, 60, 80), bool)) == []  # an empty mask has no line
 
 
 def test_closing_closes_every_output_even_when_one_fails(tmp_path):

@@ -161,12 +161,12 @@ def test_pause_reset_and_export(server, model):
     assert answer["frame"] == 1 and answer["index"] == 1  # the paused frame is the newest: frame 2 was not taken
     url = f"{server.base}/api/export/{client.session['id']}/coco.json"
     coco = json.loads(urllib.request.urlopen(url, timeout=30).read())
-    assert [image["id"] for image in coco["images"]] == [0, 1]
+    assert [image["id"] for image in coco["images"]] == [1, 2]
     assert {a["object_id"] for a in coco["annotations"]} == {7}
     ids, masks = decode_masks(answer, SIZE)
     from pycocotools import mask as mask_utils
 
-    last = [a for a in coco["annotations"] if a["image_id"] == 1][0]
+    last = [a for a in coco["annotations"] if a["image_id"] == 2][0]
     assert np.array_equal(mask_utils.decode(last["segmentation"]).astype(bool), masks[0])  # the corrected masks
     with urllib.request.urlopen(f"{server.base}/api/export/{client.session['id']}/masks.zip", timeout=30) as reply:
         archive = zipfile.ZipFile(io.BytesIO(reply.read()))

@@ -56,6 +56,9 @@ def track(
     yolo_dir: Optional[Path] = typer.Option(
         None, "--yolo-dir", help="Folder for YOLO segmentation polygons per frame."
     ),
+    yolo_pieces: bool = typer.Option(
+        False, "--yolo-pieces", help="With --yolo-dir: a line per piece of a mask, not one per object."
+    ),
     max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="Stop after this many frames."),
     realtime: bool = typer.Option(
         False, "--realtime", help="Play a video file as a live source: at its frame rate, dropping frames."
@@ -99,7 +102,7 @@ def track(
                     num_frames, limit = max_frames, f"--max-frames {max_frames}"
                 check_prompts(all_prompts, stream.size, num_frames, limit)
                 loaded = model.load()
-            sinks = open_sinks(stream, overlay, png_dir, coco, yolo_dir)
+            sinks = open_sinks(stream, overlay, png_dir, coco, yolo_dir, yolo_pieces)
         except BaseException as error:
             stream.close()
             if isinstance(error, Interrupted):

@@ -116,7 +116,9 @@ class OverlayVideoWriter:
         self.scaled = 0  # frames of another size than the first, fitted into it
         self._temporary = temporary_path(self.path)
         try:
-            self._container = av.open(str(self._temporary), mode="w")
+            # MP4 and MOV with their index first ("faststart"): a browser plays the download as it comes.
+            options = {"movflags": "faststart"} if self.path.suffix.lower() in (".mp4", ".mov") else {}
+            self._container = av.open(str(self._temporary), mode="w", options=options)
             self._stream = self._container.add_stream("libx264", rate=self.rate)
         except (av.error.FFmpegError, OSError) as error:
             self._temporary.unlink(missing_ok=True)

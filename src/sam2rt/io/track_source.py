@@ -27,6 +27,10 @@ class TrackSource(Protocol):
         """The file stem outputs use for frame `index` (e.g. `00012`)."""
         ...
 
+    def frame_file(self, index: int) -> Optional[str]:
+        """The name of the file frame `index` was read from; None for a frame of a video or stream."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -50,6 +54,11 @@ class FileSource:
         if isinstance(self.frames, ImageFolderFrames):
             return self.frames.paths[index].stem  # evaluators match outputs to frames by name
         return f"{index:05d}"
+
+    def frame_file(self, index: int) -> Optional[str]:
+        if isinstance(self.frames, ImageFolderFrames):
+            return self.frames.paths[index].name
+        return None
 
     def close(self) -> None:
         if isinstance(self.frames, VideoFileFrames):
@@ -76,6 +85,9 @@ class LiveSource:
 
     def frame_name(self, index: int) -> str:
         return f"{index:05d}"
+
+    def frame_file(self, index: int) -> Optional[str]:
+        return None
 
     def close(self) -> None:
         self.reader.close()

@@ -199,6 +199,7 @@ def open_sinks(
     png_dir: Optional[Path],
     coco: Optional[Path],
     yolo_dir: Optional[Path],
+    yolo_pieces: bool = False,
 ) -> SinkSet:
     """The outputs asked for, ready for the first frame."""
     sinks = SinkSet()
@@ -208,9 +209,9 @@ def open_sinks(
         if png_dir is not None:
             sinks.add(PngMaskWriter(png_dir))
         if coco is not None:
-            sinks.add(CocoWriter(coco, source.name))
+            sinks.add(CocoWriter(coco, source.name, source.frame_file))
         if yolo_dir is not None:
-            sinks.add(YoloWriter(yolo_dir))
+            sinks.add(YoloWriter(yolo_dir, yolo_pieces))
     except BaseException:
         sinks.close()
         raise
