@@ -55,23 +55,27 @@ def test_yolo_and_coco_outputs_decode_to_the_predictors_masks_and_resume(dataset
     expected = _predictor_masks(checkpoint, frames[0])
     assert all(0 < m.sum() < m.size for m in expected)
     coco = json.loads((root / "out" / "annotations.json").read_text())
-    assert [c["name"] for c in coco["categories"]] == ["0", "1"]
+    assert [(c["id"], c["name"]) for c in coco["categories"]] == [(1, "0"), (2, "1")]  # ids from 1, as COCO's
     first = [a for a in coco["annotations"] if a["image_id"] == 1]
-    assert [a["category_id"] for a in first] == [0, 1]
+    assert [a["category_id"] for a in first] == [1, 2]
     for annotation, mask in zip(first, expected):
         np.testing.assert_array_equal(decode_rle(annotation["segmentation"]), mask)
     lines = (root / "out" / "labels" / "f0.txt").read_text().splitlines()
+    assert [int(line.split()[0]) for line in lines] == [0, 1]  # one line per object, whatever its pieces
     height, width = frames[0].shape[:2]
-    for class_id, mask in enumerate(expected):
+    for line, mask in zip(lines, expected):
         drawn = np.zeros((height, width), np.uint8)
-        for line in lines:
-            values = line.split()
-            if int(values[0]) == class_id:
-                polygon = (np.array(values[1:], float).reshape(-1, 2) * [width, height]).round().astype(np.int32)
-                cv2.fillPoly(drawn, [polygon], 1)
+        polygon = (np.array(line.split()[1:], float).reshape(-1, 2) * [width, height]).round().astype(np.int32)
+        cv2.fillPoly(drawn, [polygon], 1)
         expressible = polygon_expressible(mask)
         iou = (drawn.astype(bool) & expressible).sum() / (drawn.astype(bool) | expressible).sum()
-        assert iou > 0.9, f"class {class_id}: polygon IoU {iou:.3f}"
+        assert iou > 0.9, f"class {line.split()[0]}: polygon IoU {iou:.3f}"
+    # A dataset the YOLO trainers take as it is: images/ beside labels/ (hard links), data.yaml with the classes.
+    for index in range(2):
+        assert (root / "out" / "images" / f"f{index}.png").samefile(root / "images" / f"f{index}.png")
+    data = (root / "out" / "data.yaml").read_text()
+    assert "train: images" in data and "path:" not in data  # relative to the file: the dataset can move
+    assert 'names:\n  0: "0"\n  1: "1"\n' in data
 
     # An interrupted run: the second image never finished. Running again does only that one.
     second = (root / "out" / "labels" / "f1.txt").read_text()
@@ -102,7 +106,29 @@ def test_coco_detections_input(dataset, checkpoint, capsys):
     assert result.returncode == 0, result.stderr
     coco = json.loads((root / "out" / "annotations.json").read_text())
     assert coco["categories"][0]["name"] == "square" and len(coco["annotations"]) == 1
-    assert not (root / "out" / "labels").exists()
+    assert coco["categories"][0]["id"] == coco["annotations"][0]["category_id"] == 3  # the detections' own id
+    assert not (root / "out" / "labels").exists() and not (root / "out" / "images").exists()
+
+
+def test_class_names_from_the_labels_classes_txt_and_copied_images(dataset, checkpoint, capsys):
+    root, _ = dataset
+    (root / "labels" / "classes.txt").write_text("red square\ngreen: box\n")
+    args = ("annotate", root / "images", "--labels", root / "labels", "-o", root / "out", "--copy-images")
+    result = invoke_in_process(capsys, *args, *model_args(checkpoint))
+    assert result.returncode == 0, result.stderr
+    coco = json.loads((root / "out" / "annotations.json").read_text())
+    assert [(c["id"], c["name"]) for c in coco["categories"]] == [(1, "red square"), (2, "green: box")]
+    assert 'names:\n  0: "red square"\n  1: "green: box"\n' in (root / "out" / "data.yaml").read_text()
+    copy = root / "out" / "images" / "f0.png"
+    assert (
+        not copy.samefile(root / "images" / "f0.png") and copy.read_bytes() == (root / "images" / "f0.png").read_bytes()
+    )
+    assert "images copied" in result.stdout
+
+    (root / "labels" / "classes.txt").write_text("red square\n")  # class 1 is labelled but not named
+    result = invoke_in_process(capsys, "annotate", root / "images", "--labels", root / "labels", "-o", root / "out2",
+                               *model_args(checkpoint))  # fmt: skip
+    assert_clean_error(result, "class 1 is labelled, but the class names name only 1 classes")
 
 
 @pytest.mark.parametrize(
@@ -160,8 +186,12 @@ def test_video_key_frames_start_and_correct_tracks(tmp_path, checkpoint, capsys)
     assert sorted(p.name for p in (tmp_path / "out" / "labels").iterdir()) == [f"clip_{i:05d}.txt" for i in range(4)]
     coco = json.loads((tmp_path / "out" / "annotations.json").read_text())
     assert len(coco["images"]) == 4
+    # Each frame is an image of the dataset: the file its labels and COCO entry name exists.
+    frame_files = sorted(p.name for p in (tmp_path / "out" / "images").iterdir())
+    assert frame_files == [image["file_name"] for image in coco["images"]] == [f"clip_{i:05d}.jpg" for i in range(4)]
+    assert "train: images" in (tmp_path / "out" / "data.yaml").read_text()
     tracks = [(a["image_id"], a["track_id"], a["category_id"]) for a in coco["annotations"]]
-    assert {(1, 1, 0), (2, 1, 0), (3, 1, 0), (3, 2, 1), (4, 2, 1)} <= set(tracks)  # object 2 starts on frame 2
+    assert {(1, 1, 1), (2, 1, 1), (3, 1, 1), (3, 2, 2), (4, 2, 2)} <= set(tracks)  # object 2 starts on frame 2
     assert not any(image_id < 3 and track == 2 for image_id, track, _ in tracks)
     # The first frame's mask is the tracker's answer to the box.
     model = sam2rt.load_model(VARIANT, checkpoint, device="cpu", image_size=IMAGE_SIZE)

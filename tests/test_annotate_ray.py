@@ -40,7 +40,7 @@ def test_ray_writes_the_files_of_a_single_process_run_and_resumes(tmp_path, chec
     distributed = invoke_in_process(capsys, *args, "-o", tmp_path / "ray", "--ray", "--workers", "2")
     assert distributed.returncode == 0, distributed.stderr
     expected = _files(tmp_path / "local")
-    assert len(expected) == 7  # 3 label files, 3 records, the COCO file
+    assert len(expected) == 11  # 3 images (hard links), 3 label files, 3 records, data.yaml, the COCO file
     assert _files(tmp_path / "ray") == expected
 
     # Interrupted after the first image: the rerun does the other two and ends with the same files.

@@ -98,8 +98,9 @@ def yolo_items(images: Path, labels: Path) -> list[Item]:
     return [Item(path, labels / f"{path.stem}.txt") for path in files]
 
 
-def coco_items(path: Path, images: Path) -> tuple[list[Item], list[str]]:
-    """Images and boxes of a COCO detections JSON (images, annotations with bbox, categories), and class names."""
+def coco_items(path: Path, images: Path) -> tuple[list[Item], list[str], list[int]]:
+    """Images and boxes of a COCO detections JSON (images, annotations with bbox, categories), the class names
+    and the categories' ids (kept in the masks' COCO file; renumbered from 1 where one is below 1)."""
     try:
         content = json.loads(path.read_text())
         files = {entry["id"]: entry["file_name"] for entry in content["images"]}
@@ -131,7 +132,10 @@ def coco_items(path: Path, images: Path) -> tuple[list[Item], list[str]]:
             if x1 <= x0 or y1 <= y0 or x0 < 0 or y0 < 0 or x1 > width + 1e-3 or y1 > height + 1e-3:
                 raise LabelError(f"{path}: a box of {name} lies outside its {width}x{height} image: {detection.box}")
         items.append(item)
-    return items, [str(category.get("name", category["id"])) for category in categories]
+    ids = [int(category["id"]) for category in categories]
+    if min(ids, default=1) < 1:
+        ids = list(range(1, len(ids) + 1))
+    return items, [str(category.get("name", category["id"])) for category in categories], ids
 
 
 class BoxSegmenter:
@@ -153,7 +157,8 @@ class BoxSegmenter:
 
 
 def image_record(item: Item, rgb: np.ndarray, detections: Sequence[Detection], masks, ious) -> dict:
-    """What a finished image leaves in `.parts`: its size and its annotations with RLE masks."""
+    """What a finished image leaves in `.parts`: its size and its annotations with RLE masks (`category_id`
+    holding the class index from 0, as in the YOLO labels)."""
     from pycocotools import mask as mask_utils
 
     rles = encode_rle(masks) if len(masks) else []
@@ -174,8 +179,9 @@ def part_path(output: Path, item: Item) -> Path:
     return output / PARTS / f"{item.name}.json"
 
 
-def annotate_item(item: Item, segmenter, output: Path, yolo: bool) -> dict:
-    """Segment one image's boxes; write its YOLO label file, then its record (the mark that it is done)."""
+def annotate_item(item: Item, segmenter, output: Path, yolo: bool, per_piece: bool = False) -> dict:
+    """Segment one image's boxes; write its YOLO label file (a line per object, or `per_piece`), then its record
+    (the mark that it is done)."""
     from PIL import Image
 
     try:
@@ -189,7 +195,7 @@ def annotate_item(item: Item, segmenter, output: Path, yolo: bool) -> dict:
     boxes = np.array([d.box for d in detections], dtype=np.float32).reshape(-1, 4)
     masks, ious = segmenter(rgb, boxes)
     if yolo:
-        lines = yolo_lines([d.class_id for d in detections], masks)
+        lines = yolo_lines([d.class_id for d in detections], masks, per_piece)
         text = "".join(line + "\n" for line in lines)
         write_text_atomically(make_folder(output / "labels") / f"{item.name}.txt", text)
     record = image_record(item, rgb, detections, masks, ious)
@@ -202,13 +208,14 @@ def pending(items: Sequence[Item], output: Path) -> list[Item]:
     return [item for item in items if not part_path(output, item).exists()]
 
 
-def write_coco(records: Sequence[dict], class_names: Sequence[str], path: Path) -> int:
+def write_coco(
+    records: Sequence[dict], class_names: Sequence[str], path: Path, category_ids: Optional[Sequence[int]] = None
+) -> int:
     """The COCO JSON of finished image records, in their order; returns the number of masks."""
     from ..io.coco import CocoDataset
 
-    dataset = CocoDataset(
-        class_names, {"description": "sam2rt annotate"}
-    )  # no paths: the same file wherever it is made
+    # no paths in info: the same file wherever it is made
+    dataset = CocoDataset(class_names, {"description": "sam2rt annotate"}, category_ids)
     for record in records:
         image_id = dataset.add_image(record["file_name"], record["height"], record["width"])
         for a in record["annotations"]:
@@ -219,8 +226,9 @@ def write_coco(records: Sequence[dict], class_names: Sequence[str], path: Path) 
     return len(dataset.annotations)
 
 
-def detector_items(images: Path, weights: str) -> list[Item]:
-    """Boxes from an Ultralytics detector (the user's weights) for every image of the folder `images`."""
+def detector_items(images: Path, weights: str) -> tuple[list[Item], list[str]]:
+    """Boxes from an Ultralytics detector (the user's weights) for every image of the folder `images`, and the
+    detector's class names."""
     try:
         from ultralytics import YOLO
     except ImportError:
@@ -236,17 +244,12 @@ def detector_items(images: Path, weights: str) -> list[Item]:
         boxes = result.boxes.xyxy.cpu().numpy()  # (N, 4) pixels
         classes = result.boxes.cls.cpu().numpy().astype(int)
         items.append(Item(path, detections=[Detection(int(c), tuple(map(float, b))) for c, b in zip(classes, boxes)]))
-    return items
+    names = detector.names  # {class index: name}
+    return items, [str(names[index]) for index in sorted(names)]
 
 
 def finished_records(items: Sequence[Item], output: Path) -> list[dict]:
     return [json.loads(part_path(output, item).read_text()) for item in items]
-
-
-def class_names_of(records: Sequence[dict]) -> list[str]:
-    """Class names "0", "1", ... up to the largest class id among the records."""
-    largest = max((a["category_id"] for record in records for a in record["annotations"]), default=-1)
-    return [str(i) for i in range(largest + 1)]
 
 
 def check_items(items: Sequence[Item]) -> None:

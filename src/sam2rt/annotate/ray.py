@@ -28,7 +28,7 @@ class ModelSpec(NamedTuple):
 class _Worker:
     """A Ray Data actor: loads the model once, then annotates the images of each batch it is given."""
 
-    def __init__(self, spec: ModelSpec, output: str, yolo: bool) -> None:
+    def __init__(self, spec: ModelSpec, output: str, yolo: bool, per_piece: bool) -> None:
         from ..checkpoints import load_model
         from ..runtime import with_speed_options
         from .images import BoxSegmenter
@@ -36,7 +36,7 @@ class _Worker:
         model = load_model(spec.variant, spec.checkpoint and Path(spec.checkpoint), spec.device, spec.image_size)
         self.segmenter = BoxSegmenter(with_speed_options(model, spec.fast, spec.compile))
         self.output = Path(output)
-        self.yolo = yolo
+        self.yolo, self.per_piece = yolo, per_piece
 
     def __call__(self, batch: dict) -> dict:
         from .images import Detection, annotate_item
@@ -45,12 +45,20 @@ class _Worker:
         for image, label, detections in zip(batch["image"], batch["label"], batch["detections"]):
             found = None if label else [Detection(int(c), tuple(b)) for c, *b in json.loads(detections)]
             item = Item(Path(image), Path(label) if label else None, found)
-            counts.append(len(annotate_item(item, self.segmenter, self.output, self.yolo)["annotations"]))
+            counts.append(
+                len(annotate_item(item, self.segmenter, self.output, self.yolo, self.per_piece)["annotations"])
+            )
         return {"image": batch["image"], "masks": counts}
 
 
 def annotate_on_ray(
-    items: Sequence[Item], spec: ModelSpec, output: Path, yolo: bool, address: Optional[str], workers: int
+    items: Sequence[Item],
+    spec: ModelSpec,
+    output: Path,
+    yolo: bool,
+    per_piece: bool,
+    address: Optional[str],
+    workers: int,
 ) -> list[tuple[str, int]]:
     """Annotate `items` on a Ray cluster (joined at `address`, or this process's Ray, or a local one)."""
     try:
@@ -69,7 +77,7 @@ def annotate_on_ray(
     ]
     dataset = ray.data.from_items(rows).map_batches(
         _Worker,
-        fn_constructor_args=(spec, str(output), yolo),
+        fn_constructor_args=(spec, str(output), yolo, per_piece),
         batch_size=1,
         concurrency=workers,
         num_gpus=1 if spec.device.startswith("cuda") else 0,

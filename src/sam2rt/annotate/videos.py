@@ -3,7 +3,9 @@
 Key frames are YOLO label files named by frame number (`0.txt`, `00012.txt`, ...). On a key frame,
 each box goes to the tracked object of its class whose current mask box overlaps it best (IoU of
 at least MATCH_IOU), as a correction, or else starts a new object. Between key frames the
-StreamTracker carries every object. The video's record in `.parts/` is written when it is done.
+StreamTracker carries every object. Each frame is written as `images/<video>_<frame>.jpg`, the image its
+labels and COCO entry name (a trainer needs the picture beside its labels). The video's record in `.parts/`
+is written when it is done.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..images.boxes import box_iou, masks_to_boxes
-from ..io.atomic import write_text_atomically
+from ..io.atomic import write_atomically, write_text_atomically
 from ..io.sinks import make_folder
 from ..io.yolo import yolo_lines
 from .images import PARTS, Detection, Item, LabelError, image_record, read_yolo_boxes
@@ -39,8 +41,10 @@ def key_frames(labels: Path, num_frames: int) -> dict[int, Path]:
     return keys
 
 
-def annotate_video(video: Path, labels: Path, model, output: Path, yolo: bool) -> list[dict]:
+def annotate_video(video: Path, labels: Path, model, output: Path, yolo: bool, per_piece: bool = False) -> list[dict]:
     """Track the key frames' boxes through `video`; returns one record per frame (also written to .parts)."""
+    from PIL import Image
+
     from ..io.sources import open_frames
     from ..tracking.stream import StreamTracker
 
@@ -64,8 +68,10 @@ def annotate_video(video: Path, labels: Path, model, output: Path, yolo: bool) -
         masks = result.masks.cpu().numpy()
         class_ids = [classes[obj_id] for obj_id in result.object_ids]
         name = f"{video.stem}_{index:05d}"
+        picture = Image.fromarray(rgb)
+        write_atomically(make_folder(output / "images") / f"{name}.jpg", lambda t: picture.save(t, "JPEG", quality=95))
         if yolo:
-            lines = yolo_lines(class_ids, masks)
+            lines = yolo_lines(class_ids, masks, per_piece)
             write_text_atomically(
                 make_folder(output / "labels") / f"{name}.txt", "".join(line + "\n" for line in lines)
             )

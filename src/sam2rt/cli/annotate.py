@@ -24,8 +24,16 @@ def annotate(
     detector: Optional[str] = typer.Option(
         None, "--detector", help="Ultralytics detector weights (needs the ultralytics package)."
     ),
-    output: Path = typer.Option(..., "--output", "-o", help="Output folder: labels/*.txt and/or annotations.json."),
+    output: Path = typer.Option(
+        ..., "--output", "-o", help="Output folder: images/, labels/*.txt and data.yaml, and/or annotations.json."
+    ),
     formats: list[str] = typer.Option(["yolo", "coco"], "--format", help="yolo and/or coco (repeatable)."),
+    copy_images: bool = typer.Option(
+        False, "--copy-images", help="Copy the images into OUT/images (default: hard links where possible)."
+    ),
+    yolo_pieces: bool = typer.Option(
+        False, "--yolo-pieces", help="A YOLO line per piece of a mask, not one per object (pieces joined)."
+    ),
     ray: bool = typer.Option(False, "--ray", help="Spread the images over a Ray cluster (needs sam2rt[ray])."),
     ray_address: Optional[str] = typer.Option(
         None, "--ray-address", help="With --ray: the cluster to join (default: RAY_ADDRESS, else a local one)."
@@ -35,6 +43,7 @@ def annotate(
 ) -> None:
     """Turn detection boxes into masks; finished images are skipped when the run is started again."""
     from ..annotate import images as annotation
+    from ..annotate.dataset import class_names, place_images, read_class_names, write_data_yaml
     from ..annotate.ray import annotate_on_ray
     from ..annotate.videos import is_video
     from ..io.sinks import check_writable_folder
@@ -51,33 +60,37 @@ def annotate(
         try:
             check_writable_folder(output)
             if is_video(images):
-                _annotate_video(images, labels, output, formats, model)
+                _annotate_video(images, labels, output, formats, yolo_pieces, model)
                 return
-            class_names = None
+            category_ids = None
             if labels is not None:
-                items = annotation.yolo_items(images, labels)
+                items, given_names = annotation.yolo_items(images, labels), read_class_names(labels)
             elif coco is not None:
-                items, class_names = annotation.coco_items(coco, images)
+                items, given_names, category_ids = annotation.coco_items(coco, images)
             else:
-                items = annotation.detector_items(images, detector)
+                items, given_names = annotation.detector_items(images, detector)
             todo = annotation.pending(items, output)
             if len(todo) < len(items):
                 typer.echo(f"resuming: {len(items) - len(todo)} of {len(items)} images already done")
             annotation.check_items(todo)
             if todo and ray:
                 spec = _model_spec(model)
-                for name, count in annotate_on_ray(todo, spec, output, "yolo" in formats, ray_address, workers):
+                yolo = "yolo" in formats
+                for name, count in annotate_on_ray(todo, spec, output, yolo, yolo_pieces, ray_address, workers):
                     typer.echo(f"{name}: {count} masks")
             elif todo:
                 segmenter = annotation.BoxSegmenter(model.load())
                 for item in todo:
-                    record = annotation.annotate_item(item, segmenter, output, "yolo" in formats)
+                    record = annotation.annotate_item(item, segmenter, output, "yolo" in formats, yolo_pieces)
                     typer.echo(f"{item.image.name}: {len(record['annotations'])} masks")
+            records = annotation.finished_records(items, output)
+            names = class_names(records, given_names)
+            if "yolo" in formats:
+                copied = place_images([item.image for item in items], output / "images", copy_images)
+                how = "copied" if copied == len(items) else f"linked ({copied} copied)" if copied else "linked"
+                typer.echo(f"wrote {write_data_yaml(output, names)} ({len(names)} classes; images {how})")
             if "coco" in formats:
-                records = annotation.finished_records(items, output)
-                count = annotation.write_coco(
-                    records, class_names or annotation.class_names_of(records), output / "annotations.json"
-                )
+                count = annotation.write_coco(records, names, output / "annotations.json", category_ids)
                 typer.echo(f"wrote {output / 'annotations.json'} ({len(items)} images, {count} masks)")
         except annotation.LabelError as error:
             raise RunFailed(str(error)) from None
@@ -102,9 +115,12 @@ def _model_spec(model: ModelChoice):
     )
 
 
-def _annotate_video(video: Path, labels: Optional[Path], output: Path, formats: list[str], model: ModelChoice) -> None:
-    """A video with YOLO boxes on key frames: tracks and labels for every frame."""
+def _annotate_video(
+    video: Path, labels: Optional[Path], output: Path, formats: list[str], yolo_pieces: bool, model: ModelChoice
+) -> None:
+    """A video with YOLO boxes on key frames: tracks and labels for every frame, and its frames as images."""
     from ..annotate import images as annotation
+    from ..annotate.dataset import class_names, read_class_names, write_data_yaml
     from ..annotate.videos import annotate_video, video_done, video_records
 
     if labels is None:
@@ -113,8 +129,11 @@ def _annotate_video(video: Path, labels: Optional[Path], output: Path, formats: 
         typer.echo(f"resuming: {video.name} already done")
         records = video_records(video, output)
     else:
-        records = annotate_video(video, labels, model.load(), output, "yolo" in formats)
+        records = annotate_video(video, labels, model.load(), output, "yolo" in formats, yolo_pieces)
         typer.echo(f"{video.name}: {len(records)} frames")
+    names = class_names(records, read_class_names(labels))
+    if "yolo" in formats:
+        typer.echo(f"wrote {write_data_yaml(output, names)} ({len(names)} classes; frames in {output / 'images'})")
     if "coco" in formats:
-        count = annotation.write_coco(records, annotation.class_names_of(records), output / "annotations.json")
+        count = annotation.write_coco(records, names, output / "annotations.json")
         typer.echo(f"wrote {output / 'annotations.json'} ({len(records)} frames, {count} masks)")
