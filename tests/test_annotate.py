@@ -128,7 +128,12 @@ def test_class_names_from_the_labels_classes_txt_and_copied_images(dataset, chec
     (root / "labels" / "classes.txt").write_text("red square\n")  # class 1 is labelled but not named
     result = invoke_in_process(capsys, "annotate", root / "images", "--labels", root / "labels", "-o", root / "out2",
                                *model_args(checkpoint))  # fmt: skip
-    assert_clean_error(result, "class 1 is labelled, but the class names name only 1 classes")
+    assert_clean_error(result, "f0.txt: class 1 is labelled, but only 1 class names are given")
+    assert not (root / "out2").exists()  # refused before any work
+
+    result = invoke_in_process(capsys, "annotate", root / "images", "--labels", root / "labels", "-o", root,
+                               *model_args(checkpoint))  # fmt: skip
+    assert_clean_error(result, "the masks' labels would overwrite the boxes in")
 
 
 @pytest.mark.parametrize(

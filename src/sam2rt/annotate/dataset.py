@@ -39,7 +39,7 @@ def class_names(records: Sequence[dict], given: Optional[Sequence[str]]) -> list
     if given is None:
         return [str(index) for index in range(largest + 1)]
     if largest >= len(given):
-        raise LabelError(f"class {largest} is labelled, but the class names name only {len(given)} classes")
+        raise LabelError(f"class {largest} is labelled, but only {len(given)} class names are given")
     return list(given)
 
 

@@ -252,9 +252,16 @@ def finished_records(items: Sequence[Item], output: Path) -> list[dict]:
     return [json.loads(part_path(output, item).read_text()) for item in items]
 
 
-def check_items(items: Sequence[Item]) -> None:
-    """Read every image header and label file before any work: a bad label fails the run at once."""
+def check_items(items: Sequence[Item], class_names: Optional[Sequence[str]] = None) -> None:
+    """Read every image header and label file before any work: a bad label (or a class past `class_names`,
+    where the classes are named) fails the run at once."""
     for item in items:
         size = image_size(item.image)
-        if item.label_file is not None:
-            read_yolo_boxes(item.label_file, size)
+        if item.label_file is None:
+            continue
+        for detection in read_yolo_boxes(item.label_file, size):
+            if class_names is not None and detection.class_id >= len(class_names):
+                raise LabelError(
+                    f"{item.label_file}: class {detection.class_id} is labelled, but only {len(class_names)} "
+                    "class names are given"
+                )

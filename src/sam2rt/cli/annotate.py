@@ -59,6 +59,8 @@ def annotate(
     with errors_as_messages():
         try:
             check_writable_folder(output)
+            if labels is not None and "yolo" in formats and (output / "labels").resolve() == labels.resolve():
+                raise RunFailed(f"the masks' labels would overwrite the boxes in {labels}: give another --output")
             if is_video(images):
                 _annotate_video(images, labels, output, formats, yolo_pieces, model)
                 return
@@ -72,7 +74,7 @@ def annotate(
             todo = annotation.pending(items, output)
             if len(todo) < len(items):
                 typer.echo(f"resuming: {len(items) - len(todo)} of {len(items)} images already done")
-            annotation.check_items(todo)
+            annotation.check_items(todo, given_names)
             if todo and ray:
                 spec = _model_spec(model)
                 yolo = "yolo" in formats
