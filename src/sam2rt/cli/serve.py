@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from ..serve.ticks import DEFAULT_BATCH_WAIT_S
 from .common import RunFailed, app, errors_as_messages
 from .model_choice import MODEL_OPTIONS, ModelChoice, model_options
 
@@ -29,6 +30,13 @@ def serve(
         600.0, "--idle-timeout", min=1.0, help="Seconds without a message from a client before its session ends."
     ),
     max_upload_mb: int = typer.Option(512, "--max-upload-mb", min=1, help="Largest video a browser may upload."),
+    batch_wait_ms: float = typer.Option(
+        DEFAULT_BATCH_WAIT_S * 1000,
+        "--batch-wait-ms",
+        min=0.0,
+        max=1000.0,
+        help="Longest a frame waits for other cameras' frames due to share its pass of the model (0: never).",
+    ),  # fmt: skip
     model: ModelChoice = MODEL_OPTIONS,
 ) -> None:
     """Serve the browser app: track objects in live video (webcam, uploads, files, streams) by clicking on them."""
@@ -51,6 +59,7 @@ def serve(
         max_sessions=max_sessions,
         idle_timeout_s=idle_timeout,
         max_upload_bytes=max_upload_mb * 1024 * 1024,
+        batch_wait_s=batch_wait_ms / 1000.0,
     )
     server = uvicorn.Server(
         uvicorn.Config(

@@ -44,6 +44,7 @@ from .protocol import (
 from .scheduler import Scheduler, StreamEngine
 from .security import TOKEN_COOKIE, Guard
 from .sessions import Close, Reset, Restart, Session
+from .ticks import DEFAULT_BATCH_WAIT_S
 
 STATIC = Path(__file__).parent / "static"
 OUTBOX_SIZE = 32  # messages waiting for a slow client; the oldest results go first
@@ -56,6 +57,7 @@ class ServerConfig:
     max_sessions: int = 8
     idle_timeout_s: float = 600.0
     max_upload_bytes: int = 512 * 1024 * 1024
+    batch_wait_s: float = DEFAULT_BATCH_WAIT_S
 
 
 class Server:
@@ -63,7 +65,7 @@ class Server:
 
     def __init__(self, engine: StreamEngine, config: ServerConfig) -> None:
         self.config = config
-        self.scheduler = Scheduler(engine)
+        self.scheduler = Scheduler(engine, config.batch_wait_s)
         self.uploads = UploadStore(config.max_upload_bytes)
         self.sessions: dict[str, Session] = {}
 

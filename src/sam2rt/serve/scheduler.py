@@ -1,9 +1,11 @@
 """One loop that runs the model for every session: each tick, the newest frame of every live session, together.
 
 The loop takes each session's queued requests (prompts, removals, resets) and then steps all the
-sessions that have a new frame in one call of the engine (a StreamPool: one batched pass). Frames
-that arrive while a tick runs replace each other, so a session always gets its newest frame and the
-ones in between are dropped (counted in the session's figures). Only this thread touches the model.
+sessions that have a new frame in one call of the engine (a StreamPool: one batched pass). Before a
+tick it waits a bounded moment for the frames other sessions are about to send (ticks.py), so that
+cameras out of phase share a pass; a request is answered at once. Frames that arrive while a tick
+runs replace each other, so a session always gets its newest frame and the ones in between are
+dropped (counted in the session's figures). Only this thread touches the model.
 
 A prompt names the frame the user clicked on. When that frame is no longer the stream's newest
 (the stream went on while the click travelled), it is stepped again from the frames the session
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import replace
 from typing import Any, Optional, Protocol
 
@@ -35,6 +38,7 @@ from .protocol import (
 )
 from .publisher import Outgoing, Publisher
 from .sessions import RECENT_FRAMES, Close, Command, Reset, Restart, Session, SessionStats
+from .ticks import DEFAULT_BATCH_WAIT_S, tick_deadline
 
 log = logging.getLogger("sam2rt.serve")
 
@@ -50,8 +54,9 @@ class StreamEngine(Protocol):
 
 
 class Scheduler:
-    def __init__(self, engine: StreamEngine) -> None:
+    def __init__(self, engine: StreamEngine, batch_wait_s: float = DEFAULT_BATCH_WAIT_S) -> None:
         self.engine = engine
+        self.batch_wait_s = batch_wait_s
         self.lock = threading.Condition()  # guards every session's shared fields, see sessions.py
         self.sessions: list[Session] = []
         self.batch_sizes: list[int] = []  # sessions stepped per tick, the last 1000 ticks
@@ -81,6 +86,7 @@ class Scheduler:
             with self.lock:
                 while not self._stop and not any(s.has_work() for s in self.sessions):
                     self.lock.wait(0.5)
+                self._gather()
                 if self._stop:
                     return
                 work = [(s, *s.take_work()) for s in self.sessions if s.has_work()]
@@ -92,6 +98,22 @@ class Scheduler:
                     batch[session] = frame
             if batch:
                 self._step(batch)
+
+    def _gather(self) -> None:
+        """Wait (lock held, released while waiting) until the frames due soon are in, at most `batch_wait_s`
+        after the oldest waiting frame came; at once when a request waits."""
+        while not self._stop and self.batch_wait_s > 0:
+            if any(session.commands for session in self.sessions):
+                return
+            waiting = [s.waiting.arrived for s in self.sessions if s.waiting is not None]
+            if not waiting:
+                return
+            expected = [s.arrivals.next_expected() for s in self.sessions if s.waiting is None and not s.paused]
+            now = time.monotonic()
+            deadline = tick_deadline(min(waiting), expected, self.batch_wait_s, now)
+            if deadline <= now:
+                return
+            self.lock.wait(deadline - now)
 
     def _guarded(self, session: Session, command: Command) -> None:
         """Run one request; a refused or failing one is told to its session, and the loop goes on."""

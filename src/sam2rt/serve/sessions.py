@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional, Union
 
 from .export import Recorder
 from .protocol import PromptRequest, ReceivedFrame, RemoveRequest
+from .ticks import Arrivals
 
 RECENT_FRAMES = 32  # processed frames kept per session, so that a click lands on the frame it was made on
 FPS_WINDOW_S = 2.0
@@ -82,6 +83,7 @@ class Session:
         # Shared with the scheduler, under `_lock`:
         self._lock = lock
         self.waiting: Optional[ReceivedFrame] = None
+        self.arrivals = Arrivals()  # when this source's frames come, for the tick to wait for the next one
         self.commands: deque[Command] = deque()
         self.paused = False
         self.closed = False
@@ -107,6 +109,7 @@ class Session:
             if self.waiting is not None:
                 self.stats.dropped += 1  # the scheduler had no time for it
             self.waiting = frame
+            self.arrivals.note(frame.arrived)
             self._lock.notify_all()
         return None
 
@@ -115,7 +118,7 @@ class Session:
             if self.closed:
                 return
             if isinstance(command, Restart):
-                self.waiting, self.size = None, None
+                self.waiting, self.size, self.arrivals = None, None, Arrivals()
             if isinstance(command, Close):
                 self.closed = True
             self.commands.append(command)
