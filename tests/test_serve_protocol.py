@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import zipfile
 
@@ -208,3 +209,53 @@ def test_the_serve_command_serves_the_app(tmp_path):
         process.send_signal(signal.SIGINT)
         process.wait(timeout=30)
     assert process.stderr.read() == "", "a start, a session and Ctrl+C: nothing for stderr"
+
+
+def _metrics(server) -> dict[str, float]:
+    """/metrics parsed as Prometheus parses it: sample name (with labels) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    reply = urllib.request.urlopen(f"{server.base}/metrics", timeout=30)
+    assert reply.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    samples = {}
+    for family in text_string_to_metric_families(reply.read().decode()):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples
+
+
+def test_health_and_metrics_follow_the_sessions(server):
+    health = json.loads(urllib.request.urlopen(f"{server.base}/healthz", timeout=30).read())
+    assert health["status"] == "ok"
+    before = _metrics(server)
+    client = Client(server.ws_url)
+    client.step(0, FRAMES[0])
+    client.send({"type": "prompt", "frame": 0, "obj_id": 1, "points": [[28, 50]]})
+    client.next("result")
+    for index in (1, 2):
+        client.step(index, FRAMES[index])
+    during = _metrics(server)
+    assert during["sam2rt_sessions"] == before["sam2rt_sessions"] + 1
+    assert during["sam2rt_frames_tracked_total"] == before["sam2rt_frames_tracked_total"] + 3
+    assert during["sam2rt_frame_latency_seconds_count"] == before["sam2rt_frame_latency_seconds_count"] + 3
+    assert during["sam2rt_tick_sessions_count"] == before["sam2rt_tick_sessions_count"] + 3  # one session a tick
+    assert during["sam2rt_tick_sessions_sum"] == before["sam2rt_tick_sessions_sum"] + 3
+    assert during["sam2rt_frame_latency_seconds_bucket{le=+Inf}"] == during["sam2rt_frame_latency_seconds_count"]
+    client.close()
+    deadline = time.monotonic() + 10
+    while _metrics(server)["sam2rt_sessions"] != before["sam2rt_sessions"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    after = _metrics(server)
+    assert after["sam2rt_sessions"] == before["sam2rt_sessions"]  # the closed session is gone ...
+    assert after["sam2rt_frames_tracked_total"] == during["sam2rt_frames_tracked_total"]  # ... its counts stay
+    assert after["sam2rt_frames_dropped_total"] >= during["sam2rt_frames_dropped_total"]
+
+
+def test_health_says_when_the_scheduler_has_stopped(model):
+    with running_server(default_engine(model)) as server:
+        assert urllib.request.urlopen(f"{server.base}/healthz", timeout=30).status == 200
+        server.state.scheduler.stop()  # as if its thread had died
+        with pytest.raises(urllib.error.HTTPError) as stopped:
+            urllib.request.urlopen(f"{server.base}/healthz", timeout=30)
+        assert stopped.value.code == 503 and "stopped" in stopped.value.read().decode()

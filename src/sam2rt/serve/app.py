@@ -30,6 +30,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from .export import EXPORT_KINDS
 from .feeds import Feed, FeedError, check_url
 from .media import MediaError, UploadStore, list_media, resolve_media_path
+from .metrics import CONTENT_TYPE, ServerMetrics
 from .protocol import (
     MAX_FRAME_BYTES,
     MAX_OBJECTS,
@@ -66,6 +67,8 @@ class Server:
     def __init__(self, engine: StreamEngine, config: ServerConfig) -> None:
         self.config = config
         self.scheduler = Scheduler(engine, config.batch_wait_s)
+        self.metrics = ServerMetrics(self.scheduler.figures)
+        self.scheduler.observer = self.metrics
         self.uploads = UploadStore(config.max_upload_bytes)
         self.sessions: dict[str, Session] = {}
 
@@ -259,6 +262,15 @@ class Server:
         cleanup = BackgroundTask(shutil.rmtree, folder, ignore_errors=True)
         return FileResponse(path, filename=f"sam2rt-{kind}", background=cleanup)
 
+    async def health(self, request: Request) -> Response:
+        """200 while the model is loaded and the scheduler runs (a server is made with its model loaded), else 503."""
+        alive = self.scheduler.alive()
+        body = {"status": "ok" if alive else "the scheduler has stopped", "sessions": len(self.sessions)}
+        return JSONResponse(body, status_code=200 if alive else 503)
+
+    async def metrics_text(self, request: Request) -> Response:
+        return Response(self.metrics.render(), media_type=CONTENT_TYPE)
+
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette):
         self.scheduler.start()
@@ -280,6 +292,8 @@ def create_app(engine: StreamEngine, config: ServerConfig) -> Guard:
         Route("/api/media", server.media),
         Route("/api/upload", server.upload, methods=["POST"]),
         Route("/api/export/{session}/{kind}", server.export),
+        Route("/healthz", server.health),
+        Route("/metrics", server.metrics_text),
         WebSocketRoute("/ws", server.session),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]

@@ -43,6 +43,14 @@ from .ticks import DEFAULT_BATCH_WAIT_S, tick_deadline
 log = logging.getLogger("sam2rt.serve")
 
 
+class TickObserver(Protocol):
+    """What the scheduler reports as it runs (ServerMetrics)."""
+
+    def observe_tick(self, sessions: int, seconds: float) -> None: ...
+
+    def observe_frame(self, latency_s: float) -> None: ...
+
+
 class StreamEngine(Protocol):
     """What the scheduler needs of the engine: sam2rt.StreamPool's methods."""
 
@@ -54,9 +62,14 @@ class StreamEngine(Protocol):
 
 
 class Scheduler:
-    def __init__(self, engine: StreamEngine, batch_wait_s: float = DEFAULT_BATCH_WAIT_S) -> None:
+    def __init__(
+        self, engine: StreamEngine, batch_wait_s: float = DEFAULT_BATCH_WAIT_S, observer: Optional[TickObserver] = None
+    ) -> None:
         self.engine = engine
         self.batch_wait_s = batch_wait_s
+        self.observer = observer
+        self.tracked_total = 0  # frames stepped, all sessions ever
+        self._dropped_retired = 0  # frames dropped by sessions closed or restarted since
         self.lock = threading.Condition()  # guards every session's shared fields, see sessions.py
         self.sessions: list[Session] = []
         self.batch_sizes: list[int] = []  # sessions stepped per tick, the last 1000 ticks
@@ -68,6 +81,9 @@ class Scheduler:
         self.publisher.start()
         self._thread.start()
 
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def stop(self) -> None:
         with self.lock:
             self._stop = True
@@ -78,6 +94,12 @@ class Scheduler:
     def add(self, session: Session) -> None:
         with self.lock:
             self.sessions.append(session)
+
+    def figures(self) -> dict[str, int]:
+        """Sessions open, and frames tracked and dropped since the start: what /metrics reads."""
+        with self.lock:
+            dropped = self._dropped_retired + sum(session.stats.dropped for session in self.sessions)
+            return {"sessions": len(self.sessions), "tracked": self.tracked_total, "dropped": dropped}
 
     # The loop
 
@@ -128,6 +150,7 @@ class Scheduler:
 
     def _step(self, batch: dict[Session, ReceivedFrame]) -> None:
         frames = {self._stream(session): frame.image for session, frame in batch.items()}
+        start = time.monotonic()
         try:
             results = self.engine.step(frames)
         except Exception:
@@ -140,6 +163,11 @@ class Scheduler:
             session.newest = frame.frame_id
             session.stats.frame_done(frame.arrived)
             self._publish(session, frame, results[session.stream], prompted=False)
+            self.tracked_total += 1
+            if self.observer is not None:
+                self.observer.observe_frame(time.monotonic() - frame.arrived)
+        if self.observer is not None:
+            self.observer.observe_tick(len(batch), time.monotonic() - start)
 
     # Requests
 
@@ -169,7 +197,9 @@ class Scheduler:
                 session.generation += 1
                 session.recent.clear()
                 session.recorder.clear()
-                session.stats = SessionStats()
+                with self.lock:
+                    self._dropped_retired += session.stats.dropped
+                    session.stats = SessionStats()
 
     def _prompt(self, session: Session, request: PromptRequest) -> None:
         stream = session.stream
@@ -204,6 +234,7 @@ class Scheduler:
         with self.lock:
             if session in self.sessions:
                 self.sessions.remove(session)
+                self._dropped_retired += session.stats.dropped
         session.released.set()
 
     # Results
