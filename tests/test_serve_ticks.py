@@ -127,3 +127,26 @@ def test_a_click_does_not_wait_for_other_cameras():
         scheduler.stop()
     assert engine.batches == [1]  # ... but a request is answered at once, and the frame goes with it
     assert answered < now + 0.2, "the tick waited for the second camera after the click"
+
+
+def test_cameras_that_want_more_than_the_engine_can_do_share_it_fairly():
+    """Three cameras at 50 FPS against an engine whose pass takes 20 ms plus 15 ms per session: each camera
+    wants 20 ms of every 20 ms, together far more than there is; the newest frame wins and the rest is
+    dropped and counted, and each gets a like share."""
+
+    class Overloaded(_RecordingEngine):
+        def step(self, frames: dict) -> dict:
+            time.sleep(0.015 * len(frames))
+            return super().step(frames)
+
+    engine = Overloaded(tick_s=0.02)
+    scheduler = Scheduler(engine)
+    scheduler.start()
+    try:
+        sessions = _paced_cameras(scheduler, count=3, period=0.02, frames=60)
+    finally:
+        scheduler.stop()
+    processed = [session.stats.processed for session in sessions]
+    assert all(session.stats.dropped > 0 for session in sessions), "not overloaded: nothing was dropped"
+    assert min(processed) >= 0.6 * max(processed), processed
+    assert sum(processed) + sum(s.stats.dropped for s in sessions) == 3 * 60  # every frame stepped or counted
