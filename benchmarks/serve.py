@@ -12,6 +12,10 @@ p50 / p95 latency from frame sent to masks received. Two ways to stream:
 - flat out: each client sends as soon as its window allows (the server's best rate).
 `engine` is StreamTracker.step on the same decoded frames, masks fetched to the CPU each frame,
 one object, in a thread of this process, before the server starts. Random weights (the speed does not depend on them).
+
+Each row runs with each `--batch-wait-ms` (how long a tick waits for frames due from other clients), and a
+profile follows it, read from the server's /metrics: ms per stage (decode per frame, engine per tick, download
+and publish per result), sessions per tick, ticks, CUDA graphs captured during the row, GPU memory.
 """
 
 from __future__ import annotations
@@ -155,6 +159,46 @@ def clients_process(url: str, count: int, payloads, click, paced: bool, warmup: 
     queue.put(results)
 
 
+def scrape(port: int) -> dict[str, float]:
+    """The server's /metrics: sample name (labels folded in) -> value."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{v}" for _, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}[{labels}]" if labels else sample.name] = sample.value
+    return samples
+
+
+def print_profiles(profiles: list) -> None:
+    """Per row: mean ms of each stage, sessions per tick, ticks, graphs captured, GPU memory at its end."""
+    stages = ("decode", "engine", "download", "publish")
+    print("\n| clients | streaming | wait ms | " + " | ".join(f"{s} ms" for s in stages), end="")
+    print(" | sessions/tick | ticks | graphs captured | GPU MiB alloc / reserved |")
+    print("|---" * (len(stages) + 7) + "|")
+    for count, paced, wait, before, after, graphs in profiles:
+
+        def delta(name: str) -> float:
+            return after.get(name, 0.0) - before.get(name, 0.0)
+
+        means = []
+        for stage in stages:
+            calls = delta(f"sam2rt_stage_seconds_count[{stage}]")
+            means.append(f"{1000 * delta(f'sam2rt_stage_seconds_sum[{stage}]') / calls:.1f}" if calls else "-")
+        ticks = delta("sam2rt_tick_sessions_count")
+        per_tick = delta("sam2rt_tick_sessions_sum") / ticks if ticks else float("nan")
+        memory = [after.get(f"sam2rt_gpu_memory_{kind}_bytes", 0.0) / 2**20 for kind in ("allocated", "reserved")]
+        mode = "paced 30/s" if paced else "flat out"
+        print(
+            f"| {count} | {mode} | {wait:g} | " + " | ".join(means) + f" | {per_tick:.2f} | {ticks:.0f} | {graphs} | "
+            f"{memory[0]:.0f} / {memory[1]:.0f} |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda")
@@ -166,12 +210,14 @@ def main() -> None:
     parser.add_argument("--source", type=Path, default=CLIP, help="video file or folder of frames to stream")
     parser.add_argument("--exact", action="store_true", help="fp32 weights, no CUDA graphs")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--batch-wait-ms", default="0,20", help="tick waits to compare, e.g. 0,20")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     import uvicorn
 
     from sam2rt.runtime import optimize
+    from sam2rt.runtime.graphs import captured_graphs
     from sam2rt.serve.app import ServerConfig, create_app
     from sam2rt.serve.scheduler import default_engine
 
@@ -208,29 +254,36 @@ def main() -> None:
     url = f"ws://127.0.0.1:{port}/ws"
     memory_before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
 
+    scheduler = app.app.state.server.scheduler
+    waits = [float(w) for w in args.batch_wait_ms.split(",")]
     print(
-        "| clients | streaming | per-client FPS (mean) | all clients FPS | p50 latency ms | p95 latency ms | vs engine |"
+        "| clients | streaming | wait ms | per-client FPS (mean) | all clients FPS | p50 latency ms | p95 latency ms "
+        "| vs engine |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
+    profiles = []
     context = multiprocessing.get_context("spawn")
-    for paced in (False, True):
-        for count in counts:
-            queue = context.Queue()
-            process = context.Process(target=clients_process, args=(url, count, payloads, click, paced, warmup, queue))
-            process.start()
-            results = queue.get(timeout=600)
-            process.join()
-            fps = [r[0] for r in results]
-            latencies = sorted(1000 * x for r in results for x in r[1])
-            p50 = statistics.median(latencies) if latencies else float("nan")
-            p95 = latencies[int(0.95 * (len(latencies) - 1))] if latencies else float("nan")
-            total = sum(fps)
-            mode = "paced 30/s" if paced else "flat out"
-            print(
-                f"| {count} | {mode} | {statistics.mean(fps):.1f} | {total:.1f} | {p50:.0f} | {p95:.0f} | "
-                f"{total / bare:.2f} |",
-                flush=True,
-            )
+    for paced, count, wait in [(p, c, w) for p in (False, True) for c in counts for w in waits]:
+        scheduler.batch_wait_s = wait / 1000
+        before, graphs_before = scrape(port), captured_graphs(model)
+        queue = context.Queue()
+        process = context.Process(target=clients_process, args=(url, count, payloads, click, paced, warmup, queue))
+        process.start()
+        results = queue.get(timeout=600)
+        process.join()
+        profiles.append((count, paced, wait, before, scrape(port), captured_graphs(model) - graphs_before))
+        fps = [r[0] for r in results]
+        latencies = sorted(1000 * x for r in results for x in r[1])
+        p50 = statistics.median(latencies) if latencies else float("nan")
+        p95 = latencies[int(0.95 * (len(latencies) - 1))] if latencies else float("nan")
+        total = sum(fps)
+        mode = "paced 30/s" if paced else "flat out"
+        print(
+            f"| {count} | {mode} | {wait:g} | {statistics.mean(fps):.1f} | {total:.1f} | {p50:.0f} | {p95:.0f} | "
+            f"{total / bare:.2f} |",
+            flush=True,
+        )
+    print_profiles(profiles)
     deadline = time.monotonic() + 10
     while app.app.state.server.sessions and time.monotonic() < deadline:  # every client has gone: all freed
         time.sleep(0.1)

@@ -11,7 +11,7 @@ from visible import assert_masks_match, assert_nontrivial, visible_model
 
 import sam2rt
 from sam2rt.runtime import graphed_with_model, optimize, to_inference_dtype, use_cuda_graphs
-from sam2rt.runtime.graphs import GraphedCallable, _ModelGraphs
+from sam2rt.runtime.graphs import GraphedCallable, _ModelGraphs, captured_graphs
 from sam2rt.tracking import engine
 
 # bf16 against fp32 on `visible` weights, whose logits are smooth and near zero over wide areas. Measured on an
@@ -94,6 +94,8 @@ def test_code_around_the_model_is_graphed_only_with_its_graphs():
     shared = graphed_with_model(model, _pass)
     assert isinstance(shared, GraphedCallable) and shared.fn.args == (model,)
     assert graphed_with_model(model, _pass) is shared  # each tracker of the model replays the same graphs
+    shared.graphs["a shape"] = "its graph"  # as a capture leaves it
+    assert captured_graphs(model) == 1 and captured_graphs(sam2rt.build_model("sam2.1_hiera_tiny", image_size=64)) == 0
     other = sam2rt.build_model("sam2.1_hiera_tiny", image_size=64)
     assert not isinstance(graphed_with_model(other, _pass), GraphedCallable)  # graphs stay with their model
 
@@ -112,6 +114,7 @@ def test_cuda_graphs_replay_the_eager_results():
     # called inside it were taken into its graphs. Prompts (on the first frame: no memory) replay the segment
     # step, decoding inside it.
     assert graphed_with_model(graphed_model, engine._track_on_memory).graphs
+    assert captured_graphs(graphed_model) >= 3 and captured_graphs(model) == 0
     assert len(graphed_model.condition_on_memory.graphs) == 1  # only the correction conditions outside the pass
     assert graphed_model.segment.graphs and not graphed_model.decode.graphs
 

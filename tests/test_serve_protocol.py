@@ -242,6 +242,14 @@ def test_health_and_metrics_follow_the_sessions(server):
     assert during["sam2rt_tick_sessions_count"] == before["sam2rt_tick_sessions_count"] + 3  # one session a tick
     assert during["sam2rt_tick_sessions_sum"] == before["sam2rt_tick_sessions_sum"] + 3
     assert during["sam2rt_frame_latency_seconds_bucket{le=+Inf}"] == during["sam2rt_frame_latency_seconds_count"]
+
+    def stage(samples, name):
+        return samples.get(f"sam2rt_stage_seconds_count{{stage={name}}}", 0.0)
+
+    assert stage(during, "decode") == stage(before, "decode") + 3  # each frame the client sent
+    assert stage(during, "engine") == stage(before, "engine") + 3  # each tick
+    assert stage(during, "download") == stage(before, "download") + 4  # each result, the click's too
+    assert stage(during, "publish") >= stage(before, "publish") + 3  # the last may still be on its way
     client.close()
     deadline = time.monotonic() + 10
     while _metrics(server)["sam2rt_sessions"] != before["sam2rt_sessions"] and time.monotonic() < deadline:

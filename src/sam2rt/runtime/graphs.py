@@ -125,6 +125,15 @@ def use_cuda_graphs(model: nn.Module) -> nn.Module:
     return model
 
 
+def captured_graphs(model: nn.Module) -> int:
+    """How many CUDA graphs the model's graphed steps and functions hold (each a shape seen): 0 without graphs."""
+    graphs: Optional[_ModelGraphs] = model.__dict__.get("_graphs")
+    if graphs is None:
+        return 0
+    callables = [getattr(model, name) for name in GRAPHED_METHODS] + list(graphs.functions.values())
+    return sum(len(graphed.graphs) for graphed in callables if isinstance(graphed, GraphedCallable))
+
+
 def graphed_with_model(model: nn.Module, fn: Callable) -> Callable:
     """`fn(model, ...)` as a function of the other arguments: replayed from CUDA graphs when `use_cuda_graphs`
     graphed the model (its steps called inside run in fn's graph), else run as it is.

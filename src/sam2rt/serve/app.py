@@ -66,9 +66,8 @@ class Server:
 
     def __init__(self, engine: StreamEngine, config: ServerConfig) -> None:
         self.config = config
-        self.scheduler = Scheduler(engine, config.batch_wait_s)
-        self.metrics = ServerMetrics(self.scheduler.figures)
-        self.scheduler.observer = self.metrics
+        self.metrics = ServerMetrics(lambda: self.scheduler.figures())
+        self.scheduler = Scheduler(engine, config.batch_wait_s, self.metrics)
         self.uploads = UploadStore(config.max_upload_bytes)
         self.sessions: dict[str, Session] = {}
 
@@ -145,6 +144,7 @@ class Server:
             raise ProtocolError("this session reads a server-side source: send {'type': 'source', 'kind': 'webcam'}")
         arrived = time.monotonic()
         frame = await asyncio.to_thread(parse_frame, data, arrived)
+        self.metrics.observe_stage("decode", time.monotonic() - arrived)
         refusal = session.offer(frame)
         if refusal is not None:
             raise ProtocolError(refusal)

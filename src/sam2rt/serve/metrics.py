@@ -3,8 +3,10 @@
 Counts and gauges are read from the server's state at each scrape (sessions open, frames tracked and
 dropped, GPU memory), so nothing is counted twice or forgotten when a session ends; the scheduler
 observes each tick (sessions stepped together, seconds) and each frame's latency, from its arrival to
-its masks handed on, into histograms. Each server has its own registry: several in one process (tests)
-do not mix.
+its masks handed on, into histograms, and the time of each stage a frame goes through: `decode` (the
+client's JPEG or PNG), `engine` (the pass of the model, all sessions of a tick), `download` (masks to the CPU)
+and `publish` (RLE, recording, JSON). Each server has its own registry: several in one process (tests) do
+not mix.
 """
 
 from __future__ import annotations
@@ -41,6 +43,13 @@ class ServerMetrics:
         self.tick_seconds = Histogram(
             "sam2rt_tick_seconds", "Time of one pass of the model", buckets=LATENCY_BUCKETS_S, registry=self.registry
         )
+        self.stage_seconds = Histogram(
+            "sam2rt_stage_seconds",
+            "Time of each stage: decode and download and publish per frame, engine per tick",
+            ["stage"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
         self.registry.register(_StateCollector(state))
 
     def observe_tick(self, sessions: int, seconds: float) -> None:
@@ -49,6 +58,9 @@ class ServerMetrics:
 
     def observe_frame(self, latency_s: float) -> None:
         self.latency.observe(latency_s)
+
+    def observe_stage(self, stage: str, seconds: float) -> None:
+        self.stage_seconds.labels(stage).observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

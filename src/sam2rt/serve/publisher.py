@@ -11,13 +11,17 @@ import json
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from ..io.rle import encode_rle
 from ..io.sinks import TrackedFrame
 from .protocol import ReceivedFrame
 from .sessions import Session
+
+if TYPE_CHECKING:
+    from .scheduler import TickObserver
 
 log = logging.getLogger("sam2rt.serve")
 
@@ -35,7 +39,8 @@ class Outgoing:
 
 
 class Publisher:
-    def __init__(self) -> None:
+    def __init__(self, observer: Optional[TickObserver] = None) -> None:
+        self.observer = observer  # told how long each result took to send
         self._queue: queue.Queue[Optional[Outgoing]] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="sam2rt publisher", daemon=True)
 
@@ -51,10 +56,13 @@ class Publisher:
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
+            start = time.monotonic()
             try:
                 self._send(item)
             except Exception:  # one bad result must not stop the others'
                 log.exception("publishing a result of session %s failed", item.session.id[:6])
+            if self.observer is not None:
+                self.observer.observe_stage("publish", time.monotonic() - start)
 
     def _send(self, item: Outgoing) -> None:
         session, tracked, frame = item.session, item.tracked, item.frame

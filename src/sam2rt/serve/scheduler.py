@@ -50,6 +50,8 @@ class TickObserver(Protocol):
 
     def observe_frame(self, latency_s: float) -> None: ...
 
+    def observe_stage(self, stage: str, seconds: float) -> None: ...
+
 
 class StreamEngine(Protocol):
     """What the scheduler needs of the engine: sam2rt.StreamPool's methods."""
@@ -73,7 +75,7 @@ class Scheduler:
         self.lock = threading.Condition()  # guards every session's shared fields, see sessions.py
         self.sessions: list[Session] = []
         self.batch_sizes: list[int] = []  # sessions stepped per tick, the last 1000 ticks
-        self.publisher = Publisher()
+        self.publisher = Publisher(observer)
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="sam2rt scheduler", daemon=True)
 
@@ -153,6 +155,7 @@ class Scheduler:
         start = time.monotonic()
         try:
             results = self.engine.step(frames)
+            engine_seconds = time.monotonic() - start
         except Exception:
             log.exception("tracking step failed for %d sessions", len(batch))
             for session in batch:
@@ -168,6 +171,7 @@ class Scheduler:
                 self.observer.observe_frame(time.monotonic() - frame.arrived)
         if self.observer is not None:
             self.observer.observe_tick(len(batch), time.monotonic() - start)
+            self.observer.observe_stage("engine", engine_seconds)
 
     # Requests
 
@@ -243,7 +247,10 @@ class Scheduler:
         """Bring a frame's masks to the CPU and hand them to the publisher (which encodes, records and sends)."""
         height, width = session.size or (0, 0)
         image = frame.image if frame.image is not None else np.broadcast_to(np.zeros(1, np.uint8), (height, width, 3))
+        start = time.monotonic()
         tracked = tracked_frame(result, frame.frame_id, f"{frame.frame_id:05d}", image)
+        if self.observer is not None:
+            self.observer.observe_stage("download", time.monotonic() - start)
         picture: Optional[bytes] = None
         if frame.encoded is None:  # a server-side frame: the client sees it as a JPEG
             frame = replace(frame, encoded=encode_jpeg(frame.image), format=FORMAT_JPEG)
