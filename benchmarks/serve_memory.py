@@ -2,10 +2,13 @@
 
     python benchmarks/serve_memory.py --device cpu --threads 2 --image-size 256      # 30 sessions, one at a time
     python benchmarks/serve_memory.py --device cuda --cycles 10 --sessions 8          # 10 cycles of 8 at once
+    python benchmarks/serve_memory.py --device cuda --release-memory-after 2          # and then idle 2 s
 
 Each cycle opens `--sessions` WebSocket sessions at once; each streams `--frames` PNG frames with one
 object clicked on its first frame, then closes. After each cycle, once the server has let go of every
 session: the process's resident host memory (RSS) and, on a GPU, memory allocated and reserved by PyTorch.
+With `--release-memory-after S`, a last row once the server has been idle S seconds and given back what it
+keeps for speed (`sam2rt serve --release-memory-after`).
 The server runs in this process (uvicorn in a thread, as `sam2rt serve` runs it), the clients in threads.
 Random weights; noise frames (memory does not depend on either).
 """
@@ -74,6 +77,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--size", default="240x320", help="HxW of the frames")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--release-memory-after", type=float, default=0.0, help="seconds idle (0: never)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -91,7 +95,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     payloads = [png(i, rng.integers(0, 256, (height, width, 3), dtype=np.uint8)) for i in range(args.frames)]
     click = [width // 3, height // 2]
-    app = create_app(default_engine(model), ServerConfig(max_sessions=args.sessions + 1))
+    config = ServerConfig(max_sessions=args.sessions + 1, release_after_s=args.release_memory_after)
+    app = create_app(default_engine(model), config)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -128,6 +133,10 @@ def main() -> None:
             time.sleep(0.02)
         gc.collect()
         print(f"| {cycle} | {args.sessions} opened and closed | {resident_mib():.0f}{gpu()} |", flush=True)
+    if args.release_memory_after > 0:
+        time.sleep(args.release_memory_after + 1.0)  # the scheduler looks every 0.5 s
+        gc.collect()
+        print(f"| idle {args.release_memory_after:g} s | memory released | {resident_mib():.0f}{gpu()} |")
     server.should_exit = True
     thread.join(timeout=10)
 

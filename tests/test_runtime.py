@@ -11,7 +11,7 @@ from visible import assert_masks_match, assert_nontrivial, visible_model
 
 import sam2rt
 from sam2rt.runtime import graphed_with_model, optimize, to_inference_dtype, use_cuda_graphs
-from sam2rt.runtime.graphs import GraphedCallable, _ModelGraphs, captured_graphs
+from sam2rt.runtime.graphs import GraphedCallable, _ModelGraphs, captured_graphs, release_graphs
 from sam2rt.tracking import engine
 
 # bf16 against fp32 on `visible` weights, whose logits are smooth and near zero over wide areas. Measured on an
@@ -96,6 +96,7 @@ def test_code_around_the_model_is_graphed_only_with_its_graphs():
     assert graphed_with_model(model, _pass) is shared  # each tracker of the model replays the same graphs
     shared.graphs["a shape"] = "its graph"  # as a capture leaves it
     assert captured_graphs(model) == 1 and captured_graphs(sam2rt.build_model("sam2.1_hiera_tiny", image_size=64)) == 0
+    assert release_graphs(model) == 1 and captured_graphs(model) == 0 and not shared.graphs
     other = sam2rt.build_model("sam2.1_hiera_tiny", image_size=64)
     assert not isinstance(graphed_with_model(other, _pass), GraphedCallable)  # graphs stay with their model
 

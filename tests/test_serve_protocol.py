@@ -70,6 +70,9 @@ class SlowPacer:
     def close_stream(self, stream) -> None:
         self.pool.close_stream(stream)
 
+    def release_memory(self) -> int:
+        return self.pool.release_memory()
+
 
 def test_two_sessions_receive_the_stream_trackers_masks(model):
     """Two sessions stepped together, each with its own prompts, corrections and removals: StreamTracker's masks."""

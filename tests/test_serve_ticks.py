@@ -13,7 +13,7 @@ import torch
 
 from sam2rt.serve.protocol import FORMAT_JPEG, ReceivedFrame, RemoveRequest
 from sam2rt.serve.scheduler import Scheduler
-from sam2rt.serve.sessions import Session
+from sam2rt.serve.sessions import Close, Session
 from sam2rt.serve.ticks import JITTER_S, Arrivals, tick_deadline
 from sam2rt.tracking.stream import FrameResult
 
@@ -44,6 +44,7 @@ class _RecordingEngine:
     def __init__(self, tick_s: float) -> None:
         self.tick_s = tick_s
         self.batches: list[int] = []
+        self.released = 0
         self.counter = itertools.count()
 
     def open_stream(self):
@@ -51,6 +52,10 @@ class _RecordingEngine:
 
     def close_stream(self, stream) -> None:
         pass
+
+    def release_memory(self) -> int:
+        self.released += 1
+        return 0
 
     def step(self, frames: dict) -> dict:
         time.sleep(self.tick_s)
@@ -150,3 +155,33 @@ def test_cameras_that_want_more_than_the_engine_can_do_share_it_fairly():
     assert all(session.stats.dropped > 0 for session in sessions), "not overloaded: nothing was dropped"
     assert min(processed) >= 0.6 * max(processed), processed
     assert sum(processed) + sum(s.stats.dropped for s in sessions) == 3 * 60  # every frame stepped or counted
+
+
+def _wait_for(condition, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
+def test_an_idle_server_gives_back_the_engines_memory_once_per_idle_spell():
+    engine = _RecordingEngine(tick_s=0.0)
+    scheduler = Scheduler(engine, release_after_s=0.3)
+    image = np.zeros((*SIZE, 3), np.uint8)
+    scheduler.start()
+    try:
+        for spell in (1, 2):
+            session = Session(scheduler.lock, lambda text, binary: None)
+            scheduler.add(session)
+            session.offer(ReceivedFrame(0, image, b"jpeg", FORMAT_JPEG, time.monotonic()))
+            assert _wait_for(lambda: len(engine.batches) == spell)
+            time.sleep(0.5)
+            assert engine.released == spell - 1  # a session is open: nothing is released
+            session.request(Close())
+            closed = time.monotonic()
+            assert _wait_for(lambda: engine.released == spell)  # idle: released ...
+            assert time.monotonic() - closed >= 0.3  # ... once the idle time has passed
+            time.sleep(1.2)
+            assert engine.released == spell  # once per idle spell
+    finally:
+        scheduler.stop()

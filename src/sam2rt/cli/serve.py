@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from ..serve.scheduler import DEFAULT_RELEASE_AFTER_S
 from ..serve.ticks import DEFAULT_BATCH_WAIT_S
 from .common import RunFailed, app, errors_as_messages
 from .model_choice import MODEL_OPTIONS, ModelChoice, model_options
@@ -37,6 +38,12 @@ def serve(
         max=1000.0,
         help="Longest a frame waits for other cameras' frames due to share its pass of the model (0: never).",
     ),  # fmt: skip
+    release_after: float = typer.Option(
+        DEFAULT_RELEASE_AFTER_S,
+        "--release-memory-after",
+        min=0.0,
+        help="Seconds without a session after which the GPU memory kept for speed is given back (0: never).",
+    ),
     model: ModelChoice = MODEL_OPTIONS,
 ) -> None:
     """Serve the browser app: track objects in live video (webcam, uploads, files, streams) by clicking on them."""
@@ -60,6 +67,7 @@ def serve(
         idle_timeout_s=idle_timeout,
         max_upload_bytes=max_upload_mb * 1024 * 1024,
         batch_wait_s=batch_wait_ms / 1000.0,
+        release_after_s=release_after,
     )
     server = uvicorn.Server(
         uvicorn.Config(

@@ -127,11 +127,28 @@ def use_cuda_graphs(model: nn.Module) -> nn.Module:
 
 def captured_graphs(model: nn.Module) -> int:
     """How many CUDA graphs the model's graphed steps and functions hold (each a shape seen): 0 without graphs."""
+    return sum(len(graphed.graphs) for graphed in _graphed_callables(model))
+
+
+def release_graphs(model: nn.Module) -> int:
+    """Drop every CUDA graph the model holds (each is captured again when its shape comes again) and give the
+    allocator's cached blocks, theirs included, back to the device. Returns how many graphs were dropped."""
+    released = 0
+    for graphed in _graphed_callables(model):
+        released += len(graphed.graphs)
+        graphed.graphs.clear()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()  # no replay still running on what is freed
+        torch.cuda.empty_cache()
+    return released
+
+
+def _graphed_callables(model: nn.Module) -> list[GraphedCallable]:
     graphs: Optional[_ModelGraphs] = model.__dict__.get("_graphs")
     if graphs is None:
-        return 0
+        return []
     callables = [getattr(model, name) for name in GRAPHED_METHODS] + list(graphs.functions.values())
-    return sum(len(graphed.graphs) for graphed in callables if isinstance(graphed, GraphedCallable))
+    return [graphed for graphed in callables if isinstance(graphed, GraphedCallable)]
 
 
 def graphed_with_model(model: nn.Module, fn: Callable) -> Callable:

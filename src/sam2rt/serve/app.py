@@ -42,7 +42,7 @@ from .protocol import (
     parse_frame,
     parse_text,
 )
-from .scheduler import Scheduler, StreamEngine
+from .scheduler import DEFAULT_RELEASE_AFTER_S, Scheduler, StreamEngine
 from .security import TOKEN_COOKIE, Guard
 from .sessions import Close, Reset, Restart, Session
 from .ticks import DEFAULT_BATCH_WAIT_S
@@ -59,6 +59,7 @@ class ServerConfig:
     idle_timeout_s: float = 600.0
     max_upload_bytes: int = 512 * 1024 * 1024
     batch_wait_s: float = DEFAULT_BATCH_WAIT_S
+    release_after_s: float = DEFAULT_RELEASE_AFTER_S
 
 
 class Server:
@@ -67,7 +68,7 @@ class Server:
     def __init__(self, engine: StreamEngine, config: ServerConfig) -> None:
         self.config = config
         self.metrics = ServerMetrics(lambda: self.scheduler.figures())
-        self.scheduler = Scheduler(engine, config.batch_wait_s, self.metrics)
+        self.scheduler = Scheduler(engine, config.batch_wait_s, self.metrics, config.release_after_s)
         self.uploads = UploadStore(config.max_upload_bytes)
         self.sessions: dict[str, Session] = {}
 

@@ -40,6 +40,8 @@ from .publisher import Outgoing, Publisher
 from .sessions import RECENT_FRAMES, Close, Command, Reset, Restart, Session, SessionStats
 from .ticks import DEFAULT_BATCH_WAIT_S, tick_deadline
 
+DEFAULT_RELEASE_AFTER_S = 60.0  # a server idle this long gives back the GPU memory it kept for speed
+
 log = logging.getLogger("sam2rt.serve")
 
 
@@ -62,14 +64,22 @@ class StreamEngine(Protocol):
 
     def close_stream(self, stream: Any) -> None: ...
 
+    def release_memory(self) -> int: ...
+
 
 class Scheduler:
     def __init__(
-        self, engine: StreamEngine, batch_wait_s: float = DEFAULT_BATCH_WAIT_S, observer: Optional[TickObserver] = None
+        self,
+        engine: StreamEngine,
+        batch_wait_s: float = DEFAULT_BATCH_WAIT_S,
+        observer: Optional[TickObserver] = None,
+        release_after_s: float = DEFAULT_RELEASE_AFTER_S,
     ) -> None:
         self.engine = engine
         self.batch_wait_s = batch_wait_s
         self.observer = observer
+        self.release_after_s = release_after_s  # idle this long (no session): the engine's caches go (0: never)
+        self._idle_since: Optional[float] = None  # since when no session is open, until the caches are released
         self.tracked_total = 0  # frames stepped, all sessions ever
         self._dropped_retired = 0  # frames dropped by sessions closed or restarted since
         self.lock = threading.Condition()  # guards every session's shared fields, see sessions.py
@@ -96,6 +106,7 @@ class Scheduler:
     def add(self, session: Session) -> None:
         with self.lock:
             self.sessions.append(session)
+            self._idle_since = None
 
     def figures(self) -> dict[str, int]:
         """Sessions open, and frames tracked and dropped since the start: what /metrics reads."""
@@ -108,12 +119,19 @@ class Scheduler:
     def _run(self) -> None:
         while True:
             with self.lock:
-                while not self._stop and not any(s.has_work() for s in self.sessions):
+                while not self._stop and not any(s.has_work() for s in self.sessions) and not self._release_due():
                     self.lock.wait(0.5)
-                self._gather()
+                if self._release_due():
+                    self._idle_since = None
+                    work = None
+                else:
+                    self._gather()
+                    work = [(s, *s.take_work()) for s in self.sessions if s.has_work()]
                 if self._stop:
                     return
-                work = [(s, *s.take_work()) for s in self.sessions if s.has_work()]
+            if work is None:
+                self._release()
+                continue
             batch: dict[Session, ReceivedFrame] = {}
             for session, commands, frame in work:
                 for command in commands:
@@ -122,6 +140,19 @@ class Scheduler:
                     batch[session] = frame
             if batch:
                 self._step(batch)
+
+    def _release_due(self) -> bool:
+        """Whether the server has had no session for `release_after_s` (lock held)."""
+        idle = self._idle_since is not None and time.monotonic() - self._idle_since >= self.release_after_s
+        return idle and self.release_after_s > 0 and not self.sessions
+
+    def _release(self) -> None:
+        try:
+            released = self.engine.release_memory()
+        except Exception:
+            log.exception("releasing the engine's memory failed")
+            return
+        log.info("idle for %g s: released %d CUDA graphs and the allocator's cache", self.release_after_s, released)
 
     def _gather(self) -> None:
         """Wait (lock held, released while waiting) until the frames due soon are in, at most `batch_wait_s`
@@ -239,6 +270,8 @@ class Scheduler:
             if session in self.sessions:
                 self.sessions.remove(session)
                 self._dropped_retired += session.stats.dropped
+                if not self.sessions:
+                    self._idle_since = time.monotonic()
         session.released.set()
 
     # Results

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from ..model.sam2 import SAM2Model
 from ..processing.images import ImageLike
+from ..runtime.graphs import release_graphs
 from .engine import EncodedFrame, TrackingEngine
 from .memory_bank import MemoryArena
 from .options import STREAM_OPTIONS, TrackerOptions, tracker_options
@@ -46,6 +47,12 @@ class StreamPool:
         """Remove a stream and free its memory; using it afterwards raises an error."""
         self._check_member(stream)
         stream.detach()
+
+    def release_memory(self) -> int:
+        """Give back what the model keeps for speed: its CUDA graphs (captured again as shapes come again) and
+        the allocator's cached blocks. For a pool that has gone idle; returns how many graphs were dropped."""
+        self.arena.reclaim()
+        return release_graphs(self.model)
 
     @torch.inference_mode()
     def step(self, frames: Mapping[PooledStream, ImageLike]) -> dict[PooledStream, FrameResult]:
