@@ -72,14 +72,18 @@ def _assert_same(got, expected, what, rel):
         assert_close_logits(got.object_scores[row], expected.object_scores[row], rel=rel, what=f"{what}, score")
 
 
-@pytest.mark.parametrize("batched", [False, True], ids=["split-attention", "batched-attention"])
-def test_pool_matches_separate_stream_trackers(model, batched):
+@pytest.mark.parametrize(
+    "batched, buckets", [(False, False), (True, False), (True, True)], ids=["split", "batched", "buckets"]
+)
+def test_pool_matches_separate_stream_trackers(model, batched, buckets):
     """3 streams of different sizes and paces, joining and leaving, objects added, corrected and removed.
 
     batched: the pool attends for all objects of all streams in one call (the GPU's way: memories of
-    different fill, padded and masked), the trackers one object at a time (the CPU's way)."""
+    different fill, padded and masked), the trackers one object at a time (the CPU's way). buckets: as with
+    CUDA graphs, batches padded to a power of two and memories to the most slots seen yet."""
     pool = sam2rt.StreamPool(model)
     pool.engine.split_cpu_attention = not batched
+    pool.engine.shape_buckets = buckets
     rel = 1e-4 if batched else 1e-5  # another order of summation in the batched attention
     streams, trackers = {}, {}
     compared = Counter()
@@ -169,3 +173,38 @@ def test_pool_errors(model):
     ):
         with pytest.raises(RuntimeError, match="closed"):
             use()
+
+
+def test_shape_buckets_leave_few_shapes_to_capture(model, monkeypatch):
+    """With shape buckets (what CUDA graphs get), the passes see batches of powers of two and memories padded
+    to the most slots seen yet: once the memories are full, one shape per bucket, where exact shapes follow
+    every mix of streams stepped together."""
+    monkeypatch.setattr(TrackingEngine, "split_cpu_attention", False)
+    seen = {}
+    for buckets in (False, True):
+        shapes = []
+        original = model.condition_on_memory
+
+        def record(embed, memory, original=original, shapes=shapes):
+            shapes.append((memory.spatial.shape[0], memory.spatial.shape[1], memory.pointers.shape[1]))
+            return original(embed, memory)
+
+        monkeypatch.setattr(model, "condition_on_memory", record)
+        pool = sam2rt.StreamPool(model)
+        pool.engine.shape_buckets = buckets
+        streams = {name: pool.open_stream() for name in SIZES}
+        for tick in range(24):
+            # a, b and c out of step: 1 to 3 streams (1 to 5 objects) a pass
+            stepped = [n for n, every in zip(SIZES, (1, 2, 3)) if tick % every == 0]
+            pool.step({streams[n]: _frame(n, tick) for n in stepped})
+            if tick == 0:
+                for count, name in enumerate(SIZES, start=1):
+                    for obj in range(count):
+                        streams[name].add_prompt(obj, points=[[10 + 5 * obj, 20]], labels=[1])
+            if tick == 12:
+                shapes.clear()  # the memories are full from here on
+        monkeypatch.setattr(model, "condition_on_memory", original)
+        seen[buckets] = set(shapes)
+    assert all(batch & (batch - 1) == 0 for batch, _, _ in seen[True]), seen[True]  # powers of two
+    assert len({frames for _, frames, _ in seen[True]}) == 1, seen[True]  # memories of one size
+    assert len(seen[True]) < len(seen[False]), (sorted(seen[True]), sorted(seen[False]))

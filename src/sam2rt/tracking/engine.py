@@ -42,6 +42,10 @@ class TrackingEngine:
         self.config = model.config
         self.cached_frames = cached_frames
         self._cache: OrderedDict[int, EncodedFrame] = OrderedDict()
+        # With CUDA graphs, a pass is captured once per shape: batches are padded to a power of two and the
+        # memory to the most slots seen yet (masked), so that streams of any age and number share few shapes.
+        self.shape_buckets = "_graphs" in model.__dict__
+        self._slots = (0, 0)  # (memory frames, pointers): the most any gathered memory has had
 
     @property
     def device(self) -> torch.device:
@@ -78,6 +82,8 @@ class TrackingEngine:
         images = torch.cat(
             [model_input(rgb, size, self.options.resize, self.device) for _, rgb in frames]
         )  # (B, 3, S, S)
+        if self.shape_buckets:
+            images = _padded_rows(images, bucket(len(frames)))  # (B', 3, S, S), the last image repeated
         features = self.model.encode_image(images)
         return [
             EncodedFrame(
@@ -127,14 +133,20 @@ class TrackingEngine:
             )
         else:
             memory = self._gather(frames, views, reverse, num_frames)
+            embed, high_res = features.embed, features.high_res
+            if self.shape_buckets:  # the last object repeated up to the bucket; its copies' outputs are dropped
+                rows = bucket(len(views))
+                memory = MemoryTokens(*(_padded_rows(field, rows) for field in memory))
+                if embed.shape[0] > 1:
+                    embed, high_res = _padded_rows(embed, rows), tuple(_padded_rows(h, rows) for h in high_res)
             # One graph for the pass when the model's steps are graphed: the glue between them replays too.
             track_on_memory = graphed_with_model(self.model, _track_on_memory)
-            tracked = track_on_memory(fill_hole_area, memory_dtype, features.embed, features.high_res, memory)
+            tracked = track_on_memory(fill_hole_area, memory_dtype, embed, high_res, memory)
         masks = tracked.masks.to(self.storage_device, non_blocking=True)
         memories = self._to_storage(tracked.memories)
         return [
             ObjectOutput(masks[row], tracked.pointers[row], tracked.object_scores[row], memories[row])
-            for row in range(masks.shape[0])
+            for row in range(len(views))
         ]
 
     def prompt_points(
@@ -221,8 +233,12 @@ class TrackingEngine:
     ) -> MemoryTokens:
         """The memory each object of `views` sees on its frame (one frame per view, or one for all)."""
         indices = [frame.index for frame in frames] if len(frames) == len(views) else [frames[0].index] * len(views)
-        options = self.options
-        return gather(views, indices, reverse, self.config, self.device, options.max_cond_frames_in_attn, num_frames)
+        slots = self._slots if self.shape_buckets else None
+        limit = self.options.max_cond_frames_in_attn
+        memory = gather(views, indices, reverse, self.config, self.device, limit, num_frames, slots)
+        if self.shape_buckets:
+            self._slots = (memory.spatial.shape[1], memory.pointers.shape[1])
+        return memory
 
     def _outputs(self, prediction: MaskPrediction) -> list[ObjectOutput]:
         masks = _filled(prediction.best_mask, self.options.fill_hole_area).to(self.storage_device, non_blocking=True)
@@ -282,6 +298,18 @@ def _track_conditioned(
     return _TrackedBatch(
         masks, prediction.obj_ptr, prediction.object_score_logits, _flat_memory(memories, memory_dtype)
     )
+
+
+def bucket(count: int) -> int:
+    """The batch a pass of `count` rows is padded to: the next power of two."""
+    return 1 << max(count - 1, 0).bit_length()
+
+
+def _padded_rows(value: Optional[Tensor], rows: int) -> Optional[Tensor]:
+    """`value` (B, ...) with its last row repeated up to `rows` rows."""
+    if value is None or value.shape[0] >= rows:
+        return value
+    return torch.cat([value, value[-1:].expand(rows - value.shape[0], *value.shape[1:])])  # (rows, ...)
 
 
 def _filled(mask_logits: Tensor, fill_hole_area: int) -> Tensor:
