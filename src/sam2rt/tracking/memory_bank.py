@@ -148,8 +148,9 @@ def gather(
     slots: Optional[tuple[int, int]] = None,
 ) -> MemoryTokens:
     """Pack the memories each object sees on its frame (`frame_indices`, one per view) into fixed-size slots:
-    (B, F, ...) and (B, P, ...). With `slots` (F, P), at least that many, and validity masks always: a
-    fixed shape, whatever the objects' ages (a CUDA graph per shape, not per mix of ages)."""
+    (B, F, ...) and (B, P, ...). With `slots` (F, P), at least that many: one shape whatever the objects' ages
+    (a CUDA graph per shape, not per mix of ages). Validity masks only where a slot is empty: full memories
+    keep the attention's unmasked, faster kernels."""
     plans = [
         _plan(view, frame_idx, reverse, config, max_cond_in_attn, num_frames)
         for view, frame_idx in zip(views, frame_indices, strict=True)
@@ -158,7 +159,6 @@ def gather(
     least_frames, least_pointers = slots or (0, 0)
     frames = max(least_frames, *(len(plan.spatial) for plan in plans))
     num_pointers = max(least_pointers, *(len(plan.pointers) for plan in plans))
-    masked = slots is not None
     arena = _shared_arena(views)
 
     # Per row: tpos..., valid..., offsets..., pointer valid...; then, from an arena, every row's memory
@@ -192,10 +192,10 @@ def gather(
     return MemoryTokens(
         spatial=spatial,
         spatial_tpos=tpos,
-        spatial_valid=spatial_valid.bool() if masked or any(len(p.spatial) < frames for p in plans) else None,
+        spatial_valid=spatial_valid.bool() if any(len(plan.spatial) < frames for plan in plans) else None,
         pointers=pointers,
         pointer_positions=offsets / max(max_pointers - 1, 1),
-        pointer_valid=pointer_valid.bool() if masked or any(len(p.pointers) < num_pointers for p in plans) else None,
+        pointer_valid=pointer_valid.bool() if any(len(plan.pointers) < num_pointers for plan in plans) else None,
     )
 
 
