@@ -43,7 +43,8 @@ class TrackingEngine:
         self.cached_frames = cached_frames
         self._cache: OrderedDict[int, EncodedFrame] = OrderedDict()
         # With CUDA graphs, a pass is captured once per shape: batches are padded to a power of two and the
-        # memory to the most slots seen yet (masked), so that streams of any age and number share few shapes.
+        # memory to the most slots seen yet (empty slots masked), so that streams of any age and number share
+        # a few shapes. Set when the model's steps are graphed (runtime.optimize before the trackers).
         self.shape_buckets = "_graphs" in model.__dict__
         self._slots = (0, 0)  # (memory frames, pointers): the most any gathered memory has had
 
