@@ -160,7 +160,8 @@ def test_frames_that_change_size_reach_every_output(sam2rt, tmp_path, checkpoint
     coco = json.loads((out / "masks.json").read_text())
     assert [(image["height"], image["width"]) for image in coco["images"]] == sizes
     assert all(
-        annotation["segmentation"]["size"] == list(sizes[annotation["image_id"] - 1]) for annotation in coco["annotations"]
+        annotation["segmentation"]["size"] == list(sizes[annotation["image_id"] - 1])
+        for annotation in coco["annotations"]
     )
     assert len(list((out / "yolo").iterdir())) == 3
     assert not [p for p in out.rglob("*") if ".partial" in p.name]

@@ -64,9 +64,9 @@ class _RecordingEngine:
         return {stream: empty for stream in frames}
 
 
-def _paced_cameras(scheduler: Scheduler, count: int, period: float, frames: int) -> list[list[float]]:
-    """`count` cameras at one frame per `period`, out of phase by period / count; returns each frame's
-    (step start - arrival) in seconds, read from the session's latency figures."""
+def _paced_cameras(scheduler: Scheduler, count: int, period: float, frames: int) -> list[Session]:
+    """`count` cameras at one frame per `period`, out of phase by period / count, each a session of
+    `scheduler`; returns the sessions once their frames have been stepped (or dropped)."""
     sessions = [Session(scheduler.lock, lambda text, binary: None) for _ in range(count)]
     for session in sessions:
         scheduler.add(session)

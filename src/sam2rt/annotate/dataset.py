@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..io.atomic import write_text_atomically
+from ..io.atomic import write_atomically, write_text_atomically
 from ..io.sinks import make_folder
 from .images import LabelError
 
@@ -49,22 +49,24 @@ def place_images(sources: Sequence[Path], folder: Path, copy: bool) -> int:
     An image already in place (a resumed run) is left as it is. Returns how many were copied.
     """
     make_folder(folder)
-    copied = 0
+    copied = []
+
+    def place(source: Path, temporary: Path) -> None:
+        if not copy:
+            try:
+                os.link(source, temporary)
+                return
+            except OSError:  # another file system, or one without links
+                pass
+        shutil.copyfile(source, temporary)
+        copied.append(source)
+
     for source in sources:
         target = folder / source.name
         if target.exists() and (target.samefile(source) or target.stat().st_size == source.stat().st_size):
             continue
-        temporary = target.with_name(f".{target.name}.tmp")
-        temporary.unlink(missing_ok=True)
-        try:
-            if copy:
-                raise OSError("copies asked for")
-            os.link(source, temporary)
-        except OSError:
-            shutil.copyfile(source, temporary)
-            copied += 1
-        os.replace(temporary, target)
-    return copied
+        write_atomically(target, lambda temporary, source=source: place(source, temporary))
+    return len(copied)
 
 
 def write_data_yaml(output: Path, names: Sequence[str]) -> Path:

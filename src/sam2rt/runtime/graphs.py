@@ -125,6 +125,11 @@ def use_cuda_graphs(model: nn.Module) -> nn.Module:
     return model
 
 
+def has_cuda_graphs(model: nn.Module) -> bool:
+    """Whether `use_cuda_graphs` graphed the model's steps."""
+    return "_graphs" in model.__dict__
+
+
 def captured_graphs(model: nn.Module) -> int:
     """How many CUDA graphs the model's graphed steps and functions hold (each a shape seen): 0 without graphs."""
     return sum(len(graphed.graphs) for graphed in _graphed_callables(model))

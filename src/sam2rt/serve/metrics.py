@@ -41,7 +41,10 @@ class ServerMetrics:
             registry=self.registry,
         )
         self.tick_seconds = Histogram(
-            "sam2rt_tick_seconds", "Time of one pass of the model", buckets=LATENCY_BUCKETS_S, registry=self.registry
+            "sam2rt_tick_seconds",
+            "Time of one tick: the pass of the model and its results handed on",
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
         )
         self.stage_seconds = Histogram(
             "sam2rt_stage_seconds",

@@ -121,15 +121,15 @@ class Scheduler:
             with self.lock:
                 while not self._stop and not any(s.has_work() for s in self.sessions) and not self._release_due():
                     self.lock.wait(0.5)
-                if self._release_due():
-                    self._idle_since = None
-                    work = None
+                release = self._release_due()
+                if release:
+                    self._idle_since = None  # once per idle spell
                 else:
                     self._gather()
                     work = [(s, *s.take_work()) for s in self.sessions if s.has_work()]
                 if self._stop:
                     return
-            if work is None:
+            if release:
                 self._release()
                 continue
             batch: dict[Session, ReceivedFrame] = {}

@@ -19,7 +19,7 @@ from torch import Tensor
 from ..model.sam2 import ImageFeatures, MaskPrediction, MemoryTokens, SAM2Model
 from ..processing.masks import fill_holes, keep_highest_object
 from ..processing.preprocess import model_input
-from ..runtime import graphed_with_model
+from ..runtime.graphs import graphed_with_model, has_cuda_graphs
 from .memory_bank import MemoryView, ObjectOutput, gather
 from .options import TrackerOptions
 
@@ -45,7 +45,7 @@ class TrackingEngine:
         # With CUDA graphs, a pass is captured once per shape: batches are padded to a power of two and the
         # memory to the most slots seen yet (empty slots masked), so that streams of any age and number share
         # a few shapes. Set when the model's steps are graphed (runtime.optimize before the trackers).
-        self.shape_buckets = "_graphs" in model.__dict__
+        self.shape_buckets = has_cuda_graphs(model)
         self._slots = (0, 0)  # (memory frames, pointers): the most any gathered memory has had
 
     @property
