@@ -55,6 +55,13 @@ def _clone_tree(value):
     return value
 
 
+@functools.lru_cache(maxsize=None)
+def _warmup_stream(device: int) -> torch.cuda.Stream:
+    """The one side stream of a device that every capture warms up on. cuBLAS keeps a workspace (32 MiB on
+    Hopper) for each stream it has run on, so a new stream per capture would hold one more each time."""
+    return torch.cuda.Stream(device)
+
+
 class GraphedCallable:
     """`fn(*args, **kwargs)` replayed from a CUDA graph captured per key (shapes, dtypes, other values).
 
@@ -86,7 +93,7 @@ class GraphedCallable:
         inputs = [t.clone() for t in tensors]
         args, kwargs = _rebuild(arguments, iter(inputs))
         kwargs = dict(kwargs)
-        stream = torch.cuda.Stream()
+        stream = _warmup_stream(torch.cuda.current_device())
         stream.wait_stream(torch.cuda.current_stream())
         with attention_for_graphs():
             with torch.cuda.stream(stream):  # warm-up outside the graph: lazy initialisations, kernel choices
@@ -144,6 +151,9 @@ def release_graphs(model: nn.Module) -> int:
         graphed.graphs.clear()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.synchronize()  # no replay still running on what is freed
+        clear_workspaces = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+        if clear_workspaces is not None:  # cuBLAS' per-stream workspaces sit in the allocator as allocated blocks
+            clear_workspaces()
         torch.cuda.empty_cache()
     return released
 
