@@ -8,7 +8,7 @@ The server runs in this process (uvicorn in a thread, as `sam2rt serve` runs it)
 in another process (one thread each), like the browser app: JPEG frames, at most two frames in
 flight, one object clicked on the first frame. Per client: processed frames per second and the
 p50 / p95 latency from frame sent to masks received. Two ways to stream:
-- paced: each client sends at the clip's 30 frames/s (a camera); the server drops what it cannot keep;
+- paced: each client sends at `--rate` frames/s (30, a camera); the server drops what it cannot keep;
 - flat out: each client sends as soon as its window allows (the server's best rate).
 `engine` is StreamTracker.step on the same decoded frames, masks fetched to the CPU each frame,
 one object, in a thread of this process, before the server starts. Random weights (the speed does not depend on them).
@@ -40,7 +40,6 @@ from sam2rt.serve.protocol import FORMAT_JPEG, frame_header
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIP = ROOT.parent / "shared" / "data" / "videos" / "bedroom.mp4"
-CLIENT_RATE = 30.0
 IN_FLIGHT = 2
 
 
@@ -77,7 +76,8 @@ def engine_fps(model, frames: list[np.ndarray], click: tuple[int, int], warmup: 
 # Clients (in their own process)
 
 
-def run_client(url: str, payloads: list[bytes], click: tuple[int, int], paced: bool, warmup: int, out: list) -> None:
+def run_client(url: str, payloads: list[bytes], click: tuple[int, int], rate: float, warmup: int, out: list) -> None:
+    """One client: paced at `rate` frames/s, or flat out (rate 0)."""
     from websockets.sync.client import connect
 
     sent_at: dict[int, float] = {}
@@ -125,12 +125,12 @@ def run_client(url: str, payloads: list[bytes], click: tuple[int, int], paced: b
         receiver.start()
         start = time.perf_counter()
         for index in range(1, len(payloads)):
-            if paced:
-                time.sleep(max(0.0, start + index / CLIENT_RATE - time.perf_counter()))
+            if rate:
+                time.sleep(max(0.0, start + index / rate - time.perf_counter()))
             while True:
                 with lock:
                     in_flight = sum(1 for i in sent_at if i > answered)
-                if in_flight < IN_FLIGHT or paced:
+                if in_flight < IN_FLIGHT or rate:
                     break
                 time.sleep(0.0005)
             if in_flight >= IN_FLIGHT:
@@ -147,10 +147,10 @@ def run_client(url: str, payloads: list[bytes], click: tuple[int, int], paced: b
         out.append((fps, latencies))
 
 
-def clients_process(url: str, count: int, payloads, click, paced: bool, warmup: int, queue) -> None:
+def clients_process(url: str, count: int, payloads, click, rate: float, warmup: int, queue) -> None:
     results: list = []
     threads = [
-        threading.Thread(target=run_client, args=(url, payloads, click, paced, warmup, results)) for _ in range(count)
+        threading.Thread(target=run_client, args=(url, payloads, click, rate, warmup, results)) for _ in range(count)
     ]
     for thread in threads:
         thread.start()
@@ -180,7 +180,7 @@ def print_profiles(profiles: list) -> None:
     print("\n| clients | streaming | wait ms | " + " | ".join(f"{s} ms" for s in stages), end="")
     print(" | sessions/tick | ticks | graphs captured | GPU MiB alloc / reserved |")
     print("|---" * (len(stages) + 7) + "|")
-    for count, paced, wait, before, after, graphs in profiles:
+    for count, rate, wait, before, after, graphs in profiles:
 
         def delta(name: str) -> float:
             return after.get(name, 0.0) - before.get(name, 0.0)
@@ -192,7 +192,7 @@ def print_profiles(profiles: list) -> None:
         ticks = delta("sam2rt_tick_sessions_count")
         per_tick = delta("sam2rt_tick_sessions_sum") / ticks if ticks else float("nan")
         memory = [after.get(f"sam2rt_gpu_memory_{kind}_bytes", 0.0) / 2**20 for kind in ("allocated", "reserved")]
-        mode = "paced 30/s" if paced else "flat out"
+        mode = f"paced {rate:g}/s" if rate else "flat out"
         print(
             f"| {count} | {mode} | {wait:g} | " + " | ".join(means) + f" | {per_tick:.2f} | {ticks:.0f} | {graphs} | "
             f"{memory[0]:.0f} / {memory[1]:.0f} |"
@@ -211,6 +211,8 @@ def main() -> None:
     parser.add_argument("--exact", action="store_true", help="fp32 weights, no CUDA graphs")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--batch-wait-ms", default="0,20", help="tick waits to compare, e.g. 0,20")
+    parser.add_argument("--rate", type=float, default=30.0, help="frames/s of each paced client (a camera)")
+    parser.add_argument("--modes", default="flat,paced", help="flat (out), paced, or both")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -263,21 +265,22 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     profiles = []
     context = multiprocessing.get_context("spawn")
-    for paced, count, wait in [(p, c, w) for p in (False, True) for c in counts for w in waits]:
+    rates = [0.0 if mode == "flat" else args.rate for mode in args.modes.split(",")]
+    for rate, count, wait in [(r, c, w) for r in rates for c in counts for w in waits]:
         scheduler.batch_wait_s = wait / 1000
         before, graphs_before = scrape(port), captured_graphs(model)
         queue = context.Queue()
-        process = context.Process(target=clients_process, args=(url, count, payloads, click, paced, warmup, queue))
+        process = context.Process(target=clients_process, args=(url, count, payloads, click, rate, warmup, queue))
         process.start()
         results = queue.get(timeout=600)
         process.join()
-        profiles.append((count, paced, wait, before, scrape(port), captured_graphs(model) - graphs_before))
+        profiles.append((count, rate, wait, before, scrape(port), captured_graphs(model) - graphs_before))
         fps = [r[0] for r in results]
         latencies = sorted(1000 * x for r in results for x in r[1])
         p50 = statistics.median(latencies) if latencies else float("nan")
         p95 = latencies[int(0.95 * (len(latencies) - 1))] if latencies else float("nan")
         total = sum(fps)
-        mode = "paced 30/s" if paced else "flat out"
+        mode = f"paced {rate:g}/s" if rate else "flat out"
         print(
             f"| {count} | {mode} | {wait:g} | {statistics.mean(fps):.1f} | {total:.1f} | {p50:.0f} | {p95:.0f} | "
             f"{total / bare:.2f} |",
