@@ -56,7 +56,13 @@ def running_server(
     engine, config: Optional[ServerConfig] = None, ws_max_size: int = 64 * 2**20
 ) -> Iterator[RunningServer]:
     """`sam2rt serve`'s app under uvicorn on 127.0.0.1 and a free port, stopped at the end."""
-    app = create_app(engine, config or ServerConfig())
+    with running_asgi(create_app(engine, config or ServerConfig()), ws_max_size) as running:
+        yield running
+
+
+@contextmanager
+def running_asgi(app, ws_max_size: int = 64 * 2**20) -> Iterator[RunningServer]:
+    """An ASGI app under uvicorn on 127.0.0.1 and a free port, its lifespan run, stopped at the end."""
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=0, ws_max_size=ws_max_size, log_level="warning", lifespan="on")
     )

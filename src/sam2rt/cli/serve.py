@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from pathlib import Path
 from typing import Optional
 
@@ -44,6 +46,15 @@ def serve(
         min=0.0,
         help="Seconds without a session after which the GPU memory kept for speed is given back (0: never).",
     ),
+    ray: bool = typer.Option(
+        False, "--ray", help="Run the engine as Ray Serve replicas behind this address (needs sam2rt[serve-ray])."
+    ),
+    replicas: Optional[int] = typer.Option(
+        None, "--replicas", min=1, help="With --ray: engine replicas (default: one per GPU of the cluster, or 1)."
+    ),
+    ray_address: Optional[str] = typer.Option(
+        None, "--ray-address", help="With --ray: the cluster to join (default: RAY_ADDRESS, else a local one)."
+    ),
     model: ModelChoice = MODEL_OPTIONS,
 ) -> None:
     """Serve the browser app: track objects in live video (webcam, uploads, files, streams) by clicking on them."""
@@ -59,7 +70,8 @@ def serve(
             raise RunFailed(f"--host {host} makes the server reachable from other machines: give --token too")
         if media_root is not None and not media_root.is_dir():
             raise RunFailed(f"--media-root {media_root} is not a folder")
-        loaded = model.load()
+        if not ray:
+            loaded = model.load()
     config = ServerConfig(
         token=token or None,
         media_root=media_root,
@@ -69,9 +81,15 @@ def serve(
         batch_wait_s=batch_wait_ms / 1000.0,
         release_after_s=release_after,
     )
+    if ray:
+        with errors_as_messages():
+            asgi_app, replica_count = _start_on_ray(model, config, replicas, ray_address)
+        typer.echo(f"sam2rt serve: {replica_count} engine replica{'s' if replica_count > 1 else ''} on Ray Serve")
+    else:
+        asgi_app = create_app(default_engine(loaded), config)
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(default_engine(loaded), config),
+            asgi_app,
             host=host,
             port=port,
             ws_max_size=WS_MAX_BYTES,
@@ -81,4 +99,53 @@ def serve(
     )
     shown = "localhost" if is_loopback(host) else host
     typer.echo(f"sam2rt serve: open http://{shown}:{port}/{'?token=<token>' if token else ''}  (Ctrl+C stops)")
-    server.run()
+    try:
+        server.run()
+    finally:
+        if ray:
+            from ..serve.ray_replicas import stop_replicas
+
+            stop_replicas()
+
+
+def replica_app(model: ModelChoice, config):
+    """The app an engine replica serves: the single-process server's, on the model loaded in the replica."""
+    from ..serve.app import create_app
+    from ..serve.scheduler import default_engine
+
+    return create_app(default_engine(model.load()), config)
+
+
+def _start_on_ray(model: ModelChoice, config, replicas: Optional[int], address: Optional[str]):
+    """The front's app over engine replicas started on Ray Serve, and how many there are."""
+    from ..checkpoints import cached_checkpoint, load_model
+    from ..serve.front import Front
+    from ..serve.security import Guard
+
+    try:
+        import ray
+        from ray import serve  # noqa: F401  (Ray Serve's own dependencies)
+    except ImportError:
+        raise RunFailed("--ray needs Ray Serve, which is not installed (pip install 'sam2rt[serve-ray]')") from None
+    from ..serve.ray_replicas import start_replicas
+
+    device = model.target_device()
+    variant = model.variant_name()
+    load_model(variant, model.checkpoint, "cpu", model.image_size)  # a bad or missing checkpoint fails here, once
+    # Each replica sees its own GPU as "cuda" (Ray sets CUDA_VISIBLE_DEVICES), and reads the checkpoint checked here.
+    in_replica = dataclasses.replace(
+        model, variant=variant, checkpoint=model.checkpoint or cached_checkpoint(variant), device=device.type
+    )
+    if not ray.is_initialized():
+        ray.init(address=address, log_to_driver=True, logging_level="WARNING")
+    on_gpu = device.type == "cuda"
+    if replicas is None:
+        replicas = int(ray.cluster_resources().get("GPU", 0)) if on_gpu else 1
+        if replicas == 0:
+            raise RunFailed("the model runs on CUDA but the Ray cluster has no GPU: give --device cpu or --replicas")
+    try:
+        started = start_replicas(functools.partial(replica_app, in_replica, config), replicas, float(on_gpu), 1.0)
+    except Exception as error:  # Ray Serve's own errors: a replica that fails to start, resources never granted
+        raise RunFailed(f"the engine replicas did not start on Ray Serve: {error}") from None
+    front = Front(started, max_body_bytes=config.max_upload_bytes, token=config.token)
+    return Guard(front, config.token), len(started)
