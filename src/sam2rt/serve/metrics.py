@@ -2,11 +2,11 @@
 
 Counts and gauges are read from the server's state at each scrape (sessions open, frames tracked and
 dropped, GPU memory), so nothing is counted twice or forgotten when a session ends; the scheduler
-observes each tick (sessions stepped together, seconds) and each frame's latency, from its arrival to
-its masks handed on, into histograms, and the time of each stage a frame goes through: `decode` (the
-client's JPEG or PNG), `engine` (the pass of the model, all sessions of a tick), `download` (masks to the CPU)
-and `publish` (RLE, recording, JSON). Each server has its own registry: several in one process (tests) do
-not mix.
+observes each tick (sessions stepped together, seconds), the publisher each frame's latency, from its
+arrival to its result handed to the connection, into histograms, and the time of each stage a frame goes
+through: `decode` (the client's JPEG or PNG), `engine` (the pass of the model, all sessions of a tick),
+`download` (the publisher waiting for the masks' copies to the CPU) and `publish` (RLE, recording, JSON).
+Each server has its own registry: several in one process (tests) do not mix.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class ServerMetrics:
         self.registry = CollectorRegistry()
         self.latency = Histogram(
             "sam2rt_frame_latency_seconds",
-            "From a frame's arrival to its masks handed on for sending",
+            "From a frame's arrival to its result handed to the connection",
             buckets=LATENCY_BUCKETS_S,
             registry=self.registry,
         )

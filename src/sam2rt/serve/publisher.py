@@ -1,8 +1,8 @@
 """Results on their way out: RLE-encoded, recorded for export and sent, in a thread beside the scheduler.
 
-The scheduler hands over each frame's masks once they are on the CPU and goes on with the next tick;
-the encoding (COCO RLE), the recording and the JSON happen here meanwhile. One thread and one queue
-keep every session's results in order.
+The scheduler hands over each frame's masks as their copies to the CPU start, and goes on with the next
+tick; here the thread waits for the copies (the `download` stage), then encodes (COCO RLE), records and
+writes the JSON. One thread and one queue keep every session's results in order.
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
+import numpy as np
+
 from ..io.rle import encode_rle
-from ..io.sinks import TrackedFrame
+from ..tracking.download import PendingFrame
 from .protocol import ReceivedFrame
 from .sessions import Session
 
@@ -31,7 +33,8 @@ class Outgoing:
     session: Session
     generation: int  # the session's source when the frame was tracked: a newer source drops it
     frame: ReceivedFrame  # encoded (as received, or JPEG for server-side frames)
-    tracked: TrackedFrame  # masks, scores and labels on the CPU
+    masks: PendingFrame  # masks, scores and owners on their way to the CPU
+    size: tuple[int, int]  # (height, width) of the frame
     index: int  # the stream's frame index
     prompted: bool
     stats: dict
@@ -56,18 +59,25 @@ class Publisher:
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
-            start = time.monotonic()
             try:
                 self._send(item)
             except Exception:  # one bad result must not stop the others'
                 log.exception("publishing a result of session %s failed", item.session.id[:6])
-            if self.observer is not None:
-                self.observer.observe_stage("publish", time.monotonic() - start)
+
+    def _observe(self, stage: str, since: float) -> float:
+        now = time.monotonic()
+        if self.observer is not None:
+            self.observer.observe_stage(stage, now - since)
+        return now
 
     def _send(self, item: Outgoing) -> None:
-        session, tracked, frame = item.session, item.tracked, item.frame
+        session, frame = item.session, item.frame
         if item.generation != session.generation or session.released.is_set():
             return  # the session started another source, or ended, since this frame was tracked
+        start = time.monotonic()
+        no_image = np.broadcast_to(np.zeros(1, np.uint8), (*item.size, 3))  # the recorder keeps the encoded frame
+        tracked = item.masks.tracked(frame.frame_id, f"{frame.frame_id:05d}", no_image)
+        start = self._observe("download", start)
         rles = encode_rle(tracked.masks) if tracked.object_ids else []
         if tracked.object_ids or session.recorder.frames:
             session.recorder.add(frame.frame_id, frame.encoded, frame.format, tracked, rles)
@@ -84,3 +94,6 @@ class Publisher:
             "stats": {**item.stats, "recorded": session.recorder.frames},
         }
         session.deliver(json.dumps(message), item.picture)
+        self._observe("publish", start)
+        if self.observer is not None and not item.prompted:
+            self.observer.observe_frame(time.monotonic() - frame.arrived)

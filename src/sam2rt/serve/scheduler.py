@@ -22,7 +22,7 @@ from typing import Any, Optional, Protocol
 
 import numpy as np
 
-from ..tracking.run import tracked_frame
+from ..tracking.download import start_download
 from ..tracking.stream import FrameResult
 from .protocol import (
     FORMAT_JPEG,
@@ -198,8 +198,6 @@ class Scheduler:
             session.stats.frame_done(frame.arrived)
             self._publish(session, frame, results[session.stream], prompted=False)
             self.tracked_total += 1
-            if self.observer is not None:
-                self.observer.observe_frame(time.monotonic() - frame.arrived)
         if self.observer is not None:
             self.observer.observe_tick(len(batch), time.monotonic() - start)
             self.observer.observe_stage("engine", engine_seconds)
@@ -277,13 +275,10 @@ class Scheduler:
     # Results
 
     def _publish(self, session: Session, frame: ReceivedFrame, result: FrameResult, prompted: bool) -> None:
-        """Bring a frame's masks to the CPU and hand them to the publisher (which encodes, records and sends)."""
+        """Start a frame's masks on their way to the CPU and hand them to the publisher, which waits for them,
+        then encodes, records and sends: this thread goes on with the next tick meanwhile."""
         height, width = session.size or (0, 0)
-        image = frame.image if frame.image is not None else np.broadcast_to(np.zeros(1, np.uint8), (height, width, 3))
-        start = time.monotonic()
-        tracked = tracked_frame(result, frame.frame_id, f"{frame.frame_id:05d}", image)
-        if self.observer is not None:
-            self.observer.observe_stage("download", time.monotonic() - start)
+        pending = start_download(result)
         picture: Optional[bytes] = None
         if frame.encoded is None:  # a server-side frame: the client sees it as a JPEG
             frame = replace(frame, encoded=encode_jpeg(frame.image), format=FORMAT_JPEG)
@@ -292,7 +287,9 @@ class Scheduler:
             session.remember(frame)
         stats = session.stats.as_json()
         self.publisher.submit(
-            Outgoing(session, session.generation, frame, tracked, result.frame_idx, prompted, stats, picture)
+            Outgoing(
+                session, session.generation, frame, pending, (height, width), result.frame_idx, prompted, stats, picture
+            )
         )
 
 

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
-import torch
 
 from ..io.clashes import OutputPath
 from ..io.coco import CocoWriter
@@ -26,6 +25,7 @@ from ..io.sinks import OutputError, PngMaskWriter, SinkSet, TrackedFrame, check_
 from ..io.track_source import TrackSource
 from ..io.video_file import VideoReadError
 from ..io.yolo import YoloWriter
+from .download import start_download
 from .lookahead import default_lookahead, encoded_ahead
 from .stop_signals import StopSignals
 from .stream import FrameResult, StreamTracker
@@ -61,24 +61,7 @@ def tracked_frame(result: FrameResult, index: int, name: str, image: np.ndarray)
 
     `index` counts the source's frames; the tracker's own frame_idx skips the frames a live source dropped.
     """
-    height, width = image.shape[:2]
-    if not result.object_ids:
-        empty = np.zeros((0, height, width), dtype=bool)
-        return TrackedFrame(index, name, image, [], empty, np.zeros(0), np.zeros((height, width), np.int32))
-    logits = result.mask_logits  # (N, H, W)
-    masks = logits > 0
-    ids = torch.tensor(result.object_ids, dtype=torch.int32, device=logits.device)
-    # Where masks overlap, the pixel goes to the object with the highest logit.
-    labels = torch.where(masks.any(0), ids[logits.argmax(0)], 0)  # (H, W)
-    return TrackedFrame(
-        index=index,
-        name=name,
-        image=image,
-        object_ids=list(result.object_ids),
-        masks=masks.cpu().numpy(),
-        scores=torch.sigmoid(result.object_scores.float()).cpu().numpy(),
-        labels=labels.cpu().numpy(),
-    )
+    return start_download(result).tracked(index, name, image)
 
 
 def apply_prompt(tracker: StreamTracker, prompt: Prompt) -> FrameResult:

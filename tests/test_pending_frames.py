@@ -1,0 +1,46 @@
+"""Results on their way to the CPU (tracking.download): what arrives is the result, overlaps to the highest logit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sam2rt.tracking.download import start_download
+from sam2rt.tracking.stream import FrameResult
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
+
+
+def expected_frame(logits: np.ndarray, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Masks and the object id per pixel, pixel by pixel in numpy."""
+    masks = logits > 0
+    labels = np.zeros(logits.shape[1:], np.int32)
+    for y, x in zip(*np.nonzero(masks.any(0))):
+        labels[y, x] = ids[int(np.argmax(logits[:, y, x]))]
+    return masks, labels
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("objects", [1, 3, 300])  # 300: more owners than a byte holds
+def test_the_pending_frame_is_the_result(device, objects):
+    generator = torch.Generator().manual_seed(objects)
+    shift = 0.5 if objects < 10 else 3.0  # overlaps, and pixels of no object
+    logits = torch.randn(objects, 24, 40, generator=generator) - shift
+    scores = torch.randn(objects, generator=generator)
+    ids = [7 + 3 * i for i in range(objects)]
+    pending = start_download(FrameResult(5, ids, logits.to(device), scores.to(device)))
+    image = np.zeros((24, 40, 3), np.uint8)
+    tracked = pending.tracked(5, "00005", image)
+    masks, labels = expected_frame(logits.numpy(), ids)
+    assert tracked.object_ids == ids and tracked.index == 5 and tracked.name == "00005"
+    assert np.array_equal(tracked.masks, masks) and np.array_equal(tracked.labels, labels)
+    assert (labels == 0).any() and len(np.unique(labels)) > min(objects, 3)  # not a trivial picture
+    np.testing.assert_allclose(tracked.scores, torch.sigmoid(scores).numpy(), rtol=1e-6)
+
+
+def test_no_object_gives_empty_masks_of_the_frame_size():
+    tracked = start_download(FrameResult(0, [], torch.zeros(0, 1, 1), torch.zeros(0))).tracked(
+        0, "0", np.zeros((6, 9, 3), np.uint8)
+    )
+    assert tracked.masks.shape == (0, 6, 9) and tracked.labels.shape == (6, 9) and not tracked.labels.any()
