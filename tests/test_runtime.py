@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ import sam2rt
 from sam2rt.runtime import graphed_with_model, optimize, to_inference_dtype, use_cuda_graphs
 from sam2rt.runtime.graphs import GraphedCallable, _ModelGraphs, captured_graphs, release_graphs
 from sam2rt.tracking import engine
+from sam2rt.tracking.download import start_download
 
 # bf16 against fp32 on `visible` weights, whose logits are smooth and near zero over wide areas. Measured on an
 # H100 (tiny at 256): per object and frame at least 0.956 (a click's mask on a 64x160 stream), on average 0.998.
@@ -219,6 +221,22 @@ def test_a_tracking_step_never_waits_for_the_gpu():
         torch.cuda.set_sync_debug_mode("error")
         try:
             results = [tracker.step(frame) for frame in frames[9:]]
+            pending = [start_download(result) for result in results]  # the copies to the CPU do not wait either
         finally:
             torch.cuda.set_sync_debug_mode(0)
     assert all(result.mask_logits.is_cuda and result.object_ids == [1, 2] for result in results)
+    for result, frame in zip(results, pending):
+        downloaded = frame.tracked(0, "0", np.zeros((96, 128, 3), np.uint8))
+        assert np.array_equal(downloaded.masks, result.masks.cpu().numpy())
+
+
+@cuda
+def test_a_graphed_callable_holds_a_bounded_number_of_graphs(caplog):
+    graphed = GraphedCallable(lambda x: x * 2 + 1, max_graphs=2)
+    with caplog.at_level(logging.INFO, logger="sam2rt.runtime"):
+        for size in (3, 4, 5, 3, 5, 4):  # 3 is dropped when 5 comes, 4 when 3 comes again; 5 stays held
+            x = torch.arange(size, device="cuda", dtype=torch.float32)
+            torch.testing.assert_close(graphed(x), x * 2 + 1)
+    assert len(graphed.graphs) == 2
+    assert caplog.text.count("captured a CUDA graph of <lambda>") == 5  # 3, 4, 5, 3 again, 4 again
+    assert caplog.text.count("least recently replayed graph is dropped") == 3

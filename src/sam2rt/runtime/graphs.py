@@ -9,12 +9,18 @@ graph pays only once.
 from __future__ import annotations
 
 import functools
+import logging
+from collections import OrderedDict
 from typing import Callable, Iterator, NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
 
 from .kernels import attention_for_graphs, capturing_graphs
+
+log = logging.getLogger("sam2rt.runtime")
+
+MAX_GRAPHS = 64  # per graphed callable; a shape past it takes the place of the least recently replayed
 
 
 class _Graph(NamedTuple):
@@ -69,11 +75,13 @@ class GraphedCallable:
     outer graph takes its kernels in (a graph cannot be replayed inside a capture).
     """
 
-    def __init__(self, fn: Callable, pool=None, warmup: int = 2) -> None:
+    def __init__(self, fn: Callable, pool=None, warmup: int = 2, max_graphs: int = MAX_GRAPHS) -> None:
         self.fn = fn
         self.pool = pool if pool is not None else torch.cuda.graph_pool_handle()
         self.warmup = warmup
-        self.graphs: dict[object, _Graph] = {}
+        self.max_graphs = max_graphs
+        self.name = getattr(getattr(fn, "func", fn), "__name__", "a function")  # fn, or the function of a partial
+        self.graphs: OrderedDict[object, _Graph] = OrderedDict()  # least recently replayed first
 
     def __call__(self, *args, **kwargs):
         if capturing_graphs():
@@ -84,10 +92,22 @@ class GraphedCallable:
         entry = self.graphs.get(key)
         if entry is None:
             entry = self.graphs[key] = self._capture(arguments, tensors)
+            self._bound()
+        self.graphs.move_to_end(key)
         for static, tensor in zip(entry.inputs, tensors):
             static.copy_(tensor, non_blocking=True)
         entry.graph.replay()
         return _clone_tree(entry.output)
+
+    def _bound(self) -> None:
+        log.info("captured a CUDA graph of %s: %d held", self.name, len(self.graphs))
+        if len(self.graphs) > self.max_graphs:
+            self.graphs.popitem(last=False)
+            log.warning(
+                "more than %d shapes of %s: its least recently replayed graph is dropped (captured again if needed)",
+                self.max_graphs,
+                self.name,
+            )
 
     def _capture(self, arguments: tuple, tensors: list[Tensor]) -> _Graph:
         inputs = [t.clone() for t in tensors]
