@@ -12,6 +12,8 @@ p50 / p95 latency from frame sent to masks received. Two ways to stream:
 - flat out: each client sends as soon as its window allows (the server's best rate).
 `engine` is StreamTracker.step on the same decoded frames, masks fetched to the CPU each frame,
 one object, in a thread of this process, before the server starts. Random weights (the speed does not depend on them).
+With `--url ws://HOST:PORT/ws` the clients stream to a server started elsewhere (`sam2rt serve`, `--ray`
+too: the front's /metrics sums its replicas' figures); its own `--batch-wait-ms` holds.
 
 Each row runs with each `--batch-wait-ms` (how long a tick waits for frames due from other clients), and a
 profile follows it, read from the server's /metrics: ms per stage (decode per frame, engine per tick, download
@@ -159,19 +161,85 @@ def clients_process(url: str, count: int, payloads, click, rate: float, warmup: 
     queue.put(results)
 
 
-def scrape(port: int) -> dict[str, float]:
-    """The server's /metrics: sample name (labels folded in) -> value."""
+def scrape(base: str) -> dict[str, float]:
+    """The server's /metrics: sample name (labels folded in) -> value; a front's replicas summed."""
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
-    samples = {}
+    text = urllib.request.urlopen(f"{base}/metrics", timeout=30).read().decode()
+    samples: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            labels = ",".join(f"{v}" for _, v in sorted(sample.labels.items()))
-            samples[f"{sample.name}[{labels}]" if labels else sample.name] = sample.value
+            labels = ",".join(f"{v}" for k, v in sorted(sample.labels.items()) if k != "replica")
+            key = f"{sample.name}[{labels}]" if labels else sample.name
+            samples[key] = samples.get(key, 0.0) + sample.value
     return samples
+
+
+class LocalServer:
+    """`sam2rt serve`'s app on a model built here, under uvicorn in a thread of this process."""
+
+    def __init__(self, model, max_sessions: int) -> None:
+        import uvicorn
+
+        from sam2rt.serve.app import ServerConfig, create_app
+        from sam2rt.serve.scheduler import default_engine
+
+        self.model = model
+        self.app = create_app(default_engine(model), ServerConfig(max_sessions=max_sessions))
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                self.app,
+                host="127.0.0.1",
+                port=0,
+                ws_max_size=64 * 2**20,
+                ws_per_message_deflate=False,
+                log_level="warning",
+            )
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.05)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.base, self.url = f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/ws"
+
+    def set_batch_wait(self, wait_ms: float) -> None:
+        self.app.app.state.server.scheduler.batch_wait_s = wait_ms / 1000
+
+    def graphs(self) -> int:
+        from sam2rt.runtime.graphs import captured_graphs
+
+        return captured_graphs(self.model)
+
+    def stop(self) -> None:
+        deadline = time.monotonic() + 10
+        while self.app.app.state.server.sessions and time.monotonic() < deadline:  # every client gone: all freed
+            time.sleep(0.1)
+        if self.model.device.type == "cuda":
+            torch.cuda.synchronize(self.model.device)
+            after = torch.cuda.memory_allocated(self.model.device)
+            print(f"GPU memory allocated after all sessions closed: {after / 2**20:.1f} MiB")
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+class RemoteServer:
+    """A server started elsewhere (`sam2rt serve`, with or without --ray), at a WebSocket URL."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.base = "http" + url.removeprefix("ws").removesuffix("/ws")
+
+    def set_batch_wait(self, wait_ms: float) -> None:
+        pass  # the server's own --batch-wait-ms
+
+    def graphs(self) -> int:
+        return 0  # not seen from here
+
+    def stop(self) -> None:
+        pass
 
 
 def print_profiles(profiles: list) -> None:
@@ -213,15 +281,11 @@ def main() -> None:
     parser.add_argument("--batch-wait-ms", default="0,20", help="tick waits to compare, e.g. 0,20")
     parser.add_argument("--rate", type=float, default=30.0, help="frames/s of each paced client (a camera)")
     parser.add_argument("--modes", default="flat,paced", help="flat (out), paced, or both")
+    parser.add_argument("--url", help="the /ws of a server started elsewhere (sam2rt serve, --ray too), not our own")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    import uvicorn
-
     from sam2rt.runtime import optimize
-    from sam2rt.runtime.graphs import captured_graphs
-    from sam2rt.serve.app import ServerConfig, create_app
-    from sam2rt.serve.scheduler import default_engine
 
     height, width = map(int, args.size.split("x"))
     frames = load_frames(args.source, args.frames, (height, width))
@@ -236,28 +300,8 @@ def main() -> None:
     print(f"{args.variant} at {args.image_size}, {width}x{height} JPEG frames, {device}; engine {bare:.1f} frames/s")
 
     counts = [int(c) for c in args.clients.split(",")]
-    config = ServerConfig(max_sessions=max(counts) + 1)
-    app = create_app(default_engine(model), config)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=0,
-            ws_max_size=64 * 2**20,
-            ws_per_message_deflate=False,
-            log_level="warning",
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    url = f"ws://127.0.0.1:{port}/ws"
-    memory_before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
-
-    scheduler = app.app.state.server.scheduler
-    waits = [float(w) for w in args.batch_wait_ms.split(",")]
+    server = RemoteServer(args.url) if args.url else LocalServer(model, max(counts) + 1)
+    waits = [float(w) for w in args.batch_wait_ms.split(",")] if not args.url else [float("nan")]
     print(
         "| clients | streaming | wait ms | per-client FPS (mean) | all clients FPS | p50 latency ms | p95 latency ms "
         "| vs engine |"
@@ -267,14 +311,16 @@ def main() -> None:
     context = multiprocessing.get_context("spawn")
     rates = [0.0 if mode == "flat" else args.rate for mode in args.modes.split(",")]
     for rate, count, wait in [(r, c, w) for r in rates for c in counts for w in waits]:
-        scheduler.batch_wait_s = wait / 1000
-        before, graphs_before = scrape(port), captured_graphs(model)
+        server.set_batch_wait(wait)
+        before, graphs_before = scrape(server.base), server.graphs()
         queue = context.Queue()
-        process = context.Process(target=clients_process, args=(url, count, payloads, click, rate, warmup, queue))
+        process = context.Process(
+            target=clients_process, args=(server.url, count, payloads, click, rate, warmup, queue)
+        )
         process.start()
         results = queue.get(timeout=600)
         process.join()
-        profiles.append((count, rate, wait, before, scrape(port), captured_graphs(model) - graphs_before))
+        profiles.append((count, rate, wait, before, scrape(server.base), server.graphs() - graphs_before))
         fps = [r[0] for r in results]
         latencies = sorted(1000 * x for r in results for x in r[1])
         p50 = statistics.median(latencies) if latencies else float("nan")
@@ -287,17 +333,7 @@ def main() -> None:
             flush=True,
         )
     print_profiles(profiles)
-    deadline = time.monotonic() + 10
-    while app.app.state.server.sessions and time.monotonic() < deadline:  # every client has gone: all freed
-        time.sleep(0.1)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        after = torch.cuda.memory_allocated(device)
-        print(
-            f"GPU memory allocated: {memory_before / 2**20:.1f} MiB with no session, {after / 2**20:.1f} MiB after all closed"
-        )
-    server.should_exit = True
-    thread.join(timeout=10)
+    server.stop()
 
 
 if __name__ == "__main__":

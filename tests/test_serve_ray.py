@@ -13,6 +13,7 @@ import signal
 import time
 
 import pytest
+import torch
 from cli_support import IMAGE_SIZE, VARIANT, clip_frames, make_checkpoint
 from serve_support import Client, decode_masks, running_asgi
 from test_serve_front import get, track
@@ -46,6 +47,16 @@ def front(tmp_path_factory):
     finally:
         stop_replicas()
         ray.shutdown()
+
+
+def test_replica_options_need_ray_and_cuda_needs_gpus(sam2rt, checkpoint):
+    result = sam2rt("serve", "--checkpoint", checkpoint, "--replicas", "2")
+    words = " ".join(result.stderr.replace("│", " ").split())  # the usage error's box, unwrapped
+    assert result.returncode == 2 and "for --replicas: is for the engine replicas of --ray: give --ray too" in words
+    if not torch.cuda.is_available():  # one line, no Ray started: the device is checked first
+        result = sam2rt("serve", "--ray", "--checkpoint", checkpoint, "--device", "cuda")
+        assert result.returncode == 1 and result.stderr.startswith("error: device cuda was asked for")
+        assert not ray.is_initialized()
 
 
 def replica_pid(replica) -> int:

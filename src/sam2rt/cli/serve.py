@@ -65,6 +65,9 @@ def serve(
     from ..serve.security import is_loopback
 
     model.check()
+    for given, name in ((replicas, "--replicas"), (ray_address, "--ray-address")):
+        if given is not None and not ray:
+            raise typer.BadParameter("is for the engine replicas of --ray: give --ray too", param_hint=name)
     with errors_as_messages():
         if not is_loopback(host) and not token:
             raise RunFailed(f"--host {host} makes the server reachable from other machines: give --token too")
@@ -139,12 +142,16 @@ def _start_on_ray(model: ModelChoice, config, replicas: Optional[int], address: 
     if not ray.is_initialized():
         ray.init(address=address, log_to_driver=True, logging_level="WARNING")
     on_gpu = device.type == "cuda"
+    resources = ray.cluster_resources()
     if replicas is None:
-        replicas = int(ray.cluster_resources().get("GPU", 0)) if on_gpu else 1
+        replicas = int(resources.get("GPU", 0)) if on_gpu else 1
         if replicas == 0:
             raise RunFailed("the model runs on CUDA but the Ray cluster has no GPU: give --device cpu or --replicas")
+    # The cluster's CPUs shared out: Ray gives each replica's torch as many threads as it has CPUs.
+    cpus_each = max(1, int(resources.get("CPU", 1)) // replicas)
     try:
-        started = start_replicas(functools.partial(replica_app, in_replica, config), replicas, float(on_gpu), 1.0)
+        make_app = functools.partial(replica_app, in_replica, config)
+        started = start_replicas(make_app, replicas, float(on_gpu), float(cpus_each))
     except Exception as error:  # Ray Serve's own errors: a replica that fails to start, resources never granted
         raise RunFailed(f"the engine replicas did not start on Ray Serve: {error}") from None
     front = Front(started, max_body_bytes=config.max_upload_bytes, token=config.token)

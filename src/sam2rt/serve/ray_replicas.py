@@ -93,6 +93,7 @@ def start_replicas(make_app: Callable[[], object], count: int, gpus_each: float,
     building its app with `make_app`; returns once every replica has its model loaded."""
     from ray import serve
 
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # this process's Serve client, as QUIET is the replicas'
     serve.start(proxy_location="Disabled", logging_config=QUIET)
     deployment = serve.deployment(
         EngineReplica,
