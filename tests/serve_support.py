@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import threading
@@ -18,7 +19,10 @@ from websockets.sync.client import ClientConnection, connect
 
 import sam2rt
 from sam2rt.serve.app import ServerConfig, create_app
+from sam2rt.serve.front import Front, ReplicaGone
 from sam2rt.serve.protocol import FORMAT_PNG, FORMAT_RGB, frame_header
+from sam2rt.serve.relay import AppHost
+from sam2rt.serve.scheduler import default_engine
 
 MESSAGE_TIMEOUT_S = 60.0
 
@@ -77,6 +81,77 @@ def running_asgi(app, ws_max_size: int = 64 * 2**20) -> Iterator[RunningServer]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+class InProcessReplica:
+    """A replica in this process (front.Replica); `kill()` makes every call, and every pull under way, fail."""
+
+    def __init__(self, name: str, app) -> None:
+        self.name = name
+        self.host = AppHost(app)
+        self.dead = False
+
+    def kill(self) -> None:
+        self.dead = True
+
+    def _check(self) -> None:
+        if self.dead:
+            raise ReplicaGone(self.name)
+
+    async def http(self, scope, body):
+        self._check()
+        return await self.host.http(scope, body)
+
+    async def websocket_open(self, scope):
+        self._check()
+        return await self.host.websocket_open(scope)
+
+    async def websocket_push(self, connection_id, messages):
+        self._check()
+        return await self.host.websocket_push(connection_id, messages)
+
+    async def websocket_pull(self, connection_id):
+        async for batch in self.host.websocket_pull(connection_id):
+            self._check()
+            yield batch
+
+    @property
+    def sessions(self) -> dict:
+        return self.host.app.app.state.server.sessions  # Guard -> Starlette -> Server
+
+
+class HostsThenFront:
+    """The front as an ASGI app whose lifespan also starts and stops the in-process replicas' apps."""
+
+    def __init__(self, replicas: list[InProcessReplica], front: Front) -> None:
+        self.replicas = replicas
+        self.front = front
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "lifespan":
+            await self.front(scope, receive, send)
+            return
+        await receive()  # startup
+        for replica in self.replicas:
+            await replica.host.start()
+        await send({"type": "lifespan.startup.complete"})
+        await receive()  # shutdown
+        for replica in self.replicas:
+            await replica.host.stop()
+        await send({"type": "lifespan.shutdown.complete"})
+
+
+@contextmanager
+def running_front(model, replicas: int = 2, config: Optional[ServerConfig] = None) -> Iterator[RunningServer]:
+    """The front of `sam2rt serve --ray` over `replicas` in-process replicas, each with its own copy of the model
+    and StreamPool, under uvicorn; the RunningServer also holds `replicas` and `front`."""
+    config = config or ServerConfig()
+    models = [model] + [copy.deepcopy(model) for _ in range(replicas - 1)]  # as in their own processes
+    hosts = [InProcessReplica(f"r{i}", create_app(default_engine(m), config)) for i, m in enumerate(models)]
+    front = Front(hosts, max_body_bytes=config.max_upload_bytes, token=config.token)
+    with running_asgi(HostsThenFront(hosts, front)) as running:
+        running.replicas, running.front = hosts, front
+        yield running
 
 
 def png_frame(frame_id: int, image: np.ndarray) -> bytes:

@@ -20,7 +20,7 @@ import pytest
 from cli_support import clip_frames
 from media import SHARED_DATA
 from PIL import Image
-from serve_support import load_test_model, running_server
+from serve_support import load_test_model, running_front, running_server
 
 from sam2rt.serve.app import ServerConfig
 from sam2rt.serve.scheduler import default_engine
@@ -133,10 +133,14 @@ def clips(tmp_path_factory):
     return webcam, upload
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+@pytest.fixture(scope="module", params=["server", "front of two replicas"])
+def server(request, tmp_path_factory):
+    """The single-process server, and the front of `--ray` over two in-process replicas: the page sees no difference."""
     model = load_test_model(tmp_path_factory.mktemp("serve-model"))
-    with running_server(default_engine(model), ServerConfig()) as running:
+    serving = (
+        running_server(default_engine(model), ServerConfig()) if request.param == "server" else running_front(model)
+    )
+    with serving as running:
         yield running
 
 

@@ -1,12 +1,12 @@
 """The front of `sam2rt serve --ray` over replicas in this process: placement, pinning, a replica that dies.
 
 The replicas here are relay.AppHost objects running the single-process server's app (each with its own
-StreamPool); test_serve_ray.py runs the same front over Ray Serve replicas in their own processes.
+StreamPool, serve_support.running_front); test_serve_ray.py runs the same front over Ray Serve replicas in
+their own processes.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 import urllib.error
@@ -15,76 +15,14 @@ import urllib.request
 import numpy as np
 import pytest
 from cli_support import clip_frames
-from serve_support import Client, decode_masks, load_test_model, running_asgi
+from serve_support import Client, decode_masks, load_test_model, running_front
 from websockets.exceptions import ConnectionClosed
 
 import sam2rt
-from sam2rt.serve.app import ServerConfig, create_app
-from sam2rt.serve.front import Front, ReplicaGone
-from sam2rt.serve.relay import AppHost
-from sam2rt.serve.scheduler import default_engine
 
 FRAMES = clip_frames(4)
 SIZE = FRAMES[0].shape[:2]
 PROMPT = {"type": "prompt", "frame": 0, "obj_id": 1, "points": [[28, 50]], "labels": [1]}
-
-
-class InProcessReplica:
-    """A replica in this process (front.Replica); `kill()` makes every call, and every pull under way, fail."""
-
-    def __init__(self, name: str, app) -> None:
-        self.name = name
-        self.host = AppHost(app)
-        self.dead = False
-
-    def kill(self) -> None:
-        self.dead = True
-
-    def _check(self) -> None:
-        if self.dead:
-            raise ReplicaGone(self.name)
-
-    async def http(self, scope, body):
-        self._check()
-        return await self.host.http(scope, body)
-
-    async def websocket_open(self, scope):
-        self._check()
-        return await self.host.websocket_open(scope)
-
-    async def websocket_push(self, connection_id, messages):
-        self._check()
-        return await self.host.websocket_push(connection_id, messages)
-
-    async def websocket_pull(self, connection_id):
-        async for batch in self.host.websocket_pull(connection_id):
-            self._check()
-            yield batch
-
-    @property
-    def sessions(self) -> dict:
-        return self.host.app.app.state.server.sessions  # Guard -> Starlette -> Server
-
-
-class HostsThenFront:
-    """The front as an ASGI app whose lifespan also starts and stops the in-process replicas' apps."""
-
-    def __init__(self, replicas: list[InProcessReplica], front: Front) -> None:
-        self.replicas = replicas
-        self.front = front
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "lifespan":
-            await self.front(scope, receive, send)
-            return
-        await receive()  # startup
-        for replica in self.replicas:
-            await replica.host.start()
-        await send({"type": "lifespan.startup.complete"})
-        await receive()  # shutdown
-        for replica in self.replicas:
-            await replica.host.stop()
-        await send({"type": "lifespan.shutdown.complete"})
 
 
 @pytest.fixture(scope="module")
@@ -94,11 +32,7 @@ def model(tmp_path_factory):
 
 @pytest.fixture
 def front(model):
-    models = [model, copy.deepcopy(model)]  # one per replica, as in their own processes
-    replicas = [InProcessReplica(f"r{i}", create_app(default_engine(m), ServerConfig())) for i, m in enumerate(models)]
-    front = Front(replicas, max_body_bytes=ServerConfig().max_upload_bytes)
-    with running_asgi(HostsThenFront(replicas, front)) as running:
-        running.replicas, running.front = replicas, front
+    with running_front(model) as running:
         yield running
 
 
