@@ -240,3 +240,34 @@ def test_a_graphed_callable_holds_a_bounded_number_of_graphs(caplog):
     assert len(graphed.graphs) == 2
     assert caplog.text.count("captured a CUDA graph of <lambda>") == 5  # 3, 4, 5, 3 again, 4 again
     assert caplog.text.count("least recently replayed graph is dropped") == 3
+
+
+@cuda
+def test_another_thread_may_wait_on_the_gpu_while_a_graph_is_captured():
+    """The server's publisher waits for masks' copies while the scheduler captures graphs: in CUDA's global capture
+    mode that wait broke the capture (and every capture after it)."""
+    import threading
+
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def wait_on_events() -> None:
+        try:
+            while not stop.is_set():
+                event = torch.cuda.Event()
+                event.record()
+                event.synchronize()
+        except BaseException as error:  # noqa: BLE001 (the test reports it)
+            failures.append(error)
+
+    waiter = threading.Thread(target=wait_on_events)
+    waiter.start()
+    try:
+        graphed = GraphedCallable(lambda x: (x @ x.T).relu() + 1)
+        for size in range(8, 40):  # a capture per size, while the other thread waits again and again
+            x = torch.randn(size, 64, device="cuda")
+            torch.testing.assert_close(graphed(x), (x @ x.T).relu() + 1)
+    finally:
+        stop.set()
+        waiter.join()
+    assert not failures and len(graphed.graphs) == 32

@@ -121,7 +121,9 @@ class GraphedCallable:
                     self.fn(*args, **kwargs)
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool):
+            # thread_local: other threads may wait on the GPU meanwhile (the server's publisher waits for masks'
+            # copies); in the default, global mode such a wait from any thread breaks the capture.
+            with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
                 output = self.fn(*args, **kwargs)
         return _Graph(graph, inputs, output)
 
