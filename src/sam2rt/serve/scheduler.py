@@ -17,12 +17,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from dataclasses import replace
 from typing import Any, Optional, Protocol
 
 import numpy as np
 
-from ..tracking.download import start_download
+from ..tracking.download import PendingFrame, start_download
 from ..tracking.stream import FrameResult
 from .protocol import (
     FORMAT_JPEG,
@@ -86,6 +87,7 @@ class Scheduler:
         self.sessions: list[Session] = []
         self.batch_sizes: list[int] = []  # sessions stepped per tick, the last 1000 ticks
         self.publisher = Publisher(observer)
+        self._ticks_in_flight: deque[PendingFrame] = deque()  # the last result of each tick the GPU may still run
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="sam2rt scheduler", daemon=True)
 
@@ -118,6 +120,7 @@ class Scheduler:
 
     def _run(self) -> None:
         while True:
+            self._wait_for_gpu()
             with self.lock:
                 while not self._stop and not any(s.has_work() for s in self.sessions) and not self._release_due():
                     self.lock.wait(0.5)
@@ -140,6 +143,12 @@ class Scheduler:
                     batch[session] = frame
             if batch:
                 self._step(batch)
+
+    def _wait_for_gpu(self) -> None:
+        """At most one tick queued on the GPU while the next is gathered: frames that come meanwhile step
+        together in the next tick, instead of in many small ones that queue up behind each other."""
+        if len(self._ticks_in_flight) > 1:
+            self._ticks_in_flight.popleft().wait()
 
     def _release_due(self) -> bool:
         """Whether the server has had no session for `release_after_s` (lock held)."""
@@ -196,8 +205,9 @@ class Scheduler:
         for session, frame in batch.items():
             session.newest = frame.frame_id
             session.stats.frame_done(frame.arrived)
-            self._publish(session, frame, results[session.stream], prompted=False)
+            pending = self._publish(session, frame, results[session.stream], prompted=False)
             self.tracked_total += 1
+        self._ticks_in_flight.append(pending)
         if self.observer is not None:
             self.observer.observe_tick(len(batch), time.monotonic() - start)
             self.observer.observe_stage("engine", engine_seconds)
@@ -274,7 +284,7 @@ class Scheduler:
 
     # Results
 
-    def _publish(self, session: Session, frame: ReceivedFrame, result: FrameResult, prompted: bool) -> None:
+    def _publish(self, session: Session, frame: ReceivedFrame, result: FrameResult, prompted: bool) -> PendingFrame:
         """Start a frame's masks on their way to the CPU and hand them to the publisher, which waits for them,
         then encodes, records and sends: this thread goes on with the next tick meanwhile."""
         height, width = session.size or (0, 0)
@@ -291,6 +301,7 @@ class Scheduler:
                 session, session.generation, frame, pending, (height, width), result.frame_idx, prompted, stats, picture
             )
         )
+        return pending
 
 
 def default_engine(model) -> StreamEngine:

@@ -32,14 +32,18 @@ class PendingFrame:
         self._masks, self._owners, self._scores = masks, owners, scores
         self._copied = copied
 
+    def wait(self) -> None:
+        """Until the copies (and all the GPU work queued before them) have ended."""
+        if self._copied is not None:
+            self._copied.synchronize()
+
     def tracked(self, index: int, name: str, image: np.ndarray) -> TrackedFrame:
         """The frame as the outputs take it (waits for the copies to end)."""
         if not self.object_ids:
             height, width = image.shape[:2]
             empty = np.zeros((0, height, width), dtype=bool)
             return TrackedFrame(index, name, image, [], empty, np.zeros(0), np.zeros((height, width), np.int32))
-        if self._copied is not None:
-            self._copied.synchronize()
+        self.wait()
         ids = np.array([0, *self.object_ids], dtype=np.int32)
         labels = ids[self._owners.numpy()]  # (H, W) object id per pixel
         masks, scores = self._masks.numpy(), self._scores.numpy()
