@@ -32,6 +32,9 @@ class EngineReplica:
         self.host = AppHost(make_app())
         await self.host.start()
 
+    async def __del__(self) -> None:  # Ray Serve's shutdown of the replica: sessions end, the scheduler stops
+        await self.host.stop()
+
     async def http(self, scope: dict, body: bytes) -> list[Message]:
         return await self.host.http(scope, body)
 

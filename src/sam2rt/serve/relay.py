@@ -155,6 +155,3 @@ class AppHost:
             if not finished:
                 connection.inbox.put_nowait({"type": "websocket.disconnect", "code": 1006})
             self._connections.pop(connection_id, None)
-
-    def connections(self) -> int:
-        return len(self._connections)
