@@ -96,7 +96,7 @@ def test_encode_memory(models, frame, binarize):
         mine = ours.encode_memory(features.embed, low_res, scores, torch.full((2,), binarize))
         high_res = F.interpolate(low_res, size=(1024, 1024), mode="bilinear", align_corners=False)
         theirs, _ = ref._encode_new_memory(vision_feats, feat_sizes, high_res, scores, is_mask_from_pts=binarize)
-    assert_close_logits(mine, theirs, what="memory")
+    assert_close_logits(mine, theirs.flatten(2).transpose(1, 2), what="memory")  # tokens (B, h*w, C_mem)
 
 
 def test_condition_on_memory(models, frame):

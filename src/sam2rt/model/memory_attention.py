@@ -3,6 +3,9 @@
 Each layer runs self-attention over the frame's tokens and cross-attention from them to the
 memory: spatial memories of past frames (rotary-encoded by their position in the frame) followed
 by object-pointer tokens (no rotary encoding). Rotary encodings use real cos/sin tables.
+
+SAM 2's memory frames are feature maps of the frame's own size, their keys rotated as the queries are;
+EdgeTAM's are the perceiver's compressed tokens, which bring their own key tables (`memory_rope`).
 """
 
 from __future__ import annotations
@@ -19,7 +22,11 @@ from .positional import rotary_tables
 
 
 class RotaryAttention(Attention):
-    """Attention whose queries and first `rotary_frames` frames of keys carry an axial rotary encoding."""
+    """Attention whose queries and first `rotary_frames` frames of keys carry an axial rotary encoding.
+
+    `rope` holds the queries' tables, `key_rope` those of one frame of keys (its length is the frame's
+    token count); None: key frames are laid out like the queries, with the same tables.
+    """
 
     def forward(  # type: ignore[override]
         self,
@@ -29,16 +36,17 @@ class RotaryAttention(Attention):
         rope: tuple[Tensor, Tensor],
         rotary_frames: int,
         key_mask: Optional[Tensor] = None,
+        key_rope: Optional[tuple[Tensor, Tensor]] = None,
     ) -> Tensor:
         q, k = split_heads(self.q_proj(q), self.num_heads), split_heads(self.k_proj(k), self.num_heads)  # (B, h, N, d)
-        cos, sin = rope
-        q = apply_rotary(q, cos, sin)
-        tokens_per_frame = q.shape[2]
+        q = apply_rotary(q, *rope)
+        key_cos, key_sin = key_rope or rope
+        tokens_per_frame = key_cos.shape[0]
         num_rotary = rotary_frames * tokens_per_frame
         if num_rotary > 0:
             batch, heads, _, head_dim = k.shape
             frames = k[:, :, :num_rotary].reshape(batch, heads, rotary_frames, tokens_per_frame, head_dim)
-            rotated = apply_rotary(frames, cos, sin).flatten(2, 3)  # (B, heads, frames * N, d)
+            rotated = apply_rotary(frames, key_cos, key_sin).flatten(2, 3)  # (B, heads, frames * N, d)
             k = torch.cat([rotated, k[:, :, num_rotary:]], dim=2)
         return self.finish(attention(q, k, v, key_mask, values_projection=self.v_proj))
 
@@ -60,23 +68,37 @@ class MemoryAttentionLayer(nn.Module):
         memory: Tensor,
         memory_keys: Tensor,
         rope: tuple[Tensor, Tensor],
+        memory_rope: Optional[tuple[Tensor, Tensor]],
         rotary_frames: int,
         key_mask: Optional[Tensor],
     ) -> Tensor:
         normed = self.norm1(x)
         x = x + self.self_attn(normed, normed, normed, rope, rotary_frames=1)
-        x = x + self.cross_attn_image(self.norm2(x), memory_keys, memory, rope, rotary_frames, key_mask)
+        x = x + self.cross_attn_image(self.norm2(x), memory_keys, memory, rope, rotary_frames, key_mask, memory_rope)
         return x + self.linear2(F.relu(self.linear1(self.norm3(x))))
 
 
 class MemoryAttention(nn.Module):
-    def __init__(self, d_model: int, memory_dim: int, feature_size: int, num_layers: int = 4) -> None:
+    def __init__(
+        self,
+        d_model: int,
+        memory_dim: int,
+        feature_size: int,
+        num_layers: int = 4,
+        memory_rope: Optional[tuple[Tensor, Tensor]] = None,
+    ) -> None:
+        """`memory_rope`: cos and sin tables (N, d_model // 2) for the keys of one spatial memory frame of N
+        tokens; None: memory frames are feature maps laid out like the frame (h*w tokens, the same tables)."""
         super().__init__()
         self.layers = nn.ModuleList(MemoryAttentionLayer(d_model, memory_dim) for _ in range(num_layers))
         self.norm = nn.LayerNorm(d_model)
         cos, sin = rotary_tables(d_model, feature_size)  # one head spanning the model width
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+        self.shares_rope = memory_rope is None
+        if memory_rope is not None:
+            self.register_buffer("memory_rope_cos", memory_rope[0], persistent=False)
+            self.register_buffer("memory_rope_sin", memory_rope[1], persistent=False)
 
     def forward(
         self,
@@ -90,13 +112,14 @@ class MemoryAttention(nn.Module):
         """Condition image tokens on memory tokens.
 
         image (B, h*w, C) and image_pos (1 or B, h*w, C): the frame's features in raster order.
-        memory and memory_pos (B, L, C_mem): `spatial_frames` frames of h*w spatial memory tokens,
-        then object-pointer tokens. key_mask (B, L) is True for the memory tokens each row may use.
+        memory and memory_pos (B, L, C_mem): `spatial_frames` frames of spatial memory tokens (h*w each, or
+        the length of `memory_rope`), then object-pointer tokens. key_mask (B, L) is True for the memory tokens each row may use.
         Returns (B, h*w, C).
         """
         x = image + 0.1 * image_pos
         memory_keys = memory + memory_pos
         rope = (self.rope_cos, self.rope_sin)
+        memory_rope = None if self.shares_rope else (self.memory_rope_cos, self.memory_rope_sin)
         for layer in self.layers:
-            x = layer(x, memory, memory_keys, rope, spatial_frames, key_mask)
+            x = layer(x, memory, memory_keys, rope, memory_rope, spatial_frames, key_mask)
         return self.norm(x)

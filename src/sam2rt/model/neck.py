@@ -1,4 +1,4 @@
-"""FPN neck over the Hiera stages, and the image encoder that joins the two.
+"""FPN neck over the trunk's stages (Hiera, or EdgeTAM's RepViT), and the image encoder that joins the two.
 
 The neck projects every stage to the model width. Only the stride-16 level receives top-down
 features (from the stride-32 level, upsampled by nearest neighbour); the stride-32 level itself
@@ -8,14 +8,15 @@ is dropped from the output, and the stride-4 and stride-8 levels are plain proje
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import NamedTuple
+from typing import NamedTuple, Union
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .hiera import Hiera
 from .positional import sine_grid
-from .variants import HieraSpec
+from .repvit import RepVit
+from .variants import HieraSpec, RepVitSpec
 
 
 class BackboneFeatures(NamedTuple):
@@ -46,10 +47,14 @@ class FpnNeck(nn.Module):
 
 
 class ImageEncoder(nn.Module):
-    def __init__(self, spec: HieraSpec, d_model: int, feature_size: int) -> None:
+    def __init__(self, spec: Union[HieraSpec, RepVitSpec], d_model: int, feature_size: int) -> None:
         super().__init__()
-        self.trunk = Hiera(spec)
-        self.neck = FpnNeck(spec.stage_dims, d_model, feature_size)
+        if isinstance(spec, RepVitSpec):
+            self.trunk: nn.Module = RepVit(spec)
+            stage_dims = self.trunk.stage_dims
+        else:
+            self.trunk, stage_dims = Hiera(spec), spec.stage_dims
+        self.neck = FpnNeck(stage_dims, d_model, feature_size)
 
     def forward(self, images: Tensor) -> BackboneFeatures:
         return self.neck(self.trunk(images))

@@ -1,5 +1,8 @@
 """The composed SAM 2 model: image encoding, mask decoding, memory conditioning and memory encoding.
 
+EdgeTAM is this model with another trunk, two memory-attention layers, and a spatial perceiver that
+compresses each memory frame (`variants.py` says which parts a variant has).
+
 Tensor in, tensor out; no session state. The trackers in `sam2rt.tracking` decide which memories
 a frame sees and call these methods batched over objects.
 """
@@ -17,6 +20,7 @@ from .mask_decoder import DecoderOutput, MaskDecoder
 from .memory_attention import MemoryAttention
 from .memory_encoder import MemoryEncoder
 from .neck import ImageEncoder
+from .perceiver import SpatialPerceiver, perceiver_rotary_tables
 from .positional import sine_1d
 from .prompt_encoder import PromptEncoder
 from .variants import ModelConfig, get_variant
@@ -44,7 +48,7 @@ class MaskPrediction(NamedTuple):
 class MemoryTokens(NamedTuple):
     """An object's memory, batched over objects in fixed-size slots with validity masks."""
 
-    spatial: Tensor  # (B, F, h*w, C_mem) spatial memories of F frames
+    spatial: Tensor  # (B, F, N, C_mem) spatial memories of F frames, N = ModelConfig.memory_tokens each
     spatial_tpos: Tensor  # (B, F) long: index into the temporal encodings (num_maskmem - 1 for prompted frames)
     spatial_valid: Optional[Tensor]  # (B, F) bool; None: every slot holds a memory
     pointers: Tensor  # (B, P, C) object pointers
@@ -59,8 +63,11 @@ class SAM2Model(nn.Module):
         variant, dim, mem_dim = config.variant, config.hidden_dim, config.memory_dim
         size = config.feature_size
         self.image_encoder = ImageEncoder(variant.trunk, dim, size)
-        self.memory_attention = MemoryAttention(dim, mem_dim, size)
+        perceiver = variant.perceiver
+        memory_rope = None if perceiver is None else perceiver_rotary_tables(perceiver, dim)
+        self.memory_attention = MemoryAttention(dim, mem_dim, size, variant.memory_attention_layers, memory_rope)
         self.memory_encoder = MemoryEncoder(dim, mem_dim, size)
+        self.spatial_perceiver = None if perceiver is None else SpatialPerceiver(perceiver, mem_dim)
         self.sam_prompt_encoder = PromptEncoder(dim, size, config.image_size)
         self.sam_mask_decoder = MaskDecoder(dim)
 
@@ -183,7 +190,8 @@ class SAM2Model(nn.Module):
     def encode_memory(
         self, embed: Tensor, mask_logits: Tensor, object_score_logits: Tensor, binarize: Tensor
     ) -> Tensor:
-        """A frame's spatial memory for each object: (B, C_mem, h, w).
+        """A frame's spatial memory for each object, as tokens (B, N, C_mem): the memory map in raster order
+        (N = h*w), or its compression by the spatial perceiver (EdgeTAM). Their positions: `memory_pos`.
 
         embed (1 or B, C, h, w): the frame's features without memory. mask_logits (B, 1, 4h, 4w)
         low-resolution mask logits, or (B, 1, S, S) logits at the model's input size (training
@@ -200,7 +208,15 @@ class SAM2Model(nn.Module):
         if self.config.variant.is_sam21:
             absent = (object_score_logits <= 0).to(features.dtype)  # (B, 1)
             features = features + absent[:, :, None, None] * self.no_obj_embed_spatial[:, :, None, None]
-        return features
+        if self.spatial_perceiver is not None:
+            return self.spatial_perceiver(features, self.memory_encoder.pos_grid)  # (B, N, C_mem)
+        return features.flatten(2).transpose(1, 2)  # (B, C_mem, h, w) -> (B, h*w, C_mem)
+
+    def memory_pos(self) -> Tensor:
+        """Positions of one memory frame's tokens, the same for every frame: (1, N, C_mem)."""
+        if self.spatial_perceiver is not None:
+            return self.spatial_perceiver.token_pos
+        return self.memory_encoder.pos_grid.flatten(2).transpose(1, 2)  # (1, C_mem, h, w) -> (1, h*w, C_mem)
 
     def condition_on_memory(self, embed: Tensor, memory: MemoryTokens) -> Tensor:
         """Features of the current frame (1 or B, C, h, w) conditioned on each object's memory: (B, C, h, w)."""
@@ -210,10 +226,10 @@ class SAM2Model(nn.Module):
         image = embed.flatten(2).transpose(1, 2).expand(batch, -1, -1)  # (B, h*w, C)
         image_pos = self.image_encoder.neck.pos_grid.flatten(2).transpose(1, 2).to(dtype)  # (1, h*w, C)
 
-        spatial = memory.spatial.reshape(batch, frames * tokens_per_frame, mem_dim)  # (B, F*h*w, C_mem)
-        grid_pos = self.memory_encoder.pos_grid.flatten(2).transpose(1, 2)  # (1, h*w, C_mem)
+        spatial = memory.spatial.reshape(batch, frames * tokens_per_frame, mem_dim)  # (B, F*N, C_mem)
+        frame_pos = self.memory_pos()  # (1, N, C_mem)
         tpos = self.maskmem_tpos_enc.reshape(-1, mem_dim)[memory.spatial_tpos]  # (B, F, C_mem)
-        spatial_pos = (grid_pos[:, None] + tpos[:, :, None]).reshape(batch, -1, mem_dim).to(dtype)  # (B, F*h*w, C_mem)
+        spatial_pos = (frame_pos[:, None] + tpos[:, :, None]).reshape(batch, -1, mem_dim).to(dtype)  # (B, F*N, C_mem)
 
         # A pointer of width C is split into C / C_mem consecutive tokens sharing one position.
         split = channels // mem_dim

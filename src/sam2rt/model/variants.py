@@ -1,14 +1,18 @@
-"""The official SAM 2 and SAM 2.1 variants as a table of frozen dataclasses.
+"""The official SAM 2, SAM 2.1 and EdgeTAM variants as a table of frozen dataclasses.
 
-A variant differs from another only by its Hiera trunk and by the release it belongs to;
+A SAM 2 variant differs from another only by its Hiera trunk and by the release it belongs to;
 everything else (widths of the heads, memory sizes) is the same in every released checkpoint
-and lives in the model code as a constant. Sizes that depend on the input resolution are
-derived from `image_size` by `ModelConfig`.
+and lives in the model code as a constant. EdgeTAM is SAM 2 with a RepViT trunk (from timm), two
+memory-attention layers instead of four, and a spatial perceiver that compresses each frame's memory
+to a fixed number of tokens. Sizes that depend on the input resolution are derived from `image_size`
+by `ModelConfig`.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Optional, Union
 
 
 @dataclass(frozen=True)
@@ -28,10 +32,38 @@ class HieraSpec:
 
 
 @dataclass(frozen=True)
+class RepVitSpec:
+    """A RepViT trunk built by timm (its own module, without pretrained weights); its widths are timm's."""
+
+    timm_name: str  # e.g. "repvit_m1.dist_in1k"
+
+
+@dataclass(frozen=True)
+class PerceiverSpec:
+    """EdgeTAM's 2D spatial perceiver: each memory frame becomes `global_latents` tokens that attend to the
+    whole frame, then `grid_latents` tokens, one per window of a square grid over the frame."""
+
+    global_latents: int = 256
+    grid_latents: int = 256  # a square number: the grid's side is its root
+    depth: int = 2
+
+    @property
+    def grid_side(self) -> int:
+        return math.isqrt(self.grid_latents)
+
+    @property
+    def tokens(self) -> int:
+        """Tokens of one compressed memory frame."""
+        return self.global_latents + self.grid_latents
+
+
+@dataclass(frozen=True)
 class Variant:
     name: str  # e.g. "sam2.1_hiera_tiny"
-    release: str  # "sam2" or "sam2.1"
-    trunk: HieraSpec
+    release: str  # "sam2", "sam2.1" or "edgetam"
+    trunk: Union[HieraSpec, RepVitSpec]
+    memory_attention_layers: int = 4
+    perceiver: Optional[PerceiverSpec] = None  # None: memories keep the h*w tokens of the feature map
 
     @property
     def is_sam21(self) -> bool:
@@ -62,10 +94,14 @@ VARIANTS: dict[str, Variant] = {
     for release in ("sam2", "sam2.1")
     for size, trunk in (("tiny", _TINY), ("small", _SMALL), ("base_plus", _BASE_PLUS), ("large", _LARGE))
 }
+# EdgeTAM's model flags are SAM 2.0's (no occlusion embedding, no temporal encoding of object pointers).
+VARIANTS["edgetam"] = Variant(
+    "edgetam", "edgetam", RepVitSpec("repvit_m1.dist_in1k"), memory_attention_layers=2, perceiver=PerceiverSpec()
+)
 
 
 def get_variant(name: str) -> Variant:
-    """Look a variant up by its official name (`sam2.1_hiera_tiny`, `sam2_hiera_large`, ...)."""
+    """Look a variant up by its official name (`sam2.1_hiera_tiny`, `sam2_hiera_large`, `edgetam`, ...)."""
     try:
         return VARIANTS[name]
     except KeyError:
@@ -90,11 +126,23 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.image_size <= 0 or self.image_size % 32 != 0:
             raise ValueError(f"image_size must be a positive multiple of 32, got {self.image_size}")
+        perceiver = self.variant.perceiver
+        if perceiver is not None and self.feature_size % perceiver.grid_side != 0:
+            side = perceiver.grid_side * self.backbone_stride
+            raise ValueError(
+                f"{self.variant.name} needs an image_size that is a multiple of {side}, got {self.image_size}"
+            )
 
     @property
     def feature_size(self) -> int:
         """Side of the stride-16 feature map (64 at 1024)."""
         return self.image_size // self.backbone_stride
+
+    @property
+    def memory_tokens(self) -> int:
+        """Tokens of one frame's spatial memory: the h*w feature map, or the perceiver's compressed tokens."""
+        perceiver = self.variant.perceiver
+        return self.feature_size**2 if perceiver is None else perceiver.tokens
 
     @property
     def low_res_mask_size(self) -> int:

@@ -249,8 +249,8 @@ class TrackingEngine:
         ]
 
     def _store_memory(self, memories: Tensor) -> Tensor:
-        """(B, C_mem, h, w) -> (B, h*w, C_mem) in the storage dtype and device."""
-        return self._to_storage(_flat_memory(memories, self.memory_dtype))
+        """(B, N, C_mem) -> the same in the storage dtype and device."""
+        return self._to_storage(_stored_memory(memories, self.memory_dtype))
 
     def _to_storage(self, memories: Tensor) -> Tensor:
         # Offloaded, the copy must have landed before the host copies it into its slot: no non_blocking.
@@ -261,7 +261,7 @@ class _TrackedBatch(NamedTuple):
     masks: Tensor  # (B, 1, 4h, 4w) logits for output: the best mask, its small holes filled
     pointers: Tensor  # (B, C) object pointers
     object_scores: Tensor  # (B, 1) presence logits
-    memories: Tensor  # (B, h*w, C_mem) spatial memories in the memory dtype
+    memories: Tensor  # (B, N, C_mem) spatial memories in the memory dtype
 
 
 def _track_on_memory(
@@ -297,7 +297,7 @@ def _track_conditioned(
     memories = model.encode_memory(embed, prediction.best_mask, prediction.object_score_logits, binarize)
     masks = _filled(prediction.best_mask, fill_hole_area)
     return _TrackedBatch(
-        masks, prediction.obj_ptr, prediction.object_score_logits, _flat_memory(memories, memory_dtype)
+        masks, prediction.obj_ptr, prediction.object_score_logits, _stored_memory(memories, memory_dtype)
     )
 
 
@@ -320,9 +320,9 @@ def _filled(mask_logits: Tensor, fill_hole_area: int) -> Tensor:
     return fill_holes(mask_logits, fill_hole_area, fill_value=HOLE_FILL_LOGIT)
 
 
-def _flat_memory(memories: Tensor, dtype: torch.dtype) -> Tensor:
-    """(B, C_mem, h, w) -> (B, h*w, C_mem), contiguous, in `dtype`."""
-    return memories.flatten(2).transpose(1, 2).to(dtype).contiguous()  # (B, h*w, C_mem)
+def _stored_memory(memories: Tensor, dtype: torch.dtype) -> Tensor:
+    """Memory tokens (B, N, C_mem), contiguous, in `dtype`."""
+    return memories.to(dtype).contiguous()
 
 
 def _per_object(frames: Sequence[EncodedFrame], batch: int) -> ImageFeatures:

@@ -37,7 +37,7 @@ class ObjectOutput:
     mask_logits: Optional[Tensor]  # (1, 4h, 4w) low-resolution logits; None where only memory is kept
     pointer: Tensor  # (C,) object pointer
     object_score: Optional[Tensor]  # (1,) presence logit
-    memory: Optional[Tensor] = None  # (h*w, C_mem) spatial memory in storage dtype; None until encoded
+    memory: Optional[Tensor] = None  # (N, C_mem) spatial memory tokens in storage dtype; None until encoded
 
 
 @dataclass(frozen=True)
@@ -202,8 +202,8 @@ def gather(
 def _stacked(
     plans: list[_ObjectMemoryPlan], frames: int, num_pointers: int, config: ModelConfig, device: torch.device
 ) -> tuple[Tensor, Tensor]:
-    """The planned memories (B, F, h*w, C_mem) and pointers (B, P, C), stacked slot by slot; zeros in padded slots."""
-    tokens = config.feature_size**2
+    """The planned memories (B, F, N, C_mem) and pointers (B, P, C), stacked slot by slot; zeros in padded slots."""
+    tokens = config.memory_tokens
     first = plans[0].spatial[0][0].memory
     empty_memory = torch.zeros(tokens, config.memory_dim, dtype=first.dtype, device=device)
     empty_pointer = torch.zeros(config.hidden_dim, device=device)
@@ -216,7 +216,7 @@ def _stacked(
     batch = len(plans)
     stacked_pointers = torch.stack(pointers) if pointers else empty_pointer.new_zeros(0, config.hidden_dim)
     return (
-        torch.stack(spatial).reshape(batch, frames, tokens, -1),  # (B, F, h*w, C_mem)
+        torch.stack(spatial).reshape(batch, frames, tokens, -1),  # (B, F, N, C_mem)
         stacked_pointers.reshape(batch, num_pointers, config.hidden_dim),  # (B, P, C)
     )
 
@@ -313,19 +313,19 @@ class MemoryArena:
 
     def gather(self, positions: Tensor, batch: int, frames: int, device: torch.device) -> tuple[Tensor, Tensor]:
         """Positions (B*F + B*P,) long: every object's memory slots, then every object's pointer slots ->
-        memories (B, F, h*w, C_mem) and pointers (B, P, C) on `device`, one index_select each (a copy of
+        memories (B, F, N, C_mem) and pointers (B, P, C) on `device`, one index_select each (a copy of
         whole slots: faster than indexing by (row, slot) pairs, which goes element by element on CPU)."""
         memory_positions, pointer_positions = positions[: batch * frames], positions[batch * frames :]
-        spatial = self.memory.flatten(0, 1).index_select(0, memory_positions)  # (B*F, h*w, C_mem)
+        spatial = self.memory.flatten(0, 1).index_select(0, memory_positions)  # (B*F, N, C_mem)
         pointers = self.pointers.flatten(0, 1).index_select(0, pointer_positions)  # (B*P, C)
-        spatial = spatial.unflatten(0, (batch, frames))  # (B, F, h*w, C_mem)
+        spatial = spatial.unflatten(0, (batch, frames))  # (B, F, N, C_mem)
         pointers = pointers.unflatten(0, (batch, -1))  # (B, P, C)
         return spatial.to(device, non_blocking=True), pointers.to(device, non_blocking=True)
 
     def _allocate_rows(self, capacity: int) -> None:
         kept = self.capacity if capacity else 0
         dtype, device = (self.memory.dtype, self.device) if kept else self.placement()
-        tokens, config = self.config.feature_size**2, self.config
+        tokens, config = self.config.memory_tokens, self.config
         memory = torch.zeros(capacity, self.memory_slots, tokens, config.memory_dim, dtype=dtype, device=device)
         pointers = torch.zeros(capacity, self.pointer_slots, config.hidden_dim, device=device)
         if kept:

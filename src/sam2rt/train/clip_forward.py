@@ -61,7 +61,7 @@ class DecoderStep(NamedTuple):
 
 @dataclass
 class _FrameMemory:
-    spatial: Tensor  # (O, h*w, C_mem)
+    spatial: Tensor  # (O, N, C_mem) memory tokens
     pointer: Tensor  # (O, C)
 
 
@@ -112,7 +112,7 @@ def clip_forward(
             prediction.object_score_logits,
             torch.zeros(len(rows), dtype=torch.bool, device=embed.device),
         )
-        memory = _FrameMemory(spatial.flatten(2).transpose(1, 2), prediction.obj_ptr)  # (O, h*w, C_mem)
+        memory = _FrameMemory(spatial, prediction.obj_ptr)
         if t in plan.init_cond_frames or (corrections_as_cond and t in plan.frames_to_correct):
             cond[t] = memory
         else:
@@ -182,7 +182,7 @@ def _memory_tokens(
     batch = spatial[0].shape[0]
     device = spatial[0].device
     return MemoryTokens(
-        spatial=torch.stack(spatial, dim=1),  # (O, F, h*w, C_mem)
+        spatial=torch.stack(spatial, dim=1),  # (O, F, N, C_mem)
         spatial_tpos=torch.tensor(slots, device=device).expand(batch, -1),
         spatial_valid=None,
         pointers=torch.stack(pointers, dim=1),  # (O, P, C)
