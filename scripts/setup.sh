@@ -16,6 +16,10 @@ if [ "${1:-}" = "--test" ]; then
   # The oracle: built without its optional CUDA extension, without its torchvision dependency
   # (PyPI has no CPU torchvision; the tests stand in for the two transforms it uses).
   SAM2_BUILD_CUDA=0 .venv/bin/python -m pip install -q --no-deps --no-build-isolation sam2==1.1.0
+  # EdgeTAM's trunk (the `edgetam` extra) without torchvision, which would replace the CPU torch; the tests
+  # stand in for the torchvision names timm imports.
+  .venv/bin/python -m pip install -q huggingface_hub pyyaml
+  .venv/bin/python -m pip install -q --no-deps timm
   # The browser test drives the system's Chromium through Playwright (never `playwright install`).
   if [ ! -x /usr/bin/chromium ]; then
     apt-get update -q && apt-get install -y -q chromium

@@ -23,6 +23,8 @@ from .files import CheckpointError, cached_checkpoint, check_variant, read_state
 _RELEASE_URLS = {
     "sam2": "https://dl.fbaipublicfiles.com/segment_anything_2/072824",
     "sam2.1": "https://dl.fbaipublicfiles.com/segment_anything_2/092824",
+    # EdgeTAM's checkpoint is published in its own repository (raw GitHub, main branch).
+    "edgetam": "https://github.com/facebookresearch/EdgeTAM/raw/main/checkpoints",
 }
 
 # sha256 of the official files, by variant. Empty on purpose: a hash goes here only once it has been
