@@ -6,6 +6,8 @@ with noise so that no zero or one initialisation hides a wrong path.
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
 import sys
 import types
 from functools import lru_cache
@@ -243,27 +245,74 @@ def _reference_batched_nms(
     return torch.tensor(kept, dtype=torch.long)
 
 
+class _Placeholder(type):
+    """A name of the stand-in that nothing here calls: a class whose attributes are placeholders too."""
+
+    def __getattr__(cls, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        value = _Placeholder(name, (), {})
+        setattr(cls, name, value)  # the same object at each access (timm keys dicts by them)
+        return value
+
+
+def _placeholders(module: types.ModuleType) -> types.ModuleType:
+    """Give `module` a placeholder for each name it lacks (module-level __getattr__)."""
+
+    def missing(name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        value = _Placeholder(name, (), {})
+        setattr(module, name, value)
+        return value
+
+    module.__getattr__ = missing
+    return module
+
+
+class _StandinSubmodules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Serves every other `torchvision.*` module as an empty module of placeholders."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname.startswith("torchvision.") and fullname not in sys.modules:
+            return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
+        return None
+
+    def create_module(self, spec):
+        module = _placeholders(types.ModuleType(spec.name))
+        module.__path__ = []
+        return module
+
+    def exec_module(self, module) -> None:
+        pass
+
+
 def install_torchvision_standin() -> None:
-    """Register a minimal `torchvision` so that the oracle's image predictor imports on a CPU-only torch.
+    """Register a minimal `torchvision` so that the oracle's image predictor and timm (EdgeTAM's trunk) import
+    on a CPU-only torch.
 
     PyPI has no CPU torchvision, and its wheel pins an exact torch. The stand-in implements the
     three transforms the oracle uses the way torchvision implements them for tensors, and the box
-    NMS of its automatic mask generator.
+    NMS of its automatic mask generator. timm imports many more names at import time (dataset classes,
+    transforms, FrozenBatchNorm2d) that building a RepViT never calls: those are placeholders.
     """
     try:
-        import torchvision  # noqa: F401  (the real one, where it exists: GPU machines)
+        import torchvision  # noqa: F401  (the real one, or the stand-in installed before)
 
         return
     except ImportError:
         pass
-    standin = types.ModuleType("torchvision")
-    transforms = types.ModuleType("torchvision.transforms")
+    standin = _placeholders(types.ModuleType("torchvision"))
+    standin.__path__ = []
+    transforms = _placeholders(types.ModuleType("torchvision.transforms"))
+    transforms.__path__ = []
     transforms.ToTensor = _ToTensor
     transforms.Resize = _Resize
     transforms.Normalize = _Normalize
     standin.transforms = transforms
-    ops = types.ModuleType("torchvision.ops")
-    boxes = types.ModuleType("torchvision.ops.boxes")
+    ops = _placeholders(types.ModuleType("torchvision.ops"))
+    ops.__path__ = []
+    boxes = _placeholders(types.ModuleType("torchvision.ops.boxes"))
     boxes.batched_nms = _reference_batched_nms
     boxes.box_area = _reference_box_area
     ops.boxes = boxes
@@ -272,6 +321,7 @@ def install_torchvision_standin() -> None:
     sys.modules["torchvision.transforms"] = transforms
     sys.modules["torchvision.ops"] = ops
     sys.modules["torchvision.ops.boxes"] = boxes
+    sys.meta_path.append(_StandinSubmodules())
 
 
 def _reference_connected_components(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

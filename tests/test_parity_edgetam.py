@@ -1,0 +1,237 @@
+"""EdgeTAM against Meta's EdgeTAM code (tests/oracle_edgetam.py), fp32 on CPU at 512 px, perturbed random weights.
+
+Module by module (keys, image encoder, spatial perceiver, memory encoding, memory attention over compressed
+memories), the model on an image prompt, then StreamTracker against the fork's video predictor driven as a
+stream: a click, tracked frames, a correction.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from media import shared_path
+from oracle import assert_close_logits, assert_close_scores
+from oracle_edgetam import FORK, oracle_model, oracle_video_state, our_model
+from visible import assert_nontrivial
+
+import sam2rt
+from sam2rt.model.sam2 import MemoryTokens
+
+IMAGE_SIZE = 512  # the perceiver's 16 x 16 grid needs a multiple of 256; at 512 each grid latent reads 2 x 2 tokens
+SIDE = IMAGE_SIZE // 16
+# Added to the object-score bias: objects judged present on every frame of the stream below (its test asserts it).
+OBJECT_SCORE_SHIFT = 0.45
+
+pytestmark = pytest.mark.skipif(not FORK.is_dir(), reason=f"needs Meta's EdgeTAM code at {FORK}")
+
+
+@pytest.fixture(scope="module")
+def models():
+    return our_model(IMAGE_SIZE, OBJECT_SCORE_SHIFT), oracle_model(IMAGE_SIZE, OBJECT_SCORE_SHIFT)
+
+
+@pytest.fixture(scope="module")
+def frame(models):
+    ours, ref = models
+    images = torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(41))
+    with torch.no_grad():
+        features = ours.encode_image(images)
+        backbone = ref.forward_image(images)
+    _, vision_feats, vision_pos, feat_sizes = ref._prepare_backbone_features(backbone)
+    return features, backbone, (vision_feats, vision_pos, feat_sizes)
+
+
+def test_state_dict_is_the_official_one(models):
+    ours, ref = models
+    theirs = {key: tuple(value.shape) for key, value in ref.state_dict().items()}
+    mine = {key: tuple(value.shape) for key, value in sam2rt.build_model("edgetam").state_dict().items()}
+    assert mine == theirs  # the same keys, both ways, and shapes (at 1024 px: no size-dependent parameter)
+    ref.load_state_dict(ours.state_dict(), strict=True)  # and back: ours loads into the official model
+    assert type(ours.image_encoder.trunk.body).__module__.startswith("timm.")  # timm's own RepViT
+
+
+def test_image_encoder(frame):
+    mine, theirs, _ = frame
+    fpn = theirs["backbone_fpn"]
+    assert_close_logits(mine.high_res[0], fpn[0], what="stride-4 skip")
+    assert_close_logits(mine.high_res[1], fpn[1], what="stride-8 skip")
+    assert_close_logits(mine.embed, fpn[2], what="stride-16 features")
+    assert_close_logits(mine.pos.expand_as(theirs["vision_pos_enc"][2]), theirs["vision_pos_enc"][2], what="position")
+
+
+def test_spatial_perceiver(models):
+    """One memory at a time: the official grid path takes a batch of one only (its latents' view fails on more)."""
+    ours, ref = models
+    memory = torch.randn(2, 64, SIDE, SIDE, generator=torch.Generator().manual_seed(42))
+    pos = ours.memory_encoder.pos_grid
+    with torch.no_grad():
+        mine = ours.spatial_perceiver(memory, pos)  # both rows in one batch
+        for row in range(2):
+            theirs, their_pos = ref.spatial_perceiver(memory[row : row + 1], pos)
+            assert_close_logits(mine[row : row + 1], theirs, what=f"compressed memory {row}")
+    assert mine.shape == (2, 512, 64)
+    assert_close_logits(ours.spatial_perceiver.token_pos, their_pos, what="token positions")
+
+
+@pytest.mark.parametrize("binarize", [False, True])
+def test_encode_memory(models, frame, binarize):
+    ours, ref = models
+    features, _, (vision_feats, _, feat_sizes) = frame
+    low_res = torch.randn(1, 1, 4 * SIDE, 4 * SIDE, generator=torch.Generator().manual_seed(43)) * 6
+    scores = torch.tensor([[1.5]])
+    ref.binarize_mask_from_pts_for_mem_enc = True
+    with torch.no_grad():
+        mine = ours.encode_memory(features.embed, low_res, scores, torch.full((1,), binarize))
+        high_res = F.interpolate(low_res, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", align_corners=False)
+        theirs, their_pos = ref._encode_new_memory(
+            vision_feats, feat_sizes, high_res, scores, is_mask_from_pts=binarize
+        )
+    assert_close_logits(mine, theirs, what="memory tokens")
+    assert_close_logits(ours.memory_pos(), their_pos[0], what="memory positions")
+
+
+def test_condition_on_compressed_memory(models, frame):
+    """Frame 10 tracked forward, prompted frames 0 and 3, tracked frames 5-9 (frame 4 missing)."""
+    ours, ref = models
+    features, _, (vision_feats, vision_pos, feat_sizes) = frame
+    generator = torch.Generator().manual_seed(44)
+    memories = {t: torch.randn(1, 512, 64, generator=generator) for t in range(10)}
+    pointers = {t: torch.randn(1, 256, generator=generator) for t in range(10)}
+    pos = [ours.memory_pos().clone()]
+    cond, recent = (0, 3), (9, 8, 7, 6, 5)
+
+    def entry(t):
+        return {"maskmem_features": memories[t], "maskmem_pos_enc": pos, "obj_ptr": pointers[t]}
+
+    output_dict = {
+        "cond_frame_outputs": {t: entry(t) for t in cond},
+        "non_cond_frame_outputs": {t: entry(t) for t in recent},
+    }
+    with torch.no_grad():
+        theirs = ref._prepare_memory_conditioned_features(
+            frame_idx=10,
+            is_init_cond_frame=False,
+            current_vision_feats=vision_feats[-1:],
+            current_vision_pos_embeds=vision_pos[-1:],
+            feat_sizes=feat_sizes[-1:],
+            output_dict=output_dict,
+            num_frames=30,
+        )
+        # Spatial slots: the prompted frames (temporal index 6), then frames 10-k at index k-1; one empty slot.
+        spatial_frames = [0, 3, 9, 8, 7, 6, 5, 4]
+        memory = MemoryTokens(
+            spatial=torch.stack([memories[t][0] for t in spatial_frames])[None],  # (1, 8, 512, 64)
+            spatial_tpos=torch.tensor([[6, 6, 0, 1, 2, 3, 4, 5]]),
+            spatial_valid=torch.tensor([[True] * 7 + [False]]),
+            pointers=torch.stack([pointers[t][0] for t in spatial_frames])[None],
+            pointer_positions=torch.tensor([[10, 7, 1, 2, 3, 4, 5, 6]]) / 15,
+            pointer_valid=torch.tensor([[True] * 7 + [False]]),
+        )
+        mine = ours.condition_on_memory(features.embed, memory)
+    assert len(ours.memory_attention.layers) == 2
+    assert_close_logits(mine, theirs, what="memory-conditioned features")
+
+
+def test_image_prompt_through_the_model(models, frame):
+    """A first click on a frame: decoder, object pointer, and the frame's compressed memory (official track_step)."""
+    ours, ref = models
+    features, _, (vision_feats, vision_pos, feat_sizes) = frame
+    coords = torch.tensor([[[200.0, 260.0]]])
+    labels = torch.tensor([[1]], dtype=torch.int32)
+    with torch.no_grad():
+        mine = ours.segment(ours.without_memory(features.embed), features.high_res, coords, labels, None, True)
+        clicked = torch.ones(1, dtype=torch.bool)  # a clicked frame's mask is binarised, as the video predictor does
+        memory = ours.encode_memory(features.embed, mine.best_mask, mine.object_score_logits, clicked)
+        ref.binarize_mask_from_pts_for_mem_enc = True
+        theirs = ref.track_step(
+            frame_idx=0,
+            is_init_cond_frame=True,
+            current_vision_feats=vision_feats,
+            current_vision_pos_embeds=vision_pos,
+            feat_sizes=feat_sizes,
+            point_inputs={"point_coords": coords, "point_labels": labels},
+            mask_inputs=None,
+            output_dict={},
+            num_frames=1,
+            run_mem_encoder=True,
+        )
+    assert_nontrivial(theirs["pred_masks"], "the oracle's mask")
+    assert_close_logits(mine.best_mask, theirs["pred_masks"], what="mask logits")
+    assert_close_logits(mine.obj_ptr, theirs["obj_ptr"], what="object pointer")
+    assert_close_scores(mine.object_score_logits, theirs["object_score_logits"], what="object score")
+    assert_close_logits(memory, theirs["maskmem_features"], what="memory tokens")
+
+
+# frame -> clicks of object 1: (points, labels, clear_old_points); frame 4 is a correction of a tracked frame
+SCHEDULE = {
+    0: [([[640, 360]], [1], True)],
+    4: [([[600, 300]], [0], True), ([[700, 400]], [1], False)],
+}
+NUM_FRAMES = 7
+
+
+@pytest.fixture(scope="module")
+def frames():
+    from sam2rt.io.video_file import VideoFileFrames
+
+    video = VideoFileFrames(shared_path("videos/02_cups.mp4"))
+    return [video[i] for i in range(NUM_FRAMES)]
+
+
+def _official_latest(state, t, frame_hw):
+    """Object 1's latest output on frame t: a pending prompt, else the stored output."""
+    pending, stored = state["temp_output_dict_per_obj"][0], state["output_dict_per_obj"][0]
+    out = (
+        pending["cond_frame_outputs"].get(t)
+        or pending["non_cond_frame_outputs"].get(t)
+        or stored["cond_frame_outputs"].get(t)
+        or stored["non_cond_frame_outputs"].get(t)
+    )
+    logits = F.interpolate(out["pred_masks"], size=frame_hw, mode="bilinear", align_corners=False)[:, 0]
+    return logits, out["object_score_logits"].reshape(1)
+
+
+@pytest.mark.parametrize("correction_as_cond", [True, False], ids=["corrections-as-cond", "official-default"])
+def test_stream_matches_official_driven_as_stream(frames, correction_as_cond):
+    model = our_model(IMAGE_SIZE, OBJECT_SCORE_SHIFT)
+    tracker = sam2rt.StreamTracker(
+        model, fill_hole_area=0, add_all_frames_to_correct_as_cond=correction_as_cond, memory_dtype=torch.bfloat16
+    )
+    ref = oracle_model(
+        IMAGE_SIZE,
+        OBJECT_SCORE_SHIFT,
+        video=True,
+        fill_hole_area=0,
+        add_all_frames_to_correct_as_cond=correction_as_cond,
+    )
+    state = oracle_video_state(ref, frames, "bilinear-antialias")
+    frame_hw = frames[0].shape[:2]
+    compared, differences, ious = [], [], []
+
+    def check(result, what):
+        logits, score = _official_latest(state, t, frame_hw)
+        assert result.object_ids == [1], what
+        assert_nontrivial(logits, f"{what}: the oracle's mask")  # present, with object and background
+        differences.append(assert_close_logits(result.mask_logits, logits, what=what))
+        assert_close_scores(result.object_scores, score, what=f"{what}, score")
+        ious.append(
+            float(((result.mask_logits > 0) & (logits > 0)).sum() / ((result.mask_logits > 0) | (logits > 0)).sum())
+        )
+        compared.append(what)
+
+    for t, image in enumerate(frames):
+        result = tracker.step(image)
+        if state["obj_ids"]:
+            list(ref.propagate_in_video(state, start_frame_idx=t, max_frame_num_to_track=0))
+            check(result, f"frame {t}")
+        for points, labels, clear in SCHEDULE.get(t, []):
+            result = tracker.add_prompt(1, points=points, labels=labels, clear_old_points=clear)
+            ref.add_new_points_or_box(state, t, 1, points=points, labels=labels, clear_old_points=clear)
+            check(result, f"frame {t}, after a click")
+    assert len(compared) == NUM_FRAMES - 1 + 3  # every tracked frame and every click
+    # The tracker's memory slots hold the perceiver's 512 tokens a frame, not the 32 x 32 = 1024 of the map.
+    assert tracker.pool.arena.memory.shape[-2:] == (512, 64)
+    print(f"max |logit diff| {max(differences):.3g}, min IoU {min(ious):.4f}")
+    assert np.min(ious) > 0.99
