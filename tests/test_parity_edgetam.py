@@ -235,3 +235,23 @@ def test_stream_matches_official_driven_as_stream(frames, correction_as_cond):
     assert tracker.pool.arena.memory.shape[-2:] == (512, 64)
     print(f"max |logit diff| {max(differences):.3g}, min IoU {min(ious):.4f}")
     assert np.min(ious) > 0.99
+
+
+def test_objects_batched_track_as_each_alone(frames):
+    """The engine's batch over objects (the perceiver compresses several memories at once, the official one only
+    one): two objects in one tracker give each object's masks of a tracker holding it alone."""
+    model = our_model(IMAGE_SIZE, OBJECT_SCORE_SHIFT)
+    together, first, second = (sam2rt.StreamTracker(model, fill_hole_area=0) for _ in range(3))
+    prompts = {1: dict(points=[[600, 300]], labels=[1]), 2: dict(box=[100, 150, 400, 420])}
+    for t, image in enumerate(frames[:4]):
+        both = together.step(image)
+        alone = {1: first.step(image), 2: second.step(image)}
+        if t == 0:
+            for obj_id, tracker in ((1, first), (2, second)):
+                together.add_prompt(obj_id, **prompts[obj_id])
+                tracker.add_prompt(obj_id, **prompts[obj_id])
+            continue
+        assert both.object_ids == [1, 2]
+        for row, obj_id in enumerate(both.object_ids):
+            assert_nontrivial(alone[obj_id].mask_logits, f"frame {t}, object {obj_id} alone")
+            assert_close_logits(both.mask_logits[row : row + 1], alone[obj_id].mask_logits, what=f"frame {t}, {obj_id}")
