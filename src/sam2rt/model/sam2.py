@@ -152,11 +152,16 @@ class SAM2Model(nn.Module):
                 mask_logits = F.interpolate(
                     mask_logits.float(), size=(side, side), mode="bilinear", align_corners=False, antialias=True
                 )
-        out = self.decode(embed, high_res, coords, labels, mask_logits, multimask)
+        return self.tracking_prediction(self.decode(embed, high_res, coords, labels, mask_logits, multimask), multimask)
+
+    def tracking_prediction(self, out: DecoderOutput, multimask: bool) -> MaskPrediction:
+        """The decoder's output as tracking takes it: absent objects' masks at NO_OBJECT_SCORE, the best
+        candidate picked, its object pointer made (the ONNX export runs the prompt encoder itself, then this)."""
+        batch = out.masks.shape[0]
         present = out.object_score_logits > 0  # (B, 1)
         masks = torch.where(present[:, :, None, None], out.masks, NO_OBJECT_SCORE).float()
 
-        rows = torch.arange(batch, device=embed.device)
+        rows = torch.arange(batch, device=out.masks.device)
         best = out.iou_scores.argmax(dim=-1) if multimask else torch.zeros_like(rows)
         token = out.tokens[rows, best] if out.tokens.shape[1] > 1 else out.tokens[:, 0]
         obj_ptr = self._pointer(self.obj_ptr_proj(token), present)
