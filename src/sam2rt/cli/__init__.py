@@ -10,6 +10,7 @@ from .common import app
 from . import models  # noqa: E402, F401
 from . import image  # noqa: E402, F401
 from . import track  # noqa: E402, F401
+from . import export  # noqa: E402, F401
 from . import train  # noqa: E402, F401
 from . import eval  # noqa: E402, F401
 from . import serve  # noqa: E402, F401

@@ -27,6 +27,7 @@ from .common import (
     flag_prompt,
 )
 from .model_choice import MODEL_OPTIONS, ModelChoice, model_options
+from .onnx_backend import Backend, onnx_tracker
 
 
 @app.command()
@@ -69,6 +70,12 @@ def track(
         min=1,
         help="Frames of a file or folder encoded in one batch (default: 4 on CUDA, 1 on CPU; live sources: 1).",
     ),
+    backend: Backend = typer.Option(
+        Backend.torch, "--backend", help="torch: the PyTorch engine; onnxruntime: the graphs of --onnx (CPU)."
+    ),
+    onnx: Optional[Path] = typer.Option(
+        None, "--onnx", help="With --backend onnxruntime: the folder `sam2rt export` wrote."
+    ),
     model: ModelChoice = MODEL_OPTIONS,
     progress: Optional[bool] = PROGRESS,
 ) -> None:
@@ -77,6 +84,10 @@ def track(
     from ..tracking.stream import StreamTracker
 
     model.check()
+    if backend is Backend.onnxruntime and onnx is None:
+        raise typer.BadParameter("--backend onnxruntime tracks with an export: give --onnx DIR", param_hint="--onnx")
+    if backend is Backend.torch and onnx is not None:
+        raise typer.BadParameter("--onnx is read with --backend onnxruntime", param_hint="--onnx")
     with StopSignals(ignore_after_signal=True) as stops, errors_as_messages():
         try:
             with stops.interruptible():  # nothing is written before the outputs open
@@ -101,16 +112,17 @@ def track(
                 if max_frames is not None and num_frames is not None and max_frames < num_frames:
                     num_frames, limit = max_frames, f"--max-frames {max_frames}"
                 check_prompts(all_prompts, stream.size, num_frames, limit)
-                loaded = model.load()
+                if backend is Backend.onnxruntime:
+                    tracker, lookahead = onnx_tracker(onnx, model), 1  # frames go one at a time through the graphs
+                else:
+                    tracker = StreamTracker(model.load())
             sinks = open_sinks(stream, overlay, png_dir, coco, yolo_dir, yolo_pieces)
         except BaseException as error:
             stream.close()
             if isinstance(error, Interrupted):
                 _stopped_before_tracking(error)
             raise
-        summary = run_tracking(
-            StreamTracker(loaded), stream, all_prompts, sinks, max_frames, progress, stops, lookahead
-        )
+        summary = run_tracking(tracker, stream, all_prompts, sinks, max_frames, progress, stops, lookahead)
         typer.echo(summary.describe())
         stop = stops.interrupted
         if stop is None and isinstance(summary.error, KeyboardInterrupt):  # Ctrl+C where no handler could be set

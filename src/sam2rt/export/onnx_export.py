@@ -9,6 +9,7 @@ included, is fixed by the model and the manifest, so the graphs never change sha
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 from typing import Union
@@ -95,12 +96,21 @@ def _examples(manifest: ExportManifest) -> dict[str, tuple[Tensor, ...]]:
     return {
         "image_encoder": (randn(b, 3, s, s),),
         "mask_decoder": (
-            randn(b, c, h, h), *high_res, torch.rand(b, n, 2, generator=generator) * s,
-            torch.tensor([[1, 0, -1], [2, 3, 1]], dtype=torch.int32), randn(b, 1, 4 * h, 4 * h), flags,
+            randn(b, c, h, h),
+            *high_res,
+            torch.rand(b, n, 2, generator=generator) * s,
+            torch.tensor([[1, 0, -1], [2, 3, 1]], dtype=torch.int32),
+            randn(b, 1, 4 * h, 4 * h),
+            flags,
         ),  # fmt: skip
         "memory_attention": (
-            embed, randn(b, f, h * h, c_mem), torch.zeros(b, f, dtype=torch.long), torch.ones(b, f, dtype=torch.bool),
-            randn(b, p, c), torch.rand(b, p, generator=generator), torch.ones(b, p, dtype=torch.bool),
+            embed,
+            randn(b, f, h * h, c_mem),
+            torch.zeros(b, f, dtype=torch.long),
+            torch.ones(b, f, dtype=torch.bool),
+            randn(b, p, c),
+            torch.rand(b, p, generator=generator),
+            torch.ones(b, p, dtype=torch.bool),
         ),  # fmt: skip
         "memory_encoder": (embed, randn(b, 1, 4 * h, 4 * h), randn(b, 1), flags),
     }
@@ -116,6 +126,8 @@ def _export(
 ) -> None:
     # Traced with autograd on, as the engine never runs: the CPU's blockwise attention (a Python loop over
     # objects, in place) serves inference only, so the trace takes scaled_dot_product_attention, one operator.
+    # The exporter logs a warning per torchvision operator it cannot register; sam2rt has none of them.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     with torch.enable_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's notes on its own internals, nothing a user can act on
         program = torch.onnx.export(

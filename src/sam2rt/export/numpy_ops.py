@@ -1,0 +1,117 @@
+"""The engine's image and mask operations around the graphs, in numpy: resizing as torch's bilinear
+`F.interpolate` does (with and without antialiasing), normalising frames, filling small holes.
+
+Written to give PyTorch's numbers, so that the ONNX runner and the engine agree; no PyTorch here.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+@lru_cache(maxsize=64)
+def resize_weights(in_size: int, out_size: int, antialias: bool) -> np.ndarray:
+    """(out_size, in_size) float32 weights of 1D bilinear resizing, align_corners=False.
+
+    With `antialias`, a triangle filter stretched by the scale when shrinking (PIL's and torch's
+    `antialias=True`); without, plain interpolation between the two nearest pixels.
+    """
+    scale = in_size / out_size
+    weights = np.zeros((out_size, in_size), dtype=np.float64)
+    if antialias:
+        support = scale if scale >= 1 else 1.0
+        inverse = 1 / scale if scale >= 1 else 1.0
+        for i in range(out_size):
+            center = scale * (i + 0.5)
+            first = max(int(center - support + 0.5), 0)
+            last = min(int(center + support + 0.5), in_size)
+            taps = np.arange(first, last)
+            tap_weights = np.clip(1 - np.abs((taps - center + 0.5) * inverse), 0, None)
+            weights[i, first:last] = tap_weights / tap_weights.sum()
+    else:
+        source = np.clip((np.arange(out_size) + 0.5) * scale - 0.5, 0, None)
+        left = np.minimum(np.floor(source).astype(np.int64), in_size - 1)
+        right = np.minimum(left + 1, in_size - 1)
+        fraction = source - left
+        rows = np.arange(out_size)
+        np.add.at(weights, (rows, left), 1 - fraction)
+        np.add.at(weights, (rows, right), fraction)
+    return weights.astype(np.float32)
+
+
+def resize(images: np.ndarray, size: tuple[int, int], antialias: bool) -> np.ndarray:
+    """(..., H, W) float32 -> (..., size[0], size[1]), bilinear, align_corners=False."""
+    height, width = images.shape[-2:]
+    if (height, width) == tuple(size):
+        return images
+    rows = resize_weights(height, size[0], antialias)  # (H', H)
+    columns = resize_weights(width, size[1], antialias)  # (W', W)
+    return rows @ images @ columns.T  # (..., H', W')
+
+
+def model_input(rgb: np.ndarray, image_size: int) -> np.ndarray:
+    """(H, W, 3) uint8, or float in [0, 1] -> (1, 3, S, S) float32 normalised, resized as the engine's default
+    ("bilinear-antialias")."""
+    pixels = rgb.astype(np.float32) / 255 if rgb.dtype == np.uint8 else rgb.astype(np.float32)
+    channels = np.ascontiguousarray(pixels.transpose(2, 0, 1))  # (H, W, 3) -> (3, H, W)
+    resized = resize(channels, (image_size, image_size), antialias=True)  # (3, S, S)
+    return ((resized - IMAGENET_MEAN[:, None, None]) / IMAGENET_STD[:, None, None])[None].astype(np.float32)
+
+
+def fill_holes(logits: np.ndarray, max_area: int, fill_value: float = 0.1) -> np.ndarray:
+    """Background regions (logits <= 0) of at most `max_area` pixels set to `fill_value`; logits (N, 1, H, W)."""
+    if max_area <= 0:
+        return logits
+    return np.where(small_components(logits <= 0, max_area), np.float32(fill_value), logits)
+
+
+def small_components(mask: np.ndarray, max_area: int) -> np.ndarray:
+    """Pixels of `mask` (N, 1, H, W) bool in an 8-connected component of at most `max_area` pixels.
+
+    As `processing.masks.small_components`: labels spread by 3 x 3 maxima for `max_area` steps (enough to settle
+    a component that small), and a label counts only where none of its pixels borders another label.
+    """
+    batch, _, height, width = mask.shape
+    pixels = height * width
+    index = np.arange(1, pixels + 1, dtype=np.float64).reshape(1, 1, height, width)
+    labels = np.where(mask, index, 0.0)
+    for _ in range(min(max_area, pixels)):
+        labels = np.where(mask, _max3x3(labels, 0.0), 0.0)
+    outside = np.finfo(np.float64).max
+    neighbour_max = _max3x3(labels, 0.0)
+    neighbour_min = -_max3x3(-np.where(mask, labels, outside), -outside)
+    unsettled = mask & ((neighbour_max != labels) | (neighbour_min != labels))
+
+    flat = labels.reshape(batch, pixels).astype(np.int64)  # (N, H*W), 0 off the mask
+    small = np.zeros((batch, pixels + 1), dtype=bool)
+    for row in range(batch):
+        area = np.bincount(flat[row], minlength=pixels + 1)
+        broken = np.bincount(flat[row], weights=unsettled.reshape(batch, pixels)[row], minlength=pixels + 1)
+        small[row] = (area <= max_area) & (broken == 0)
+    small[:, 0] = False  # label 0 is the background of `mask`
+    return np.take_along_axis(small, flat, axis=1).reshape(mask.shape)
+
+
+def _max3x3(values: np.ndarray, padding: float) -> np.ndarray:
+    """The maximum over each pixel's 3 x 3 neighbourhood of (..., H, W), outside pixels at `padding`."""
+    height, width = values.shape[-2:]
+    padded = np.pad(values, [(0, 0)] * (values.ndim - 2) + [(1, 1), (1, 1)], constant_values=padding)
+    out = padded[..., 0:height, 0:width]
+    for dy in range(3):
+        for dx in range(3):
+            out = np.maximum(out, padded[..., dy : dy + height, dx : dx + width])
+    return out
+
+
+def keep_highest_object(logits: np.ndarray, floor: float = -10.0) -> np.ndarray:
+    """Where an object (N, ...) does not have the highest logit, cap it at `floor`."""
+    if logits.shape[0] <= 1:
+        return logits
+    winner = logits.argmax(axis=0)[None]
+    rows = np.arange(logits.shape[0]).reshape(-1, *([1] * (logits.ndim - 1)))
+    return np.where(winner == rows, logits, np.minimum(logits, floor))

@@ -1,0 +1,36 @@
+"""One ONNX export of the visible test weights, made once per test session through the real command and shared by
+the ONNX test files (an export takes about a minute on 2 cores)."""
+
+from __future__ import annotations
+
+import atexit
+import shutil
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import pytest
+from cli_support import IMAGE_SIZE, make_checkpoint, run_sam2rt
+
+pytest.importorskip("onnxruntime", reason="needs onnxruntime (pip install sam2rt[onnx])")
+pytest.importorskip("onnxscript", reason="needs onnxscript (pip install sam2rt[onnx])")
+
+
+@lru_cache(maxsize=None)
+def _workdir() -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="sam2rt-onnx-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
+def checkpoint() -> Path:
+    return make_checkpoint(_workdir() / "visible.pt")
+
+
+@lru_cache(maxsize=None)
+def exported() -> Path:
+    """`sam2rt export -c visible.pt --image-size IMAGE_SIZE -o DIR`: the folder."""
+    folder = _workdir() / "export"
+    result = run_sam2rt("export", "-c", checkpoint(), "--image-size", IMAGE_SIZE, "-o", folder, timeout=600)
+    assert result.returncode == 0, f"export failed\nstdout: {result.stdout}\nstderr: {result.stderr}"
+    return folder
