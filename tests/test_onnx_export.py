@@ -83,7 +83,7 @@ def test_manifest_describes_fixed_memory(folder, model):
     session = onnxruntime.InferenceSession(str(folder / files.MEMORY_ATTENTION), providers=["CPUExecutionProvider"])
     spatial = next(arg for arg in session.get_inputs() if arg.name == "spatial")
     assert isinstance(spatial.shape[0], str)
-    assert spatial.shape[1:] == [manifest.memory_frames, manifest.feature_size**2, manifest.memory_dim]
+    assert spatial.shape[1:] == [manifest.memory_frames, manifest.memory_tokens, manifest.memory_dim]
 
 
 def test_incomplete_or_foreign_folders_are_refused(tmp_path, folder):

@@ -33,6 +33,7 @@ class ExportManifest:
     variant: str
     image_size: int  # S: frames are resized to S x S
     feature_size: int  # h = w = S / 16
+    memory_tokens: int  # N: tokens of one frame's spatial memory (h*w, or EdgeTAM's perceiver's)
     hidden_dim: int  # C
     memory_dim: int  # C_mem
     num_maskmem: int  # the memory's temporal encodings: num_maskmem - 1 recent frames, and prompted frames

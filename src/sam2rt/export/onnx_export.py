@@ -51,6 +51,7 @@ def export_onnx(
         variant=config.variant.name,
         image_size=config.image_size,
         feature_size=config.feature_size,
+        memory_tokens=config.memory_tokens,
         hidden_dim=config.hidden_dim,
         memory_dim=config.memory_dim,
         num_maskmem=config.num_maskmem,
@@ -105,7 +106,7 @@ def _examples(manifest: ExportManifest) -> dict[str, tuple[Tensor, ...]]:
         ),  # fmt: skip
         "memory_attention": (
             embed,
-            randn(b, f, h * h, c_mem),
+            randn(b, f, manifest.memory_tokens, c_mem),
             torch.zeros(b, f, dtype=torch.long),
             torch.ones(b, f, dtype=torch.bool),
             randn(b, p, c),

@@ -20,7 +20,7 @@ from .manifest import ExportManifest
 class PackedMemory(NamedTuple):
     """The memory attention graph's memory inputs for B objects: F and P slots fixed by the manifest."""
 
-    spatial: np.ndarray  # (B, F, h*w, C_mem) float32
+    spatial: np.ndarray  # (B, F, N, C_mem) float32
     spatial_tpos: np.ndarray  # (B, F) int64
     spatial_valid: np.ndarray  # (B, F) bool
     pointers: np.ndarray  # (B, P, C) float32
@@ -32,7 +32,7 @@ class ObjectMemory:
     def __init__(self, manifest: ExportManifest) -> None:
         self.manifest = manifest
         cond, recent_memories, recent_pointers = manifest.max_cond_frames, manifest.num_maskmem, manifest.max_obj_ptrs
-        tokens = manifest.feature_size**2
+        tokens = manifest.memory_tokens
         self.memory = np.zeros((cond + recent_memories, tokens, manifest.memory_dim), dtype=np.float32)
         self.pointers = np.zeros((cond + recent_pointers, manifest.hidden_dim), dtype=np.float32)
         self.cond_frame = [-1] * cond  # cond slot s: memory slot s, pointer slot s
@@ -102,7 +102,7 @@ class ObjectMemory:
 def pack(memories: Sequence[ObjectMemory], frame_idx: int, manifest: ExportManifest) -> PackedMemory:
     """The memory each object sees on frame `frame_idx`, in the graph's F and P slots (empty ones masked)."""
     batch, frames, slots = len(memories), manifest.memory_frames, manifest.pointer_slots
-    tokens = manifest.feature_size**2
+    tokens = manifest.memory_tokens
     spatial = np.zeros((batch, frames, tokens, manifest.memory_dim), dtype=np.float32)
     tpos = np.zeros((batch, frames), dtype=np.int64)
     spatial_valid = np.zeros((batch, frames), dtype=bool)

@@ -69,7 +69,7 @@ class MaskDecoderStep(nn.Module):
 class MemoryAttentionStep(nn.Module):
     """The frame's features (1, C, h, w) conditioned on each object's memory -> (B, C, h, w).
 
-    The memory comes in a fixed number of slots, as `tracking.memory_bank.gather` packs it: spatial (B, F, h*w,
+    The memory comes in a fixed number of slots, as `tracking.memory_bank.gather` packs it: spatial (B, F, N,
     C_mem) with spatial_tpos (B, F) int64 and spatial_valid (B, F) bool; pointers (B, P, C) with
     pointer_positions (B, P) float and pointer_valid (B, P) bool. Empty slots are masked out of the attention.
     """
@@ -95,12 +95,11 @@ class MemoryAttentionStep(nn.Module):
 class MemoryEncoderStep(nn.Module):
     """Each object's new spatial memory of the frame: embed (1, C, h, w) the frame's features, mask_logits
     (B, 1, 4h, 4w), object_score_logits (B, 1), binarize (B,) bool (a mask the user shaped with prompts)
-    -> (B, h*w, C_mem), the layout the memory's slots hold."""
+    -> tokens (B, N, C_mem), the layout the memory's slots hold."""
 
     def __init__(self, model: SAM2Model) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, embed: Tensor, mask_logits: Tensor, object_score_logits: Tensor, binarize: Tensor) -> Tensor:
-        memory = self.model.encode_memory(embed, mask_logits, object_score_logits, binarize)
-        return memory.flatten(2).transpose(1, 2)  # (B, C_mem, h, w) -> (B, h*w, C_mem)
+        return self.model.encode_memory(embed, mask_logits, object_score_logits, binarize)

@@ -255,7 +255,7 @@ class OnnxStreamTracker:
     def _encode_memory(self, masks: np.ndarray, scores: np.ndarray, binarize: np.ndarray) -> np.ndarray:
         feeds = {"embed": self._frame.embed, "mask_logits": masks, "object_score_logits": scores, "binarize": binarize}
         (memory,) = self._memory_encoder.run(None, feeds)
-        return memory  # (B, h*w, C_mem)
+        return memory  # (B, N, C_mem)
 
     def _clicks(self, points, labels, box, normalize_coords: bool) -> tuple[np.ndarray, np.ndarray]:
         """Clicks and box corners (corners first) in model pixels: (1, N, 2) float32 and labels (1, N) int32."""
