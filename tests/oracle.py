@@ -107,13 +107,18 @@ def oracle_model(
     build = build_sam2_video_predictor if video else build_sam2
     model = build(config_path(variant), None, device="cpu", hydra_overrides_extra=_overrides(image_size))
     model.load_state_dict(_weights(variant, image_size, seed, object_score_shift))
+    set_options(model, attributes)
+    if video:
+        _promote_memory_to_fp32(model.memory_attention)
+    return model.eval()
+
+
+def set_options(model, attributes: dict) -> None:
+    """Set `attributes` on an official model (sam2's or a fork's), refusing a name it does not have."""
     for name, value in attributes.items():
         if not hasattr(model, name):
             raise AttributeError(f"the official model has no option {name!r}")
         setattr(model, name, value)
-    if video:
-        _promote_memory_to_fp32(model.memory_attention)
-    return model.eval()
 
 
 def _promote_memory_to_fp32(memory_attention: nn.Module) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
-from oracle import install_torchvision_standin
+from oracle import install_torchvision_standin, set_options
 
 import sam2rt
 
@@ -91,10 +91,7 @@ def oracle_model(image_size: int, object_score_shift: float, video: bool = False
     """The fork's SAM2Base (or its SAM2VideoPredictor) for edgetam.yaml, carrying the perturbed weights."""
     model = _build(image_size, video)
     model.load_state_dict(perturbed_weights(image_size, object_score_shift), strict=True)
-    for name, value in attributes.items():
-        if not hasattr(model, name):
-            raise AttributeError(f"the official model has no option {name!r}")
-        setattr(model, name, value)
+    set_options(model, attributes)
     if video:
         _promote_memory_to_fp32(model.memory_attention)
     return model.eval()

@@ -14,6 +14,7 @@ from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 
+from ..tracking.slot_policy import conditioning_slot
 from .manifest import ExportManifest
 
 
@@ -55,15 +56,7 @@ class ObjectMemory:
             for slot, t in enumerate(frames):
                 if t == frame_idx:
                     frames[slot] = -1
-        if frame_idx in self.cond_frame:
-            slot = self.cond_frame.index(frame_idx)
-        elif -1 in self.cond_frame:
-            slot = self.cond_frame.index(-1)
-        elif len(self.cond_frame) == 1:
-            slot = 0
-        else:  # full: keep the first prompt, replace the oldest of the others
-            first = min(self.cond_frame)
-            slot = min((s for s, t in enumerate(self.cond_frame) if t != first), key=lambda s: self.cond_frame[s])
+        slot = conditioning_slot(self.cond_frame, frame_idx)
         self.memory[slot], self.pointers[slot] = memory, pointer
         self.cond_frame[slot] = frame_idx
 

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from ..model.sam2 import MemoryTokens
 from ..model.variants import ModelConfig
+from .slot_policy import conditioning_slot
 
 
 @dataclass
@@ -379,15 +380,7 @@ class RingMemory:
     def write_conditioning(self, frame_idx: int, memory: Tensor, pointer: Tensor) -> None:
         """Store a prompted frame; it stops being a tracked frame."""
         self.forget_tracked(frame_idx, frame_idx)
-        if frame_idx in self.cond_frame:
-            slot = self.cond_frame.index(frame_idx)
-        elif -1 in self.cond_frame:
-            slot = self.cond_frame.index(-1)
-        elif len(self.cond_frame) == 1:
-            slot = 0
-        else:  # full: keep the first prompt, replace the oldest of the others
-            first = min(self.cond_frame)
-            slot = min((s for s, t in enumerate(self.cond_frame) if t != first), key=lambda s: self.cond_frame[s])
+        slot = conditioning_slot(self.cond_frame, frame_idx)
         self._write(slot, slot, memory, pointer)
         self.cond_frame[slot] = frame_idx
 
