@@ -180,6 +180,8 @@ class Front:
         replicas = {}
         for replica, reply in zip(self.placement.replicas, replies):
             ready = reply is not None and reply[0] == 200
+            if ready:  # a replacement that answers takes new sessions at once, not only after RETRY_DOWN_AFTER_S
+                self.placement.answered(replica)
             replicas[replica.name] = {"ready": ready, "sessions": self.placement.sessions[replica.name]}
         ready = any(entry["ready"] for entry in replicas.values())
         status = "ok" if ready else "no engine replica is ready"
