@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import json
 import time
-from typing import AsyncIterator, Optional, Protocol, Sequence
+from typing import AsyncIterator, Iterator, Optional, Protocol, Sequence
 from urllib.parse import parse_qs
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -301,7 +301,7 @@ class _MergedMetrics(Collector):
         self.texts = texts
         self.placement = placement
 
-    def collect(self) -> AsyncIterator[Metric]:
+    def collect(self) -> Iterator[Metric]:
         families: dict[str, Metric] = {}
         for name, text in self.texts.items():
             for family in text_string_to_metric_families(text):

@@ -87,9 +87,6 @@ class RayReplica:
             log.warning("engine %s stopped during a session: %s", self.name, type(error).__name__)
             raise ReplicaGone(self.name) from error
 
-    async def pid(self) -> int:
-        return await self._call("pid")
-
 
 def start_replicas(make_app: Callable[[], object], count: int, gpus_each: float, cpus_each: float) -> list[RayReplica]:
     """`count` engine deployments on the Ray cluster this process is connected to (ray.init first), each
