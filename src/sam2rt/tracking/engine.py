@@ -23,6 +23,7 @@ from ..runtime.graphs import graphed_with_model, has_cuda_graphs
 from .memory_bank import MemoryView, ObjectOutput, gather
 from .options import TrackerOptions
 
+OBJECTS_PER_CHUNK = 16
 PROMPT_MASK_LOGIT_CLAMP = 32.0  # previous logits fed back with new clicks are clamped for numerical safety
 HOLE_FILL_LOGIT = 0.1
 
@@ -35,6 +36,9 @@ class EncodedFrame(NamedTuple):
 
 class TrackingEngine:
     split_cpu_attention = True  # on CPU, memory attention runs one call per object (faster there than a batch)
+    # A batched pass runs its objects this many at a time (None: all at once): past some batch a larger one
+    # gains no speed, while the activations of memory attention grow with it (about 220 MB an object at 1024).
+    objects_per_chunk: Optional[int] = OBJECTS_PER_CHUNK
 
     def __init__(self, model: SAM2Model, options: TrackerOptions, cached_frames: int = 2) -> None:
         self.model = model
@@ -42,9 +46,11 @@ class TrackingEngine:
         self.config = model.config
         self.cached_frames = cached_frames
         self._cache: OrderedDict[int, EncodedFrame] = OrderedDict()
-        # With CUDA graphs, a pass is captured once per shape: batches are padded to a power of two and the
-        # memory to the most slots seen yet (empty slots masked), so that streams of any age and number share
-        # a few shapes. Set when the model's steps are graphed (runtime.optimize before the trackers).
+        # With CUDA graphs, a pass is captured once per shape: batches are padded to a power of two (then to
+        # whole chunks) and the memory to full slots from a stream's first tracked frame (empty slots masked),
+        # then to the most slots seen yet, so that streams of any age and number share a few shapes. Each shape's
+        # graph holds its own copy of its inputs (470 MB of memory at 128 objects). Set when the model's steps
+        # are graphed (runtime.optimize before the trackers).
         self.shape_buckets = has_cuda_graphs(model)
         self._slots = (0, 0)  # (memory frames, pointers): the most any gathered memory has had
 
@@ -135,14 +141,15 @@ class TrackingEngine:
         else:
             memory = self._gather(frames, views, reverse, num_frames)
             embed, high_res = features.embed, features.high_res
+            chunk = self.objects_per_chunk
             if self.shape_buckets:  # the last object repeated up to the bucket; its copies' outputs are dropped
-                rows = bucket(len(views))
+                rows = bucket(len(views), chunk)
                 memory = MemoryTokens(*(_padded_rows(field, rows) for field in memory))
                 if embed.shape[0] > 1:
                     embed, high_res = _padded_rows(embed, rows), tuple(_padded_rows(h, rows) for h in high_res)
             # One graph for the pass when the model's steps are graphed: the glue between them replays too.
             track_on_memory = graphed_with_model(self.model, _track_on_memory)
-            tracked = track_on_memory(fill_hole_area, memory_dtype, embed, high_res, memory)
+            tracked = track_on_memory(fill_hole_area, memory_dtype, chunk, embed, high_res, memory)
         masks = tracked.masks.to(self.storage_device, non_blocking=True)
         memories = self._to_storage(tracked.memories)
         return [
@@ -193,7 +200,12 @@ class TrackingEngine:
         masks = torch.stack([out.mask_logits.to(self.device) for out in outputs])  # (B, 1, 4h, 4w)
         scores = torch.stack([out.object_score.to(self.device) for out in outputs])  # (B, 1)
         binarize = torch.ones(len(outputs), dtype=torch.bool, device=self.device)
-        memories = self.model.encode_memory(embed, masks, scores, binarize)
+        memories = torch.cat(
+            [
+                self.model.encode_memory(_object_rows(embed, rows), masks[rows], scores[rows], binarize[rows])
+                for rows in _chunks(len(outputs), self.objects_per_chunk)
+            ]
+        )  # (B, N, C_mem)
         for output, spatial in zip(outputs, self._store_memory(memories)):
             output.memory = spatial
 
@@ -234,7 +246,10 @@ class TrackingEngine:
     ) -> MemoryTokens:
         """The memory each object of `views` sees on its frame (one frame per view, or one for all)."""
         indices = [frame.index for frame in frames] if len(frames) == len(views) else [frames[0].index] * len(views)
-        slots = self._slots if self.shape_buckets else None
+        slots = None
+        if self.shape_buckets:  # at least one prompted frame's and full recent slots: every stream's once 16 frames old
+            seen_frames, seen_pointers = self._slots
+            slots = (max(seen_frames, self.config.num_maskmem), max(seen_pointers, self.config.max_obj_ptrs))
         limit = self.options.max_cond_frames_in_attn
         memory = gather(views, indices, reverse, self.config, self.device, limit, num_frames, slots)
         if self.shape_buckets:
@@ -268,13 +283,39 @@ def _track_on_memory(
     model: SAM2Model,
     fill_hole_area: int,
     memory_dtype: torch.dtype,
+    chunk: Optional[int],
     embed: Tensor,
     high_res: tuple[Tensor, ...],
     memory: MemoryTokens,
 ) -> _TrackedBatch:
-    """A tracking pass from the gathered memory: the unit that replays as one CUDA graph."""
-    conditioned = model.condition_on_memory(embed, memory)
-    return _track_conditioned(model, fill_hole_area, memory_dtype, embed, high_res, conditioned)
+    """A tracking pass from the gathered memory, `chunk` objects at a time (None: all): the unit that replays as
+    one CUDA graph, in which each chunk's activations reuse the memory of the chunk before."""
+    batch = memory.spatial.shape[0]
+    if chunk is None or batch <= chunk:
+        conditioned = model.condition_on_memory(embed, memory)
+        return _track_conditioned(model, fill_hole_area, memory_dtype, embed, high_res, conditioned)
+    parts = []
+    for rows in _chunks(batch, chunk):
+        part_high_res = tuple(_object_rows(h, rows) for h in high_res)
+        part_memory = MemoryTokens(*(_object_rows(field, rows) for field in memory))
+        part_embed = _object_rows(embed, rows)
+        parts.append(
+            _track_on_memory(model, fill_hole_area, memory_dtype, None, part_embed, part_high_res, part_memory)
+        )
+    return _TrackedBatch(*(torch.cat(fields) for fields in zip(*parts)))  # each field (B, ...)
+
+
+def _chunks(count: int, chunk: Optional[int]) -> list[slice]:
+    """Consecutive slices of `count` rows, `chunk` rows each (None: one slice of all)."""
+    step = chunk or count
+    return [slice(start, start + step) for start in range(0, count, step)]
+
+
+def _object_rows(value: Optional[Tensor], rows: slice) -> Optional[Tensor]:
+    """The `rows` of a per-object `value` (B, ...); one frame's features shared by all (batch 1) as they are."""
+    if value is None or value.shape[0] == 1:
+        return value
+    return value[rows]
 
 
 def _track_conditioned(
@@ -301,8 +342,11 @@ def _track_conditioned(
     )
 
 
-def bucket(count: int) -> int:
-    """The batch a pass of `count` rows is padded to: the next power of two."""
+def bucket(count: int, chunk: Optional[int] = None) -> int:
+    """The batch a pass of `count` rows is padded to: the next power of two, and past `chunk` rows (run a chunk
+    at a time) the next multiple of `chunk`: 40 objects in chunks of 16 run as 48, not 64."""
+    if chunk is not None and count > chunk:
+        return -(-count // chunk) * chunk
     return 1 << max(count - 1, 0).bit_length()
 
 
