@@ -40,14 +40,17 @@ class RotaryAttention(Attention):
     ) -> Tensor:
         q, k = split_heads(self.q_proj(q), self.num_heads), split_heads(self.k_proj(k), self.num_heads)  # (B, h, N, d)
         q = apply_rotary(q, *rope)
+        if q.shape[0] < k.shape[0]:  # one frame's queries for every object's keys: projected and rotated once
+            q = q.expand(k.shape[0], -1, -1, -1).contiguous()  # (1, h, N, d) -> (B, h, N, d)
         key_cos, key_sin = key_rope or rope
         tokens_per_frame = key_cos.shape[0]
         num_rotary = rotary_frames * tokens_per_frame
         if num_rotary > 0:
-            batch, heads, _, head_dim = k.shape
-            frames = k[:, :, :num_rotary].reshape(batch, heads, rotary_frames, tokens_per_frame, head_dim)
-            rotated = apply_rotary(frames, key_cos, key_sin).flatten(2, 3)  # (B, heads, frames * N, d)
-            k = torch.cat([rotated, k[:, :, num_rotary:]], dim=2)
+            frames = k[:, :, :num_rotary].unflatten(2, (rotary_frames, tokens_per_frame))  # (B, heads, frames, N, d)
+            if torch.is_grad_enabled():
+                k = torch.cat([apply_rotary(frames, key_cos, key_sin).flatten(2, 3), k[:, :, num_rotary:]], dim=2)
+            else:  # rotated where they lie: no copy of the whole key sequence (1.9 GB a layer at 128 objects)
+                apply_rotary(frames, key_cos, key_sin, out=frames)
         return self.finish(attention(q, k, v, key_mask, values_projection=self.v_proj))
 
 
@@ -111,7 +114,9 @@ class MemoryAttention(nn.Module):
     ) -> Tensor:
         """Condition image tokens on memory tokens.
 
-        image (B, h*w, C) and image_pos (1 or B, h*w, C): the frame's features in raster order.
+        image and image_pos (1 or B, h*w, C): the frame's features in raster order. One frame for all objects
+        (batch 1): what does not depend on the memory yet (the first layer's self-attention, its queries of the
+        memory) is computed once.
         memory and memory_pos (B, L, C_mem): `spatial_frames` frames of spatial memory tokens (h*w each, or
         the length of `memory_rope`), then object-pointer tokens. key_mask (B, L) is True for the memory tokens each row may use.
         Returns (B, h*w, C).

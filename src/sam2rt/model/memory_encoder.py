@@ -76,6 +76,6 @@ class MemoryEncoder(nn.Module):
         self.register_buffer("pos_grid", pos[None], persistent=False)  # (1, C_mem, h, w)
 
     def forward(self, image_features: Tensor, mask: Tensor) -> Tensor:
-        """image_features (B, C, h, w) and a mask already scaled for memory (B, 1, 16h, 16w) -> (B, C_mem, h, w)."""
+        """image_features (1 or B, C, h, w) and a mask already scaled for memory (B, 1, 16h, 16w) -> (B, C_mem, h, w)."""
         x = self.pix_feat_proj(image_features) + self.mask_downsampler(mask.to(image_features.dtype))
         return self.out_proj(self.fuser(x))

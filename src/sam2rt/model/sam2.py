@@ -209,7 +209,7 @@ class SAM2Model(nn.Module):
             high_res = F.interpolate(high_res, size=(size, size), mode="bilinear", align_corners=False)
         probs = torch.where(binarize[:, None, None, None], (high_res > 0).float(), torch.sigmoid(high_res))
         mask_input = probs * MASK_LOGIT_SCALE + MASK_LOGIT_BIAS
-        features = self.memory_encoder(embed.expand(mask_logits.shape[0], -1, -1, -1), mask_input)
+        features = self.memory_encoder(embed, mask_input)  # one frame's features projected once for all objects
         if self.config.variant.is_sam21:
             absent = (object_score_logits <= 0).to(features.dtype)  # (B, 1)
             features = features + absent[:, :, None, None] * self.no_obj_embed_spatial[:, :, None, None]
@@ -228,7 +228,7 @@ class SAM2Model(nn.Module):
         batch, frames, tokens_per_frame, mem_dim = memory.spatial.shape
         _, channels, height, width = embed.shape
         dtype = embed.dtype
-        image = embed.flatten(2).transpose(1, 2).expand(batch, -1, -1)  # (B, h*w, C)
+        image = embed.flatten(2).transpose(1, 2)  # (1 or B, h*w, C): one frame's features, shared by all objects
         image_pos = self.image_encoder.neck.pos_grid.flatten(2).transpose(1, 2).to(dtype)  # (1, h*w, C)
 
         spatial = memory.spatial.reshape(batch, frames * tokens_per_frame, mem_dim)  # (B, F*N, C_mem)
