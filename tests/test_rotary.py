@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from sam2rt.model.memory_attention import RotaryAttention
 from sam2rt.model.positional import rotary_tables
 from sam2rt.runtime.kernels import apply_rotary
 
@@ -73,3 +74,28 @@ def test_a_traced_rotary_holds_no_complex_operators(tracer):
     assert "complex" not in graph  # exported graphs (ONNX) have no complex operators
     assert "view_as_real" not in graph and "stack" in graph  # the real form was traced
     assert (traced(x) - module(x)).abs().max().item() < 1e-6
+
+
+def test_rotation_in_place_equals_a_new_tensor():
+    cos, sin = rotary_tables(head_dim=8, side=3)
+    x = torch.randn(2, 3, 9, 8, generator=torch.Generator().manual_seed(1))
+    expected = apply_rotary(x, cos, sin)
+    written = x.clone()
+    assert apply_rotary(written, cos, sin, out=written) is written
+    assert torch.equal(written, expected)
+
+
+def test_keys_rotated_in_place_at_inference_equal_the_differentiable_path():
+    """At inference the memory's key frames are rotated where they lie; with autograd, into a new sequence with
+    the unrotated pointer tokens after them: the same attention either way (its kernels differ, values-after on
+    the CPU at inference)."""
+    torch.manual_seed(0)
+    layer = RotaryAttention(8, num_heads=1, kv_in_dim=4)
+    rope = rotary_tables(head_dim=8, side=3)
+    queries, keys = torch.randn(2, 9, 8), torch.randn(2, 3 * 9 + 5, 4)  # 3 frames of 9 tokens, 5 pointer tokens
+    with torch.no_grad():
+        in_place = layer(queries, keys, keys, rope, rotary_frames=3)
+    with torch.enable_grad():
+        differentiable = layer(queries, keys, keys, rope, rotary_frames=3)
+    assert differentiable.requires_grad
+    torch.testing.assert_close(in_place, differentiable.detach(), rtol=1e-5, atol=1e-6)  # other kernels: rounding

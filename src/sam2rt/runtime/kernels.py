@@ -192,8 +192,9 @@ def depthwise_as_shifts(x: Tensor, conv: nn.Conv2d) -> Tensor:
     return out.to(x.dtype)
 
 
-def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate consecutive channel pairs of x (..., N, d) by the angles of cos/sin (N, d // 2).
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor, out: Optional[Tensor] = None) -> Tensor:
+    """Rotate consecutive channel pairs of x (..., N, d) by the angles of cos/sin (N, d // 2); into `out` (x's
+    shape and dtype, x itself allowed: it is read before it is written) where given, else into a new tensor.
 
     A key sequence made of several frames of N tokens each is passed as (..., frames, N, d).
     """
@@ -202,12 +203,13 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         # Real numbers only: exported graphs hold no complex operators, and inductor fuses this form into one
         # kernel (complex numbers it leaves to eager kernels: 4 objects compiled ran 7% slower on an H200).
         real, imag = pairs[..., 0], pairs[..., 1]
-        rotated = torch.stack((real * cos - imag * sin, real * sin + imag * cos), dim=-1)
-        return rotated.flatten(-2).type_as(x)
-    # Eager: each pair as one complex number times e^(i angle), one pass over x. The real form's strided
-    # halves take 6 kernels: 4-6x slower on a CPU; tiny replayed from CUDA graphs tracks 13-15% faster so.
-    rotated = torch.view_as_complex(pairs) * torch.complex(cos, sin)  # (..., N, d // 2) complex
-    return torch.view_as_real(rotated).flatten(-2).type_as(x)
+        rotated = torch.stack((real * cos - imag * sin, real * sin + imag * cos), dim=-1).flatten(-2)
+    else:
+        # Eager: each pair as one complex number times e^(i angle), one pass over x. The real form's strided
+        # halves take 6 kernels: 4-6x slower on a CPU; tiny replayed from CUDA graphs tracks 13-15% faster so.
+        complex_rotated = torch.view_as_complex(pairs) * torch.complex(cos, sin)  # (..., N, d // 2) complex
+        rotated = torch.view_as_real(complex_rotated).flatten(-2)
+    return rotated.type_as(x) if out is None else out.copy_(rotated)
 
 
 def _traced() -> bool:
