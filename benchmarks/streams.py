@@ -314,17 +314,20 @@ def _captured(fn):
 
 
 def case_attention(model, frames, args) -> None:
+    attention_kernels(model.config, (1, 4))
+
+
+def attention_kernels(config, object_counts) -> None:
     """The memory attention's cross-attention alone, per kernel and as the engine runs it (captured), with values
     projected first (as wide as the keys) and with the memory's raw values (projected after): 7 frames of memory
-    and 16 pointers per object."""
+    and 16 pointers per object, for a batch of each of `object_counts` objects."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from sam2rt.runtime.kernels import attention
 
-    config = model.config
     tokens, width = config.feature_size**2, config.hidden_dim
     keys = (config.num_maskmem) * tokens + config.max_obj_ptrs * (width // config.memory_dim)
-    for objects in (1, 4):
+    for objects in object_counts:
         for value_width in (width, config.memory_dim):
             q, k = (torch.randn(objects, 1, n, width, device="cuda", dtype=torch.bfloat16) for n in (tokens, keys))
             v = torch.randn(objects, 1, keys, value_width, device="cuda", dtype=torch.bfloat16)
