@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from oracle import oracle_model, oracle_video_state, our_model  # noqa: E402
 from streams import attention_kernels  # noqa: E402
-from tracking import load_frames, synchronize  # noqa: E402
+from tracking import fps_propagate, load_frames, synchronize  # noqa: E402
 
 import sam2rt  # noqa: E402
 from sam2rt.model.variants import ModelConfig  # noqa: E402
@@ -89,20 +89,6 @@ def run_stream(model, frames, clicks) -> tuple[list[float], object]:
         synchronize(device)
         times.append(time.perf_counter() - start)
     return times, result
-
-
-def official_fps(ref, frames, clicks, device, warmup: int) -> float:
-    state = oracle_video_state(ref, frames, "pil-bicubic")
-    for obj_id, click in enumerate(clicks, start=1):
-        ref.add_new_points_or_box(state, 0, obj_id, points=[click], labels=[1])
-    for _ in ref.propagate_in_video(state, max_frame_num_to_track=warmup):
-        pass
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in ref.propagate_in_video(state, start_frame_idx=0):
-        pass
-    synchronize(device)
-    return (len(frames) - 1) / (time.perf_counter() - start)
 
 
 def stage_profile(model, frames, clicks, steps: int, kernels: int = 0) -> dict[str, float]:
@@ -217,7 +203,9 @@ def main() -> None:
                     for row in rows:
                         if row[0] == variant and row[1] <= args.official_max_objects and row[2] == chunks[0]:
                             clicks = grid_clicks(row[1], height, width)
-                            row[-1] = official_fps(ref, frames, clicks, device, warmup - 1)
+                            row[-1] = fps_propagate(
+                                ref, oracle_video_state(ref, frames, "pil-bicubic"), clicks, device, warmup - 1
+                            )
                             print(f"official {variant} {row[1]}: {row[-1]:.2f}", flush=True)
                 del ref
             eager = to_inference_dtype(base) if device.type == "cuda" else base  # bf16 weights, no graphs

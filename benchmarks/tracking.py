@@ -68,10 +68,10 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def fps_propagate(predictor, state, objects: int, device: torch.device, warmup: int) -> float:
-    """Prompt `objects` objects on frame 0, then time a propagation through the whole clip."""
-    for obj in range(objects):
-        predictor.add_new_points_or_box(state, 0, obj + 1, points=[CLICKS[obj]], labels=[1])
+def fps_propagate(predictor, state, clicks, device: torch.device, warmup: int) -> float:
+    """Prompt an object at each (x, y) of `clicks` on frame 0, then time a propagation through the whole clip."""
+    for obj, click in enumerate(clicks):
+        predictor.add_new_points_or_box(state, 0, obj + 1, points=[click], labels=[1])
     for _ in predictor.propagate_in_video(state, max_frame_num_to_track=warmup):
         pass
     synchronize(device)
@@ -218,10 +218,10 @@ def main() -> None:
                     official = float("nan")
                     if ref is not None:
                         ref_state = oracle_video_state(ref, frames, "pil-bicubic")  # the official loader's resize
-                        official = fps_propagate(ref, ref_state, objects, device, args.warmup)
+                        official = fps_propagate(ref, ref_state, CLICKS[:objects], device, args.warmup)
                     video_predictor = sam2rt.VideoPredictor(ours, fill_hole_area=0)
                     state = video_predictor.init_state(frames)
-                    video = fps_propagate(video_predictor, state, objects, device, args.warmup)
+                    video = fps_propagate(video_predictor, state, CLICKS[:objects], device, args.warmup)
                     stream = fps_stream(ours, frames, objects, device, args.warmup)
                 row = [variant, objects, official, video, stream]
                 if device.type == "cuda":
