@@ -104,6 +104,23 @@ def test_code_around_the_model_is_graphed_only_with_its_graphs():
 
 
 @cuda
+def test_memory_encoder_on_cuda_equals_the_cpu(monkeypatch):
+    """The memory encoder's ConvNeXt blocks run channels last, on cuDNN's kernels for that layout on CUDA: the
+    memories of the CPU's (whose layers the parity tests hold to Meta's), fp32 with TF32 off."""
+    model = visible_model(image_size=256)
+    generator = torch.Generator().manual_seed(0)
+    embed = torch.randn(1, 256, 16, 16, generator=generator)
+    masks = torch.randn(3, 1, 256, 256, generator=generator) * 20  # mask inputs, scaled for memory
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    with torch.inference_mode():
+        on_cpu = model.memory_encoder(embed, masks)
+        on_cuda = model.cuda().memory_encoder(embed.cuda(), masks.cuda()).cpu()
+    assert (on_cpu[0] - on_cpu[1]).abs().max() > 1e-2  # other masks, other memories
+    torch.testing.assert_close(on_cuda, on_cpu, rtol=1e-4, atol=1e-4 * float(on_cpu.abs().max()))
+
+
+@cuda
 def test_cuda_graphs_replay_the_eager_results():
     model = visible_model(image_size=256).cuda()
     graphed_model = use_cuda_graphs(copy.deepcopy(model))

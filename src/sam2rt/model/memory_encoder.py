@@ -60,6 +60,10 @@ class Fuser(nn.Module):
         self.layers = nn.ModuleList(CXBlock(dim) for _ in range(num_layers))
 
     def forward(self, x: Tensor) -> Tensor:
+        # Channels last, which the blocks keep (their permutes to (B, H, W, C) are then views): cuDNN's depthwise 7x7
+        # conv over 16 objects' 256x64x64 maps takes 0.17 ms against 0.58 channels first, and the two blocks 1.71 ms
+        # against 3.24, the conversion included (bf16, H100); on 2 CPU threads the blocks run 3-6% faster.
+        x = x.contiguous(memory_format=torch.channels_last)
         for layer in self.layers:
             x = layer(x)
         return x
