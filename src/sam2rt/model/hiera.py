@@ -143,6 +143,11 @@ class Hiera(nn.Module):
         pos = pos + self.pos_embed_window.tile(1, 1, height // window, width // window)
         return pos.permute(0, 2, 3, 1)  # (1, C, H, W) -> (1, H, W, C)
 
+    def layers(self) -> tuple[nn.Module, list[nn.Module]]:
+        """The patch embedding, then the blocks in order: the layers of layer-wise learning-rate decay and of
+        activation checkpointing."""
+        return self.patch_embed, list(self.blocks)
+
     def forward(self, images: Tensor) -> list[Tensor]:
         """(B, 3, S, S) -> the output of each stage, highest resolution first: (B, C_i, S/4/2**i, S/4/2**i)."""
         x = self.patch_embed(images)

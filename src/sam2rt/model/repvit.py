@@ -24,6 +24,17 @@ class RepVit(nn.Module):
         self.body = timm.create_model(spec.timm_name, pretrained=False, features_only=True, out_indices=(0, 1, 2, 3))
         self.stage_dims: tuple[int, ...] = tuple(self.body.feature_info.channels())
 
+    def layers(self) -> tuple[nn.Module, list[nn.Module]]:
+        """The stem, then each stage's downsampling (where it has one) and blocks in order: the layers of layer-wise
+        learning-rate decay and of activation checkpointing (Hiera's `layers`)."""
+        blocks: list[nn.Module] = []
+        for name, stage in self.body.named_children():
+            if name.startswith("stages_"):
+                if not isinstance(stage.downsample, nn.Identity):
+                    blocks.append(stage.downsample)
+                blocks.extend(stage.blocks)
+        return self.body.stem, blocks
+
     def forward(self, images: Tensor) -> list[Tensor]:
         """(B, 3, S, S) -> the output of each stage, highest resolution first: (B, C_i, S/4/2**i, S/4/2**i)."""
         return list(self.body(images))

@@ -28,7 +28,7 @@ FREEZABLE = (
 class OptimSettings:
     lr: float = 5e-6  # peak learning rate of everything outside the image encoder
     vision_lr: float = 3e-6  # of the image encoder (trunk and neck)
-    layer_decay: float = 0.9  # trunk block i of L gets layer_decay ** (L - i) of the rate
+    layer_decay: float = 0.9  # trunk layer l of L + 1 (trunk_layers) gets layer_decay ** (L + 1 - l) of the rate
     weight_decay: float = 0.1
     final_lr_fraction: float = 0.1  # the cosine ends at this fraction of the peak
     warmup_steps: int = 0
@@ -53,18 +53,23 @@ def freeze(model: SAM2Model, parts: list[str]) -> None:
             param.requires_grad_(False)
 
 
-def trunk_lr_scale(name: str, num_blocks: int, layer_decay: float) -> float:
-    """Layer-wise decay in the trunk: the patch embedding is layer 0, block i is layer i + 1, the heads
-    above the trunk are layer L + 1 (scale 1). Position embeddings keep the full rate."""
+def trunk_layers(model: SAM2Model) -> tuple[dict[str, int], int]:
+    """The layer of each trunk parameter, by name, for layer-wise decay: the patch embedding (Hiera) or stem
+    (RepViT) is layer 0, block i is layer i + 1; and the number of blocks L. Other trunk parameters are layer L + 1."""
+    stem, blocks = model.image_encoder.trunk.layers()
+    names = {id(param): name for name, param in model.named_parameters()}
+    layers = {names[id(param)]: 0 for param in stem.parameters()}
+    for index, block in enumerate(blocks):
+        layers.update({names[id(param)]: index + 1 for param in block.parameters()})
+    return layers, len(blocks)
+
+
+def trunk_lr_scale(name: str, layers: dict[str, int], num_blocks: int, layer_decay: float) -> float:
+    """Layer-wise decay in the trunk (`trunk_layers`): layer l of L + 1 gets layer_decay ** (L + 1 - l), the
+    heads above the trunk scale 1. Position embeddings keep the full rate."""
     if not name.startswith("image_encoder.trunk.") or "pos_embed" in name:
         return 1.0
-    if ".blocks." in name:
-        layer = int(name.split(".blocks.")[1].split(".")[0]) + 1
-    elif "patch_embed" in name:
-        layer = 0
-    else:
-        layer = num_blocks + 1
-    return layer_decay ** (num_blocks + 1 - layer)
+    return layer_decay ** (num_blocks + 1 - layers.get(name, num_blocks + 1))
 
 
 def _no_weight_decay(model: nn.Module) -> set[str]:
@@ -77,14 +82,14 @@ def _no_weight_decay(model: nn.Module) -> set[str]:
 
 def make_optimizer(model: SAM2Model, settings: OptimSettings) -> torch.optim.AdamW:
     """AdamW with one group per (learning-rate scale, weight decay); each group remembers its peak rate."""
-    num_blocks = len(model.image_encoder.trunk.blocks)
+    layers, num_blocks = trunk_layers(model)
     no_decay = _no_weight_decay(model)
     groups: dict[tuple[float, float], dict] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         base = settings.vision_lr if name.startswith("image_encoder.") else settings.lr
-        peak = base * trunk_lr_scale(name, num_blocks, settings.layer_decay)
+        peak = base * trunk_lr_scale(name, layers, num_blocks, settings.layer_decay)
         decay = 0.0 if name in no_decay else settings.weight_decay
         group = groups.setdefault((peak, decay), {"params": [], "lr": peak, "peak_lr": peak, "weight_decay": decay})
         group["params"].append(param)

@@ -82,12 +82,21 @@ class TrainingStep(nn.Module):
         return clip_loss(outputs, batch.masks, self.config.loss, num_objects)
 
 
+def keep_batch_norm_statistics(model: nn.Module) -> None:
+    """Let the BatchNorm layers (EdgeTAM's RepViT trunk; Hiera has none) normalise by their running statistics
+    while the rest trains: a step encodes the few frames of one clip, whose statistics would overwrite the
+    checkpoint's. Their scales and shifts still learn. (Meta published no EdgeTAM training recipe.)"""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
 def enable_activation_checkpointing(model: SAM2Model) -> None:
     """Recompute each trunk block and memory-attention layer in backward instead of keeping its activations.
 
     Applied from outside on the module instances; the weights and their names do not change.
     """
-    modules = list(model.image_encoder.trunk.blocks) + list(model.memory_attention.layers)
+    modules = model.image_encoder.trunk.layers()[1] + list(model.memory_attention.layers)
     for module in modules:
         forward = module.forward
 
@@ -130,6 +139,7 @@ def train(model: SAM2Model, dataset: ClipDataset, config: TrainConfig) -> TrainR
     if config.activation_checkpointing:
         enable_activation_checkpointing(model)
     model.train()
+    keep_batch_norm_statistics(model)
     optimizer = make_optimizer(model, config.optim)
     step_module: nn.Module = TrainingStep(model, config)
     if world > 1:
