@@ -20,13 +20,30 @@ CLIP_RATE = Fraction(30000, 1001)  # a rate that is not an integer, as NTSC came
 CLIP_SIZE = (120, 160)  # (height, width)
 
 
+EDGETAM_SIZE = 256  # EdgeTAM's smallest input: its perceiver's grid needs a multiple of 256
+STANDIN_SITE = Path(__file__).resolve().parent / "standin_site"
+
+
+def smallest_size(variant: str) -> int:
+    """The input side the tests run `variant` at."""
+    return EDGETAM_SIZE if variant == "edgetam" else IMAGE_SIZE
+
+
+def variant_env(variant: str) -> dict:
+    """The environment of a command run with `variant`: for EdgeTAM, the tests' torchvision stand-in loaded at
+    start-up (timm imports torchvision, and PyPI has no CPU build of it)."""
+    if variant != "edgetam":
+        return {}
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(STANDIN_SITE), os.environ.get("PYTHONPATH")]))}
+
+
 def make_checkpoint(path: Path, variant: str = VARIANT) -> Path:
     """A checkpoint of `visible_state_dict`: random weights that give masks with area, pieces and holes."""
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
-    torch.save({"model": visible_state_dict(variant, IMAGE_SIZE)}, temporary)
+    torch.save({"model": visible_state_dict(variant, smallest_size(variant))}, temporary)
     os.replace(temporary, path)
     return path
 
@@ -83,8 +100,9 @@ def assert_clean_error(result: subprocess.CompletedProcess, message: str, code: 
     assert message in errors[0], errors[0]
 
 
-def model_args(checkpoint: Path) -> list[str]:
-    return ["--checkpoint", str(checkpoint), "--variant", VARIANT, "--image-size", str(IMAGE_SIZE), "--device", "cpu"]
+def model_args(checkpoint: Path, variant: str = VARIANT) -> list[str]:
+    size = str(smallest_size(variant))
+    return ["--checkpoint", str(checkpoint), "--variant", variant, "--image-size", size, "--device", "cpu"]
 
 
 def decode_video(path: Path) -> tuple[int, tuple[int, int], Fraction]:

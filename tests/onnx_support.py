@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import pytest
-from cli_support import IMAGE_SIZE, make_checkpoint, run_sam2rt
+from cli_support import VARIANT, make_checkpoint, run_sam2rt, smallest_size, variant_env
 
 pytest.importorskip("onnxruntime", reason="needs onnxruntime (pip install sam2rt[onnx])")
 pytest.importorskip("onnxscript", reason="needs onnxscript (pip install sam2rt[onnx])")
@@ -23,14 +23,15 @@ def _workdir() -> Path:
     return folder
 
 
-def checkpoint() -> Path:
-    return make_checkpoint(_workdir() / "visible.pt")
+def checkpoint(variant: str = VARIANT) -> Path:
+    return make_checkpoint(_workdir() / f"visible-{variant}.pt", variant)
 
 
 @lru_cache(maxsize=None)
-def exported() -> Path:
-    """`sam2rt export -c visible.pt --image-size IMAGE_SIZE -o DIR`: the folder."""
-    folder = _workdir() / "export"
-    result = run_sam2rt("export", "-c", checkpoint(), "--image-size", IMAGE_SIZE, "-o", folder, timeout=600)
+def exported(variant: str = VARIANT) -> Path:
+    """`sam2rt export -c visible.pt --variant VARIANT --image-size SIZE -o DIR` (SIZE: `smallest_size`): the folder."""
+    folder = _workdir() / f"export-{variant}"
+    args = ["export", "-c", checkpoint(variant), "--variant", variant, "--image-size", smallest_size(variant)]
+    result = run_sam2rt(*args, "-o", folder, env=variant_env(variant), timeout=600)
     assert result.returncode == 0, f"export failed\nstdout: {result.stdout}\nstderr: {result.stderr}"
     return folder

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_support import IMAGE_SIZE, clip_frames, run_sam2rt, write_clip
+from cli_support import IMAGE_SIZE, clip_frames, run_sam2rt, smallest_size, write_clip
 from onnx_support import checkpoint, exported
 from PIL import Image
 from visible import assert_masks_match, visible_model
@@ -43,9 +43,10 @@ def folder():
     return exported()
 
 
-def test_scripted_stream_matches_stream_tracker(folder):
-    expected = _session(StreamTracker(visible_model(image_size=IMAGE_SIZE)))
-    got = _session(OnnxStreamTracker(folder, threads=2))
+@pytest.mark.parametrize("variant", ["sam2.1_hiera_tiny", "edgetam"])
+def test_scripted_stream_matches_stream_tracker(variant):
+    expected = _session(StreamTracker(visible_model(variant, image_size=smallest_size(variant))))
+    got = _session(OnnxStreamTracker(exported(variant), threads=2))
     assert len(got) == len(expected)
     compared = 0
     for ours, theirs in zip(got, expected):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -15,7 +16,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from cli_support import clip_frames, make_checkpoint, model_args
+from cli_support import clip_frames, make_checkpoint, model_args, variant_env
 from PIL import Image
 from serve_support import Client, decode_masks, load_test_model, png_frame, running_server
 
@@ -183,14 +184,16 @@ def test_pause_reset_and_export(server, model):
     client.close()
 
 
-def test_the_serve_command_serves_the_app(tmp_path):
+@pytest.mark.parametrize("variant", ["sam2.1_hiera_tiny", "edgetam"])
+def test_the_serve_command_serves_the_app(tmp_path, variant):
     """`sam2rt serve` as a user runs it: the model loads, the page and a session answer, Ctrl+C stops it."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    checkpoint = make_checkpoint(tmp_path / "visible.pt")
-    command = [sys.executable, "-m", "sam2rt", "serve", "--port", str(port), *model_args(checkpoint)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    checkpoint = make_checkpoint(tmp_path / "visible.pt", variant)
+    command = [sys.executable, "-m", "sam2rt", "serve", "--port", str(port), *model_args(checkpoint, variant)]
+    env = dict(os.environ, **variant_env(variant))
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         banner = process.stdout.readline()
         assert f"http://localhost:{port}/" in banner, banner + process.stderr.read()

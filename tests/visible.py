@@ -27,6 +27,10 @@ Masks = Union[torch.Tensor, np.ndarray]
 
 @lru_cache(maxsize=None)
 def _visible_state(variant: str, image_size: int, seed: int) -> dict[str, torch.Tensor]:
+    if variant == "edgetam":  # its trunk comes from timm, which imports torchvision: PyPI has no CPU build of it
+        from oracle import install_torchvision_standin
+
+        install_torchvision_standin()
     generator = torch.Generator().manual_seed(seed)
     # The initial weights come from the global generator: seeded here, so that the weights (and every mask a
     # test sees) do not depend on which tests ran before.
@@ -48,8 +52,9 @@ def visible_state_dict(variant: str = VARIANT, image_size: int = 128, seed: int 
 
 def visible_model(variant: str = VARIANT, image_size: int = 128, seed: int = 3) -> sam2rt.SAM2Model:
     """A model of `visible_state_dict`: noise on every parameter, and objects judged present."""
+    state = visible_state_dict(variant, image_size, seed)  # first: it sets up what building EdgeTAM imports
     model = sam2rt.build_model(variant, image_size=image_size)
-    model.load_state_dict(visible_state_dict(variant, image_size, seed), strict=True)
+    model.load_state_dict(state, strict=True)
     return model.eval()
 
 
