@@ -33,6 +33,7 @@ from oracle_edgetam import oracle_model, oracle_video_state, our_model  # noqa: 
 from tracking import load_frames  # noqa: E402
 
 import sam2rt  # noqa: E402
+from sam2rt.export.onnx_tracker import OnnxStreamTracker  # noqa: E402
 
 CLICK = (210, 350)  # (x, y) on the bedroom clip's 960x540 frames
 FULL_FROM = 8  # the first frame whose memory holds seven earlier frames
@@ -45,8 +46,8 @@ def fps(times: list[float], first: int = 1) -> float:
     return len(spans) / sum(spans) if spans else float("nan")
 
 
-def ours(model, frames) -> list[float]:
-    tracker = sam2rt.StreamTracker(model, fill_hole_area=0)
+def timed_stream(tracker, frames) -> list[float]:
+    """Each frame's seconds through `tracker` (StreamTracker or OnnxStreamTracker), the object clicked on frame 0."""
     times = []
     for index, frame in enumerate(frames):
         start = time.perf_counter()
@@ -69,21 +70,7 @@ def official(predictor, frames) -> list[float]:
     return times
 
 
-def onnx(folder: Path, frames, threads: int) -> list[float]:
-    from sam2rt.export.onnx_tracker import OnnxStreamTracker
-
-    tracker = OnnxStreamTracker(folder, fill_hole_area=0, threads=threads or None)
-    times = []
-    for index, frame in enumerate(frames):
-        start = time.perf_counter()
-        tracker.step(frame)
-        if index == 0:
-            tracker.add_prompt(1, points=[CLICK], labels=[1])
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def export(model, size: int, scratch: Path, threads: int) -> tuple[Path, float]:
+def export(model, size: int, scratch: Path) -> tuple[Path, float]:
     """`sam2rt export` of the model's weights at `size`: the folder and the seconds it took."""
     checkpoint, folder = scratch / f"edgetam-{size}.pt", scratch / f"onnx-{size}"
     torch.save({"model": model.state_dict()}, checkpoint)
@@ -116,13 +103,14 @@ def main() -> None:
     with torch.inference_mode(), tempfile.TemporaryDirectory(prefix="sam2rt-edge-") as scratch:
         for size in [int(s) for s in args.sizes.split(",")]:
             model = our_model(size, OBJECT_SCORE_SHIFT)
-            row = {"size": size, "ours": ours(model, frames)}
+            row = {"size": size, "ours": timed_stream(sam2rt.StreamTracker(model, fill_hole_area=0), frames)}
             if not args.skip_official:
                 row["official"] = official(oracle_model(size, OBJECT_SCORE_SHIFT, video=True, fill_hole_area=0), frames)
             if args.onnx:
-                folder, seconds = export(model, size, Path(scratch), threads)
+                folder, seconds = export(model, size, Path(scratch))
                 row["export_s"] = seconds
-                row["onnxruntime"] = onnx(folder, frames, args.threads)
+                runner = OnnxStreamTracker(folder, fill_hole_area=0, threads=args.threads or None)
+                row["onnxruntime"] = timed_stream(runner, frames)
             rows.append(row)
             timed = {name: value for name, value in row.items() if isinstance(value, list)}
             print(
