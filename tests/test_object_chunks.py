@@ -124,7 +124,17 @@ def test_shared_frame_queries_equal_queries_of_each_object(model):
 
 @pytest.mark.parametrize(
     "count, chunk, expected",
-    [(1, None, 1), (3, None, 4), (5, 16, 8), (16, 16, 16), (17, 16, 32), (40, 16, 48), (128, 16, 128), (9, 4, 12)],
+    [
+        (1, None, 1),
+        (3, None, 4),
+        (5, 0, 8),
+        (5, 16, 8),
+        (16, 16, 16),
+        (17, 16, 32),
+        (40, 16, 48),
+        (128, 16, 128),
+        (9, 4, 12),
+    ],
 )
 def test_batches_pad_to_a_power_of_two_then_to_whole_chunks(count, chunk, expected):
     assert bucket(count, chunk) == expected

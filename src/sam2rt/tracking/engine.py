@@ -345,7 +345,7 @@ def _track_conditioned(
 def bucket(count: int, chunk: Optional[int] = None) -> int:
     """The batch a pass of `count` rows is padded to: the next power of two, and past `chunk` rows (run a chunk
     at a time) the next multiple of `chunk`: 40 objects in chunks of 16 run as 48, not 64."""
-    if chunk is not None and count > chunk:
+    if chunk and count > chunk:
         return -(-count // chunk) * chunk
     return 1 << max(count - 1, 0).bit_length()
 
