@@ -180,16 +180,21 @@ def test_shape_buckets_leave_few_shapes_to_capture(model, monkeypatch):
     to full slots from the first tracked frame: one shape per bucket while the streams fill their memories and
     after, where exact shapes follow every age and mix of streams stepped together."""
     monkeypatch.setattr(TrackingEngine, "split_cpu_attention", False)
-    seen = {}
+    seen, encoded = {}, {}
     for buckets in (False, True):
-        shapes = []
-        original = model.condition_on_memory
+        shapes, encodes = [], []
+        original, original_encode = model.condition_on_memory, model.encode_memory
 
         def record(embed, memory, original=original, shapes=shapes):
             shapes.append((memory.spatial.shape[0], memory.spatial.shape[1], memory.pointers.shape[1]))
             return original(embed, memory)
 
+        def record_encode(embed, masks, *args, original=original_encode, encodes=encodes):
+            encodes.append(masks.shape[0])  # prompts' memories and the tracking passes' alike
+            return original(embed, masks, *args)
+
         monkeypatch.setattr(model, "condition_on_memory", record)
+        monkeypatch.setattr(model, "encode_memory", record_encode)
         pool = sam2rt.StreamPool(model)
         pool.engine.shape_buckets = buckets
         streams = {name: pool.open_stream() for name in SIZES}
@@ -202,7 +207,10 @@ def test_shape_buckets_leave_few_shapes_to_capture(model, monkeypatch):
                     for obj in range(count):
                         streams[name].add_prompt(obj, points=[[10 + 5 * obj, 20]], labels=[1])
         monkeypatch.setattr(model, "condition_on_memory", original)
-        seen[buckets] = set(shapes)
+        monkeypatch.setattr(model, "encode_memory", original_encode)
+        seen[buckets], encoded[buckets] = set(shapes), set(encodes)
     assert all(batch & (batch - 1) == 0 for batch, _, _ in seen[True]), seen[True]  # powers of two
+    assert all(batch & (batch - 1) == 0 for batch in encoded[True]), encoded[True]
+    assert any(batch & (batch - 1) for batch in encoded[False]), encoded[False]  # the prompts' exact counts
     assert {(frames, pointers) for _, frames, pointers in seen[True]} == {(7, 16)}, seen[True]  # one size
     assert len(seen[True]) < len(seen[False]), (sorted(seen[True]), sorted(seen[False]))

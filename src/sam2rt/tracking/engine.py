@@ -199,14 +199,19 @@ class TrackingEngine:
         embed = _per_object(frames, len(outputs)).embed
         masks = torch.stack([out.mask_logits.to(self.device) for out in outputs])  # (B, 1, 4h, 4w)
         scores = torch.stack([out.object_score.to(self.device) for out in outputs])  # (B, 1)
-        binarize = torch.ones(len(outputs), dtype=torch.bool, device=self.device)
+        chunk = self.objects_per_chunk
+        if self.shape_buckets:  # as the tracking pass: a few batch shapes, not one graph per count of prompts
+            rows = bucket(len(outputs), chunk)
+            masks, scores = _padded_rows(masks, rows), _padded_rows(scores, rows)
+            embed = _padded_rows(embed, rows) if embed.shape[0] > 1 else embed
+        binarize = torch.ones(masks.shape[0], dtype=torch.bool, device=self.device)
         memories = torch.cat(
             [
                 self.model.encode_memory(_object_rows(embed, rows), masks[rows], scores[rows], binarize[rows])
-                for rows in _chunks(len(outputs), self.objects_per_chunk)
+                for rows in _chunks(masks.shape[0], chunk)
             ]
-        )  # (B, N, C_mem)
-        for output, spatial in zip(outputs, self._store_memory(memories)):
+        )  # (B', N, C_mem)
+        for output, spatial in zip(outputs, self._store_memory(memories[: len(outputs)])):
             output.memory = spatial
 
     def to_video_resolution(self, mask_logits: Tensor, size: tuple[int, int]) -> Tensor:
