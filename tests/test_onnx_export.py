@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime
 import pytest
 import torch
-from cli_support import IMAGE_SIZE, assert_clean_error, run_sam2rt, write_clip
+from cli_support import IMAGE_SIZE, assert_clean_error, run_sam2rt, smallest_size, write_clip
 from onnx_support import exported
 from visible import visible_model
 
@@ -51,7 +51,9 @@ def _assert_step_matches(folder, name: str, step: torch.nn.Module, inputs: tuple
     return worst
 
 
-def test_each_step_matches_pytorch_for_1_2_and_7_objects(folder, model):
+@pytest.mark.parametrize("variant", ["sam2.1_hiera_tiny", "edgetam"])
+def test_each_step_matches_pytorch_for_1_2_and_7_objects(variant):
+    folder, model = exported(variant), visible_model(variant, image_size=smallest_size(variant))
     examples = _examples(ExportManifest.read(folder))
     memory = list(examples["memory_attention"])
     generator = torch.Generator().manual_seed(1)
