@@ -70,14 +70,15 @@ def official(predictor, frames) -> list[float]:
     return times
 
 
-def export(model, size: int, scratch: Path) -> tuple[Path, float]:
+def export(model, size: int, scratch: Path, max_cond_frames: int) -> tuple[Path, float]:
     """`sam2rt export` of the model's weights at `size`: the folder and the seconds it took."""
     checkpoint, folder = scratch / f"edgetam-{size}.pt", scratch / f"onnx-{size}"
     torch.save({"model": model.state_dict()}, checkpoint)
     stand_in = str(ROOT / "tests" / "standin_site")  # timm imports torchvision: the tests' stand-in where it lacks
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [stand_in, os.environ.get("PYTHONPATH")])))
     command = [sys.executable, "-m", "sam2rt", "export", "-c", str(checkpoint), "--variant", "edgetam"]
-    command += ["--image-size", str(size), "--device", "cpu", "-o", str(folder)]
+    command += ["--image-size", str(size), "--device", "cpu", "--max-cond-frames", str(max_cond_frames)]
+    command += ["-o", str(folder)]
     start = time.perf_counter()
     subprocess.run(command, check=True, capture_output=True, env=env)
     return folder, time.perf_counter() - start
@@ -91,6 +92,9 @@ def main() -> None:
     parser.add_argument("--frames-dir", type=Path, default=ROOT.parent / "shared" / "data" / "videos" / "bedroom")
     parser.add_argument("--skip-official", action="store_true")
     parser.add_argument("--onnx", action="store_true", help="also export and run the tracker on onnxruntime")
+    parser.add_argument(
+        "--max-cond-frames", type=int, default=8, help="the export's prompted-frame capacity (1: 7 memory frames)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -107,7 +111,7 @@ def main() -> None:
             if not args.skip_official:
                 row["official"] = official(oracle_model(size, OBJECT_SCORE_SHIFT, video=True, fill_hole_area=0), frames)
             if args.onnx:
-                folder, seconds = export(model, size, Path(scratch))
+                folder, seconds = export(model, size, Path(scratch), args.max_cond_frames)
                 row["export_s"] = seconds
                 runner = OnnxStreamTracker(folder, fill_hole_area=0, threads=args.threads or None)
                 row["onnxruntime"] = timed_stream(runner, frames)
