@@ -30,6 +30,7 @@ from pycocotools import mask as mask_utils
 import sam2rt
 from sam2rt.io.sources import open_frames
 from sam2rt.tracking.pooled_stream import PooledStream
+from sam2rt.tracking.run import RunSummary
 
 NUM_FRAMES = 6
 
@@ -239,3 +240,12 @@ def test_real_clips(tmp_path, checkpoint, name):
     assert len(coco["images"]) == 2
     assert all(annotation["object_id"] == 1 for annotation in coco["annotations"])
     assert coco["annotations"], "random weights with objects judged present give non-empty masks"
+
+
+@pytest.mark.parametrize(
+    "frames, objects, expected",
+    [(1, 1, "tracked 1 frame, 0 dropped, 1 object, "), (3, 2, "tracked 3 frames, 0 dropped, 2 objects, ")],
+)
+def test_the_summary_counts_in_words(frames, objects, expected):
+    summary = RunSummary(frames, 0, objects, 1.0, [], None)
+    assert summary.describe().startswith(expected)

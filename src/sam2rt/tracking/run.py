@@ -49,11 +49,17 @@ class RunSummary(NamedTuple):
     def describe(self) -> str:
         stopped = " (stopped early)" if self.error is not None else ""
         lines = [
-            f"tracked {self.frames} frames{stopped}, {self.dropped} dropped, {self.objects} objects, "
+            f"tracked {_counted(self.frames, 'frame')}{stopped}, {self.dropped} dropped, "
+            f"{_counted(self.objects, 'object')}, "
             f"in {self.seconds:.1f} s ({self.fps:.1f} frames/s)"
         ]
         lines += [f"wrote {output}" for output in self.outputs]
         return "\n".join(lines)
+
+
+def _counted(count: int, noun: str) -> str:
+    """ "1 frame", "2 frames", "0 frames"."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def tracked_frame(result: FrameResult, index: int, name: str, image: np.ndarray) -> TrackedFrame:
