@@ -198,7 +198,8 @@ def test_video_that_breaks_midway(tmp_path, clip, checkpoint, damage, message):
     assert_clean_error(result, message)
     # Where the decoder notices depends on its threads; what was tracked before is kept, whole.
     tracked = int(result.stdout.split()[1])
-    assert 1 <= tracked < 8 and f"tracked {tracked} frames (stopped early)" in result.stdout
+    frames = "1 frame" if tracked == 1 else f"{tracked} frames"
+    assert 1 <= tracked < 8 and f"tracked {frames} (stopped early)" in result.stdout
     assert decode_video(out / "overlay.mp4")[:2] == (tracked, (120, 160))
     assert len(list((out / "png").iterdir())) == len(list((out / "yolo").iterdir())) == tracked
     coco = json.loads((out / "masks.json").read_text())

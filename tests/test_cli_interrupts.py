@@ -119,7 +119,7 @@ def _wait_for_frames(child: subprocess.Popen, count: int) -> str:
 def _check_outputs(out: Path, stdout: str) -> Optional[int]:
     """The frames the summary counts, after checking that each output holds exactly those; None without a summary."""
     assert not [p for p in out.rglob("*") if ".partial" in p.name], "a temporary file was left"
-    found = re.search(r"tracked (\d+) frames", stdout)
+    found = re.search(r"tracked (\d+) frames?\b", stdout)
     if found is None:
         assert not [p for p in out.rglob("*") if p.is_file()], "outputs written, but no summary"
         return None
