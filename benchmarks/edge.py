@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # Meta's EdgeTAM code and the shared perturbed weights
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from cli_support import variant_env  # noqa: E402
 from oracle_edgetam import oracle_model, oracle_video_state, our_model  # noqa: E402
 from tracking import load_frames  # noqa: E402
 
@@ -74,8 +75,7 @@ def export(model, size: int, scratch: Path, max_cond_frames: int) -> tuple[Path,
     """`sam2rt export` of the model's weights at `size`: the folder and the seconds it took."""
     checkpoint, folder = scratch / f"edgetam-{size}.pt", scratch / f"onnx-{size}"
     torch.save({"model": model.state_dict()}, checkpoint)
-    stand_in = str(ROOT / "tests" / "standin_site")  # timm imports torchvision: the tests' stand-in where it lacks
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [stand_in, os.environ.get("PYTHONPATH")])))
+    env = dict(os.environ, **variant_env("edgetam"))  # timm imports torchvision: the tests' stand-in where it lacks
     command = [sys.executable, "-m", "sam2rt", "export", "-c", str(checkpoint), "--variant", "edgetam"]
     command += ["--image-size", str(size), "--device", "cpu", "--max-cond-frames", str(max_cond_frames)]
     command += ["-o", str(folder)]
