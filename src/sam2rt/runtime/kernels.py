@@ -76,6 +76,8 @@ def attention(
         v = values_projection(v).unflatten(-1, (q.shape[1], -1)).transpose(1, 2)  # (B, Nk, h*e) -> (B, h, Nk, e)
     if key_mask is not None:
         key_mask = key_mask[:, None, None, :]  # (B, 1, 1, Nk), broadcast over heads and queries
+    if torch.compiler.is_exporting():
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=None if key_mask is None else key_bias(key_mask, q))
     if not q.is_cuda:
         if v.shape[-1] < q.shape[-1] and blockwise_on(q):
             return blockwise_attention(q, k, v, key_mask)
@@ -116,6 +118,13 @@ def sliced_key_attention(
 # narrower-values path. Blocks of fewer rows are slower (43-54 ms at 128 rows); 4096 queries over 28,736 keys take
 # 535 ms in blocks of 1024 rows (112 MiB), 570 in blocks of 512, 790 in blocks of 128, against flash's 693.
 SCORE_BLOCK_BYTES = 128 * 2**20
+
+
+def key_bias(key_mask: Tensor, q: Tensor) -> Tensor:
+    """A boolean key mask (B, 1, 1, Nk) as scores to add: 0 where a key may be attended, the dtype's lowest
+    where not. ONNX writes a boolean mask's attention with a guard against rows that mask every key, a pass over
+    all the scores (IsNaN, then Where: 9% of EdgeTAM's memory attention on onnxruntime); ours never do."""
+    return torch.zeros_like(key_mask, dtype=q.dtype).masked_fill(~key_mask, torch.finfo(q.dtype).min)
 
 
 def blockwise_on(q: Tensor) -> bool:
@@ -162,17 +171,19 @@ def attends_raw_values(q: Tensor, values_projection: nn.Linear) -> bool:
     """Whether attention runs over the values before `values_projection` and projects its outputs: one head,
     values narrower than it, and a fast kernel for values of another width than the keys. On the CPU at
     inference, `blockwise_attention`; on CUDA, cuDNN's, in captured code only: flash takes no such values, and
-    memory-efficient attention over 64 channels is slower than flash over 256."""
+    memory-efficient attention over 64 channels is slower than flash over 256. Exported, always."""
     narrower = values_projection.in_features < values_projection.out_features
-    fast_kernel = capturing_graphs() if q.is_cuda else blockwise_on(q)
+    # An exported graph's attention is plain matrix products, which take values of any width.
+    fast_kernel = torch.compiler.is_exporting() or (capturing_graphs() if q.is_cuda else blockwise_on(q))
     return q.shape[1] == 1 and narrower and fast_kernel
 
 
 def depthwise_conv(x: Tensor, conv: nn.Conv2d) -> Tensor:
     """A depthwise conv of x (B, C, H, W). Compiled, as shifted products, which inductor fuses into one kernel: 17 us
     against cuDNN's 40 for 64x64x256 in bf16 on an H200 (63 against 148 for 4 objects). Eager, cuDNN's kernel.
-    (torch.export traces the same branch: the exported graph holds the shifted products too.)"""
-    return depthwise_as_shifts(x, conv) if torch.compiler.is_compiling() else conv(x)
+    Exported, one Conv operator: onnxruntime ran the shifted products' 49 Slice, Mul and Add nodes 4x slower."""
+    shifted = torch.compiler.is_compiling() and not torch.compiler.is_exporting()
+    return depthwise_as_shifts(x, conv) if shifted else conv(x)
 
 
 def depthwise_as_shifts(x: Tensor, conv: nn.Conv2d) -> Tensor:
