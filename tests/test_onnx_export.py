@@ -15,7 +15,7 @@ from visible import visible_model
 
 from sam2rt.export import manifest as files
 from sam2rt.export.manifest import ExportError, ExportManifest
-from sam2rt.export.onnx_export import _examples
+from sam2rt.export.onnx_export import _examples, memory_example
 from sam2rt.export.onnx_steps import ImageEncoderStep, MaskDecoderStep, MemoryAttentionStep, MemoryEncoderStep
 
 TOLERANCE = 1e-4  # of max(1, |largest expected value|)
@@ -54,20 +54,23 @@ def _assert_step_matches(folder, name: str, step: torch.nn.Module, inputs: tuple
 @pytest.mark.parametrize("variant", ["sam2.1_hiera_tiny", "edgetam"])
 def test_each_step_matches_pytorch_for_1_2_and_7_objects(variant):
     folder, model = exported(variant), visible_model(variant, image_size=smallest_size(variant))
-    examples = _examples(ExportManifest.read(folder))
-    memory = list(examples["memory_attention"])
-    generator = torch.Generator().manual_seed(1)
-    memory[3] = torch.rand(memory[3].shape, generator=generator) > 0.4  # empty spatial slots among full ones
-    memory[3][:, 0] = True  # every object has a prompted frame
-    memory[6] = torch.rand(memory[6].shape, generator=generator) > 0.5
-    memory[2] = torch.randint(0, model.config.num_maskmem, memory[2].shape, generator=generator)
+    manifest = ExportManifest.read(folder)
+    examples = _examples(manifest)
     cases = [
         (files.IMAGE_ENCODER, ImageEncoderStep(model), examples["image_encoder"], ()),
         (files.MASK_DECODER, MaskDecoderStep(model, True), examples["mask_decoder"], (1, 2)),
         (files.MASK_DECODER_SINGLE, MaskDecoderStep(model, False), examples["mask_decoder"], (1, 2)),
-        (files.MEMORY_ATTENTION, MemoryAttentionStep(model), tuple(memory), (0,)),
         (files.MEMORY_ENCODER, MemoryEncoderStep(model), examples["memory_encoder"], (0,)),
     ]
+    assert len(manifest.memory_capacities) == 2  # one prompted frame, and max_cond_frames of them
+    for frames, pointers in manifest.memory_capacities:
+        memory = list(memory_example(manifest, frames, pointers))
+        generator = torch.Generator().manual_seed(1)
+        memory[3] = torch.rand(memory[3].shape, generator=generator) > 0.4  # empty spatial slots among full ones
+        memory[3][:, 0] = True  # every object has a prompted frame
+        memory[6] = torch.rand(memory[6].shape, generator=generator) > 0.5
+        memory[2] = torch.randint(0, model.config.num_maskmem, memory[2].shape, generator=generator)
+        cases.append((manifest.memory_attention(frames, pointers), MemoryAttentionStep(model), tuple(memory), (0,)))
     for name, step, inputs, shared in cases:
         _assert_step_matches(folder, name, step, inputs)
         if name != files.IMAGE_ENCODER:
@@ -81,11 +84,19 @@ def test_manifest_describes_fixed_memory(folder, model):
     assert (manifest.variant, manifest.image_size) == (config.variant.name, IMAGE_SIZE)
     assert manifest.memory_frames == manifest.max_cond_frames + config.num_maskmem - 1
     assert manifest.pointer_slots == manifest.max_cond_frames + config.max_obj_ptrs - 1
-    # The memory's slots are fixed in the graph: only the object count is free.
-    session = onnxruntime.InferenceSession(str(folder / files.MEMORY_ATTENTION), providers=["CPUExecutionProvider"])
-    spatial = next(arg for arg in session.get_inputs() if arg.name == "spatial")
-    assert isinstance(spatial.shape[0], str)
-    assert spatial.shape[1:] == [manifest.memory_frames, manifest.memory_tokens, manifest.memory_dim]
+    one_prompt, full = [config.num_maskmem, config.max_obj_ptrs], [manifest.memory_frames, manifest.pointer_slots]
+    assert manifest.memory_capacities == [one_prompt, full]
+    assert manifest.memory_attention(*full) == files.MEMORY_ATTENTION
+    # The memory's slots are fixed in each graph: only the object count is free.
+    for frames, pointers in manifest.memory_capacities:
+        graph = folder / manifest.memory_attention(frames, pointers)
+        inputs = {
+            arg.name: arg.shape
+            for arg in onnxruntime.InferenceSession(str(graph), providers=["CPUExecutionProvider"]).get_inputs()
+        }
+        assert isinstance(inputs["spatial"][0], str)
+        assert inputs["spatial"][1:] == [frames, manifest.memory_tokens, manifest.memory_dim]
+        assert inputs["pointers"][1:] == [pointers, manifest.hidden_dim]
 
 
 def test_incomplete_or_foreign_folders_are_refused(tmp_path, folder):

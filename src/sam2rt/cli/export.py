@@ -43,8 +43,9 @@ def export(
         loaded = dataclasses.replace(model, device="cpu").load()
         start = time.monotonic()
         manifest = export_onnx(loaded, output, max_cond_frames)
+    smaller = "".join(f" (and {f} and {p} for objects prompted once)" for f, p in manifest.memory_capacities[:-1])
     typer.echo(
         f"exported {manifest.variant} at {manifest.image_size} px to {output} in {time.monotonic() - start:.0f} s: "
-        f"memory of {manifest.memory_frames} frames and {manifest.pointer_slots} pointers per object, "
+        f"memory of {manifest.memory_frames} frames and {manifest.pointer_slots} pointers per object{smaller}, "
         f"opset {manifest.opset}"
     )

@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Union
 
 FORMAT = "sam2rt-onnx-tracker"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: memory attention in several capacities
 MANIFEST_NAME = "sam2rt_onnx.json"
 
 # The steps of a tracking pass, one graph each.
 IMAGE_ENCODER = "image_encoder.onnx"
 MASK_DECODER = "mask_decoder.onnx"  # several candidates, the best kept: tracking, and a single click
 MASK_DECODER_SINGLE = "mask_decoder_single.onnx"  # one mask: two clicks or more, or a box
-MEMORY_ATTENTION = "memory_attention.onnx"
+MEMORY_ATTENTION = "memory_attention.onnx"  # the full capacity; smaller ones: `ExportManifest.memory_attention`
 MEMORY_ENCODER = "memory_encoder.onnx"
 GRAPHS = (IMAGE_ENCODER, MASK_DECODER, MASK_DECODER_SINGLE, MEMORY_ATTENTION, MEMORY_ENCODER)
 
@@ -41,9 +41,23 @@ class ExportManifest:
     max_cond_frames: int  # prompted frames kept per object (the first prompt always)
     memory_frames: int  # F: spatial memory slots memory attention reads, max_cond_frames + num_maskmem - 1
     pointer_slots: int  # P: pointer slots memory attention reads, max_cond_frames + max_obj_ptrs - 1
+    # [F, P] of each memory attention graph, smallest first, the last (memory_frames, pointer_slots). Slots are
+    # attended whether full or empty: a memory that fits a smaller graph runs there (one prompted frame: half the
+    # keys of eight).
+    memory_capacities: list[list[int]]
     opset: int
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
+
+    def memory_attention(self, frames: int, pointers: int) -> str:
+        """The file of the memory attention graph with `frames` spatial and `pointers` pointer slots."""
+        if [frames, pointers] == [self.memory_frames, self.pointer_slots]:
+            return MEMORY_ATTENTION
+        return f"memory_attention_{frames}x{pointers}.onnx"
+
+    def graphs(self) -> list[str]:
+        """Every graph file of the export."""
+        return list(GRAPHS) + [self.memory_attention(*capacity) for capacity in self.memory_capacities[:-1]]
 
     def write(self, folder: Path) -> Path:
         path = Path(folder) / MANIFEST_NAME
@@ -74,7 +88,7 @@ class ExportManifest:
             manifest = cls(**fields)
         except TypeError as error:
             raise ExportError(f"{path} does not hold the fields of a manifest: {error}") from None
-        missing = [name for name in GRAPHS if not (folder / name).is_file()]
+        missing = [name for name in manifest.graphs() if not (folder / name).is_file()]
         if missing:
             raise ExportError(f"{folder} lacks {', '.join(missing)}: export the model again")
         return manifest

@@ -9,6 +9,7 @@ included, is fixed by the model and the manifest, so the graphs never change sha
 
 from __future__ import annotations
 
+import copy
 import logging
 import warnings
 from pathlib import Path
@@ -18,13 +19,13 @@ import torch
 from torch import Tensor, nn
 from torch.export import Dim
 
+from ..model.repvit import RepVit
 from ..model.sam2 import SAM2Model
 from ..tracking.options import STREAM_OPTIONS
 from .manifest import (
     IMAGE_ENCODER,
     MASK_DECODER,
     MASK_DECODER_SINGLE,
-    MEMORY_ATTENTION,
     MEMORY_ENCODER,
     ExportManifest,
 )
@@ -46,7 +47,11 @@ def export_onnx(
     config = model.config
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    model = model.float().cpu().eval()
+    model = copy.deepcopy(model).float().cpu().eval()  # the caller's model stays as it is
+    if isinstance(model.image_encoder.trunk, RepVit):
+        model.image_encoder.trunk.fold_batch_norms()  # the graph of inference: BatchNorms folded into convolutions
+    full = [max_cond_frames + config.num_maskmem - 1, max_cond_frames + config.max_obj_ptrs - 1]
+    one_prompt = [config.num_maskmem, config.max_obj_ptrs]  # the memory of a stream prompted on one frame
     manifest = ExportManifest(
         variant=config.variant.name,
         image_size=config.image_size,
@@ -57,8 +62,9 @@ def export_onnx(
         num_maskmem=config.num_maskmem,
         max_obj_ptrs=config.max_obj_ptrs,
         max_cond_frames=max_cond_frames,
-        memory_frames=max_cond_frames + config.num_maskmem - 1,
-        pointer_slots=max_cond_frames + config.max_obj_ptrs - 1,
+        memory_frames=full[0],
+        pointer_slots=full[1],
+        memory_capacities=[one_prompt, full] if one_prompt != full else [full],
         opset=OPSET,
     )
     examples = _examples(manifest)
@@ -73,9 +79,11 @@ def export_onnx(
     for multimask, name in ((True, MASK_DECODER), (False, MASK_DECODER_SINGLE)):
         _export(MaskDecoderStep(model, multimask), examples["mask_decoder"], decoder_shapes, folder / name,
                 decoder_names, decoder_outputs)  # fmt: skip
-    _export(MemoryAttentionStep(model), examples["memory_attention"], (None,) + (per_object,) * 6,
-            folder / MEMORY_ATTENTION, ["embed", "spatial", "spatial_tpos", "spatial_valid", "pointers",
-            "pointer_positions", "pointer_valid"], ["conditioned"])  # fmt: skip
+    for frames_slots, pointer_slots in manifest.memory_capacities:
+        _export(MemoryAttentionStep(model), memory_example(manifest, frames_slots, pointer_slots),
+                (None,) + (per_object,) * 6, folder / manifest.memory_attention(frames_slots, pointer_slots),
+                ["embed", "spatial", "spatial_tpos", "spatial_valid", "pointers", "pointer_positions", "pointer_valid"],
+                ["conditioned"])  # fmt: skip
     _export(MemoryEncoderStep(model), examples["memory_encoder"], (None, per_object, per_object, per_object),
             folder / MEMORY_ENCODER, ["embed", "mask_logits", "object_score_logits", "binarize"], ["memory"])  # fmt: skip
     manifest.write(folder)
@@ -83,10 +91,11 @@ def export_onnx(
 
 
 def _examples(manifest: ExportManifest) -> dict[str, tuple[Tensor, ...]]:
-    """Inputs to trace each step with, of the shapes the runner gives them (random: only shapes matter)."""
+    """Inputs to trace each step with, of the shapes the runner gives them (random: only shapes matter); memory
+    attention's of the full capacity."""
     generator = torch.Generator().manual_seed(0)
     b, n, s, h = EXAMPLE_OBJECTS, EXAMPLE_POINTS, manifest.image_size, manifest.feature_size
-    c, c_mem, f, p = manifest.hidden_dim, manifest.memory_dim, manifest.memory_frames, manifest.pointer_slots
+    c = manifest.hidden_dim
 
     def randn(*shape: int) -> Tensor:
         return torch.randn(shape, generator=generator)
@@ -104,17 +113,24 @@ def _examples(manifest: ExportManifest) -> dict[str, tuple[Tensor, ...]]:
             randn(b, 1, 4 * h, 4 * h),
             flags,
         ),  # fmt: skip
-        "memory_attention": (
-            embed,
-            randn(b, f, manifest.memory_tokens, c_mem),
-            torch.zeros(b, f, dtype=torch.long),
-            torch.ones(b, f, dtype=torch.bool),
-            randn(b, p, c),
-            torch.rand(b, p, generator=generator),
-            torch.ones(b, p, dtype=torch.bool),
-        ),  # fmt: skip
+        "memory_attention": memory_example(manifest, manifest.memory_frames, manifest.pointer_slots),
         "memory_encoder": (embed, randn(b, 1, 4 * h, 4 * h), randn(b, 1), flags),
     }
+
+
+def memory_example(manifest: ExportManifest, frames: int, pointers: int) -> tuple[Tensor, ...]:
+    """Inputs of the memory attention graph with `frames` spatial and `pointers` pointer slots (random)."""
+    generator = torch.Generator().manual_seed(1)
+    b, c, h = EXAMPLE_OBJECTS, manifest.hidden_dim, manifest.feature_size
+    return (
+        torch.randn(1, c, h, h, generator=generator),
+        torch.randn(b, frames, manifest.memory_tokens, manifest.memory_dim, generator=generator),
+        torch.zeros(b, frames, dtype=torch.long),
+        torch.ones(b, frames, dtype=torch.bool),
+        torch.randn(b, pointers, c, generator=generator),
+        torch.rand(b, pointers, generator=generator),
+        torch.ones(b, pointers, dtype=torch.bool),
+    )
 
 
 def _export(

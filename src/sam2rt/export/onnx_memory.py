@@ -19,7 +19,7 @@ from .manifest import ExportManifest
 
 
 class PackedMemory(NamedTuple):
-    """The memory attention graph's memory inputs for B objects: F and P slots fixed by the manifest."""
+    """A memory attention graph's memory inputs for B objects: F and P slots, one of the manifest's capacities."""
 
     spatial: np.ndarray  # (B, F, N, C_mem) float32
     spatial_tpos: np.ndarray  # (B, F) int64
@@ -93,17 +93,19 @@ class ObjectMemory:
 
 
 def pack(memories: Sequence[ObjectMemory], frame_idx: int, manifest: ExportManifest) -> PackedMemory:
-    """The memory each object sees on frame `frame_idx`, in the graph's F and P slots (empty ones masked)."""
-    batch, frames, slots = len(memories), manifest.memory_frames, manifest.pointer_slots
-    tokens = manifest.memory_tokens
+    """The memory each object sees on frame `frame_idx`, in the F and P slots of the smallest of the manifest's
+    capacities that holds every object's (empty slots masked), seen slots first."""
+    plans = [memory.plan(frame_idx) for memory in memories]
+    needed = max(len(spatial) for spatial, _ in plans), max(len(pointers) for _, pointers in plans)
+    frames, slots = next((f, p) for f, p in manifest.memory_capacities if f >= needed[0] and p >= needed[1])
+    batch, tokens = len(memories), manifest.memory_tokens
     spatial = np.zeros((batch, frames, tokens, manifest.memory_dim), dtype=np.float32)
     tpos = np.zeros((batch, frames), dtype=np.int64)
     spatial_valid = np.zeros((batch, frames), dtype=bool)
     pointers = np.zeros((batch, slots, manifest.hidden_dim), dtype=np.float32)
     distances = np.zeros((batch, slots), dtype=np.float32)
     pointer_valid = np.zeros((batch, slots), dtype=bool)
-    for row, memory in enumerate(memories):
-        seen, seen_pointers = memory.plan(frame_idx)
+    for row, (memory, (seen, seen_pointers)) in enumerate(zip(memories, plans)):
         for column, (slot, temporal) in enumerate(seen):
             spatial[row, column], tpos[row, column], spatial_valid[row, column] = memory.memory[slot], temporal, True
         for column, (slot, distance) in enumerate(seen_pointers):

@@ -87,6 +87,9 @@ class OnnxStreamTracker:
         settings = onnxruntime.SessionOptions()
         if threads is not None:
             settings.intra_op_num_threads = threads
+        # Each graph has its own thread pool, and a pool's threads spin for work after each run: the next graph's
+        # threads would share the cores with them (EdgeTAM at 512 on 2 cores: memory encoder 68 ms a frame, 28 alone).
+        settings.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = providers or ["CPUExecutionProvider"]
 
         def session(name: str) -> onnxruntime.InferenceSession:
@@ -95,7 +98,10 @@ class OnnxStreamTracker:
         self._image_encoder = session(files.IMAGE_ENCODER)
         self._decoder = session(files.MASK_DECODER)
         self._decoder_single = session(files.MASK_DECODER_SINGLE)
-        self._memory_attention = session(files.MEMORY_ATTENTION)
+        self._memory_attention = {  # (F, P) -> the graph of that memory capacity
+            tuple(capacity): session(self.manifest.memory_attention(*capacity))
+            for capacity in self.manifest.memory_capacities
+        }
         self._memory_encoder = session(files.MEMORY_ENCODER)
         self._objects: dict[int, _Object] = {}
         self._frame: Optional[_Frame] = None
@@ -226,7 +232,8 @@ class OnnxStreamTracker:
     def _conditioned(self, frame: _Frame, objects: list[_Object]) -> np.ndarray:
         """The frame's features conditioned on each object's memory: (B, C, h, w)."""
         memory = pack([obj.memory for obj in objects], frame.index, self.manifest)
-        (conditioned,) = self._memory_attention.run(None, {"embed": frame.embed, **memory._asdict()})
+        graph = self._memory_attention[memory.spatial.shape[1], memory.pointers.shape[1]]
+        (conditioned,) = graph.run(None, {"embed": frame.embed, **memory._asdict()})
         return conditioned
 
     def _decode(
