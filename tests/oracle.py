@@ -309,6 +309,8 @@ def install_torchvision_standin() -> None:
         pass
     standin = _placeholders(types.ModuleType("torchvision"))
     standin.__path__ = []
+    # A spec as an imported package has: torch.onnx's exporter asks importlib for one (a traceback per operator).
+    standin.__spec__ = importlib.machinery.ModuleSpec("torchvision", None, is_package=True)
     transforms = _placeholders(types.ModuleType("torchvision.transforms"))
     transforms.__path__ = []
     transforms.ToTensor = _ToTensor
