@@ -7,13 +7,13 @@ stream: a click, tracked frames, a correction.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from media import shared_path
 from oracle import assert_close_logits, assert_close_scores
 from oracle_edgetam import FORK, oracle_model, oracle_video_state, our_model
+from stream_script import apply_official, apply_ours, assert_result, official_latest
 from visible import assert_nontrivial
 
 import sam2rt
@@ -164,12 +164,15 @@ def test_image_prompt_through_the_model(models, frame):
     assert_close_logits(memory, theirs["maskmem_features"], what="memory tokens")
 
 
-# frame -> clicks of object 1: (points, labels, clear_old_points); frame 4 is a correction of a tracked frame
+# frame -> actions (stream_script): clicks, a box, a correction of a tracked frame, a mask, a removal, a late object
 SCHEDULE = {
-    0: [([[640, 360]], [1], True)],
-    4: [([[600, 300]], [0], True), ([[700, 400]], [1], False)],
+    0: [("points", 1, [[640, 360]], [1], True), ("box", 2, [100, 80, 500, 400])],
+    3: [("points", 1, [[600, 300]], [0], True), ("points", 1, [[700, 400]], [1], False)],
+    5: [("mask", 2)],
+    6: [("remove", 1)],
+    7: [("box", 3, [800, 300, 1100, 650])],
 }
-NUM_FRAMES = 7
+NUM_FRAMES = 9
 
 
 @pytest.fixture(scope="module")
@@ -180,21 +183,19 @@ def frames():
     return [video[i] for i in range(NUM_FRAMES)]
 
 
-def _official_latest(state, t, frame_hw):
-    """Object 1's latest output on frame t: a pending prompt, else the stored output."""
-    pending, stored = state["temp_output_dict_per_obj"][0], state["output_dict_per_obj"][0]
-    out = (
-        pending["cond_frame_outputs"].get(t)
-        or pending["non_cond_frame_outputs"].get(t)
-        or stored["cond_frame_outputs"].get(t)
-        or stored["non_cond_frame_outputs"].get(t)
-    )
-    logits = F.interpolate(out["pred_masks"], size=frame_hw, mode="bilinear", align_corners=False)[:, 0]
-    return logits, out["object_score_logits"].reshape(1)
+def _official_outputs(states: dict, t: int, frame_hw) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+    """(ids, logits, scores) of every object on frame t, each from its own video state."""
+    outputs = [official_latest(state, t, frame_hw) for state in states.values()]
+    ids = [obj_id for obj_ids, _, _ in outputs for obj_id in obj_ids]
+    return ids, torch.cat([logits for _, logits, _ in outputs]), torch.cat([scores for _, _, scores in outputs])
 
 
 @pytest.mark.parametrize("correction_as_cond", [True, False], ids=["corrections-as-cond", "official-default"])
 def test_stream_matches_official_driven_as_stream(frames, correction_as_cond):
+    """The fork tracks the objects of one video state as one batch, which its perceiver cannot take (a view of an
+    expanded tensor fails for 2 objects or more), and makes a prompted frame a conditioning frame of every object
+    (SAM 2.0's predictor); sam2rt tracks each object on its own, as sam2 1.1.0 does. So each object has a video
+    state of its own, and a removal ends its state: the objects left must go on as before."""
     model = our_model(IMAGE_SIZE, OBJECT_SCORE_SHIFT)
     tracker = sam2rt.StreamTracker(
         model, fill_hole_area=0, add_all_frames_to_correct_as_cond=correction_as_cond, memory_dtype=torch.bfloat16
@@ -206,35 +207,32 @@ def test_stream_matches_official_driven_as_stream(frames, correction_as_cond):
         fill_hole_area=0,
         add_all_frames_to_correct_as_cond=correction_as_cond,
     )
-    state = oracle_video_state(ref, frames, "bilinear-antialias")
     frame_hw = frames[0].shape[:2]
-    compared, differences, ious = [], [], []
-
-    def check(result, what):
-        logits, score = _official_latest(state, t, frame_hw)
-        assert result.object_ids == [1], what
-        assert_nontrivial(logits, f"{what}: the oracle's mask")  # present, with object and background
-        differences.append(assert_close_logits(result.mask_logits, logits, what=what))
-        assert_close_scores(result.object_scores, score, what=f"{what}, score")
-        ious.append(
-            float(((result.mask_logits > 0) & (logits > 0)).sum() / ((result.mask_logits > 0) | (logits > 0)).sum())
-        )
-        compared.append(what)
-
+    states, compared, present = {}, 0, []
     for t, image in enumerate(frames):
         result = tracker.step(image)
-        if state["obj_ids"]:
-            list(ref.propagate_in_video(state, start_frame_idx=t, max_frame_num_to_track=0))
-            check(result, f"frame {t}")
-        for points, labels, clear in SCHEDULE.get(t, []):
-            result = tracker.add_prompt(1, points=points, labels=labels, clear_old_points=clear)
-            ref.add_new_points_or_box(state, t, 1, points=points, labels=labels, clear_old_points=clear)
-            check(result, f"frame {t}, after a click")
-    assert len(compared) == NUM_FRAMES - 1 + 3  # every tracked frame and every click
+        if states:
+            for state in states.values():
+                list(ref.propagate_in_video(state, start_frame_idx=t, max_frame_num_to_track=0))
+            assert_result(result, _official_outputs(states, t, frame_hw), f"frame {t}")
+            compared += len(result.object_ids)
+            present.append(bool((result.object_scores > 0).all()))
+        for action in SCHEDULE.get(t, []):
+            result = apply_ours(tracker, action, frame_hw)
+            obj_id = action[1]
+            if action[0] == "remove":
+                del states[obj_id]
+            else:
+                if obj_id not in states:
+                    states[obj_id] = oracle_video_state(ref, frames, "bilinear-antialias")
+                apply_official(ref, states[obj_id], t, action, frame_hw)
+            what = f"frame {t}, after {action[0]} on {obj_id}"
+            assert_result(result, _official_outputs(states, t, frame_hw), what)
+    assert tracker.object_ids == [2, 3]
+    assert compared == 2 * 6 + 1 + 2  # objects 1 and 2 on frames 1-6, object 2 on frame 7, objects 2 and 3 on 8
+    assert all(present), f"tracked frames with an object absent: {present}"  # every comparison holds a real mask
     # The tracker's memory slots hold the perceiver's 512 tokens a frame, not the 32 x 32 = 1024 of the map.
     assert tracker.pool.arena.memory.shape[-2:] == (512, 64)
-    print(f"max |logit diff| {max(differences):.3g}, min IoU {min(ious):.4f}")
-    assert np.min(ious) > 0.99
 
 
 def test_objects_batched_track_as_each_alone(frames):

@@ -11,21 +11,17 @@ engine splits it into one call per object)."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from media import shared_path
 from oracle import (
     TRACKING_OBJECT_SCORE_SHIFT,
-    assert_close_logits,
-    assert_close_scores,
     install_connected_components_standin,
     oracle_model,
     oracle_video_state,
     our_model,
 )
-from visible import assert_nontrivial
+from stream_script import apply_official, apply_ours, assert_result, box_mask, official_latest
 
 import sam2rt
 from sam2rt.io.video_file import VideoFileFrames
@@ -35,12 +31,6 @@ from sam2rt.tracking.engine import TrackingEngine
 VARIANT = "sam2.1_hiera_tiny"
 IMAGE_SIZE = 256
 NUM_FRAMES = 20
-
-
-def _box_mask(height, width):
-    mask = np.zeros((height, width), dtype=bool)
-    mask[200:500, 300:700] = True
-    return mask
 
 
 # frame -> actions: ("points", obj, points, labels, clear_old_points), ("box", obj, box), ("mask", obj), ("remove", obj)
@@ -58,59 +48,6 @@ SCHEDULE = {
 def frames():
     video = VideoFileFrames(shared_path("videos/02_cups.mp4"))
     return [video[i] for i in range(NUM_FRAMES)]
-
-
-def _apply_ours(tracker, action, frame_hw):
-    kind, obj = action[0], action[1]
-    if kind == "points":
-        return tracker.add_prompt(obj, points=action[2], labels=action[3], clear_old_points=action[4])
-    if kind == "box":
-        return tracker.add_prompt(obj, box=action[2])
-    if kind == "mask":
-        return tracker.add_prompt(obj, mask=_box_mask(*frame_hw))
-    return tracker.remove_object(obj)
-
-
-def _apply_official(ref, state, t, action, frame_hw):
-    kind, obj = action[0], action[1]
-    if kind == "points":
-        ref.add_new_points_or_box(state, t, obj, points=action[2], labels=action[3], clear_old_points=action[4])
-    elif kind == "box":
-        ref.add_new_points_or_box(state, t, obj, box=action[2])
-    elif kind == "mask":
-        ref.add_new_mask(state, t, obj, _box_mask(*frame_hw))
-    else:
-        ref.remove_object(state, obj)
-
-
-def _official_latest(state, t, frame_hw):
-    """Each object's latest output on frame t: a pending prompt, else the stored output."""
-    logits, scores = [], []
-    for obj_idx in range(len(state["obj_ids"])):
-        pending = state["temp_output_dict_per_obj"][obj_idx]
-        stored = state["output_dict_per_obj"][obj_idx]
-        out = (
-            pending["cond_frame_outputs"].get(t)
-            or pending["non_cond_frame_outputs"].get(t)
-            or stored["cond_frame_outputs"].get(t)
-            or stored["non_cond_frame_outputs"].get(t)
-        )
-        logits.append(F.interpolate(out["pred_masks"], size=frame_hw, mode="bilinear", align_corners=False)[:, 0])
-        scores.append(out["object_score_logits"].reshape(1))
-    return list(state["obj_ids"]), torch.cat(logits), torch.cat(scores)
-
-
-def _assert_result(result, expected, what):
-    ids, logits, scores = expected
-    assert result.object_ids == ids, what
-    for row, obj_id in enumerate(ids):
-        assert_close_logits(result.mask_logits[row], logits[row], what=f"{what}, object {obj_id}")
-        assert_close_scores(result.object_scores[row], scores[row], what=f"{what}, score of object {obj_id}")
-    # An absent object's mask is the constant no-object logit; a present one's must hold object and background,
-    # or its comparison would pass whatever the code under test did with the image.
-    present = scores > 0
-    if present.any():
-        assert_nontrivial(logits[present], f"{what}: the oracle's masks of present objects")
 
 
 def _recording_batches(monkeypatch):
@@ -188,12 +125,12 @@ def test_stream_matches_official_driven_as_stream(
         result = tracker.step(frame)
         if state["obj_ids"]:
             list(ref.propagate_in_video(state, start_frame_idx=t, max_frame_num_to_track=0))
-            _assert_result(result, _official_latest(state, t, frame_hw), f"frame {t}")
+            assert_result(result, official_latest(state, t, frame_hw), f"frame {t}")
             tracked_present.append(bool((result.object_scores > 0).any()))
         for action in SCHEDULE.get(t, []):
-            result = _apply_ours(tracker, action, frame_hw)
-            _apply_official(ref, state, t, action, frame_hw)
-            _assert_result(result, _official_latest(state, t, frame_hw), f"frame {t}, after {action[0]} on {action[1]}")
+            result = apply_ours(tracker, action, frame_hw)
+            apply_official(ref, state, t, action, frame_hw)
+            assert_result(result, official_latest(state, t, frame_hw), f"frame {t}, after {action[0]} on {action[1]}")
         present += (result.object_scores > 0).tolist()
     assert tracker.object_ids == [1, 3]
     # The weights exercise both the present and the absent paths (oracle.TRACKING_OBJECT_SCORE_SHIFT), and every
@@ -222,7 +159,7 @@ def test_camera_predictor_gives_the_stream_tracker_outputs(frames):
             result = tracker.step(frame)
             assert ids == result.object_ids and torch.equal(logits[:, 0], result.mask_logits)
         for action in SCHEDULE.get(t, []):
-            result = _apply_ours(tracker, action, frame_hw)
+            result = apply_ours(tracker, action, frame_hw)
             kind, obj = action[0], action[1]
             if kind == "points":
                 out = camera.add_new_prompt(t, obj, points=action[2], labels=action[3], clear_old_points=action[4])
@@ -230,7 +167,7 @@ def test_camera_predictor_gives_the_stream_tracker_outputs(frames):
                 x0, y0, x1, y1 = action[2]
                 out = camera.add_new_prompt(t, obj, bbox=[[x0, y0], [x1, y1]])
             elif kind == "mask":
-                out = camera.add_new_mask(t, obj, _box_mask(*frame_hw))
+                out = camera.add_new_mask(t, obj, box_mask(*frame_hw))
             else:
                 camera.remove_object(obj)
                 continue
