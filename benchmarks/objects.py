@@ -4,6 +4,7 @@
     python benchmarks/objects.py --device cuda --variants sam2.1_hiera_tiny --chunks none,8,16,32,64
     python benchmarks/objects.py --device cuda --profile 1,16,128              # GPU time per stage
     python benchmarks/objects.py --device cpu --threads 2 --image-size 256 --objects 1,4 --frames 8
+    python benchmarks/objects.py --device cuda --variants edgetam --objects 1,4     # Meta's EdgeTAM at 1 object
 
 The workload: the first --frames frames of the bedroom clip (noise frames of its size without ../shared), one
 stream, every object clicked on frame 0 (clicks on a grid over the frame), no hole filling. sam2rt runs as the
@@ -34,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the oracle helpers: same weights into both implementations
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import oracle_edgetam  # noqa: E402
 from oracle import oracle_model, oracle_video_state, our_model  # noqa: E402
 from streams import attention_kernels  # noqa: E402
 from tracking import fps_propagate, load_frames, synchronize  # noqa: E402
@@ -43,6 +45,10 @@ from sam2rt.model.variants import ModelConfig  # noqa: E402
 from sam2rt.runtime import optimize, to_inference_dtype  # noqa: E402
 from sam2rt.tracking.engine import TrackingEngine  # noqa: E402
 
+EDGETAM_SCORE_SHIFT = 5.0  # EdgeTAM's random weights with objects present (as benchmarks/edge.py)
+# Meta's EdgeTAM code tracks the objects of a video state as one batch, which its perceiver cannot take (a view of
+# an expanded tensor fails from 2 objects): its figures stop at one object.
+EDGETAM_OFFICIAL_MAX_OBJECTS = 1
 STAGES = ("image encoder", "memory attention", "mask decoder", "memory encoder", "gather", "output")
 
 
@@ -71,6 +77,15 @@ def attention_gflop(config: ModelConfig) -> float:
     )
     mlp = 2 * 2 * queries * d * hidden
     return config.variant.memory_attention_layers * (self_attention + cross_attention + mlp) / 1e9
+
+
+def models(variant: str, image_size: int):
+    """Our model and a maker of Meta's video predictor with the same perturbed weights: SAM 2's from sam2, EdgeTAM's
+    from its fork (../shared/oracles/edgetam)."""
+    if variant == "edgetam":
+        ours = oracle_edgetam.our_model(image_size, EDGETAM_SCORE_SHIFT)
+        return ours, lambda: oracle_edgetam.oracle_model(image_size, EDGETAM_SCORE_SHIFT, video=True, fill_hole_area=0)
+    return our_model(variant, image_size), lambda: oracle_model(variant, image_size, video=True, fill_hole_area=0)
 
 
 def run_stream(model, frames, clicks) -> tuple[list[float], object]:
@@ -177,7 +192,11 @@ def main() -> None:
     rows, profiles = [], []
     with torch.inference_mode():
         for variant in args.variants.split(","):
-            base = our_model(variant, args.image_size).to(device)
+            base, official = models(variant, args.image_size)
+            base = base.to(device)
+            official_max = args.official_max_objects
+            if variant == "edgetam":
+                official_max = min(official_max, EDGETAM_OFFICIAL_MAX_OBJECTS)
             ours = optimize(copy.deepcopy(base))  # bf16 and CUDA graphs on CUDA, as it is elsewhere
             floor_gflop = attention_gflop(ours.config)
             for objects in counts:
@@ -197,11 +216,11 @@ def main() -> None:
                     row = [variant, objects, chunk, fps, np.percentile(times, 50) * 1e3, np.percentile(times, 99) * 1e3]
                     rows.append([*row, peak, fps / floor_fps, visible, float("nan")])
                     print(" ".join(map(str, rows[-1])), flush=True)
-            if device.type == "cuda" and min(counts) <= args.official_max_objects:
-                ref = oracle_model(variant, args.image_size, video=True, fill_hole_area=0).to(device)
+            if device.type == "cuda" and min(counts) <= official_max:
+                ref = official().to(device)
                 with torch.autocast("cuda", dtype=torch.bfloat16):
                     for row in rows:
-                        if row[0] == variant and row[1] <= args.official_max_objects and row[2] == chunks[0]:
+                        if row[0] == variant and row[1] <= official_max and row[2] == chunks[0]:
                             clicks = grid_clicks(row[1], height, width)
                             row[-1] = fps_propagate(
                                 ref, oracle_video_state(ref, frames, "pil-bicubic"), clicks, device, warmup - 1

@@ -62,14 +62,23 @@ def resize(images: np.ndarray, size: tuple[int, int], antialias: bool) -> np.nda
     """(..., H, W) float32 -> (..., size[0], size[1]), bilinear, align_corners=False.
 
     Each output pixel sums its few input pixels (2 or 3 taps enlarging, about twice the scale shrinking): a
-    dense weight matrix product would cost the full input per output pixel (100 ms a frame to 1024 px)."""
+    dense weight matrix product would cost the full input per output pixel (100 ms a frame to 1024 px). Tap by
+    tap, whole rows at a time, each axis in turn made the one of rows: 960x540x3 to 512 px in 7 ms, against 14
+    gathering every tap at once and summing across them (inside the runner, its caches cold: 15 against 17)."""
     height, width = images.shape[-2:]
     if (height, width) == tuple(size):
         return images
-    row_taps, row_weights = resize_taps(height, size[0], antialias)  # (H', K)
-    column_taps, column_weights = resize_taps(width, size[1], antialias)  # (W', K')
-    rows = (images[..., row_taps, :] * row_weights[..., None]).sum(axis=-2)  # (..., H', K, W) -> (..., H', W)
-    return (rows[..., column_taps] * column_weights).sum(axis=-1)  # (..., H', W', K') -> (..., H', W')
+    rows = _resize_rows(images, *resize_taps(height, size[0], antialias))  # (..., H', W)
+    columns = _resize_rows(rows.swapaxes(-1, -2), *resize_taps(width, size[1], antialias))  # (..., W', H')
+    return np.ascontiguousarray(columns.swapaxes(-1, -2))  # (..., H', W')
+
+
+def _resize_rows(images: np.ndarray, taps: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(..., H, W) -> (..., H', W): output row i the sum of input rows taps[i, k] times weights[i, k]."""
+    out = images[..., taps[:, 0], :] * weights[:, 0, None]
+    for k in range(1, taps.shape[1]):
+        out += images[..., taps[:, k], :] * weights[:, k, None]
+    return out
 
 
 def model_input(rgb: np.ndarray, image_size: int) -> np.ndarray:
