@@ -48,7 +48,7 @@ class ServerMetrics:
         )
         self.stage_seconds = Histogram(
             "sam2rt_stage_seconds",
-            "Time of each stage: decode and download and publish per frame, engine per tick",
+            "Time of each stage: decode, encode (server-side frames), download and publish per frame, engine per tick",
             ["stage"],
             buckets=LATENCY_BUCKETS_S,
             registry=self.registry,

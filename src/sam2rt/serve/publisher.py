@@ -1,8 +1,8 @@
 """Results on their way out: RLE-encoded, recorded for export and sent, in a thread beside the scheduler.
 
 The scheduler hands over each frame's masks as their copies to the CPU start, and goes on with the next
-tick; here the thread waits for the copies (the `download` stage), then encodes (COCO RLE), records and
-writes the JSON. One thread and one queue keep every session's results in order.
+tick; here the thread JPEG-encodes a server-side frame for its client (the `encode` stage), waits for the
+copies (the `download` stage), then encodes the masks (COCO RLE), records and writes the JSON. One thread and one queue keep every session's results in order.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 
 from ..io.rle import encode_rle
 from ..tracking.download import PendingFrame
-from .protocol import ReceivedFrame
+from .protocol import FORMAT_JPEG, ReceivedFrame, encode_jpeg, frame_header
 from .sessions import Session
 
 if TYPE_CHECKING:
@@ -32,13 +32,12 @@ log = logging.getLogger("sam2rt.serve")
 class Outgoing:
     session: Session
     generation: int  # the session's source when the frame was tracked: a newer source drops it
-    frame: ReceivedFrame  # encoded (as received, or JPEG for server-side frames)
+    frame: ReceivedFrame  # encoded as received, or a server-side frame's pixels (encoded to JPEG here)
     masks: PendingFrame  # masks, scores and owners on their way to the CPU
     size: tuple[int, int]  # (height, width) of the frame
     index: int  # the stream's frame index
     prompted: bool
     stats: dict
-    picture: Optional[bytes]  # the frame's image message for the client, before the result
 
 
 class Publisher:
@@ -75,6 +74,12 @@ class Publisher:
         if item.generation != session.generation or session.released.is_set():
             return  # the session started another source, or ended, since this frame was tracked
         start = time.monotonic()
+        picture: Optional[bytes] = None  # the frame's image message, before the result: server-side frames'
+        if frame.encoded is None:  # a server-side frame, JPEG-encoded here rather than on the model's thread
+            frame = session.keep_encoded(frame, encode_jpeg(frame.image), FORMAT_JPEG)
+            if not item.prompted:  # the client has the frame of a prompt already
+                picture = frame_header(frame.frame_id, FORMAT_JPEG, item.size[1], item.size[0]) + frame.encoded
+            start = self._observe("encode", start)
         no_image = np.broadcast_to(np.zeros(1, np.uint8), (*item.size, 3))  # the recorder keeps the encoded frame
         tracked = item.masks.tracked(frame.frame_id, f"{frame.frame_id:05d}", no_image)
         start = self._observe("download", start)
@@ -93,7 +98,7 @@ class Publisher:
             "objects": objects,
             "stats": {**item.stats, "recorded": session.recorder.frames},
         }
-        session.deliver(json.dumps(message), item.picture)
+        session.deliver(json.dumps(message), picture)
         self._observe("publish", start)
         if self.observer is not None and not item.prompted:
             self.observer.observe_frame(time.monotonic() - frame.arrived)

@@ -26,16 +26,13 @@ import numpy as np
 from ..tracking.download import PendingFrame, start_download
 from ..tracking.stream import FrameResult
 from .protocol import (
-    FORMAT_JPEG,
     MAX_OBJECTS,
     PromptRequest,
     ProtocolError,
     ReceivedFrame,
     RemoveRequest,
     decode_payload,
-    encode_jpeg,
     error_message,
-    frame_header,
 )
 from .publisher import Outgoing, Publisher
 from .sessions import RECENT_FRAMES, Close, Command, Reset, Restart, Session, SessionStats
@@ -232,13 +229,13 @@ class Scheduler:
             if session.newest is None or command.obj_id not in stream.object_ids:
                 raise ProtocolError(f"no object {command.obj_id} to remove; objects: {stream.object_ids}")
             result = stream.remove_object(command.obj_id)
-            self._publish(session, session.recent[session.newest], result, prompted=True)
+            self._publish(session, session.recalled(session.newest), result, prompted=True)
         elif isinstance(command, (Reset, Restart)):
             stream.reset()
             session.newest = None
             if isinstance(command, Restart):
                 session.generation += 1
-                session.recent.clear()
+                session.forget_frames()
                 session.recorder.clear()
                 with self.lock:
                     self._dropped_retired += session.stats.dropped
@@ -248,14 +245,15 @@ class Scheduler:
         stream = session.stream
         if request.obj_id not in stream.object_ids and len(stream.object_ids) >= MAX_OBJECTS:
             raise ProtocolError(f"at most {MAX_OBJECTS} objects per session")
-        frame = session.recent.get(request.frame)
+        frame = session.recalled(request.frame)
         if frame is None:
             raise ProtocolError(
                 f"frame {request.frame} is not held (the last {RECENT_FRAMES} frames shown are): click again"
             )
         if session.newest != request.frame or stream.frame_idx < 0:
-            height, width = session.size or (0, 0)
-            frame = replace(frame, image=decode_payload(frame.encoded, frame.format, width, height))
+            if frame.image is None:  # kept encoded
+                height, width = session.size or (0, 0)
+                frame = replace(frame, image=decode_payload(frame.encoded, frame.format, width, height))
             self.engine.step({stream: frame.image})  # the clicked frame becomes the stream's newest again
             session.newest = request.frame
             session.remember(frame)
@@ -272,7 +270,7 @@ class Scheduler:
         if session.stream is not None:
             self.engine.close_stream(session.stream)
         session.stream = None
-        session.recent.clear()
+        session.forget_frames()
         session.recorder.close()
         with self.lock:
             if session in self.sessions:
@@ -286,20 +284,15 @@ class Scheduler:
 
     def _publish(self, session: Session, frame: ReceivedFrame, result: FrameResult, prompted: bool) -> PendingFrame:
         """Start a frame's masks on their way to the CPU and hand them to the publisher, which waits for them,
-        then encodes, records and sends: this thread goes on with the next tick meanwhile."""
-        height, width = session.size or (0, 0)
+        then encodes (a server-side frame's JPEG too), records and sends: this thread goes on with the next tick
+        meanwhile."""
         pending = start_download(result)
-        picture: Optional[bytes] = None
-        if frame.encoded is None:  # a server-side frame: the client sees it as a JPEG
-            frame = replace(frame, encoded=encode_jpeg(frame.image), format=FORMAT_JPEG)
-            picture = frame_header(frame.frame_id, FORMAT_JPEG, width, height) + frame.encoded
         if not prompted:
             session.remember(frame)
         stats = session.stats.as_json()
+        size = session.size or (0, 0)
         self.publisher.submit(
-            Outgoing(
-                session, session.generation, frame, pending, (height, width), result.frame_idx, prompted, stats, picture
-            )
+            Outgoing(session, session.generation, frame, pending, size, result.frame_idx, prompted, stats)
         )
         return pending
 

@@ -90,7 +90,10 @@ class Session:
         self.size: Optional[tuple[int, int]] = None  # (height, width) of this source's frames
         # The scheduler's alone:
         self.stream: Any = None
-        self.recent: OrderedDict[int, ReceivedFrame] = OrderedDict()
+        # Frames shown, for prompts: the scheduler adds them, the publisher swaps a server-side frame's pixels for
+        # its JPEG once encoded; under `_recent_lock`.
+        self._recent: OrderedDict[int, ReceivedFrame] = OrderedDict()
+        self._recent_lock = threading.Lock()
         self.newest: Optional[int] = None  # id of the frame the stream's newest frame is
         self.generation = 0  # counts the sources: results of an earlier one are not sent
 
@@ -143,8 +146,29 @@ class Session:
         return bool(self.commands) or self.waiting is not None
 
     def remember(self, frame: ReceivedFrame) -> None:
-        """Keep a processed, encoded frame for prompts (scheduler thread); the pixels are decoded again if needed."""
-        self.recent[frame.frame_id] = replace(frame, image=None)
-        self.recent.move_to_end(frame.frame_id)
-        while len(self.recent) > RECENT_FRAMES:
-            self.recent.popitem(last=False)
+        """Keep a processed frame for prompts (scheduler thread): encoded, its pixels decoded again if needed; a
+        server-side frame keeps its pixels until the publisher has encoded it (`keep_encoded`)."""
+        kept = frame if frame.encoded is None else replace(frame, image=None)
+        with self._recent_lock:
+            self._recent[frame.frame_id] = kept
+            self._recent.move_to_end(frame.frame_id)
+            while len(self._recent) > RECENT_FRAMES:
+                self._recent.popitem(last=False)
+
+    def recalled(self, frame_id: int) -> Optional[ReceivedFrame]:
+        """A frame kept for prompts, or None: encoded (image None), or a server-side frame not encoded yet."""
+        with self._recent_lock:
+            return self._recent.get(frame_id)
+
+    def keep_encoded(self, frame: ReceivedFrame, encoded: bytes, format: int) -> ReceivedFrame:
+        """`frame` (a server-side frame, pixels only) with its encoding (publisher thread); the frame kept for
+        prompts, where it is still this one, becomes the encoded one, its pixels freed."""
+        encoded_frame = replace(frame, image=None, encoded=encoded, format=format)
+        with self._recent_lock:
+            if self._recent.get(frame.frame_id) is frame:
+                self._recent[frame.frame_id] = encoded_frame
+        return encoded_frame
+
+    def forget_frames(self) -> None:
+        with self._recent_lock:
+            self._recent.clear()
