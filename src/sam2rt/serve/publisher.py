@@ -2,7 +2,8 @@
 
 The scheduler hands over each frame's masks as their copies to the CPU start, and goes on with the next
 tick; here the thread JPEG-encodes a server-side frame for its client (the `encode` stage), waits for the
-copies (the `download` stage), then encodes the masks (COCO RLE), records and writes the JSON. One thread and one queue keep every session's results in order.
+copies (the `download` stage), then encodes the masks (COCO RLE), records and writes the JSON. One thread and
+one queue keep every session's results in order.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 The connection (event loop) and a server-side feed (its thread) offer frames and queue requests; the
 scheduler (its own thread) takes them and alone touches the session's tracking stream. One lock, the
-scheduler's, guards what both sides touch: the newest frame waiting, the requests, `paused`, `closed`.
+scheduler's, guards what both sides touch: the newest frame waiting, the requests, `paused`, `closed`. The
+frames kept for prompts have a lock of their own, shared by the scheduler and the publisher.
 A frame offered while another still waits replaces it: the older one is dropped and counted.
 """
 
