@@ -50,6 +50,7 @@ class LatentCrossAttention(nn.Module):
         q = self.to_q(self.norm_latents(latents))
         k, v = self.to_kv(self.norm_x(memory)).chunk(2, dim=-1)
         if memory_pos is not None:  # EdgeTAM adds the positions after the projection, to keys and values alike
+            memory_pos = memory_pos.to(k.dtype)  # an fp32 table; bf16 weights keep bf16 activations
             k, v = k + memory_pos, v + memory_pos
         return self.to_out(_single_head(q, k, v))
 
