@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from sam2rt.export import numpy_ops
 from sam2rt.processing.preprocess import model_input
+from sam2rt.processing.prompts import mask_to_model_frame
 
 SIZES = [
     ((540, 960), (1024, 1024)),
@@ -39,3 +40,16 @@ def test_model_input_equals_the_engines(image_size):
     )
     assert got.shape == (1, 3, image_size, image_size) and got.dtype == np.float32
     np.testing.assert_allclose(got, expected.numpy(), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "shape, image_size", [((120, 160), 128), ((540, 960), 1024), ((100, 100), 256), ((64, 64), 64)]
+)
+def test_mask_input_equals_the_engines(shape, image_size):
+    mask = np.zeros(shape, dtype=np.uint8)
+    mask[shape[0] // 4 : shape[0] // 2 + 3, shape[1] // 3 : shape[1] // 2 + 5] = 7  # any non-zero value is the object
+    got = numpy_ops.mask_input(mask, image_size)
+    expected = mask_to_model_frame(mask, image_size, torch.device("cpu")).numpy()
+    assert got.shape == (1, 1, image_size, image_size) and got.dtype == np.float32
+    assert 0 < got.sum() < got.size
+    np.testing.assert_array_equal(got, expected)

@@ -17,7 +17,13 @@ from visible import visible_model
 from sam2rt.export import manifest as files
 from sam2rt.export.manifest import ExportError, ExportManifest
 from sam2rt.export.onnx_export import _examples, memory_example
-from sam2rt.export.onnx_steps import ImageEncoderStep, MaskDecoderStep, MemoryAttentionStep, MemoryEncoderStep
+from sam2rt.export.onnx_steps import (
+    ImageEncoderStep,
+    MaskDecoderStep,
+    MaskPromptStep,
+    MemoryAttentionStep,
+    MemoryEncoderStep,
+)
 
 TOLERANCE = 1e-4  # of max(1, |largest expected value|)
 
@@ -70,6 +76,7 @@ def test_each_step_matches_pytorch_for_1_2_and_7_objects(variant):
         (files.MASK_DECODER, MaskDecoderStep(model, True), examples["mask_decoder"], (1, 2)),
         (files.MASK_DECODER_SINGLE, MaskDecoderStep(model, False), examples["mask_decoder"], (1, 2)),
         (files.MEMORY_ENCODER, MemoryEncoderStep(model), examples["memory_encoder"], (0,)),
+        (files.MASK_PROMPT, MaskPromptStep(model), examples["mask_prompt"], (0, 1, 2)),
     ]
     assert len(manifest.memory_capacities) == 2  # one prompted frame, and max_cond_frames of them
     for frames, pointers in manifest.memory_capacities:

@@ -19,12 +19,22 @@ from visible import assert_masks_match, visible_model
 from sam2rt import StreamTracker
 from sam2rt.export.onnx_tracker import OnnxStreamTracker
 
-# Prompts after frame k is stepped: a click, a correction, a second object by its box, and more clicks on it.
+
+def _box_mask(box: tuple[int, int, int, int]) -> np.ndarray:
+    """A mask (H, W) of the clip's frames, True inside box (x0, y0, x1, y1)."""
+    mask = np.zeros(clip_frames(1)[0].shape[:2], dtype=bool)
+    mask[box[1] : box[3], box[0] : box[2]] = True
+    return mask
+
+
+# Prompts after frame k is stepped: a click, a correction, a second object by its box, more clicks on it, and a
+# mask that corrects the first object.
 SCRIPT = {
     0: [dict(obj_id=1, points=[[30, 50]], labels=[1])],
     2: [dict(obj_id=1, points=[[40, 50], [100, 100]], labels=[1, 0])],
     3: [dict(obj_id=2, box=[100, 80, 140, 110])],
     5: [dict(obj_id=2, points=[[120, 95]], labels=[0], clear_old_points=False)],
+    6: [dict(obj_id=1, mask=_box_mask((20, 35, 61, 70)))],
 }
 FRAMES = 8
 
@@ -59,7 +69,7 @@ def test_scripted_stream_matches_stream_tracker(variant):
         assert np.abs(ours.mask_logits - logits).max() <= 1e-4 * scale
         assert np.abs(ours.object_scores - theirs.object_scores.numpy()).max() <= 1e-4 * scale
         compared += len(theirs.object_ids)
-    assert compared == 17  # every object on every frame and prompt after the first click: 2 objects from frame 3 on
+    assert compared == 19  # every object on every frame and prompt after the first click: 2 objects from frame 3 on
 
 
 def test_runner_imports_and_tracks_without_torch(folder, tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Union
 
 FORMAT = "sam2rt-onnx-tracker"
-FORMAT_VERSION = 2  # 2: memory attention in several capacities
+FORMAT_VERSION = 2  # 2: memory attention in several capacities, mask prompts
 MANIFEST_NAME = "sam2rt_onnx.json"
 
 # The steps of a tracking pass, one graph each.
@@ -21,7 +21,8 @@ MASK_DECODER = "mask_decoder.onnx"  # several candidates, the best kept: trackin
 MASK_DECODER_SINGLE = "mask_decoder_single.onnx"  # one mask: two clicks or more, or a box
 MEMORY_ATTENTION = "memory_attention.onnx"  # the full capacity; smaller ones: `ExportManifest.memory_attention`
 MEMORY_ENCODER = "memory_encoder.onnx"
-GRAPHS = (IMAGE_ENCODER, MASK_DECODER, MASK_DECODER_SINGLE, MEMORY_ATTENTION, MEMORY_ENCODER)
+MASK_PROMPT = "mask_prompt.onnx"  # a mask given as an object's segmentation: its pointer and low-resolution logits
+GRAPHS = (IMAGE_ENCODER, MASK_DECODER, MASK_DECODER_SINGLE, MEMORY_ATTENTION, MEMORY_ENCODER, MASK_PROMPT)
 
 
 class ExportError(Exception):

@@ -92,6 +92,16 @@ def model_input(rgb: np.ndarray, image_size: int) -> np.ndarray:
     return resized[None]
 
 
+def mask_input(mask: np.ndarray, image_size: int) -> np.ndarray:
+    """A mask (H, W), non-zero on the object -> (1, 1, S, S) float32 0/1, as the engine's `mask_to_model_frame`:
+    resized with antialiasing, kept where at least half covered. (Exactly half-covered pixels, which halving a
+    ragged mask can make, may fall either side of the engine's: one pixel of 16,384 in a test of noise.)"""
+    covered = (mask != 0).astype(np.float32)
+    if covered.shape != (image_size, image_size):
+        covered = (resize(covered, (image_size, image_size), antialias=True) >= 0.5).astype(np.float32)
+    return covered[None, None]
+
+
 def fill_holes(logits: np.ndarray, max_area: int, fill_value: float = 0.1) -> np.ndarray:
     """Background regions (logits <= 0) of at most `max_area` pixels set to `fill_value`; logits (N, 1, H, W)."""
     if max_area <= 0:

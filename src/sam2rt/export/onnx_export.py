@@ -26,10 +26,11 @@ from .manifest import (
     IMAGE_ENCODER,
     MASK_DECODER,
     MASK_DECODER_SINGLE,
+    MASK_PROMPT,
     MEMORY_ENCODER,
     ExportManifest,
 )
-from .onnx_steps import ImageEncoderStep, MaskDecoderStep, MemoryAttentionStep, MemoryEncoderStep
+from .onnx_steps import ImageEncoderStep, MaskDecoderStep, MaskPromptStep, MemoryAttentionStep, MemoryEncoderStep
 
 # onnxruntime's current releases (1.2x) run every opset up to 23; 18 is the newest whose operators our graphs
 # need (LayerNormalization, ScaledDotProductAttention lowered to MatMul/Softmax) and that TensorRT 8.6+ parses.
@@ -86,6 +87,8 @@ def export_onnx(
                 ["conditioned"])  # fmt: skip
     _export(MemoryEncoderStep(model), examples["memory_encoder"], (None, per_object, per_object, per_object),
             folder / MEMORY_ENCODER, ["embed", "mask_logits", "object_score_logits", "binarize"], ["memory"])  # fmt: skip
+    _export(MaskPromptStep(model), examples["mask_prompt"], (None, None, None, per_object), folder / MASK_PROMPT,
+            ["embed", "high_res_s4", "high_res_s8", "mask"], ["best_mask", "obj_ptr", "object_score_logits"])  # fmt: skip
     manifest.write(folder)
     return manifest
 
@@ -115,6 +118,7 @@ def _examples(manifest: ExportManifest) -> dict[str, tuple[Tensor, ...]]:
         ),  # fmt: skip
         "memory_attention": memory_example(manifest, manifest.memory_frames, manifest.pointer_slots),
         "memory_encoder": (embed, randn(b, 1, 4 * h, 4 * h), randn(b, 1), flags),
+        "mask_prompt": (embed, *high_res, (torch.rand(b, 1, s, s, generator=generator) > 0.5).float()),
     }
 
 

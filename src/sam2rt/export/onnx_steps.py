@@ -66,6 +66,20 @@ class MaskDecoderStep(nn.Module):
         return prediction.best_mask, prediction.obj_ptr, prediction.object_score_logits
 
 
+class MaskPromptStep(nn.Module):
+    """A mask given as an object's segmentation, as `SAM2Model.mask_as_output` takes it: embed (1, C, h, w) the
+    frame's features, the frame's skips, mask (B, 1, S, S) 0/1 at the model's input size -> low-resolution logits
+    (B, 1, 4h, 4w), obj_ptr (B, C), object_score_logits (B, 1)."""
+
+    def __init__(self, model: SAM2Model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, embed: Tensor, high_res_s4: Tensor, high_res_s8: Tensor, mask: Tensor) -> tuple[Tensor, ...]:
+        prediction = self.model.mask_as_output(embed, (high_res_s4, high_res_s8), mask)
+        return prediction.best_mask, prediction.obj_ptr, prediction.object_score_logits
+
+
 class MemoryAttentionStep(nn.Module):
     """The frame's features (1, C, h, w) conditioned on each object's memory -> (B, C, h, w).
 

@@ -1,11 +1,11 @@
 """OnnxStreamTracker: StreamTracker's streaming semantics over an export folder, with numpy and onnxruntime
 only (no PyTorch at run time).
 
-Frames are (H, W, 3) uint8 RGB arrays (or floats in [0, 1]); prompts land on the newest frame. A prompt on an
-object not tracked on that frame starts it, a prompt on a tracked object corrects it; either becomes a
-conditioning frame (the stream default, `add_all_frames_to_correct_as_cond`), its memory encoded when the next
-frame arrives. Each step runs one memory-attention, one decoder and one memory-encoder call for all objects.
-Mask prompts are not supported here (clicks and boxes are).
+Frames are (H, W, 3) uint8 RGB arrays (or floats in [0, 1]); prompts (clicks, a box, or a mask) land on the
+newest frame. A prompt on an object not tracked on that frame starts it, a prompt on a tracked object corrects
+it; either becomes a conditioning frame (the stream default, `add_all_frames_to_correct_as_cond`), its memory
+encoded when the next frame arrives. Each step runs one memory-attention, one decoder and one memory-encoder
+call for all objects.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 
 from . import manifest as files
 from .manifest import ExportManifest
-from .numpy_ops import fill_holes, keep_highest_object, model_input, resize
+from .numpy_ops import fill_holes, keep_highest_object, mask_input, model_input, resize
 from .onnx_memory import ObjectMemory, pack
 
 PROMPT_MASK_LOGIT_CLAMP = 32.0  # previous logits fed back with new clicks, as the engine clamps them
@@ -103,6 +103,7 @@ class OnnxStreamTracker:
             for capacity in self.manifest.memory_capacities
         }
         self._memory_encoder = session(files.MEMORY_ENCODER)
+        self._mask_prompt = session(files.MASK_PROMPT)
         self._objects: dict[int, _Object] = {}
         self._frame: Optional[_Frame] = None
 
@@ -140,14 +141,17 @@ class OnnxStreamTracker:
         """Prompt an object on the newest frame: a new object, or a correction of a tracked one.
 
         points (N, 2) with labels (N,) (1 foreground, 0 background) and/or a box (x0, y0, x1, y1), in pixels of the
-        frame (x before y), or fractions of its width and height with normalize_coords=False.
+        frame (x before y), or fractions of its width and height with normalize_coords=False; or a mask (H, W),
+        non-zero on the object, taken as its segmentation.
         """
         if self._frame is None:
             raise RuntimeError("no frame yet: call step(frame) before add_prompt(...)")
         if mask is not None:
-            raise ValueError("the ONNX runner takes clicks and boxes; mask prompts need the PyTorch StreamTracker")
+            if points is not None or box is not None:
+                raise ValueError("give either a mask or points/box for one prompt, not both")
+            return self._add_mask(int(obj_id), mask)
         if points is None and box is None:
-            raise ValueError("a prompt needs points (with labels) or a box")
+            raise ValueError("a prompt needs points (with labels), a box, or a mask")
         if box is not None and not clear_old_points:
             raise ValueError("a box must come first: add it with clear_old_points=True")
         obj_id = int(obj_id)
@@ -170,6 +174,18 @@ class OnnxStreamTracker:
         output = self._decode(decoder, embed, coords, point_labels, previous, obj.latest is not None)[0]
         obj.pending = obj.latest = output
         obj.points = (coords, point_labels)
+        return self.result()
+
+    def _add_mask(self, obj_id: int, mask) -> FrameResult:
+        mask = np.asarray(mask)
+        if mask.ndim != 2 or mask.size == 0 or mask.dtype.kind not in "biuf":
+            raise ValueError(f"mask must be a non-empty 2D array (H, W) of numbers, got {mask.dtype} {mask.shape}")
+        frame = self._frame
+        feeds = {"embed": frame.embed, "high_res_s4": frame.high_res[0], "high_res_s8": frame.high_res[1]}
+        feeds["mask"] = mask_input(mask, self.manifest.image_size)
+        obj = self._objects.setdefault(obj_id, _Object(ObjectMemory(self.manifest)))
+        obj.pending = obj.latest = self._outputs(*self._mask_prompt.run(None, feeds))[0]
+        obj.points = None
         return self.result()
 
     def remove_object(self, obj_id: int) -> FrameResult:
@@ -239,7 +255,10 @@ class OnnxStreamTracker:
     def _decode(
         self, decoder, embed: np.ndarray, coords: np.ndarray, labels: np.ndarray, mask: np.ndarray, has_mask: bool
     ) -> list[_Output]:
-        best_masks, pointers, scores = self._run_decoder(decoder, embed, coords, labels, mask, has_mask)
+        return self._outputs(*self._run_decoder(decoder, embed, coords, labels, mask, has_mask))
+
+    def _outputs(self, best_masks: np.ndarray, pointers: np.ndarray, scores: np.ndarray) -> list[_Output]:
+        """A prompt's outputs, one per row, small holes filled as the engine fills them."""
         filled = fill_holes(best_masks, self.fill_hole_area, HOLE_FILL_LOGIT)
         return [_Output(filled[row], pointers[row], scores[row]) for row in range(len(filled))]
 
