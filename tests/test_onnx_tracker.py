@@ -107,9 +107,14 @@ def _png_masks(folder: Path) -> np.ndarray:
     return np.stack([np.asarray(Image.open(path)) for path in sorted(folder.glob("*.png"))])
 
 
-def test_track_command_with_onnxruntime_matches_torch(folder, tmp_path):
+@pytest.mark.parametrize("prompt_kind", ["click", "mask"])
+def test_track_command_with_onnxruntime_matches_torch(folder, tmp_path, prompt_kind):
     clip = write_clip(tmp_path / "clip.mp4", count=5)
-    prompt = ("-p", "30,50", "--box", "100,80,140,110", "--no-progress")
+    if prompt_kind == "click":
+        prompt = ("-p", "30,50", "--box", "100,80,140,110", "--no-progress")
+    else:
+        Image.fromarray(_box_mask((20, 35, 61, 70)).astype(np.uint8) * 255).save(tmp_path / "mask.png")
+        prompt = ("--mask", tmp_path / "mask.png", "--no-progress")
     torch_run = run_sam2rt("track", clip, *prompt, "-c", checkpoint(), "--image-size", IMAGE_SIZE,
                            "--png-dir", tmp_path / "torch")  # fmt: skip
     assert torch_run.returncode == 0, torch_run.stderr
