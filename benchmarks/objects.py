@@ -80,12 +80,14 @@ def attention_gflop(config: ModelConfig) -> float:
 
 
 def models(variant: str, image_size: int):
-    """Our model and a maker of Meta's video predictor with the same perturbed weights: SAM 2's from sam2, EdgeTAM's
-    from its fork (../shared/oracles/edgetam)."""
+    """Our model, a maker of Meta's video predictor with the same perturbed weights (SAM 2's from sam2, EdgeTAM's
+    from its fork, ../shared/oracles/edgetam), and the maker of that predictor's video state."""
     if variant == "edgetam":
         ours = oracle_edgetam.our_model(image_size, EDGETAM_SCORE_SHIFT)
-        return ours, lambda: oracle_edgetam.oracle_model(image_size, EDGETAM_SCORE_SHIFT, video=True, fill_hole_area=0)
-    return our_model(variant, image_size), lambda: oracle_model(variant, image_size, video=True, fill_hole_area=0)
+        official = lambda: oracle_edgetam.oracle_model(image_size, EDGETAM_SCORE_SHIFT, video=True, fill_hole_area=0)  # noqa: E731
+        return ours, official, oracle_edgetam.oracle_video_state
+    official = lambda: oracle_model(variant, image_size, video=True, fill_hole_area=0)  # noqa: E731
+    return our_model(variant, image_size), official, oracle_video_state
 
 
 def run_stream(model, frames, clicks) -> tuple[list[float], object]:
@@ -192,7 +194,7 @@ def main() -> None:
     rows, profiles = [], []
     with torch.inference_mode():
         for variant in args.variants.split(","):
-            base, official = models(variant, args.image_size)
+            base, official, video_state = models(variant, args.image_size)
             base = base.to(device)
             official_max = args.official_max_objects
             if variant == "edgetam":
@@ -223,7 +225,7 @@ def main() -> None:
                         if row[0] == variant and row[1] <= official_max and row[2] == chunks[0]:
                             clicks = grid_clicks(row[1], height, width)
                             row[-1] = fps_propagate(
-                                ref, oracle_video_state(ref, frames, "pil-bicubic"), clicks, device, warmup - 1
+                                ref, video_state(ref, frames, "pil-bicubic"), clicks, device, warmup - 1
                             )
                             print(f"official {variant} {row[1]}: {row[-1]:.2f}", flush=True)
                 del ref
