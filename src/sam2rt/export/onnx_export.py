@@ -1,4 +1,5 @@
-"""`sam2rt export`: the four steps of a tracking pass written as ONNX graphs, with a manifest.
+"""`sam2rt export`: the steps of a tracking pass (image encoder, decoder, memory attention, memory encoder) and a
+mask prompt's, written as ONNX graphs, with a manifest.
 
 The graphs are made by torch.onnx's dynamo exporter (torch.export, then onnxscript): the TorchScript
 exporter is deprecated and traces Python-side shapes into constants, where torch.export keeps the object
