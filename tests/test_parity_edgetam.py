@@ -1,8 +1,8 @@
-"""EdgeTAM against Meta's EdgeTAM code (tests/oracle_edgetam.py), fp32 on CPU at 512 px, perturbed random weights.
+"""EdgeTAM against Meta's EdgeTAM code (tests/oracle_edgetam.py), fp32 on CPU, perturbed random weights.
 
-Module by module (keys, image encoder, spatial perceiver, memory encoding, memory attention over compressed
-memories), the model on an image prompt, then StreamTracker against the fork's video predictor driven as a
-stream: a click, tracked frames, a correction.
+Module by module at 512 and 1024 px (keys, image encoder, spatial perceiver, memory encoding, memory attention
+over compressed memories, the model on an image prompt), then at 512 px StreamTracker against the fork's video
+predictor driven as a stream: clicks, a box, tracked frames, a correction, a mask, a removal, a late object.
 """
 
 from __future__ import annotations
@@ -20,22 +20,28 @@ import sam2rt
 from sam2rt.model.sam2 import MemoryTokens
 
 IMAGE_SIZE = 512  # the perceiver's 16 x 16 grid needs a multiple of 256; at 512 each grid latent reads 2 x 2 tokens
-SIDE = IMAGE_SIZE // 16
+# The modules are compared at 512 and at the official 1024 (each grid latent reads 4 x 4 tokens); streams at 512.
+MODULE_SIZES = [512, 1024]
 # Added to the object-score bias: objects judged present on every frame of the stream below (its test asserts it).
 OBJECT_SCORE_SHIFT = 0.45
 
 pytestmark = pytest.mark.skipif(not FORK.is_dir(), reason=f"needs Meta's EdgeTAM code at {FORK}")
 
 
-@pytest.fixture(scope="module")
-def models():
-    return our_model(IMAGE_SIZE, OBJECT_SCORE_SHIFT), oracle_model(IMAGE_SIZE, OBJECT_SCORE_SHIFT)
+@pytest.fixture(scope="module", params=MODULE_SIZES, ids=[f"{size}px" for size in MODULE_SIZES])
+def size(request) -> int:
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def frame(models):
+def models(size):
+    return our_model(size, OBJECT_SCORE_SHIFT), oracle_model(size, OBJECT_SCORE_SHIFT)
+
+
+@pytest.fixture(scope="module")
+def frame(models, size):
     ours, ref = models
-    images = torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(41))
+    images = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(41))
     with torch.no_grad():
         features = ours.encode_image(images)
         backbone = ref.forward_image(images)
@@ -61,10 +67,10 @@ def test_image_encoder(frame):
     assert_close_logits(mine.pos.expand_as(theirs["vision_pos_enc"][2]), theirs["vision_pos_enc"][2], what="position")
 
 
-def test_spatial_perceiver(models):
+def test_spatial_perceiver(models, size):
     """One memory at a time: the official grid path takes a batch of one only (its latents' view fails on more)."""
     ours, ref = models
-    memory = torch.randn(2, 64, SIDE, SIDE, generator=torch.Generator().manual_seed(42))
+    memory = torch.randn(2, 64, size // 16, size // 16, generator=torch.Generator().manual_seed(42))
     pos = ours.memory_encoder.pos_grid
     with torch.no_grad():
         mine = ours.spatial_perceiver(memory, pos)  # both rows in one batch
@@ -76,15 +82,15 @@ def test_spatial_perceiver(models):
 
 
 @pytest.mark.parametrize("binarize", [False, True])
-def test_encode_memory(models, frame, binarize):
+def test_encode_memory(models, frame, size, binarize):
     ours, ref = models
     features, _, (vision_feats, _, feat_sizes) = frame
-    low_res = torch.randn(1, 1, 4 * SIDE, 4 * SIDE, generator=torch.Generator().manual_seed(43)) * 6
+    low_res = torch.randn(1, 1, size // 4, size // 4, generator=torch.Generator().manual_seed(43)) * 6
     scores = torch.tensor([[1.5]])
     ref.binarize_mask_from_pts_for_mem_enc = True
     with torch.no_grad():
         mine = ours.encode_memory(features.embed, low_res, scores, torch.full((1,), binarize))
-        high_res = F.interpolate(low_res, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", align_corners=False)
+        high_res = F.interpolate(low_res, size=(size, size), mode="bilinear", align_corners=False)
         theirs, their_pos = ref._encode_new_memory(
             vision_feats, feat_sizes, high_res, scores, is_mask_from_pts=binarize
         )
