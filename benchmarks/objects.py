@@ -26,6 +26,7 @@ import copy
 import math
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -84,9 +85,9 @@ def models(variant: str, image_size: int):
     from its fork, ../shared/oracles/edgetam), and the maker of that predictor's video state."""
     if variant == "edgetam":
         ours = oracle_edgetam.our_model(image_size, EDGETAM_SCORE_SHIFT)
-        official = lambda: oracle_edgetam.oracle_model(image_size, EDGETAM_SCORE_SHIFT, video=True, fill_hole_area=0)  # noqa: E731
+        official = partial(oracle_edgetam.oracle_model, image_size, EDGETAM_SCORE_SHIFT, video=True, fill_hole_area=0)
         return ours, official, oracle_edgetam.oracle_video_state
-    official = lambda: oracle_model(variant, image_size, video=True, fill_hole_area=0)  # noqa: E731
+    official = partial(oracle_model, variant, image_size, video=True, fill_hole_area=0)
     return our_model(variant, image_size), official, oracle_video_state
 
 

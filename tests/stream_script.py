@@ -2,7 +2,7 @@
 fork) alike, and the comparison of their results after each step and each prompt.
 
 Actions, scheduled by frame: ("points", obj, points, labels, clear_old_points), ("box", obj, box), ("mask", obj)
-(a fixed box-shaped mask), ("remove", obj), in pixels of the frame.
+(the mask the caller gives, e.g. `box_mask`), ("remove", obj), in pixels of the frame.
 """
 
 from __future__ import annotations
@@ -21,27 +21,27 @@ def box_mask(height, width):
     return mask
 
 
-def apply_ours(tracker, action, frame_hw):
-    """`action` on a StreamTracker (or a CameraPredictor's tracker): its result."""
+def apply_ours(tracker, action, mask):
+    """`action` on a StreamTracker (or a stream of a pool): its result. `mask` (H, W): a mask action's."""
     kind, obj = action[0], action[1]
     if kind == "points":
         return tracker.add_prompt(obj, points=action[2], labels=action[3], clear_old_points=action[4])
     if kind == "box":
         return tracker.add_prompt(obj, box=action[2])
     if kind == "mask":
-        return tracker.add_prompt(obj, mask=box_mask(*frame_hw))
+        return tracker.add_prompt(obj, mask=mask)
     return tracker.remove_object(obj)
 
 
-def apply_official(ref, state, t, action, frame_hw):
-    """`action` on the official video predictor's state, on frame t."""
+def apply_official(ref, state, t, action, mask):
+    """`action` on the official video predictor's state, on frame t. `mask` (H, W): a mask action's."""
     kind, obj = action[0], action[1]
     if kind == "points":
         ref.add_new_points_or_box(state, t, obj, points=action[2], labels=action[3], clear_old_points=action[4])
     elif kind == "box":
         ref.add_new_points_or_box(state, t, obj, box=action[2])
     elif kind == "mask":
-        ref.add_new_mask(state, t, obj, box_mask(*frame_hw))
+        ref.add_new_mask(state, t, obj, mask)
     else:
         ref.remove_object(state, obj)
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from media import shared_path
 from oracle import assert_close_logits, assert_close_scores
 from oracle_edgetam import FORK, oracle_model, oracle_video_state, our_model
-from stream_script import apply_official, apply_ours, assert_result, official_latest
+from stream_script import apply_official, apply_ours, assert_result, box_mask, official_latest
 from visible import assert_nontrivial
 
 import sam2rt
@@ -214,6 +214,7 @@ def test_stream_matches_official_driven_as_stream(frames, correction_as_cond):
         add_all_frames_to_correct_as_cond=correction_as_cond,
     )
     frame_hw = frames[0].shape[:2]
+    mask = box_mask(*frame_hw)  # the mask actions'
     states, compared, present = {}, 0, []
     for t, image in enumerate(frames):
         result = tracker.step(image)
@@ -224,14 +225,14 @@ def test_stream_matches_official_driven_as_stream(frames, correction_as_cond):
             compared += len(result.object_ids)
             present.append(bool((result.object_scores > 0).all()))
         for action in SCHEDULE.get(t, []):
-            result = apply_ours(tracker, action, frame_hw)
+            result = apply_ours(tracker, action, mask)
             obj_id = action[1]
             if action[0] == "remove":
                 del states[obj_id]
             else:
                 if obj_id not in states:
                     states[obj_id] = oracle_video_state(ref, frames, "bilinear-antialias")
-                apply_official(ref, states[obj_id], t, action, frame_hw)
+                apply_official(ref, states[obj_id], t, action, mask)
             what = f"frame {t}, after {action[0]} on {obj_id}"
             assert_result(result, _official_outputs(states, t, frame_hw), what)
     assert tracker.object_ids == [2, 3]

@@ -120,6 +120,7 @@ def test_stream_matches_official_driven_as_stream(
     )
     state = oracle_video_state(ref, frames, "bilinear-antialias")
     frame_hw = frames[0].shape[:2]
+    mask = box_mask(*frame_hw)  # the mask actions'
     present, tracked_present = [], []
     for t, frame in enumerate(frames):
         result = tracker.step(frame)
@@ -128,8 +129,8 @@ def test_stream_matches_official_driven_as_stream(
             assert_result(result, official_latest(state, t, frame_hw), f"frame {t}")
             tracked_present.append(bool((result.object_scores > 0).any()))
         for action in SCHEDULE.get(t, []):
-            result = apply_ours(tracker, action, frame_hw)
-            apply_official(ref, state, t, action, frame_hw)
+            result = apply_ours(tracker, action, mask)
+            apply_official(ref, state, t, action, mask)
             assert_result(result, official_latest(state, t, frame_hw), f"frame {t}, after {action[0]} on {action[1]}")
         present += (result.object_scores > 0).tolist()
     assert tracker.object_ids == [1, 3]
@@ -150,6 +151,7 @@ def test_camera_predictor_gives_the_stream_tracker_outputs(frames):
     tracker = sam2rt.StreamTracker(model)
     camera = sam2rt.CameraPredictor(model)
     frame_hw = frames[0].shape[:2]
+    mask = box_mask(*frame_hw)  # the mask actions'
     for t, frame in enumerate(frames[:12]):
         if t == 0:
             camera.load_first_frame(frame)
@@ -159,7 +161,7 @@ def test_camera_predictor_gives_the_stream_tracker_outputs(frames):
             result = tracker.step(frame)
             assert ids == result.object_ids and torch.equal(logits[:, 0], result.mask_logits)
         for action in SCHEDULE.get(t, []):
-            result = apply_ours(tracker, action, frame_hw)
+            result = apply_ours(tracker, action, mask)
             kind, obj = action[0], action[1]
             if kind == "points":
                 out = camera.add_new_prompt(t, obj, points=action[2], labels=action[3], clear_old_points=action[4])
@@ -167,7 +169,7 @@ def test_camera_predictor_gives_the_stream_tracker_outputs(frames):
                 x0, y0, x1, y1 = action[2]
                 out = camera.add_new_prompt(t, obj, bbox=[[x0, y0], [x1, y1]])
             elif kind == "mask":
-                out = camera.add_new_mask(t, obj, box_mask(*frame_hw))
+                out = camera.add_new_mask(t, obj, mask)
             else:
                 camera.remove_object(obj)
                 continue

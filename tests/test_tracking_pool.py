@@ -7,6 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 from oracle import assert_close_logits
+from stream_script import apply_ours
 from visible import assert_nontrivial, visible_model
 
 import sam2rt
@@ -51,16 +52,9 @@ def _frame(name: str, t: int) -> np.ndarray:
 
 
 def _prompt(stream, action):
-    kind, obj = action[0], action[1]
-    if kind == "points":
-        return stream.add_prompt(obj, points=action[2], labels=action[3], clear_old_points=action[4])
-    if kind == "box":
-        return stream.add_prompt(obj, box=action[2])
-    if kind == "mask":
-        mask = np.zeros(stream.frame.size, dtype=bool)
-        mask[5:25, 10:40] = True
-        return stream.add_prompt(obj, mask=mask)
-    return stream.remove_object(obj)
+    mask = np.zeros(stream.frame.size, dtype=bool)  # a mask action's, sized for these small frames
+    mask[5:25, 10:40] = True
+    return apply_ours(stream, action, mask)
 
 
 def _assert_same(got, expected, what, rel):

@@ -28,7 +28,8 @@ class RepVit(nn.Module):
         self.stage_dims: tuple[int, ...] = tuple(self.body.feature_info.channels())
         # The body's inference form and what it was folded from; kept out of the module tree (not a submodule: the
         # state dict holds the official keys only). Listing the body's tensors walks its modules (1 ms): the list
-        # is kept, and made again after a load or a move, which may give the body other tensors.
+        # is kept, and made again after a load (an assigning one gives the body other tensors; a move keeps them,
+        # their storage changed, which the fold's key sees).
         self.__dict__["_folded"] = None  # Optional[tuple[key, nn.Module]]
         self.__dict__["_tensors"] = None  # Optional[list[Tensor]]
         self.register_load_state_dict_post_hook(lambda module, _: module._forget_folded())
@@ -60,10 +61,6 @@ class RepVit(nn.Module):
         official keys, and batch statistics can no longer train."""
         self.body = self._folded_body()
         self._forget_folded()
-
-    def _apply(self, fn, recurse: bool = True):
-        self._forget_folded()  # .to(), .float(), .cuda(): the body's tensors may be new ones
-        return super()._apply(fn, recurse)
 
     def _forget_folded(self) -> None:
         self.__dict__["_folded"] = self.__dict__["_tensors"] = None
