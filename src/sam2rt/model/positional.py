@@ -43,6 +43,14 @@ def sine_grid(channels: int, height: int, width: int, device: torch.device, temp
     return torch.cat((pos_y, pos_x), dim=2).permute(2, 0, 1)  # (C, H, W)
 
 
+def sine_coordinates(coords: Tensor, num_feats: int, temperature: float = 10000.0) -> Tensor:
+    """Sine encoding of normalised coordinates: (...,) -> (..., num_feats), sin and cos of coord * 2 pi / f
+    interleaved, for num_feats / 2 frequencies f (the per-axis encoding of `sine_grid`). Computed in fp32."""
+    freqs = _sine_frequencies(num_feats, temperature, coords.device)
+    angles = (coords.float() * (2 * math.pi))[..., None] / freqs  # (..., num_feats), equal in consecutive pairs
+    return torch.stack((angles[..., 0::2].sin(), angles[..., 1::2].cos()), dim=-1).flatten(-2)
+
+
 def sine_1d(positions: Tensor, dim: int, temperature: float = 10000.0) -> Tensor:
     """1D sine encoding, all sines then all cosines: (...,) -> (..., dim)."""
     freqs = _sine_frequencies(dim // 2, temperature, positions.device)
@@ -77,14 +85,17 @@ class PositionEmbeddingRandom(nn.Module):
         return self.encode(coords.float() / image_size)
 
 
-def rotary_tables(head_dim: int, side: int, theta: float = 10000.0) -> tuple[Tensor, Tensor]:
+def rotary_tables(
+    head_dim: int, side: int, theta: float = 10000.0, position_scale: float = 1.0
+) -> tuple[Tensor, Tensor]:
     """Axial rotary angles for a side x side grid in raster order: cos and sin, each (side*side, head_dim // 2).
 
-    The first quarter of the channel pairs rotates with the x position, the second with y.
+    The first quarter of the channel pairs rotates with the x position, the second with y. Positions are
+    multiplied by `position_scale` (SAM 3's ViT squeezes its global grid onto the window it was trained on).
     """
     freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 4)[: head_dim // 4].float() / head_dim))
     index = torch.arange(side * side, dtype=torch.float32)
-    x = index % side
-    y = torch.div(index, side, rounding_mode="floor")
+    x = (index % side) * position_scale
+    y = torch.div(index, side, rounding_mode="floor") * position_scale
     angles = torch.cat([torch.outer(x, freqs), torch.outer(y, freqs)], dim=-1)  # (N, head_dim // 2)
     return angles.cos(), angles.sin()
