@@ -12,7 +12,7 @@ from PIL import Image
 from ..io.atomic import OutputError, write_atomically
 from ..io.clashes import NamedPath, OutputPath, check_clashes
 from ..io.overlay import draw_overlay
-from ..io.prompt_file import Prompt, PromptError, check_prompts, read_mask
+from ..io.prompt_file import Prompt, PromptError, check_prompts, make_prompt, read_mask
 from ..io.sinks import prepare_file
 from .common import (
     BOX,
@@ -22,7 +22,20 @@ from .common import (
     app,
     errors_as_messages,
     flag_prompt,
+    parse_numbers,
     read_image,
+)
+from .concepts import (
+    SCORE_THRESHOLD,
+    TEXT,
+    boxes_of,
+    check_threshold,
+    coco_of,
+    instance_labels,
+    load_concept_predictor,
+    parse_phrases,
+    summary,
+    write_label_png,
 )
 from .everything import EverythingSettings, image_files, segment_everything
 from .model_choice import MODEL_OPTIONS, ModelChoice, model_options
@@ -117,9 +130,19 @@ def image(
         0.95, "--stability-score-thresh", help="--everything: least stability score."
     ),
     crop_n_layers: int = typer.Option(0, "--crop-n-layers", help="--everything: layers of crops (0: none)."),
+    text: Optional[str] = TEXT,
+    score_threshold: float = SCORE_THRESHOLD,
     model: ModelChoice = MODEL_OPTIONS,
 ) -> None:
-    """Segment one object of an image from clicks, a box and/or a mask, or everything in images (--everything)."""
+    """Segment one object of an image from clicks, a box and/or a mask, every instance of a phrase (--text, SAM 3),
+    or everything in images (--everything)."""
+    if text is not None:
+        if everything or point or negative or mask is not None:
+            raise typer.BadParameter("--text takes no clicks, --mask or --everything (a --box is an exemplar)")
+        _segment_concepts(
+            image_path, parse_phrases(text), box, output, overlay, check_threshold(score_threshold), model
+        )
+        return
     model.check()
     if everything:
         if point or negative or box is not None or mask is not None:
@@ -158,6 +181,51 @@ def image(
             typer.echo(f"wrote mask {output}")
         if overlay is not None:
             _save_image(draw_overlay(job.rgb, result.astype(np.int32), [1]), overlay)
+            typer.echo(f"wrote overlay {overlay}")
+
+
+def _segment_concepts(
+    image_path: Path,
+    phrases: list[str],
+    box: Optional[str],
+    output: Optional[Path],
+    overlay: Optional[Path],
+    score_threshold: float,
+    model: ModelChoice,
+) -> None:
+    """--text: every instance of each phrase (with the --box exemplar, if any): a COCO JSON file (a category per
+    phrase) or a PNG of instance numbers, and an overlay."""
+    corners = parse_numbers(box, 4, "--box", "X0,Y0,X1,Y1") if box is not None else None
+    with errors_as_messages():
+        outputs = [OutputPath(option, path) for option, path in (("--output", output), ("--overlay", overlay)) if path]
+        inputs = [NamedPath("the input image", image_path)]
+        if model.checkpoint is not None:
+            inputs.append(NamedPath("the checkpoint", model.checkpoint))
+        check_clashes(inputs, outputs)
+        rgb = read_image(image_path)
+        if output is not None and output.suffix.lower() == ".json":
+            prepare_file(output)
+        elif output is not None:
+            _check_image_output(output)
+        if overlay is not None:
+            _check_image_output(overlay)
+        if corners is not None:
+            check_prompts([make_prompt(0, 1, None, None, corners, None, "--box")], rgb.shape[:2], None, "")
+        predictor = load_concept_predictor(model, score_threshold)
+        predictor.set_image(rgb)
+        found = predictor.predict(phrases, boxes_of(corners))
+        typer.echo(summary(found))
+        masks = np.concatenate([instances.masks for instances in found]) if found else np.zeros((0, *rgb.shape[:2]))
+        if output is not None and output.suffix.lower() == ".json":
+            dataset = coco_of(found, image_path.name, rgb.shape[:2], f"sam2rt image --text {','.join(phrases)}")
+            dataset.write(output)
+            typer.echo(f"wrote {output} ({len(masks)} instances)")
+        elif output is not None:
+            write_label_png(masks, rgb.shape[:2], output)
+            typer.echo(f"wrote instance numbers {output}")
+        if overlay is not None:
+            labels = instance_labels(masks) if len(masks) else np.zeros(rgb.shape[:2], np.int32)
+            _save_image(draw_overlay(rgb, labels, list(range(1, len(masks) + 1))), overlay)
             typer.echo(f"wrote overlay {overlay}")
 
 

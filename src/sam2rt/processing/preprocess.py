@@ -57,6 +57,26 @@ def model_input(rgb: Tensor, image_size: int, resize: Resize, device: torch.devi
     return (x - mean) / std
 
 
+def concept_model_input(rgb: Tensor, image_size: int, device: torch.device) -> Tensor:
+    """SAM 3's input, as Meta's Sam3Processor makes it: (3, H, W) uint8 on any device -> (1, 3, S, S) float32 on
+    `device` in [-1, 1] (mean and std 0.5).
+
+    The processor resizes the uint8 image with torchvision (bilinear, antialiased) and keeps it uint8: on the CPU
+    torch's own uint8 kernel, elsewhere in float rounded back to uint8, and the two differ by one level on a fifth
+    of the pixels; each device does here what torchvision does on it.
+    """
+    x = to_device(rgb, device)[None]
+    if x.dtype != torch.uint8:
+        x = (x.float() * 255).round().clamp(0, 255).to(torch.uint8)  # float frames in [0, 1], as ToDtype scales them
+    size = (image_size, image_size)
+    if x.device.type == "cpu":
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    else:
+        x = F.interpolate(x.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
+        x = x.round_().clamp_(0, 255).to(torch.uint8)
+    return (x.float() / 255 - 0.5) / 0.5
+
+
 def _unit_range(rgb: Tensor) -> Tensor:
     """uint8 -> float32 / 255 (float32 division gives the same 256 values as the tools' float64 one)."""
     return rgb.float() / 255 if rgb.dtype == torch.uint8 else rgb.float()
