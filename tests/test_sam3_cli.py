@@ -140,3 +140,25 @@ def test_a_sam3_checkpoint_that_does_not_fit_is_named(capsys, tmp_path, image_fi
     done = invoke_in_process(capsys, "image", image_file, "--text", "car", "--checkpoint", broken, "--device", "cpu")
     assert done.returncode == 1
     assert "does not fit SAM 3's detector" in done.stderr and "missing" in done.stderr
+
+
+def test_annotate_text_makes_a_dataset_named_by_the_phrases(capsys, tmp_path, small_sam3):
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(3)
+    for name in ("a.png", "b.jpg"):
+        Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(images / name)
+    output = tmp_path / "dataset"
+    args = ["annotate", images, "--text", "red car,person", "-o", output, "--checkpoint", small_sam3, "--device", "cpu"]
+    done = invoke_in_process(capsys, *args, "--score-threshold", "0.0")  # random weights: keep every instance
+    assert done.returncode == 0, done.stderr
+    written = json.loads((output / "annotations.json").read_text())
+    assert [c["name"] for c in written["categories"]] == ["red car", "person"]
+    per_class = SMALL_SPEC.queries  # threshold 0: every query of each phrase is an instance
+    assert len(written["annotations"]) == 2 * 2 * per_class
+    assert '0: "red car"' in (output / "data.yaml").read_text() and '1: "person"' in (output / "data.yaml").read_text()
+    classes = {int(line.split()[0]) for line in (output / "labels" / "a.txt").read_text().splitlines() if line}
+    assert classes <= {0, 1} and classes  # YOLO lines of both phrases' classes (specks may leave a class out)
+
+    again = invoke_in_process(capsys, *args[:3], "person,red car", *args[4:])
+    assert again.returncode == 1 and "resume with the same phrases" in again.stderr

@@ -155,6 +155,33 @@ class BoxSegmenter:
         masks = masks.reshape(len(boxes), *rgb.shape[:2])  # (N, 1, H, W) or (1, H, W) -> (N, H, W)
         return masks > 0, ious.reshape(len(boxes))
 
+    def annotate(self, item: Item, rgb: np.ndarray) -> tuple[list[Detection], np.ndarray, np.ndarray]:
+        """The item's boxes (its label file's or its own), their masks and predicted IoUs."""
+        detections = item.detections if item.label_file is None else read_yolo_boxes(item.label_file, rgb.shape[:2])
+        boxes = np.array([d.box for d in detections], dtype=np.float32).reshape(-1, 4)
+        masks, ious = self(rgb, boxes)
+        return list(detections), masks, ious
+
+
+class ConceptSegmenter:
+    """Every instance of each phrase (SAM 3), the phrase's index as its class: no boxes of one's own needed."""
+
+    def __init__(self, predictor, phrases: Sequence[str]) -> None:
+        self.predictor = predictor  # an images.concepts.ConceptPredictor
+        self.phrases = list(phrases)
+
+    def annotate(self, item: Item, rgb: np.ndarray) -> tuple[list[Detection], np.ndarray, np.ndarray]:
+        """The instances found: a detection (class, box) each, their masks (N, H, W) and scores (N,)."""
+        self.predictor.set_image(rgb)
+        found = self.predictor.predict(self.phrases)
+        detections = [
+            Detection(class_id, tuple(float(v) for v in box))
+            for class_id, instances in enumerate(found)
+            for box in instances.boxes
+        ]
+        masks = np.concatenate([instances.masks for instances in found])
+        return detections, masks, np.concatenate([instances.scores for instances in found])
+
 
 def image_record(item: Item, rgb: np.ndarray, detections: Sequence[Detection], masks, ious) -> dict:
     """What a finished image leaves in `.parts`: its size and its annotations with RLE masks (`category_id`
@@ -180,8 +207,8 @@ def part_path(output: Path, item: Item) -> Path:
 
 
 def annotate_item(item: Item, segmenter, output: Path, yolo: bool, per_piece: bool = False) -> dict:
-    """Segment one image's boxes; write its YOLO label file (a line per object, or `per_piece`), then its record
-    (the mark that it is done)."""
+    """Segment one image (a BoxSegmenter's boxes, or a ConceptSegmenter's phrases); write its YOLO label file (a
+    line per object, or `per_piece`), then its record (the mark that it is done)."""
     from PIL import Image
 
     try:
@@ -191,9 +218,7 @@ def annotate_item(item: Item, segmenter, output: Path, yolo: bool, per_piece: bo
         raise LabelError(f"missing image {item.image}") from None
     except OSError as error:
         raise LabelError(f"{item.image} is not a readable image: {error}") from None
-    detections = item.detections if item.label_file is None else read_yolo_boxes(item.label_file, rgb.shape[:2])
-    boxes = np.array([d.box for d in detections], dtype=np.float32).reshape(-1, 4)
-    masks, ious = segmenter(rgb, boxes)
+    detections, masks, ious = segmenter.annotate(item, rgb)
     if yolo:
         lines = yolo_lines([d.class_id for d in detections], masks, per_piece)
         text = "".join(line + "\n" for line in lines)
@@ -224,6 +249,28 @@ def write_coco(
             )
     dataset.write(path)
     return len(dataset.annotations)
+
+
+def check_same_phrases(output: Path, phrases: Sequence[str]) -> None:
+    """A run of concept prompts resumes only with its phrases: their order is the records' class numbers. The
+    first run writes them down in `.parts`."""
+    path = output / PARTS / "phrases.json"
+    if path.exists():
+        before = json.loads(path.read_text())
+        if before != list(phrases):
+            raise LabelError(
+                f"{output} was annotated with --text {','.join(before)!r}: resume with the same phrases, or give "
+                "another --output"
+            )
+    else:
+        write_text_atomically(make_folder(output / PARTS) / "phrases.json", json.dumps(list(phrases)))
+
+
+def folder_items(images: Path) -> list[Item]:
+    """Every image of the folder `images`, with no boxes (a concept prompt finds them)."""
+    if not images.is_dir():
+        raise LabelError(f"no such image folder: {images}")
+    return [Item(path) for path in sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)]
 
 
 def detector_items(images: Path, weights: str) -> tuple[list[Item], list[str]]:

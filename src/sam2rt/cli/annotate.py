@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from .common import RunFailed, app, errors_as_messages
+from .concepts import SCORE_THRESHOLD, check_threshold, load_concept_predictor, parse_phrases
 from .model_choice import MODEL_OPTIONS, ModelChoice, model_options
 
 FORMATS = ("yolo", "coco")
@@ -39,20 +40,29 @@ def annotate(
         None, "--ray-address", help="With --ray: the cluster to join (default: RAY_ADDRESS, else a local one)."
     ),
     workers: int = typer.Option(2, "--workers", help="With --ray: model copies (one per GPU or CPU worker)."),
+    text: Optional[str] = typer.Option(
+        None, "--text", "-t", help="Instead of boxes: every instance of these phrases (SAM 3), e.g. 'car,person'."
+    ),
+    score_threshold: float = SCORE_THRESHOLD,
     model: ModelChoice = MODEL_OPTIONS,
 ) -> None:
-    """Turn detection boxes into masks; finished images are skipped when the run is started again."""
+    """Turn detection boxes, or concept prompts (--text), into masks; finished images are skipped when the run is
+    started again."""
     from ..annotate import images as annotation
     from ..annotate.dataset import class_names, place_images, read_class_names, write_data_yaml
     from ..annotate.ray import annotate_on_ray
     from ..annotate.videos import is_video
     from ..io.sinks import check_writable_folder
 
-    sources = [value for value in (labels, coco, detector) if value is not None]
+    sources = [value for value in (labels, coco, detector, text) if value is not None]
     if workers <= 0:
         raise typer.BadParameter(f"must be positive, got {workers}", param_hint="--workers")
     if len(sources) != 1:
-        raise typer.BadParameter("give exactly one of --labels, --coco and --detector", param_hint="--labels")
+        raise typer.BadParameter("give exactly one of --labels, --coco, --detector and --text", param_hint="--labels")
+    phrases = parse_phrases(text) if text is not None else None
+    if phrases is not None and ray:
+        raise typer.BadParameter("--text runs in this process; --ray is for box prompts", param_hint="--ray")
+    check_threshold(score_threshold)
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
         raise typer.BadParameter(f"unknown format {unknown[0]!r}; the formats are yolo and coco", param_hint="--format")
@@ -61,6 +71,8 @@ def annotate(
             check_writable_folder(output)
             if labels is not None and "yolo" in formats and (output / "labels").resolve() == labels.resolve():
                 raise RunFailed(f"the masks' labels would overwrite the boxes in {labels}: give another --output")
+            if is_video(images) and phrases is not None:
+                raise RunFailed("--text annotates a folder of images; a video's concepts are tracked by `sam2rt track`")
             if is_video(images):
                 _annotate_video(images, labels, output, formats, yolo_pieces, model)
                 return
@@ -69,8 +81,11 @@ def annotate(
                 items, given_names = annotation.yolo_items(images, labels), read_class_names(labels)
             elif coco is not None:
                 items, given_names, category_ids = annotation.coco_items(coco, images)
-            else:
+            elif detector is not None:
                 items, given_names = annotation.detector_items(images, detector)
+            else:
+                items, given_names = annotation.folder_items(images), phrases
+                annotation.check_same_phrases(output, phrases)
             todo = annotation.pending(items, output)
             if len(todo) < len(items):
                 typer.echo(f"resuming: {len(items) - len(todo)} of {len(items)} images already done")
@@ -80,6 +95,11 @@ def annotate(
                 yolo = "yolo" in formats
                 for name, count in annotate_on_ray(todo, spec, output, yolo, yolo_pieces, ray_address, workers):
                     typer.echo(f"{name}: {count} masks")
+            elif todo and phrases is not None:
+                segmenter = annotation.ConceptSegmenter(load_concept_predictor(model, score_threshold), phrases)
+                for item in todo:
+                    record = annotation.annotate_item(item, segmenter, output, "yolo" in formats, yolo_pieces)
+                    typer.echo(f"{item.image.name}: {len(record['annotations'])} masks")
             elif todo:
                 segmenter = annotation.BoxSegmenter(model.load())
                 for item in todo:
