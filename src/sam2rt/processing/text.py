@@ -6,18 +6,14 @@ whitespace runs as one space, lower case; split into letter runs, single digits,
 contractions; each piece byte-level BPE encoded with "</w>" ending a word; framed by the start and end tokens;
 padded with id 0 to the context length, or cut to it with the end token kept last.
 
-Meta cleans text with `ftfy.fix_text` before that. The fixes a typed phrase meets are done here too, with the
-standard library: HTML entities, curly quotes, Latin ligatures, full- and half-width forms, control characters.
-Not done, so such phrases differ from Meta's ids: ftfy's repair of mis-decoded text (mojibake: "cafÃ©" keeps its
-odd letters), its all-caps HTML entities ("&EACUTE;"), and the names of Meta's special tokens typed in a phrase
-("<end_of_text>" is plain text here, the end token there).
+The text is cleaned first as Meta's tokenizer cleans it, by ftfy. One difference is kept on purpose: the name of
+Meta's end token typed in a phrase ("<end_of_text>") is plain text here, the end of the phrase there.
 """
 
 from __future__ import annotations
 
 import html
 import unicodedata
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Union
 
@@ -98,60 +94,26 @@ class TextTokenizer:
 
 
 def clean_text(text: str) -> str:
-    """The cleaning of Meta's tokenizer before the tokenizer's own normalizer: ftfy's character fixes (curly quotes
-    straightened, ligatures spelled out, width forms made standard, control characters removed), HTML entities
-    decoded as ftfy and Meta do (once by ftfy, where no "<" hints at markup, then twice more), NFC, lower case.
+    """The cleaning of Meta's tokenizer before the tokenizer's own normalizer: `ftfy.fix_text` (mis-decoded text
+    repaired, curly quotes straightened, ligatures spelled out, width forms made standard, control characters
+    removed, HTML entities decoded where no "<" hints at markup), HTML entities decoded twice more, NFC, lower case.
 
     Lower case here, by Python as Meta: the normalizer lowercases a letter at a time, so it would turn a word's
     final capital sigma into "σ" where Python writes "ς" ("ΟΔΟΣ" -> "οδος"). On cleaned text the normalizer (kept
     as CLIP's tokenizer has it) only makes whitespace runs one space.
     """
-    if "<" not in text:
-        text = html.unescape(text)
-    text = html.unescape(html.unescape(text.translate(_character_fixes())))
+    import ftfy
+
+    text = html.unescape(html.unescape(ftfy.fix_text(text)))
     return unicodedata.normalize("NFC", text).lower()
-
-
-# Latin ligatures ftfy spells out (keeping the long s of "ſt"; "ŉ" takes a straight apostrophe, as ftfy's
-# quote fix follows its ligature fix)
-# fmt: off
-_LIGATURES = {
-    0x0132: "IJ", 0x0133: "ij", 0x0149: "'n", 0x01C4: "D\u017d", 0x01C5: "D\u017e", 0x01C6: "d\u017e", 0x01C7: "LJ",
-    0x01C8: "Lj", 0x01C9: "lj", 0x01CA: "NJ", 0x01CB: "Nj", 0x01CC: "nj", 0x01F1: "DZ", 0x01F2: "Dz", 0x01F3: "dz",
-    0xFB00: "ff", 0xFB01: "fi", 0xFB02: "fl", 0xFB03: "ffi", 0xFB04: "ffl", 0xFB05: "\u017ft", 0xFB06: "st",
-}
-# fmt: on
-
-
-@lru_cache(maxsize=1)
-def _character_fixes() -> dict[int, Union[str, None]]:
-    """A `str.translate` table of ftfy's default per-character fixes (ftfy 6)."""
-    table: dict[int, Union[str, None]] = {}
-    # control characters that are not whitespace, deprecated Arabic format controls, annotation marks, the byte
-    # order mark and the object replacement character: removed
-    for code in [*range(0x00, 0x09), 0x0B, *range(0x0E, 0x20), 0x7F, *range(0x206A, 0x2070), 0xFEFF]:
-        table[code] = None
-    for code in range(0xFFF9, 0xFFFD):
-        table[code] = None
-    # curly quotes and the modifier apostrophe: straight quotes
-    for code in [0x02BC, *range(0x2018, 0x201C)]:
-        table[code] = "'"
-    for code in range(0x201C, 0x2020):
-        table[code] = '"'
-    table.update(_LIGATURES)
-    # full-width ASCII, half-width katakana and Hangul, the ideographic space: their standard forms
-    for code in [0x3000, *range(0xFF01, 0xFFF0)]:
-        standard = unicodedata.normalize("NFKC", chr(code))
-        if standard != chr(code):
-            table[code] = standard
-    return table
 
 
 def _import_tokenizers() -> Any:
     try:
+        import ftfy  # noqa: F401  (the cleaning, at the first phrase)
         import tokenizers
     except ImportError as error:
         raise ImportError(
-            "SAM 3's text prompts need Hugging Face's `tokenizers`: pip install 'sam2rt[sam3]'"
+            "SAM 3's text prompts need Hugging Face's `tokenizers` and ftfy: pip install 'sam2rt[sam3]'"
         ) from error
     return tokenizers
