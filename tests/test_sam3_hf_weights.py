@@ -19,7 +19,7 @@ import types
 import pytest
 import torch
 from oracle import assert_close_logits
-from oracle_sam3 import perturbed, reference_roi_align
+from oracle_sam3 import SMALL_SPEC, perturbed, reference_roi_align
 
 from sam2rt.checkpoints.files import CheckpointError
 from sam2rt.checkpoints.sam3_keys import (
@@ -28,24 +28,11 @@ from sam2rt.checkpoints.sam3_keys import (
     checkpoint_format,
     detector_from_transformers,
 )
-from sam2rt.model.sam3.config import SAM3, Sam3Spec, TextSpec, VisionSpec
+from sam2rt.model.sam3.config import SAM3, Sam3Spec
 from sam2rt.model.sam3.detector import Sam3Detector
 from sam2rt.model.sam3.geometry import GeometricPrompt
 
-# The sizes of test_sam3_detector.py: 112 px in patches of 14, an 8 x 8 grid, windows of 4 and one global block.
-SMALL = Sam3Spec(
-    vision=VisionSpec(
-        image_size=112, width=64, depth=3, heads=4, window_size=4, global_blocks=(2,), pretrain_image_size=56
-    ),
-    text=TextSpec(width=64, heads=4, layers=2),
-    d_model=32,
-    heads=4,
-    feedforward=64,
-    geometry_layers=2,
-    encoder_layers=2,
-    decoder_layers=2,
-    queries=12,
-)
+SMALL = SMALL_SPEC
 SOT, EOT = 49406, 49407  # CLIP's start and end tokens; 0 pads
 
 

@@ -1,12 +1,17 @@
 """Memory encoder: fuses a frame's features with its predicted mask into a compact spatial memory.
 
 The mask (at the input resolution) is downsampled by 16 with strided convolutions, added to the
-projected image features, mixed by two ConvNeXt blocks and projected to the memory width.
+projected image features, mixed by two ConvNeXt blocks and projected to the memory width. Where 16 times
+the feature map is not the input size (SAM 3: 14 px patches, 1008 px -> 72 x 72), the mask is first resized
+to 16 times the feature map (1152), so that the convolutions land on the feature map's grid.
 """
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..runtime.kernels import depthwise_conv
@@ -70,8 +75,10 @@ class Fuser(nn.Module):
 
 
 class MemoryEncoder(nn.Module):
-    def __init__(self, in_dim: int, out_dim: int, feature_size: int) -> None:
+    def __init__(self, in_dim: int, out_dim: int, feature_size: int, mask_size: Optional[int] = None) -> None:
+        """`mask_size`: the side masks are resized to before the downsampler (16 x feature_size); None: as given."""
         super().__init__()
+        self.mask_size = mask_size
         self.mask_downsampler = MaskDownSampler(in_dim)
         self.pix_feat_proj = nn.Conv2d(in_dim, in_dim, kernel_size=1)
         self.fuser = Fuser(in_dim)
@@ -80,6 +87,12 @@ class MemoryEncoder(nn.Module):
         self.register_buffer("pos_grid", pos[None], persistent=False)  # (1, C_mem, h, w)
 
     def forward(self, image_features: Tensor, mask: Tensor) -> Tensor:
-        """image_features (1 or B, C, h, w) and a mask already scaled for memory (B, 1, 16h, 16w) -> (B, C_mem, h, w)."""
+        """image_features (1 or B, C, h, w) and a mask already scaled for memory (B, 1, S, S) -> (B, C_mem, h, w).
+
+        S is 16h, or any size when the encoder has a `mask_size` (the mask is resized to it, antialiased).
+        """
+        size = self.mask_size
+        if size is not None and tuple(mask.shape[-2:]) != (size, size):
+            mask = F.interpolate(mask.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         x = self.pix_feat_proj(image_features) + self.mask_downsampler(mask.to(image_features.dtype))
         return self.out_proj(self.fuser(x))

@@ -1,7 +1,8 @@
 """The composed SAM 2 model: image encoding, mask decoding, memory conditioning and memory encoding.
 
 EdgeTAM is this model with another trunk, two memory-attention layers, and a spatial perceiver that
-compresses each memory frame (`variants.py` says which parts a variant has).
+compresses each memory frame; SAM 3's tracker is this model on SAM 3's vision backbone, whose 14 px patches
+make a 72 x 72 feature map at 1008 px (`variants.py` says which parts a variant has).
 
 Tensor in, tensor out; no session state. The trackers in `sam2rt.tracking` decide which memories
 a frame sees and call these methods batched over objects.
@@ -23,6 +24,7 @@ from .neck import ImageEncoder
 from .perceiver import SpatialPerceiver, perceiver_rotary_tables
 from .positional import sine_1d
 from .prompt_encoder import PromptEncoder
+from .sam3.tracker_backbone import Sam3TrackerImageEncoder
 from .variants import ModelConfig, get_variant
 
 NO_OBJECT_SCORE = -1024.0  # mask logit given to every pixel of an object judged absent
@@ -30,9 +32,9 @@ MASK_LOGIT_SCALE, MASK_LOGIT_BIAS = 20.0, -10.0  # binary mask -> logits of +-10
 
 
 class ImageFeatures(NamedTuple):
-    embed: Tensor  # (B, C, h, w) stride-16 features
+    embed: Tensor  # (B, C, h, w) stride-16 features (SAM 3: stride 14)
     high_res: tuple[Tensor, Tensor]  # decoder skips: (B, C/8, 4h, 4w) and (B, C/4, 2h, 2w)
-    pos: Tensor  # (1, C, h, w) sine position encoding of the stride-16 grid
+    pos: Tensor  # (1, C, h, w) sine position encoding of the h x w grid
 
 
 class MaskPrediction(NamedTuple):
@@ -62,11 +64,15 @@ class SAM2Model(nn.Module):
         self.config = config
         variant, dim, mem_dim = config.variant, config.hidden_dim, config.memory_dim
         size = config.feature_size
-        self.image_encoder = ImageEncoder(variant.trunk, dim, size)
+        self.image_encoder: nn.Module = (
+            Sam3TrackerImageEncoder(variant.trunk, config.image_size, dim)
+            if variant.is_sam3
+            else ImageEncoder(variant.trunk, dim, size)
+        )
         perceiver = variant.perceiver
         memory_rope = None if perceiver is None else perceiver_rotary_tables(perceiver, dim)
         self.memory_attention = MemoryAttention(dim, mem_dim, size, variant.memory_attention_layers, memory_rope)
-        self.memory_encoder = MemoryEncoder(dim, mem_dim, size)
+        self.memory_encoder = MemoryEncoder(dim, mem_dim, size, mask_size=config.memory_mask_size)
         self.spatial_perceiver = None if perceiver is None else SpatialPerceiver(perceiver, mem_dim)
         self.sam_prompt_encoder = PromptEncoder(dim, size, config.image_size)
         self.sam_mask_decoder = MaskDecoder(dim)
@@ -98,12 +104,23 @@ class SAM2Model(nn.Module):
         size = self.config.image_size
         if images.dim() != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != (size, size):
             raise ValueError(f"expected images of shape (B, 3, {size}, {size}), got {tuple(images.shape)}")
-        stride4, stride8, stride16 = self.image_encoder(images.to(self.dtype)).levels
+        if self.config.variant.is_sam3:
+            backbone = self.image_encoder.tracker_features(images.to(self.dtype))
+        else:
+            backbone = self.image_encoder(images.to(self.dtype))
+        stride4, stride8, stride16 = backbone.levels
         high_res = self.sam_mask_decoder.project_high_res(stride4, stride8)
         # A channels-last trunk (RepViT at inference) leaves channels-last levels: projected in that layout (7x
         # faster on a CPU), then made contiguous once narrow, the layout the steps after run fastest on.
         high_res = tuple(level.contiguous() for level in high_res)
-        return ImageFeatures(stride16.contiguous(), high_res, self.image_encoder.neck.pos_grid)
+        return ImageFeatures(stride16.contiguous(), high_res, backbone.pos)
+
+    @property
+    def image_pos(self) -> Tensor:
+        """Sine encoding of the feature map the memory works on: (1, C, h, w)."""
+        if self.config.variant.is_sam3:
+            return self.image_encoder.pos_grid
+        return self.image_encoder.neck.pos_grid
 
     def without_memory(self, embed: Tensor) -> Tensor:
         """Features of a frame segmented without memory (an image, or a first prompt): (B, C, h, w)."""
@@ -232,7 +249,7 @@ class SAM2Model(nn.Module):
         _, channels, height, width = embed.shape
         dtype = embed.dtype
         image = embed.flatten(2).transpose(1, 2)  # (1 or B, h*w, C): one frame's features, shared by all objects
-        image_pos = self.image_encoder.neck.pos_grid.flatten(2).transpose(1, 2).to(dtype)  # (1, h*w, C)
+        image_pos = self.image_pos.flatten(2).transpose(1, 2).to(dtype)  # (1, h*w, C)
 
         spatial = memory.spatial.reshape(batch, frames * tokens_per_frame, mem_dim)  # (B, F*N, C_mem)
         frame_pos = self.memory_pos()  # (1, N, C_mem)

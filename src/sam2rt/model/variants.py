@@ -1,11 +1,12 @@
-"""The official SAM 2, SAM 2.1 and EdgeTAM variants as a table of frozen dataclasses.
+"""The official SAM 2, SAM 2.1, EdgeTAM and SAM 3 tracker variants as a table of frozen dataclasses.
 
 A SAM 2 variant differs from another only by its Hiera trunk and by the release it belongs to;
 everything else (widths of the heads, memory sizes) is the same in every released checkpoint
 and lives in the model code as a constant. EdgeTAM is SAM 2 with a RepViT trunk (from timm), two
 memory-attention layers instead of four, and a spatial perceiver that compresses each frame's memory
-to a fixed number of tokens. Sizes that depend on the input resolution are derived from `image_size`
-by `ModelConfig`.
+to a fixed number of tokens. SAM 3's tracker is SAM 2.1's heads on SAM 3's ViT (14 px patches: a 72 x 72
+feature map at 1008 px) and its second (SAM 2) feature pyramid. Sizes that depend on the input resolution
+are derived from `image_size` by `ModelConfig`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import Optional, Union
+
+from .sam3.config import VisionSpec
 
 
 @dataclass(frozen=True)
@@ -60,15 +63,26 @@ class PerceiverSpec:
 @dataclass(frozen=True)
 class Variant:
     name: str  # e.g. "sam2.1_hiera_tiny"
-    release: str  # "sam2", "sam2.1" or "edgetam"
-    trunk: Union[HieraSpec, RepVitSpec]
+    release: str  # "sam2", "sam2.1", "edgetam" or "sam3"
+    trunk: Union[HieraSpec, RepVitSpec, VisionSpec]  # VisionSpec: SAM 3's ViT (its image_size is ModelConfig's)
     memory_attention_layers: int = 4
     perceiver: Optional[PerceiverSpec] = None  # None: memories keep the h*w tokens of the feature map
 
     @property
     def is_sam21(self) -> bool:
-        """SAM 2.1 adds an occlusion embedding to spatial memories and a temporal encoding of object pointers."""
-        return self.release == "sam2.1"
+        """SAM 2.1 adds an occlusion embedding to spatial memories and a temporal encoding of object pointers
+        (SAM 3's tracker has both)."""
+        return self.release in ("sam2.1", "sam3")
+
+    @property
+    def is_sam3(self) -> bool:
+        """SAM 3's tracker: its image encoder is SAM 3's vision backbone (ViT and two feature pyramids)."""
+        return isinstance(self.trunk, VisionSpec)
+
+    @property
+    def backbone_stride(self) -> int:
+        """Pixels per token of the feature map the decoder and memory use: 16, or SAM 3's ViT patch (14)."""
+        return self.trunk.patch_size if isinstance(self.trunk, VisionSpec) else 16
 
     @property
     def checkpoint_filename(self) -> str:
@@ -98,6 +112,10 @@ VARIANTS: dict[str, Variant] = {
 VARIANTS["edgetam"] = Variant(
     "edgetam", "edgetam", RepVitSpec("repvit_m1.dist_in1k"), memory_attention_layers=2, perceiver=PerceiverSpec()
 )
+# SAM 3's tracker (the `tracker.*` keys of sam3.pt) on SAM 3's vision backbone, trained at 1008 px:
+# `ModelConfig(SAM3_TRACKER, 1008)`. Not in VARIANTS yet: its checkpoint is sam3.pt, whose keys need the map of
+# checkpoints/sam3_tracker_keys.py, and the downloads and commands that list VARIANTS know SAM 2's files only.
+SAM3_TRACKER = Variant("sam3", "sam3", VisionSpec())
 
 
 def get_variant(name: str) -> Variant:
@@ -117,15 +135,15 @@ class ModelConfig:
     image_size: int = 1024
 
     # Constants shared by every released checkpoint.
-    backbone_stride = 16  # the lowest-resolution feature map the decoder and memory use
     hidden_dim = 256  # width of the prompt encoder, mask decoder and memory attention
     memory_dim = 64  # width of the spatial memories and of the object-pointer tokens
     num_maskmem = 7  # one conditioning slot + 6 recent frames
     max_obj_ptrs = 16  # object pointers the memory attention may see
 
     def __post_init__(self) -> None:
-        if self.image_size <= 0 or self.image_size % 32 != 0:
-            raise ValueError(f"image_size must be a positive multiple of 32, got {self.image_size}")
+        multiple = 2 * self.backbone_stride  # 32 for SAM 2's trunks, 28 for SAM 3's ViT
+        if self.image_size <= 0 or self.image_size % multiple != 0:
+            raise ValueError(f"image_size must be a positive multiple of {multiple}, got {self.image_size}")
         perceiver = self.variant.perceiver
         if perceiver is not None and self.feature_size % perceiver.grid_side != 0:
             side = perceiver.grid_side * self.backbone_stride
@@ -134,9 +152,20 @@ class ModelConfig:
             )
 
     @property
+    def backbone_stride(self) -> int:
+        """Pixels per token of the lowest-resolution feature map the decoder and memory use (16; SAM 3: 14)."""
+        return self.variant.backbone_stride
+
+    @property
     def feature_size(self) -> int:
-        """Side of the stride-16 feature map (64 at 1024)."""
+        """Side of the feature map the decoder and memory use (64 at 1024; SAM 3: 72 at 1008)."""
         return self.image_size // self.backbone_stride
+
+    @property
+    def memory_mask_size(self) -> int:
+        """Side a mask is resized to before the memory encoder's four stride-2 convs: 16 x the feature map (the
+        image size for SAM 2; 1152 for SAM 3 at 1008)."""
+        return 16 * self.feature_size
 
     @property
     def memory_tokens(self) -> int:
@@ -146,5 +175,5 @@ class ModelConfig:
 
     @property
     def low_res_mask_size(self) -> int:
-        """Side of the decoder's mask logits (256 at 1024)."""
+        """Side of the decoder's mask logits (256 at 1024; SAM 3: 288 at 1008)."""
         return 4 * self.feature_size

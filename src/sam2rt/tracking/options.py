@@ -24,6 +24,7 @@ class TrackerOptions:
     clear_non_cond_mem_around_input: bool = False  # drop tracked memories within num_maskmem frames of a prompt
     add_all_frames_to_correct_as_cond: bool = False  # a correction becomes a conditioning (prompted) frame
     max_cond_frames_in_attn: int = -1  # attend to this many closest prompted frames (-1: all)
+    use_prev_mem_frame: bool = True  # a correction on a tracked frame attends to the object's memory (SAM 3: no)
     max_cond_frames: int = 8  # prompted frames a stream keeps per object (the first prompt always); streams only
     memory_dtype: Optional[torch.dtype] = None  # spatial memories: None is bf16 on CUDA, fp32 elsewhere
     offload_state_to_cpu: bool = False  # keep memories and masks in CPU memory
@@ -45,6 +46,18 @@ class TrackerOptions:
 
 STREAM_OPTIONS = TrackerOptions(add_all_frames_to_correct_as_cond=True)  # StreamTracker, StreamPool, CameraPredictor
 VIDEO_OPTIONS = TrackerOptions(resize="pil-bicubic")  # VideoPredictor
+
+# What Meta's SAM 3 tracker (`build_tracker`, Sam3TrackerPredictor) does differently from SAM 2's video predictor,
+# as changes of a front-end's options: `StreamTracker(model, **SAM3_TRACKER_CHANGES)`. Corrections are segmented
+# without memory (its `use_prev_mem_frame=False`) and become prompted frames; at most 4 prompted frames are
+# attended to; no hole filling. Meta sets clear_non_cond_mem_around_input, but its predictor clears only the
+# per-object copies that its batched propagation does not read: the memories it tracks with are kept, as here.
+SAM3_TRACKER_CHANGES = {
+    "fill_hole_area": 0,
+    "add_all_frames_to_correct_as_cond": True,
+    "max_cond_frames_in_attn": 4,
+    "use_prev_mem_frame": False,
+}
 
 
 def tracker_options(

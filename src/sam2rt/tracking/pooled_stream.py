@@ -170,7 +170,7 @@ class PooledStream:
             obj.points = None
         else:
             previous = obj.latest.mask_logits[None] if obj.latest is not None else None  # (1, 1, 4h, 4w)
-            memory = None if is_init else obj.memory
+            memory = None if is_init or not engine.options.use_prev_mem_frame else obj.memory
             output = engine.prompt_points(frame, coords, point_labels, memory, previous, False, None)
             obj.points = (coords, point_labels)
         obj.pending = _Pending(output, is_cond)

@@ -153,7 +153,7 @@ class VideoPredictor:
         is_cond = is_init or self.options.add_all_frames_to_correct_as_cond
         previous = obj.latest(frame_idx, is_cond)
         previous_logits = previous.mask_logits[None] if previous is not None else None
-        memory = None if is_init else obj.archive
+        memory = None if is_init or not self.options.use_prev_mem_frame else obj.archive
         output = state.engine.prompt_points(
             frame, coords, point_labels, memory, previous_logits, reverse, state.num_frames
         )
