@@ -15,10 +15,9 @@ import os
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from cli_support import assert_clean_error, invoke_in_process, make_checkpoint, run_sam2rt
 from oracle_sam3 import SMALL_SPEC
+from PIL import Image
 from sam3_vocab import open_clip_bpe_path, write_clip_vocab
 
 pytest.importorskip("huggingface_hub")

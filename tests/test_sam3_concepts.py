@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from oracle_sam3 import SMALL_SPEC, meta_image_model, perturbed, sam3_modules
+from sam3_vocab import open_clip_bpe_path, write_clip_vocab
+
 from sam2rt.images.concepts import ConceptPredictor
 from sam2rt.model.sam3.detector import Sam3Detector
 from sam2rt.processing.preprocess import concept_model_input
 from sam2rt.processing.text import TextTokenizer
-from sam3_vocab import open_clip_bpe_path, write_clip_vocab
 
 THRESHOLD = 0.215
 
