@@ -25,7 +25,7 @@ from sam2rt.model.sam2 import SAM2Model
 from sam2rt.model.sam3.config import VisionSpec
 from sam2rt.model.variants import SAM3_TRACKER, ModelConfig, Variant
 from sam2rt.processing.images import as_rgb_tensor
-from sam2rt.processing.preprocess import model_input
+from sam2rt.processing.preprocess import SAM3_MEAN, SAM3_STD, model_input
 from sam2rt.tracking.options import SAM3_TRACKER_CHANGES
 
 IMAGE_SIZE = 112  # 8 x 8 tokens of 14 px
@@ -133,8 +133,9 @@ def smooth_frames() -> list[np.ndarray]:
 
 
 def normalised(frame: np.ndarray) -> torch.Tensor:
-    """The model input our engine makes of a frame: (1, 3, S, S)."""
-    return model_input(as_rgb_tensor(frame), IMAGE_SIZE, "bilinear-antialias", torch.device("cpu"))
+    """The model input our engine makes of a frame: (1, 3, S, S), normalised as SAM 3 is (mean and std 0.5)."""
+    cpu = torch.device("cpu")
+    return model_input(as_rgb_tensor(frame), IMAGE_SIZE, "bilinear-antialias", cpu, SAM3_MEAN, SAM3_STD)
 
 
 def test_keys_equal_sam3_checkpoint_at_official_sizes(oracle):

@@ -20,7 +20,7 @@ from .layers import MLP
 from .mask_decoder import DecoderOutput, MaskDecoder
 from .memory_attention import MemoryAttention
 from .memory_encoder import MemoryEncoder
-from .neck import ImageEncoder
+from .neck import BackboneFeatures, ImageEncoder
 from .perceiver import SpatialPerceiver, perceiver_rotary_tables
 from .positional import sine_1d
 from .prompt_encoder import PromptEncoder
@@ -108,6 +108,12 @@ class SAM2Model(nn.Module):
             backbone = self.image_encoder.tracker_features(images.to(self.dtype))
         else:
             backbone = self.image_encoder(images.to(self.dtype))
+        return self.features_from_backbone(backbone)
+
+    def features_from_backbone(self, backbone: BackboneFeatures) -> ImageFeatures:
+        """The image encoder's pyramid (levels (B, C, 4h, 4w), (B, C, 2h, 2w), (B, C, h, w)) -> features: the two
+        finer levels projected for the decoder's skips. SAM 3's concept tracker gives the pyramid its detector's
+        backbone pass made (one trunk pass for both)."""
         stride4, stride8, stride16 = backbone.levels
         high_res = self.sam_mask_decoder.project_high_res(stride4, stride8)
         # A channels-last trunk (RepViT at inference) leaves channels-last levels: projected in that layout (7x
@@ -220,12 +226,13 @@ class SAM2Model(nn.Module):
 
         embed (1 or B, C, h, w): the frame's features without memory. mask_logits (B, 1, 4h, 4w)
         low-resolution mask logits, or (B, 1, S, S) logits at the model's input size (training
-        supervises those). binarize (B,) bool: threshold the mask instead of taking its sigmoid
-        (for masks the user shaped with prompts).
+        supervises those), or at `config.memory_mask_size`. binarize (B,) bool: threshold the mask instead of
+        taking its sigmoid (for masks the user shaped with prompts).
         """
         size = self.config.image_size
         high_res = mask_logits.float()
-        if tuple(high_res.shape[-2:]) != (size, size):
+        # masks at the memory encoder's own size (SAM 3: 1152) go to it as they are, as Meta's video model gives them
+        if tuple(high_res.shape[-2:]) not in ((size, size), (self.config.memory_mask_size,) * 2):
             high_res = F.interpolate(high_res, size=(size, size), mode="bilinear", align_corners=False)
         probs = torch.where(binarize[:, None, None, None], (high_res > 0).float(), torch.sigmoid(high_res))
         mask_input = probs * MASK_LOGIT_SCALE + MASK_LOGIT_BIAS

@@ -34,6 +34,8 @@ RESIZES: tuple[str, ...] = get_args(Resize)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+SAM3_MEAN = (0.5, 0.5, 0.5)  # SAM 3 (detector and tracker) takes [0, 1] pixels to [-1, 1]
+SAM3_STD = (0.5, 0.5, 0.5)
 
 
 def check_resize(name: str) -> Resize:
@@ -43,8 +45,16 @@ def check_resize(name: str) -> Resize:
     return name
 
 
-def model_input(rgb: Tensor, image_size: int, resize: Resize, device: torch.device) -> Tensor:
-    """(3, H, W) uint8, or float in [0, 1], on any device -> (1, 3, S, S) float32 on `device`, normalised."""
+def model_input(
+    rgb: Tensor,
+    image_size: int,
+    resize: Resize,
+    device: torch.device,
+    mean: tuple[float, float, float] = IMAGENET_MEAN,
+    std: tuple[float, float, float] = IMAGENET_STD,
+) -> Tensor:
+    """(3, H, W) uint8, or float in [0, 1], on any device -> (1, 3, S, S) float32 on `device`, normalised by
+    `mean` and `std` (ImageNet's for SAM 2; SAM3_MEAN and SAM3_STD for SAM 3)."""
     check_resize(resize)
     if resize == "bilinear-antialias":
         x = _unit_range(to_device(rgb, device))
@@ -53,7 +63,7 @@ def model_input(rgb: Tensor, image_size: int, resize: Resize, device: torch.devi
         x = _unit_range(to_device(_pil_bicubic(rgb, image_size), device))[None]
     else:
         x = _unit_range(to_device(_opencv_bilinear(rgb, image_size), device))[None]
-    mean, std = _normalization(x.device)
+    mean, std = _normalization(x.device, mean, std)
     return (x - mean) / std
 
 
@@ -106,8 +116,6 @@ def _opencv_bilinear(rgb: Tensor, size: int) -> Tensor:
 
 
 @lru_cache(maxsize=None)
-def _normalization(device: torch.device) -> tuple[Tensor, Tensor]:
-    """ImageNet mean and std as (3, 1, 1) tensors, made once per device (a copy per frame would stall the GPU)."""
-    mean = torch.tensor(IMAGENET_MEAN, device=device)[:, None, None]
-    std = torch.tensor(IMAGENET_STD, device=device)[:, None, None]
-    return mean, std
+def _normalization(device: torch.device, mean: tuple, std: tuple) -> tuple[Tensor, Tensor]:
+    """A mean and std as (3, 1, 1) tensors, made once per device (a copy per frame would stall the GPU)."""
+    return torch.tensor(mean, device=device)[:, None, None], torch.tensor(std, device=device)[:, None, None]

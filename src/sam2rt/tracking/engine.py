@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..model.sam2 import ImageFeatures, MaskPrediction, MemoryTokens, SAM2Model
 from ..processing.masks import fill_holes, keep_highest_object
-from ..processing.preprocess import model_input
+from ..processing.preprocess import IMAGENET_MEAN, IMAGENET_STD, SAM3_MEAN, SAM3_STD, model_input
 from ..runtime.graphs import graphed_with_model, has_cuda_graphs
 from .memory_bank import MemoryView, ObjectOutput, gather
 from .options import TrackerOptions
@@ -70,14 +70,20 @@ class TrackingEngine:
 
     # Frames
 
+    def model_input(self, rgb: Tensor) -> Tensor:
+        """A frame (3, H, W) as the model's normalised input (1, 3, S, S): resized as `options.resize` says,
+        normalised as the model was trained (SAM 3: mean and std 0.5; SAM 2: ImageNet's)."""
+        sam3 = self.config.variant.is_sam3
+        mean, std = (SAM3_MEAN, SAM3_STD) if sam3 else (IMAGENET_MEAN, IMAGENET_STD)
+        return model_input(rgb, self.config.image_size, self.options.resize, self.device, mean, std)
+
     def encode(self, index: int, load: Callable[[], Tensor]) -> EncodedFrame:
         """The features of frame `index`, from the cache or by encoding `load()`, an RGB (3, H, W) tensor."""
         if index in self._cache:
             self._cache.move_to_end(index)
             return self._cache[index]
         rgb = load()
-        image = model_input(rgb, self.config.image_size, self.options.resize, self.device)
-        frame = EncodedFrame(index, self.model.encode_image(image), (rgb.shape[1], rgb.shape[2]))
+        frame = EncodedFrame(index, self.model.encode_image(self.model_input(rgb)), (rgb.shape[1], rgb.shape[2]))
         self._cache[index] = frame
         while len(self._cache) > self.cached_frames:
             self._cache.popitem(last=False)
@@ -85,10 +91,7 @@ class TrackingEngine:
 
     def encode_batch(self, frames: Sequence[tuple[int, Tensor]]) -> list[EncodedFrame]:
         """Encode (index, RGB (3, H, W)) frames of any sizes in one image-encoder call; nothing is cached."""
-        size = self.config.image_size
-        images = torch.cat(
-            [model_input(rgb, size, self.options.resize, self.device) for _, rgb in frames]
-        )  # (B, 3, S, S)
+        images = torch.cat([self.model_input(rgb) for _, rgb in frames])  # (B, 3, S, S)
         if self.shape_buckets:
             images = _padded_rows(images, bucket(len(frames)))  # (B', 3, S, S), the last image repeated
         features = self.model.encode_image(images)
@@ -156,6 +159,35 @@ class TrackingEngine:
             ObjectOutput(masks[row], tracked.pointers[row], tracked.object_scores[row], memories[row])
             for row in range(len(views))
         ]
+
+    def propagate(self, frames: Sequence[EncodedFrame], views: list[MemoryView]) -> list[ObjectOutput]:
+        """Track every object of `views` on its frame (one per view, or one for all) without encoding its memory:
+        outputs with the best mask's raw logits (1, 4h, 4w) (no hole filling), pointer and object score; their
+        memory is None, for the caller to encode from masks it decides on (`encode_masks`), as SAM 3's video
+        model does. Forward in time, memory attention one call for all (no CUDA graph of this pass)."""
+        features = _per_object(frames, len(views))
+        conditioned = self._with_memory(frames, features.embed, views, False, None)  # (B, C, h, w)
+        high_res = tuple(h.expand(len(views), -1, -1, -1) for h in features.high_res)  # views of (1 or B, ...)
+        prediction = self.model.segment(conditioned, high_res, None, None, None, multimask=True)
+        masks = prediction.best_mask.to(self.storage_device, non_blocking=True)  # (B, 1, 4h, 4w)
+        return [
+            ObjectOutput(masks[row], prediction.obj_ptr[row], prediction.object_score_logits[row])
+            for row in range(len(views))
+        ]
+
+    def encode_masks(
+        self, frames: Sequence[EncodedFrame], masks: Tensor, object_scores: Tensor, binarize: bool
+    ) -> Tensor:
+        """Spatial memories (B, N, C_mem), in the storage dtype and device, of given masks: (B, 1, s, s) logits at
+        the low resolution, the model's input size or the memory encoder's own size, one per object on its frame
+        (one frame per mask, or one for all), with their object scores (B, 1); `binarize` thresholds the masks at
+        0 instead of taking their sigmoid."""
+        if masks.shape[0] == 0:
+            return masks.new_zeros(0, self.config.memory_tokens, self.config.memory_dim)
+        embed = _per_object(frames, masks.shape[0]).embed
+        flags = torch.full((masks.shape[0],), binarize, dtype=torch.bool, device=self.device)
+        memories = self.model.encode_memory(embed, masks.to(self.device), object_scores.to(self.device), flags)
+        return self._store_memory(memories)
 
     def prompt_points(
         self,
