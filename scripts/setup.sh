@@ -22,8 +22,8 @@ if [ "${1:-}" = "--test" ]; then
   .venv/bin/python -m pip install -q --no-deps timm
   # Meta's SAM 3, the reference of the SAM 3 tests, without its pins (huggingface_hub<2, numpy<2.4) and its
   # torchvision (the tests stand in for it); open_clip for the BPE vocabulary its tokenizer reads.
-  .venv/bin/python -m pip install -q --no-deps sam3==0.1.4 open_clip_torch
   .venv/bin/python -m pip install -q einops ftfy regex psutil
+  .venv/bin/python -m pip install -q --no-deps sam3==0.1.4 open_clip_torch  # last: pip checks pins at each install
   # The browser test drives the system's Chromium through Playwright (never `playwright install`).
   if [ ! -x /usr/bin/chromium ]; then
     apt-get update -q && apt-get install -y -q chromium
