@@ -41,12 +41,8 @@ def check_threshold(value: float) -> float:
     return value
 
 
-def load_concept_predictor(model: ModelChoice, score_threshold: float):
-    """SAM 3's ConceptPredictor with the options' checkpoint and device (bf16 weights on CUDA under --fast)."""
-    from ..checkpoints.sam3 import load_sam3_detector, load_text_tokenizer
-    from ..images.concepts import ConceptPredictor
-    from ..runtime import to_inference_dtype
-
+def check_sam3_choice(model: ModelChoice) -> None:
+    """Usage errors of the model options with --text: another variant, --image-size, --compile."""
     if model.variant is not None and model.variant != SAM3_VARIANT:
         raise typer.BadParameter(
             f"--text needs SAM 3 ('--variant {SAM3_VARIANT}' or SAM 3's checkpoint); {model.variant} has no text "
@@ -59,12 +55,42 @@ def load_concept_predictor(model: ModelChoice, score_threshold: float):
         )
     if model.compile:
         raise typer.BadParameter("--compile is not available for SAM 3 yet", param_hint="--compile")
+
+
+def load_concept_predictor(model: ModelChoice, score_threshold: float):
+    """SAM 3's ConceptPredictor with the options' checkpoint and device (bf16 weights on CUDA under --fast)."""
+    from ..checkpoints.sam3 import load_sam3_detector, load_text_tokenizer
+    from ..images.concepts import ConceptPredictor
+    from ..runtime import to_inference_dtype
+
+    check_sam3_choice(model)
     device = model.target_device()
     detector = load_sam3_detector(model.checkpoint, device)
     tokenizer = load_text_tokenizer(beside=model.checkpoint)
     if model.fast and device.type == "cuda":
         to_inference_dtype(detector)  # parameters only: the rotary tables keep their precision
     return ConceptPredictor(detector, tokenizer, score_threshold)
+
+
+def load_concept_tracks(model: ModelChoice, phrases: list[str], score_threshold: float):
+    """SAM 3's detector and tracker from the options' checkpoint and device (bf16 weights on CUDA under --fast),
+    as a ConceptTracker per phrase (`PhraseTracks`); `score_threshold` is the detections' (Meta's
+    score_threshold_detection)."""
+    from ..checkpoints.sam3 import load_sam3_video, load_text_tokenizer
+    from ..runtime import to_inference_dtype
+    from ..tracking.concept_plan import ConceptOptions
+    from ..tracking.concept_run import PhraseTracks
+    from ..tracking.concepts import ConceptTracker
+
+    check_sam3_choice(model)
+    device = model.target_device()
+    detector, tracker_model = load_sam3_video(model.checkpoint, device)
+    tokenizer = load_text_tokenizer(beside=model.checkpoint)
+    if model.fast and device.type == "cuda":
+        to_inference_dtype(detector)  # parameters only: the rotary tables keep their precision
+        to_inference_dtype(tracker_model)
+    options = ConceptOptions(score_threshold_detection=score_threshold)
+    return PhraseTracks([ConceptTracker(detector, tracker_model, tokenizer, phrase, options) for phrase in phrases])
 
 
 def instance_labels(masks: np.ndarray) -> np.ndarray:

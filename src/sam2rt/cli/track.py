@@ -1,4 +1,5 @@
-"""`sam2rt track`: objects through a video, a folder of frames, a camera or a stream."""
+"""`sam2rt track`: objects through a video, a folder of frames, a camera or a stream, from clicks, boxes and masks
+or (--text, SAM 3) every instance of some phrases."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from .common import (
     fail,
     flag_prompt,
 )
+from .concepts import SCORE_THRESHOLD, TEXT, check_sam3_choice, check_threshold, load_concept_tracks, parse_phrases
 from .model_choice import MODEL_OPTIONS, ModelChoice, model_options
 from .onnx_backend import Backend, onnx_tracker
 
@@ -76,14 +78,33 @@ def track(
     onnx: Optional[Path] = typer.Option(
         None, "--onnx", help="With --backend onnxruntime: the folder `sam2rt export` wrote."
     ),
+    text: Optional[str] = TEXT,
+    score_threshold: float = SCORE_THRESHOLD,
     model: ModelChoice = MODEL_OPTIONS,
     progress: Optional[bool] = PROGRESS,
 ) -> None:
-    """Track objects through a video, a folder of frames, a camera or a stream."""
+    """Track objects through a video, a folder of frames, a camera or a stream: those prompted by clicks, boxes and
+    masks, or every instance of some phrases (--text, SAM 3)."""
+    from ..tracking.concept_run import open_concept_sinks, run_concept_tracking
     from ..tracking.run import open_sinks, output_paths, run_tracking
     from ..tracking.stream import StreamTracker
 
-    model.check()
+    phrases = None
+    if text is not None:  # usage errors first, before any file is read
+        given = {"--point": point, "--negative": negative, "--box": box, "--mask": mask, "--prompts": prompts}
+        given.update({"--lookahead": lookahead, "--onnx": onnx})
+        given["--backend onnxruntime"] = backend is Backend.onnxruntime
+        refused = [option for option, value in given.items() if value]
+        if refused:
+            raise typer.BadParameter(
+                f"--text finds the objects itself: it takes no {', '.join(refused)} (click prompts with --text are "
+                "not supported yet)",
+                param_hint="--text",
+            )
+        phrases, score_threshold = parse_phrases(text), check_threshold(score_threshold)
+        check_sam3_choice(model)
+    else:
+        model.check()
     if backend is Backend.onnxruntime and onnx is None:
         raise typer.BadParameter("--backend onnxruntime tracks with an export: give --onnx DIR", param_hint="--onnx")
     if backend is Backend.torch and onnx is not None:
@@ -91,16 +112,11 @@ def track(
     with StopSignals(ignore_after_signal=True) as stops, errors_as_messages():
         try:
             with stops.interruptible():  # nothing is written before the outputs open
-                flagged = flag_prompt(point, negative, box, mask, frame, obj)
-                file_prompts = read_prompts_file(prompts) if prompts is not None else []
-                all_prompts = file_prompts + ([flagged] if flagged else [])
-                if not all_prompts:
-                    raise typer.BadParameter(
-                        "nothing to track: give --point, --box, --mask or --prompts", param_hint="prompt"
-                    )
-                check_unique(all_prompts)
-                if png_dir is not None and max(p.obj_id for p in all_prompts) > MAX_PNG_OBJECT_ID:
-                    raise RunFailed(f"--png-dir holds object ids 1 to {MAX_PNG_OBJECT_ID} (one byte per pixel)")
+                file_prompts, all_prompts = [], []
+                if phrases is None:
+                    file_prompts, all_prompts = _click_prompts(point, negative, box, mask, frame, obj, prompts)
+                    if png_dir is not None and max(p.obj_id for p in all_prompts) > MAX_PNG_OBJECT_ID:
+                        raise RunFailed(f"--png-dir holds object ids 1 to {MAX_PNG_OBJECT_ID} (one byte per pixel)")
                 outputs = output_paths(overlay, png_dir, coco, yolo_dir)
                 check_clashes(_inputs(source, prompts, file_prompts, mask, model.checkpoint), outputs)
                 stream = open_track_source(source, realtime)
@@ -108,21 +124,30 @@ def track(
             _stopped_before_tracking(stop)
         try:
             with stops.interruptible():
-                num_frames, limit = stream.length, f"{source} has {stream.length} frames"
-                if max_frames is not None and num_frames is not None and max_frames < num_frames:
-                    num_frames, limit = max_frames, f"--max-frames {max_frames}"
-                check_prompts(all_prompts, stream.size, num_frames, limit)
-                if backend is Backend.onnxruntime:
-                    tracker, lookahead = onnx_tracker(onnx, model), 1  # frames go one at a time through the graphs
+                if phrases is not None:
+                    tracks = load_concept_tracks(model, phrases, score_threshold)
                 else:
-                    tracker = StreamTracker(model.load())
-            sinks = open_sinks(stream, overlay, png_dir, coco, yolo_dir, yolo_pieces)
+                    num_frames, limit = stream.length, f"{source} has {stream.length} frames"
+                    if max_frames is not None and num_frames is not None and max_frames < num_frames:
+                        num_frames, limit = max_frames, f"--max-frames {max_frames}"
+                    check_prompts(all_prompts, stream.size, num_frames, limit)
+                    if backend is Backend.onnxruntime:
+                        tracker, lookahead = onnx_tracker(onnx, model), 1  # frames go one at a time: the graphs
+                    else:
+                        tracker = StreamTracker(model.load())
+            if phrases is not None:
+                sinks = open_concept_sinks(stream, tracks, overlay, png_dir, coco, yolo_dir, yolo_pieces)
+            else:
+                sinks = open_sinks(stream, overlay, png_dir, coco, yolo_dir, yolo_pieces)
         except BaseException as error:
             stream.close()
             if isinstance(error, Interrupted):
                 _stopped_before_tracking(error)
             raise
-        summary = run_tracking(tracker, stream, all_prompts, sinks, max_frames, progress, stops, lookahead)
+        if phrases is not None:
+            summary = run_concept_tracking(tracks, stream, sinks, max_frames, progress, stops)
+        else:
+            summary = run_tracking(tracker, stream, all_prompts, sinks, max_frames, progress, stops, lookahead)
         typer.echo(summary.describe())
         stop = stops.interrupted
         if stop is None and isinstance(summary.error, KeyboardInterrupt):  # Ctrl+C where no handler could be set
@@ -132,6 +157,27 @@ def track(
             raise typer.Exit(stop.exit_code)
         if summary.error is not None:
             fail(str(summary.error))
+
+
+def _click_prompts(
+    point: list[str],
+    negative: list[str],
+    box: Optional[str],
+    mask: Optional[Path],
+    frame: int,
+    obj: int,
+    prompts: Optional[Path],
+) -> tuple[list[Prompt], list[Prompt]]:
+    """The prompts of the file (--prompts) and all prompts (the file's and the flags'); a usage error for none."""
+    flagged = flag_prompt(point, negative, box, mask, frame, obj)
+    file_prompts = read_prompts_file(prompts) if prompts is not None else []
+    all_prompts = file_prompts + ([flagged] if flagged else [])
+    if not all_prompts:
+        raise typer.BadParameter(
+            "nothing to track: give --point, --box, --mask, --prompts or --text", param_hint="prompt"
+        )
+    check_unique(all_prompts)
+    return file_prompts, all_prompts
 
 
 def _inputs(

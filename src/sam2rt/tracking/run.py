@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import time
 from pathlib import Path
-from typing import NamedTuple, Optional, Sequence
+from typing import Callable, Iterator, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -21,7 +21,15 @@ from ..io.coco import CocoWriter
 from ..io.live import SourceError
 from ..io.overlay import OverlayVideoWriter
 from ..io.prompt_file import Prompt, PromptError
-from ..io.sinks import OutputError, PngMaskWriter, SinkSet, TrackedFrame, check_writable_file, check_writable_folder
+from ..io.sinks import (
+    MaskSink,
+    OutputError,
+    PngMaskWriter,
+    SinkSet,
+    TrackedFrame,
+    check_writable_file,
+    check_writable_folder,
+)
 from ..io.track_source import TrackSource
 from ..io.video_file import VideoReadError
 from ..io.yolo import YoloWriter
@@ -99,47 +107,71 @@ def run_tracking(
     `progress`: show a progress bar (None: when stderr is a terminal). `lookahead`: frames of a video
     known ahead encoded in one batch (None: tracking.lookahead's default; a live source: always 1).
     """
-    if stops is None:
-        with StopSignals() as own:
-            return run_tracking(tracker, source, prompts, sinks, max_frames, progress, own, lookahead)
-    from tqdm import tqdm
-
     pending = sorted(prompts, key=lambda p: p.frame)  # stable: same-frame prompts keep their order
-    total = source.length if max_frames is None else min(max_frames, source.length or max_frames)
-    bar = tqdm(total=total, unit="frame", desc="tracking", disable=None if progress is None else not progress)
-    objects: set[int] = set()
-    frames = 0
-    error: Optional[BaseException] = None
-    start = time.monotonic()
     if source.length is None:
         lookahead = 1  # a live source: frames are tracked as they come, never held back
     elif lookahead is None:
         lookahead = default_lookahead(tracker.engine.device)
     incoming = encoded_ahead(tracker, itertools.islice(source, max_frames), lookahead, image=lambda item: item[1])
-    try:
-        while frames != max_frames:
-            with stops.interruptible():  # a signal here drops this frame: no output has it yet
-                item = next(incoming, None)
-                if item is None:
-                    break
-                index, image = item
-                result = tracker.step(image)
-                while pending and pending[0].frame <= index:
-                    result = apply_prompt(tracker, pending.pop(0))
-                tracked = tracked_frame(result, index, source.frame_name(index), image)
-            sinks.write(tracked)  # a signal here waits until the frame is in every output
-            objects.update(result.object_ids)
-            frames += 1
-            bar.update(1)
-            if source.length is None:
-                bar.set_postfix(dropped=source.dropped, refresh=False)
-            stops.check()
+
+    def step(index: int, image: np.ndarray) -> TrackedFrame:
+        result = tracker.step(image)
+        while pending and pending[0].frame <= index:
+            result = apply_prompt(tracker, pending.pop(0))
+        return tracked_frame(result, index, source.frame_name(index), image)
+
+    def check_end(frames: int) -> None:
         if pending:
             first = pending[0]
             raise PromptError(
                 f"{first.describe()}: frame {first.frame} never came, the run ended after "
                 f"{frames} frames{f' (--max-frames {max_frames})' if frames == max_frames else ''}"
             )
+
+    return run_frames(source, incoming, step, sinks, max_frames, progress, stops, check_end)
+
+
+def run_frames(
+    source: TrackSource,
+    incoming: Iterator[tuple[int, np.ndarray]],
+    step: Callable[[int, np.ndarray], TrackedFrame],
+    sinks: SinkSet,
+    max_frames: Optional[int] = None,
+    progress: Optional[bool] = None,
+    stops: Optional[StopSignals] = None,
+    check_end: Optional[Callable[[int], None]] = None,
+) -> RunSummary:
+    """The loop of a tracking run, whatever tracks: `step(index, image)` makes source frame `index`'s TrackedFrame
+    for each (index, image) of `incoming` (the source's frames, at most `max_frames`), which goes to every sink;
+    `check_end(frames)` may fail a run that ended early. Closes the sinks and the source; errors and signals as
+    `run_tracking` says."""
+    if stops is None:
+        with StopSignals() as own:
+            return run_frames(source, incoming, step, sinks, max_frames, progress, own, check_end)
+    from tqdm import tqdm
+
+    total = source.length if max_frames is None else min(max_frames, source.length or max_frames)
+    bar = tqdm(total=total, unit="frame", desc="tracking", disable=None if progress is None else not progress)
+    objects: set[int] = set()
+    frames = 0
+    error: Optional[BaseException] = None
+    start = time.monotonic()
+    try:
+        while frames != max_frames:
+            with stops.interruptible():  # a signal here drops this frame: no output has it yet
+                item = next(incoming, None)
+                if item is None:
+                    break
+                tracked = step(*item)
+            sinks.write(tracked)  # a signal here waits until the frame is in every output
+            objects.update(tracked.object_ids)
+            frames += 1
+            bar.update(1)
+            if source.length is None:
+                bar.set_postfix(dropped=source.dropped, refresh=False)
+            stops.check()
+        if check_end is not None:
+            check_end(frames)
     except RUN_ERRORS as caught:
         error = caught
     except KeyboardInterrupt as caught:
@@ -189,8 +221,10 @@ def open_sinks(
     coco: Optional[Path],
     yolo_dir: Optional[Path],
     yolo_pieces: bool = False,
+    coco_writer: Optional[Callable[[Path], MaskSink]] = None,
 ) -> SinkSet:
-    """The outputs asked for, ready for the first frame."""
+    """The outputs asked for, ready for the first frame. `coco_writer(path)`: the COCO sink (None: a CocoWriter
+    with one category)."""
     sinks = SinkSet()
     try:
         if overlay is not None:
@@ -198,7 +232,7 @@ def open_sinks(
         if png_dir is not None:
             sinks.add(PngMaskWriter(png_dir))
         if coco is not None:
-            sinks.add(CocoWriter(coco, source.name, source.frame_file))
+            sinks.add(CocoWriter(coco, source.name, source.frame_file) if coco_writer is None else coco_writer(coco))
         if yolo_dir is not None:
             sinks.add(YoloWriter(yolo_dir, yolo_pieces))
     except BaseException:
