@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional
 
+import torch
 from torch import Tensor, nn
 
 from .config import SAM3, Sam3Spec
@@ -124,8 +125,8 @@ class Sam3Detector(nn.Module):
             geometry = GeometricPrompt.empty(batch, device=text_memory.device)
         exemplars = self.geometry_encoder(geometry, features, pos)
         # The prompt is the phrase's tokens, then the exemplars' (each part keeps its own padding).
-        prompt = torch_cat((text_memory, exemplars.tokens.to(text_memory.dtype)))  # (B, L + G, C)
-        prompt_padding = torch_cat((text_padding, exemplars.padding))  # (B, L + G)
+        prompt = torch.cat((text_memory, exemplars.tokens.to(text_memory.dtype)), dim=1)  # (B, L + G, C)
+        prompt_padding = torch.cat((text_padding, exemplars.padding), dim=1)  # (B, L + G)
 
         tokens = self.transformer.encoder(features, pos, prompt, prompt_padding)  # (B, H*W, C)
         tokens_pos = pos.flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, H*W, C)
@@ -133,10 +134,3 @@ class Sam3Detector(nn.Module):
         logits = self.dot_prod_scoring(decoded.queries, prompt, prompt_padding)  # (B, Q)
         masks = self.segmentation_head(image.levels, tokens, decoded.queries, prompt, prompt_padding)
         return Detections(logits, decoded.presence_logits, decoded.boxes, masks.mask_logits)
-
-
-def torch_cat(parts: tuple[Tensor, ...]) -> Tensor:
-    """Concatenation along the token axis (1) of batch-first tensors."""
-    import torch
-
-    return torch.cat(parts, dim=1)
