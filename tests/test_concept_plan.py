@@ -502,3 +502,32 @@ def test_official_defaults_equal_meta_builder():
             assert getattr(options, name) == eval(value), name
         else:
             assert getattr(options, name) == class_defaults[name].default, name
+
+
+def test_streams_can_retire_tracks_of_objects_long_gone():
+    """Meta removes a track only in its hotstart window; with retire_unmatched_frames a track unmatched that many
+    frames in a row is removed later too, and a match resets the count."""
+    size = TRACK_SIZE
+    present = disc(0.4, 0.4, 0.15, size)[None]  # (1, H, W) logits
+    empty = torch.zeros(0, size, size)
+
+    def run(options: ConceptOptions, seen_until: int, frames: int) -> list[int]:
+        state, removed_on = ConceptState(), []
+        for frame in range(frames):
+            seen = frame < seen_until or frame == seen_until + 3  # detected, then gone (seen once more, then gone)
+            scores = torch.tensor([0.9]) if seen else torch.zeros(0)
+            masks = present if seen else empty
+            boxes = box_of(present[0])[None] if seen else torch.zeros(0, 4)
+            # the tracker keeps its (stale) mask: the track is unmatched, not empty
+            track_masks = present.expand(len(state.track_ids), -1, -1)
+            track_scores = torch.full((len(state.track_ids),), 5.0)
+            plan = plan_frame(state, options, scores, masks, boxes, track_masks, track_scores)
+            removed_on += [frame] * len(plan.removed_ids)
+        return removed_on
+
+    official = ConceptOptions()
+    assert run(official, seen_until=20, frames=60) == []  # past its hotstart: never removed, as Meta
+    retiring = official.changed(retire_unmatched_frames=10)
+    assert run(retiring, seen_until=20, frames=60) == [33]  # 10 unmatched in a row after the match on frame 23
+    with pytest.raises(ValueError):
+        official.changed(retire_unmatched_frames=-1)

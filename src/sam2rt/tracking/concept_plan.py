@@ -117,6 +117,10 @@ class ConceptOptions:
     masklet_confirmation_consecutive_det_thresh: int = 3
     high_conf_thresh: float = 0.8  # Meta's HIGH_CONF_THRESH: detection score and tracker score logit bar
     high_iou_thresh: float = 0.8  # Meta's HIGH_IOU_THRESH: detection-track IoU bar of a recondition
+    # Ours, not Meta's: a track past its hotstart that has been unmatched this many frames in a row is removed
+    # (0: never, as Meta, whose tracks past their hotstart live to the end of the video). An endless stream needs
+    # it, or tracks of objects long gone pile up (up to max_num_objects), each still tracked every frame.
+    retire_unmatched_frames: int = 0
 
     def __post_init__(self) -> None:
         for name in ("score_threshold_detection", "det_nms_thresh", "assoc_iou_thresh", "trk_assoc_iou_thresh"):
@@ -134,6 +138,8 @@ class ConceptOptions:
             raise ValueError("hotstart_unmatch_thresh and hotstart_dup_thresh must not exceed hotstart_delay")
         if not self.min_trk_keep_alive <= self.max_trk_keep_alive:
             raise ValueError("min_trk_keep_alive must not exceed max_trk_keep_alive")
+        if self.retire_unmatched_frames < 0:
+            raise ValueError("retire_unmatched_frames must not be negative (0: never)")
         if self.recondition_every_nth_frame < 0:
             raise ValueError("recondition_every_nth_frame must not be negative (0: off)")
         if self.masklet_confirmation_consecutive_det_thresh < 1:
@@ -157,6 +163,7 @@ class TrackRecord:
     score: float  # that detection's score: the track's output probability
     keep_alive: int
     unmatched_frames: int = 0  # frames it was unmatched (rule 5 reads only the count)
+    unmatched_run: int = 0  # unmatched frames since its last match (retire_unmatched_frames)
     last_occluded: Optional[int] = None  # last frame empty or suppressed; None until rule 7 first saw it
     consecutive_detections: int = 0  # rule 8
     confirmed: bool = False
@@ -323,10 +330,12 @@ def _hotstart(
     matched = {track_ids[t] for positions in assoc.matches for t in positions}
     for obj_id in matched:
         tracks[obj_id].keep_alive = min(options.max_trk_keep_alive, tracks[obj_id].keep_alive + 1)
+        tracks[obj_id].unmatched_run = 0
     for position, unmatched in enumerate(assoc.unmatched):
         if unmatched:
             record = tracks[track_ids[position]]
             record.unmatched_frames += 1
+            record.unmatched_run += 1
             record.keep_alive = max(options.min_trk_keep_alive, record.keep_alive - 1)
     if options.decrease_trk_keep_alive_for_empty_masklets:
         for position, empty in enumerate(assoc.empty):
@@ -341,6 +350,8 @@ def _hotstart(
         if record.unmatched_frames == 0:
             continue  # Meta looks only at tracks that were ever unmatched
         if record.unmatched_frames >= options.hotstart_unmatch_thresh and record.first_frame > probation_after:
+            removed.add(obj_id)
+        elif 0 < options.retire_unmatched_frames <= record.unmatched_run:
             removed.add(obj_id)
         elif record.keep_alive <= 0 and not options.suppress_unmatched_only_within_hotstart:
             suppressed.add(obj_id)
