@@ -2,8 +2,9 @@
 
 Chromium plays a clip (from ../shared/data/videos, or synthetic frames without it) as its webcam.
 The test clicks an object, checks on the page's pixels that its mask is drawn over the frame in its
-colour, corrects it, removes it, exports COCO JSON; then the same with an uploaded video. It keeps
-screenshots (in $SAM2RT_SCREENSHOT_DIR when set: the README's picture comes from there).
+colour, corrects it, removes it, exports COCO JSON; then the same with an uploaded video; then, on a server
+with a small SAM 3 (tests/test_serve_text.py's), types a phrase into the text box and sees its instances drawn
+and named. It keeps screenshots (in $SAM2RT_SCREENSHOT_DIR when set: the README's picture comes from there).
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ import pytest
 from cli_support import clip_frames
 from media import SHARED_DATA
 from PIL import Image
-from serve_support import load_test_model, running_front, running_server
+from serve_support import load_test_model, running_asgi, running_front, running_server
 
-from sam2rt.serve.app import ServerConfig
+from sam2rt.serve.app import ServerConfig, create_app
 from sam2rt.serve.scheduler import default_engine
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -247,3 +248,95 @@ def test_uploaded_video_click_correct_remove_export(browser, server, clips, tmp_
     check_coco(track_click_correct_remove_export(page, tmp_path, "serve-upload.png"))
     assert not errors, errors
     page.close()
+
+
+# The text box (SAM 3)
+
+TEXT_PHRASE = "cup"
+# Per object of the shown result: its pixels, those tinted with its colour (or its outline's), and the pixels of no
+# object left as the frame is; and the names the page gives the objects.
+CHECK_TEXT_PIXELS = """() => {
+  const shown = window.sam2rt.shown, view = document.getElementById("view");
+  const { width, height } = view;
+  const drawn = view.getContext("2d").getImageData(0, 0, width, height).data;
+  const raw = document.createElement("canvas"); raw.width = width; raw.height = height;
+  raw.getContext("2d").drawImage(shown.bitmap, 0, 0);
+  const frame = raw.getContext("2d").getImageData(0, 0, width, height).data;
+  const near = (a, b, tolerance) => Math.abs(a - b) <= tolerance;
+  const result = { objects: shown.objects.map((o) => [o.id, o.label]), inside: 0, tinted: 0, outside: 0, untouched: 0 };
+  for (let i = 0; i < width * height; i++) {
+    const obj = shown.objects.find((o) => o.mask[i]);
+    if (obj) {
+      const colour = objectColor(obj.id);
+      result.inside += 1;
+      const fill = [0, 1, 2].every((c) => near(drawn[4 * i + c], frame[4 * i + c] * 0.498 + colour[c] * 0.502, 3));
+      if (fill || [0, 1, 2].every((c) => near(drawn[4 * i + c], colour[c], 1))) result.tinted += 1;
+    } else {
+      result.outside += 1;
+      if ([0, 1, 2].every((c) => near(drawn[4 * i + c], frame[4 * i + c], 1))) result.untouched += 1;
+    }
+  }
+  result.names = [...document.querySelectorAll("#objects li .name")].map((e) => e.textContent);
+  return result;
+}"""
+
+
+@pytest.fixture(scope="module")
+def text_server(tmp_path_factory):
+    """The single-process server with SAM 3 beside SAM 2 (`sam2rt serve --sam3`)."""
+    from test_serve_text import small_concept_models
+
+    concepts = small_concept_models(tmp_path_factory.mktemp("vocab"))
+    engine = default_engine(load_test_model(tmp_path_factory.mktemp("serve-model")))
+    with running_asgi(create_app(engine, ServerConfig(), concepts)) as running:
+        yield running
+
+
+def test_webcam_text_box_finds_and_draws_the_instances(browser, text_server, tmp_path):
+    page = new_page(browser)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"{text_server.base}/")
+    page.click("#webcam-btn")
+    page.wait_for_function("window.sam2rt.results >= 2", timeout=60_000)
+    page.fill("#text-input", f"  {TEXT_PHRASE} ")
+    page.click("#text-btn")
+    page.wait_for_function(
+        f"window.sam2rt.phrase === {TEXT_PHRASE!r} && window.sam2rt.shown.objects.length > 0 "
+        "&& window.sam2rt.shown.objects.every((o) => o.label)",
+        timeout=30_000,
+    )
+    page.wait_for_timeout(300)
+    pixels = page.evaluate(CHECK_TEXT_PIXELS)
+    keep_screenshot(page, tmp_path, "serve-text.png")
+    assert pixels["objects"] and all(label == TEXT_PHRASE for _, label in pixels["objects"]), pixels["objects"]
+    assert pixels["inside"] > 100, pixels  # masks with area, tinted in their colours (but under their names)
+    assert pixels["tinted"] >= 0.9 * pixels["inside"], pixels
+    assert pixels["untouched"] >= 0.95 * pixels["outside"], pixels  # the rest is the frame (but the names)
+    assert pixels["names"] and all(name.startswith(f"{TEXT_PHRASE} ") for name in pixels["names"]), pixels["names"]
+    assert TEXT_PHRASE in page.locator("#text-shown").inner_text()
+
+    # clicks are refused while the phrase is tracked; Clear goes back to clicking
+    box = page.locator("#view").bounding_box()
+    page.mouse.click(box["x"] + 20, box["y"] + 20)
+    assert "clear the phrase to click" in page.locator("#status").inner_text()
+    page.click("#text-clear")
+    page.wait_for_function("window.sam2rt.phrase === null", timeout=30_000)
+    page.wait_for_function("window.sam2rt.results > 0 && window.sam2rt.shown.objects.length === 0", timeout=30_000)
+    assert page.locator("#text-shown").inner_text() == ""
+    assert not errors, errors
+    page.close()
+
+
+def test_text_box_on_a_server_without_sam3_says_how_to_start_it(browser, clips, tmp_path_factory):
+    engine = default_engine(load_test_model(tmp_path_factory.mktemp("serve-model")))
+    with running_server(engine, ServerConfig()) as server:
+        page = new_page(browser)
+        page.goto(f"{server.base}/")
+        page.wait_for_function("window.sam2rt.session !== null")
+        page.fill("#text-input", TEXT_PHRASE)
+        page.click("#text-btn")
+        page.wait_for_function("document.getElementById('status').textContent.includes('no SAM 3 model')")
+        assert "sam2rt serve --sam3" in page.locator("#status").inner_text()
+        assert page.locator("#text-input").get_attribute("placeholder") == "needs sam2rt serve --sam3"
+        page.close()

@@ -1,4 +1,9 @@
-"""`sam2rt serve`: the live server and its browser app; the model is loaded once and shared by all sessions."""
+"""`sam2rt serve`: the live server and its browser app; the model is loaded once and shared by all sessions.
+
+With --sam3 (or --sam3-checkpoint) the server also loads SAM 3 (detector, tracker, tokenizer from Meta's sam3.pt),
+and the app's text box finds and tracks every instance of a phrase; without it a phrase is refused with a message
+that says how to start the server.
+"""
 
 from __future__ import annotations
 
@@ -55,9 +60,22 @@ def serve(
     ray_address: Optional[str] = typer.Option(
         None, "--ray-address", help="With --ray: the cluster to join (default: RAY_ADDRESS, else a local one)."
     ),
+    sam3: bool = typer.Option(
+        False,
+        "--sam3",
+        help="Also load SAM 3 (sam3.pt from the Hugging Face cache, downloaded when missing): the app's text box "
+        "then tracks every instance of a phrase.",
+    ),
+    sam3_checkpoint: Optional[Path] = typer.Option(
+        None,
+        "--sam3-checkpoint",
+        help="SAM 3 from this sam3.pt (Meta's; implies --sam3); its tokenizer's vocab.json and merges.txt are read "
+        "from beside it when there.",
+    ),
     model: ModelChoice = MODEL_OPTIONS,
 ) -> None:
-    """Serve the browser app: track objects in live video (webcam, uploads, files, streams) by clicking on them."""
+    """Serve the browser app: track objects in live video (webcam, uploads, files, streams) by clicking on them,
+    or (--sam3) every instance of a phrase typed in its text box."""
     import uvicorn
 
     from ..serve.app import ServerConfig, create_app
@@ -73,8 +91,12 @@ def serve(
             raise RunFailed(f"--host {host} makes the server reachable from other machines: give --token too")
         if media_root is not None and not media_root.is_dir():
             raise RunFailed(f"--media-root {media_root} is not a folder")
+        text_models = Sam3Choice(sam3_checkpoint) if sam3 or sam3_checkpoint is not None else None
+        if text_models is not None and sam3_checkpoint is not None and not sam3_checkpoint.is_file():
+            raise RunFailed(f"--sam3-checkpoint {sam3_checkpoint} is not a file")
         if not ray:
             loaded = model.load()
+            concepts = text_models.load(model) if text_models is not None else None
     config = ServerConfig(
         token=token or None,
         media_root=media_root,
@@ -86,10 +108,10 @@ def serve(
     )
     if ray:
         with errors_as_messages():
-            asgi_app, replica_count = _start_on_ray(model, config, replicas, ray_address)
+            asgi_app, replica_count = _start_on_ray(model, config, replicas, ray_address, text_models)
         typer.echo(f"sam2rt serve: {replica_count} engine replica{'s' if replica_count > 1 else ''} on Ray Serve")
     else:
-        asgi_app = create_app(default_engine(loaded), config)
+        asgi_app = create_app(default_engine(loaded), config, concepts)
     server = uvicorn.Server(
         uvicorn.Config(
             asgi_app,
@@ -111,15 +133,50 @@ def serve(
             stop_replicas()
 
 
-def replica_app(model: ModelChoice, config):
-    """The app an engine replica serves: the single-process server's, on the model loaded in the replica."""
+@dataclasses.dataclass(frozen=True)
+class Sam3Choice:
+    """--sam3 and --sam3-checkpoint: SAM 3's models for the text box (None: sam3.pt from the Hugging Face cache)."""
+
+    checkpoint: Optional[Path]
+
+    def load(self, model: ModelChoice):
+        """SAM 3's detector, tracker and tokenizer (serve.concepts.ConceptModels) on the SAM 2 model's device, with
+        bf16 weights on CUDA under --fast."""
+        from ..checkpoints.sam3 import load_sam3_video, load_text_tokenizer
+        from ..runtime import to_inference_dtype
+        from ..serve.concepts import ConceptModels
+
+        device = model.target_device()
+        detector, tracker = load_sam3_video(self.checkpoint, device)
+        tokenizer = load_text_tokenizer(beside=self.checkpoint)
+        if model.fast and device.type == "cuda":
+            to_inference_dtype(detector)  # parameters only: the rotary tables keep their precision
+            to_inference_dtype(tracker)
+        return ConceptModels(detector, tracker, tokenizer)
+
+    def resolved(self) -> Sam3Choice:
+        """With the checkpoint's path (the Hugging Face cache's, downloaded when missing): what replicas read."""
+        from ..checkpoints.hub import SAM3_CHECKPOINT, fetch
+
+        return self if self.checkpoint is not None else Sam3Choice(fetch(SAM3_CHECKPOINT))
+
+
+def replica_app(model: ModelChoice, config, sam3: Optional[Sam3Choice] = None):
+    """The app an engine replica serves: the single-process server's, on the models loaded in the replica."""
     from ..serve.app import create_app
     from ..serve.scheduler import default_engine
 
-    return create_app(default_engine(model.load()), config)
+    concepts = sam3.load(model) if sam3 is not None else None
+    return create_app(default_engine(model.load()), config, concepts)
 
 
-def _start_on_ray(model: ModelChoice, config, replicas: Optional[int], address: Optional[str]):
+def _start_on_ray(
+    model: ModelChoice,
+    config,
+    replicas: Optional[int],
+    address: Optional[str],
+    sam3: Optional[Sam3Choice] = None,
+):
     """The front's app over engine replicas started on Ray Serve, and how many there are."""
     from ..checkpoints import cached_checkpoint, load_model
     from ..serve.front import Front
@@ -150,7 +207,7 @@ def _start_on_ray(model: ModelChoice, config, replicas: Optional[int], address: 
     # The cluster's CPUs shared out: Ray gives each replica's torch as many threads as it has CPUs.
     cpus_each = max(1, int(resources.get("CPU", 1)) // replicas)
     try:
-        make_app = functools.partial(replica_app, in_replica, config)
+        make_app = functools.partial(replica_app, in_replica, config, sam3.resolved() if sam3 is not None else None)
         started = start_replicas(make_app, replicas, float(on_gpu), float(cpus_each))
     except Exception as error:  # Ray Serve's own errors: a replica that fails to start, resources never granted
         raise RunFailed(f"the engine replicas did not start on Ray Serve: {error}") from None

@@ -1,6 +1,7 @@
 """The ASGI app of `sam2rt serve`: the browser app, a WebSocket per session, uploads and exports.
 
-Routes: `/` the app (static files under /static), `/ws` a session (see protocol.py), `GET /api/config`,
+Routes: `/` the app (static files under /static), `/ws` a session (see protocol.py), `GET /api/config` (limits,
+whether there is a media root, and whether phrases may be tracked: `text`, a server with SAM 3),
 `GET /api/media` (videos under the media root), `POST /api/upload?session=ID&name=FILE` (a video, at
 most `max_upload_bytes`), `GET /api/export/{session}/{coco.json|masks.zip|overlay.mp4}`. A session
 lives as long as its WebSocket: a closed tab, a dropped connection or `idle_timeout_s` without a
@@ -27,6 +28,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from .concepts import NO_SAM3, ConceptModels
 from .export import EXPORT_KINDS
 from .feeds import Feed, FeedError, check_url
 from .media import MediaError, UploadStore, list_media, resolve_media_path
@@ -38,6 +40,7 @@ from .protocol import (
     ProtocolError,
     ReceivedFrame,
     SourceRequest,
+    TextRequest,
     error_message,
     parse_frame,
     parse_text,
@@ -65,10 +68,10 @@ class ServerConfig:
 class Server:
     """The sessions, the scheduler and the uploads of one running server."""
 
-    def __init__(self, engine: StreamEngine, config: ServerConfig) -> None:
+    def __init__(self, engine: StreamEngine, config: ServerConfig, concepts: Optional[ConceptModels] = None) -> None:
         self.config = config
         self.metrics = ServerMetrics(lambda: self.scheduler.figures())
-        self.scheduler = Scheduler(engine, config.batch_wait_s, self.metrics, config.release_after_s)
+        self.scheduler = Scheduler(engine, config.batch_wait_s, self.metrics, config.release_after_s, concepts)
         self.uploads = UploadStore(config.max_upload_bytes)
         self.sessions: dict[str, Session] = {}
 
@@ -98,7 +101,8 @@ class Server:
         sender = asyncio.create_task(self._send_loop(websocket, outbox))
         limits = {"max_frame_bytes": MAX_FRAME_BYTES, "max_objects": MAX_OBJECTS}
         limits["max_upload_bytes"] = self.config.max_upload_bytes
-        put((json.dumps({"type": "session", "id": session.id, "limits": limits}), None))
+        text = self.scheduler.concepts is not None
+        put((json.dumps({"type": "session", "id": session.id, "limits": limits, "text": text}), None))
         try:
             await self._receive_loop(websocket, session, put)
         finally:
@@ -158,6 +162,8 @@ class Server:
             session.set_paused(request.action == "pause")
         elif isinstance(request, ControlRequest) and request.action == "reset":
             session.request(Reset())
+        elif isinstance(request, TextRequest) and request.phrase is not None and self.scheduler.concepts is None:
+            raise ProtocolError(NO_SAM3)
         elif not isinstance(request, ControlRequest):  # a prompt or a removal; a ping only keeps the session alive
             session.request(request)
 
@@ -220,7 +226,8 @@ class Server:
 
     async def config_info(self, request: Request) -> Response:
         limits = {"max_upload_bytes": self.config.max_upload_bytes, "max_objects": MAX_OBJECTS}
-        return JSONResponse({"media_root": self.config.media_root is not None, "limits": limits})
+        text = self.scheduler.concepts is not None
+        return JSONResponse({"media_root": self.config.media_root is not None, "limits": limits, "text": text})
 
     async def media(self, request: Request) -> Response:
         return JSONResponse({"files": await asyncio.to_thread(list_media, self.config.media_root)})
@@ -284,9 +291,10 @@ class Server:
             self.uploads.close()
 
 
-def create_app(engine: StreamEngine, config: ServerConfig) -> Guard:
-    """The ASGI app: the server's routes behind the token, Host and Origin checks."""
-    server = Server(engine, config)
+def create_app(engine: StreamEngine, config: ServerConfig, concepts: Optional[ConceptModels] = None) -> Guard:
+    """The ASGI app: the server's routes behind the token, Host and Origin checks; with `concepts` (SAM 3's
+    models) sessions may track the instances of a phrase."""
+    server = Server(engine, config, concepts)
     routes = [
         Route("/", server.index),
         Route("/api/config", server.config_info),

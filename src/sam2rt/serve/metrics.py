@@ -48,7 +48,8 @@ class ServerMetrics:
         )
         self.stage_seconds = Histogram(
             "sam2rt_stage_seconds",
-            "Time of each stage: decode, encode (server-side frames), download and publish per frame, engine per tick",
+            "Time of each stage: decode, encode (server-side frames), download and publish per frame, engine per tick, "
+            "concepts per frame of a session tracking a phrase",
             ["stage"],
             buckets=LATENCY_BUCKETS_S,
             registry=self.registry,

@@ -8,18 +8,22 @@ Client -> server
     `prompt`  {"frame": F, "obj_id": N, "points": [[x, y], ...], "labels": [1, 0, ...]} and/or
               {"box": [x0, y0, x1, y1]}: frame F is the id of the frame the user clicked on (see FRAME).
     `remove`  {"obj_id": N};  `reset` (forget every object);  `pause`;  `resume`;  `ping` (keeps the session).
+    `text`    {"phrase": "person"}: every instance of the phrase found and tracked (SAM 3, when the server has
+              it) instead of the clicked objects; {"phrase": null} clears it and clicks work again.
 - binary: a frame of a `webcam` source: FRAME_HEADER (magic, format, frame id, width, height) then the
   image (JPEG, PNG, or raw RGB rows of width x height x 3 bytes).
 
 Server -> client
-- text: `session` {"id", "limits"}; `source` {"kind", "width", "height", "fps"}; `result` (RESULT below);
-  `error` {"message"}; `ended` {"reason"} when a server-side source has no more frames.
+- text: `session` {"id", "limits", "text"}; `source` {"kind", "width", "height", "fps"}; `result` (RESULT
+  below); `text` {"phrase"} when a phrase is set or cleared (null); `error` {"message"}; `ended` {"reason"} when
+  a server-side source has no more frames.
 - binary: an image of a server-side source: FRAME_HEADER then a JPEG; the `result` with the same frame id
   follows it.
 
 Frame ids are the client's for webcam frames and the source's frame number for server-side sources.
 A result: {"type": "result", "frame": id, "index": tracker frame index, "objects": [{"id", "score",
-"rle": {"size": [H, W], "counts": COCO compressed RLE}}], "stats": {...}}.
+"rle": {"size": [H, W], "counts": COCO compressed RLE}}], "stats": {...}}; while a phrase is tracked, the
+result has "phrase" and each object a "label" (the phrase).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ MAX_FRAME_SIDE = 4096
 MAX_OBJECT_ID = 255  # the DAVIS PNG export holds one byte per pixel
 MAX_OBJECTS = 32  # per session: the GPU work grows with the objects
 MAX_POINTS = 64  # per prompt
+MAX_PHRASE_CHARS = 200  # SAM 3 reads 30 tokens of a phrase; a longer one is cut there
 SOURCE_KINDS = ("webcam", "media", "upload", "url")
 
 
@@ -77,7 +82,12 @@ class ControlRequest:
     action: str  # reset, pause, resume, ping
 
 
-Request = Union[SourceRequest, PromptRequest, RemoveRequest, ControlRequest]
+@dataclass(frozen=True)
+class TextRequest:
+    phrase: Optional[str]  # stripped, 1 to MAX_PHRASE_CHARS printable characters; None clears the phrase
+
+
+Request = Union[SourceRequest, PromptRequest, RemoveRequest, ControlRequest, TextRequest]
 
 
 @dataclass(frozen=True)
@@ -154,6 +164,21 @@ def _source(message: dict) -> SourceRequest:
     return SourceRequest(kind, target)
 
 
+def _text(message: dict) -> TextRequest:
+    _check_keys(message, {"phrase"})
+    if "phrase" not in message:
+        raise ProtocolError('a text request needs "phrase": a phrase to find, or null to clear it')
+    phrase = message["phrase"]
+    if phrase is None:
+        return TextRequest(None)
+    if not isinstance(phrase, str):
+        raise ProtocolError(f"'phrase' must be a string or null, got {phrase!r:.40}")
+    phrase = " ".join(phrase.split())  # runs of spaces, tabs and newlines as one space
+    if not 0 < len(phrase) <= MAX_PHRASE_CHARS or not phrase.isprintable():
+        raise ProtocolError(f"'phrase' must be 1 to {MAX_PHRASE_CHARS} printable characters, not blank")
+    return TextRequest(phrase)
+
+
 def parse_text(text: str) -> Request:
     """A client's JSON message as a request, or a ProtocolError that says what is wrong with it."""
     if len(text) > MAX_TEXT_BYTES:
@@ -169,6 +194,8 @@ def parse_text(text: str) -> Request:
         return _prompt(message)
     if kind == "source":
         return _source(message)
+    if kind == "text":
+        return _text(message)
     if kind == "remove":
         _check_keys(message, {"obj_id"})
         return RemoveRequest(_integer(message, "obj_id", 1, MAX_OBJECT_ID))

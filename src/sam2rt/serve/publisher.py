@@ -39,6 +39,7 @@ class Outgoing:
     index: int  # the stream's frame index
     prompted: bool
     stats: dict
+    phrase: Optional[str] = None  # the session's phrase, when its objects are the phrase's instances (SAM 3)
 
 
 class Publisher:
@@ -91,6 +92,9 @@ class Publisher:
             {"id": obj_id, "score": round(float(score), 4), "rle": rle}
             for obj_id, score, rle in zip(tracked.object_ids, tracked.scores, rles)
         ]
+        if item.phrase is not None:
+            for found in objects:
+                found["label"] = item.phrase
         message = {
             "type": "result",
             "frame": frame.frame_id,
@@ -99,6 +103,8 @@ class Publisher:
             "objects": objects,
             "stats": {**item.stats, "recorded": session.recorder.frames},
         }
+        if item.phrase is not None:
+            message["phrase"] = item.phrase
         session.deliver(json.dumps(message), picture)
         self._observe("publish", start)
         if self.observer is not None and not item.prompted:

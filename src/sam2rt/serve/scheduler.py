@@ -10,10 +10,15 @@ dropped (counted in the session's figures). Only this thread touches the model.
 A prompt names the frame the user clicked on. When that frame is no longer the stream's newest
 (the stream went on while the click travelled), it is stepped again from the frames the session
 holds, so that it becomes the newest and the prompt lands on the pixels the user saw.
+
+A session with a phrase (SAM 3, concepts.py) is not stepped in the pool: its ConceptTracker runs on its new
+frame after the pool's pass, one session at a time; a phrase set on a session that has a frame is tracked on
+that frame at once, so that a paused or ended view shows the instances too.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -25,12 +30,14 @@ import numpy as np
 
 from ..tracking.download import PendingFrame, start_download
 from ..tracking.stream import FrameResult
+from .concepts import NO_SAM3, ConceptModels, SessionPhrase
 from .protocol import (
     MAX_OBJECTS,
     PromptRequest,
     ProtocolError,
     ReceivedFrame,
     RemoveRequest,
+    TextRequest,
     decode_payload,
     error_message,
 )
@@ -72,8 +79,10 @@ class Scheduler:
         batch_wait_s: float = DEFAULT_BATCH_WAIT_S,
         observer: Optional[TickObserver] = None,
         release_after_s: float = DEFAULT_RELEASE_AFTER_S,
+        concepts: Optional[ConceptModels] = None,
     ) -> None:
         self.engine = engine
+        self.concepts = concepts  # SAM 3's models, for sessions that track a phrase; None: phrases are refused
         self.batch_wait_s = batch_wait_s
         self.observer = observer
         self.release_after_s = release_after_s  # idle this long (no session): the engine's caches go (0: never)
@@ -133,13 +142,16 @@ class Scheduler:
                 self._release()
                 continue
             batch: dict[Session, ReceivedFrame] = {}
+            phrases: dict[Session, ReceivedFrame] = {}
             for session, commands, frame in work:
                 for command in commands:
                     self._guarded(session, command)
                 if frame is not None and not session.released.is_set():
-                    batch[session] = frame
+                    (batch if session.phrase is None else phrases)[session] = frame
             if batch:
                 self._step(batch)
+            for session, frame in phrases.items():
+                self._step_phrase(session, frame)
 
     def _wait_for_gpu(self) -> None:
         """At most one tick queued on the GPU while the next is gathered: frames that come meanwhile step
@@ -202,12 +214,30 @@ class Scheduler:
         for session, frame in batch.items():
             session.newest = frame.frame_id
             session.stats.frame_done(frame.arrived)
-            pending = self._publish(session, frame, results[session.stream], prompted=False)
+            result = results[session.stream]
+            pending = self._publish(session, frame, start_download(result), result.frame_idx, prompted=False)
             self.tracked_total += 1
         self._ticks_in_flight.append(pending)
         if self.observer is not None:
             self.observer.observe_tick(len(batch), time.monotonic() - start)
             self.observer.observe_stage("engine", engine_seconds)
+
+    def _step_phrase(self, session: Session, frame: ReceivedFrame) -> None:
+        """A phrase's instances on a session's new frame (its ConceptTracker; one session per call)."""
+        start = time.monotonic()
+        try:
+            index, pending = session.phrase.step(frame.image)
+        except Exception:
+            log.exception("tracking the phrase of session %s failed", session.id[:6])
+            session.deliver(error_message("internal error while tracking the phrase (see the server log)"), None)
+            return
+        session.newest = frame.frame_id
+        session.stats.frame_done(frame.arrived)
+        self._ticks_in_flight.append(self._publish(session, frame, pending, index, prompted=False))
+        self.tracked_total += 1
+        if self.observer is not None:
+            self.observer.observe_tick(1, time.monotonic() - start)
+            self.observer.observe_stage("concepts", time.monotonic() - start)
 
     # Requests
 
@@ -223,15 +253,28 @@ class Scheduler:
         if session.released.is_set():
             return
         stream = self._stream(session)
-        if isinstance(command, PromptRequest):
+        if isinstance(command, TextRequest):
+            self._text(session, command.phrase)
+        elif isinstance(command, PromptRequest):
+            if session.phrase is not None:
+                raise ProtocolError(
+                    f"the objects are those of the phrase {session.phrase.phrase!r}: clear it to click objects"
+                )
             self._prompt(session, command)
+        elif isinstance(command, RemoveRequest) and session.phrase is not None:
+            if session.newest is None or not session.phrase.hide(command.obj_id):
+                raise ProtocolError(f"no object {command.obj_id} of the phrase {session.phrase.phrase!r} to remove")
+            self._track_phrase_on_newest(session)
         elif isinstance(command, RemoveRequest):
             if session.newest is None or command.obj_id not in stream.object_ids:
                 raise ProtocolError(f"no object {command.obj_id} to remove; objects: {stream.object_ids}")
             result = stream.remove_object(command.obj_id)
-            self._publish(session, session.recalled(session.newest), result, prompted=True)
+            frame = session.recalled(session.newest)
+            self._publish(session, frame, start_download(result), result.frame_idx, prompted=True)
         elif isinstance(command, (Reset, Restart)):
             stream.reset()
+            if session.phrase is not None:
+                session.phrase.reset()  # the phrase stays: its instances are found again
             session.newest = None
             if isinstance(command, Restart):
                 session.generation += 1
@@ -240,6 +283,43 @@ class Scheduler:
                 with self.lock:
                     self._dropped_retired += session.stats.dropped
                     session.stats = SessionStats()
+
+    def _text(self, session: Session, phrase: Optional[str]) -> None:
+        """Track a phrase's instances instead of the clicked objects (which are forgotten), or clear it (None)."""
+        if phrase is not None and self.concepts is None:
+            raise ProtocolError(NO_SAM3)
+        had_phrase = session.phrase is not None
+        if phrase is not None:
+            session.stream.reset()
+            session.phrase = SessionPhrase(self.concepts, phrase)
+        else:
+            session.phrase = None
+        session.deliver(json.dumps({"type": "text", "phrase": phrase}), None)
+        if phrase is not None or had_phrase:  # a clear without a phrase leaves the clicked objects as they are
+            self._track_phrase_on_newest(session)
+
+    def _track_phrase_on_newest(self, session: Session) -> None:
+        """Show the phrase's objects (or none, once it is cleared) on the frame shown, without waiting for the next:
+        a new phrase's tracker steps on it; a phrase already tracked there publishes it again (an object hidden)."""
+        frame = session.recalled(session.newest) if session.newest is not None else None
+        if frame is None:
+            return
+        phrase = session.phrase
+        if phrase is None:
+            self._publish(session, frame, PendingFrame([]), -1, prompted=True)
+            return
+        if phrase.last is None:  # nothing tracked yet: this frame is its first
+            index, pending = phrase.step(self._pixels(session, frame))
+        else:
+            index, pending = phrase.last.frame_idx, phrase.pending(phrase.last)
+        self._publish(session, frame, pending, index, prompted=True)
+
+    def _pixels(self, session: Session, frame: ReceivedFrame) -> np.ndarray:
+        """A held frame's (H, W, 3) uint8 RGB, decoded again if it is kept encoded."""
+        if frame.image is not None:
+            return frame.image
+        height, width = session.size or (0, 0)
+        return decode_payload(frame.encoded, frame.format, width, height)
 
     def _prompt(self, session: Session, request: PromptRequest) -> None:
         stream = session.stream
@@ -251,9 +331,7 @@ class Scheduler:
                 f"frame {request.frame} is not held (the last {RECENT_FRAMES} frames shown are): click again"
             )
         if session.newest != request.frame or stream.frame_idx < 0:
-            if frame.image is None:  # kept encoded
-                height, width = session.size or (0, 0)
-                frame = replace(frame, image=decode_payload(frame.encoded, frame.format, width, height))
+            frame = replace(frame, image=self._pixels(session, frame))  # kept encoded: decoded again
             self.engine.step({stream: frame.image})  # the clicked frame becomes the stream's newest again
             session.newest = request.frame
             session.remember(frame)
@@ -264,12 +342,13 @@ class Scheduler:
             box=request.box,
             clear_old_points=request.box is not None,  # clicks on one frame add up; a new box starts over
         )
-        self._publish(session, frame, result, prompted=True)
+        self._publish(session, frame, start_download(result), result.frame_idx, prompted=True)
 
     def _close(self, session: Session) -> None:
         if session.stream is not None:
             self.engine.close_stream(session.stream)
         session.stream = None
+        session.phrase = None  # its tracker's memory goes with it
         session.forget_frames()
         session.recorder.close()
         with self.lock:
@@ -282,17 +361,19 @@ class Scheduler:
 
     # Results
 
-    def _publish(self, session: Session, frame: ReceivedFrame, result: FrameResult, prompted: bool) -> PendingFrame:
-        """Start a frame's masks on their way to the CPU and hand them to the publisher, which waits for them,
-        then encodes (a server-side frame's JPEG too), records and sends: this thread goes on with the next tick
-        meanwhile."""
-        pending = start_download(result)
+    def _publish(
+        self, session: Session, frame: ReceivedFrame, pending: PendingFrame, index: int, prompted: bool
+    ) -> PendingFrame:
+        """Hand a frame's masks, their copies to the CPU started (`start_download`), to the publisher, which waits
+        for them, then encodes (a server-side frame's JPEG too), records and sends: this thread goes on with the
+        next tick meanwhile. `index` is the tracker's frame index."""
         if not prompted:
             session.remember(frame)
         stats = session.stats.as_json()
         size = session.size or (0, 0)
+        phrase = session.phrase.phrase if session.phrase is not None else None
         self.publisher.submit(
-            Outgoing(session, session.generation, frame, pending, size, result.frame_idx, prompted, stats)
+            Outgoing(session, session.generation, frame, pending, size, index, prompted, stats, phrase)
         )
         return pending
 

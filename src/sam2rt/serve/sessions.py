@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional, Union
 
 from .export import Recorder
-from .protocol import PromptRequest, ReceivedFrame, RemoveRequest
+from .protocol import PromptRequest, ReceivedFrame, RemoveRequest, TextRequest
 from .ticks import Arrivals
 
 RECENT_FRAMES = 32  # processed frames kept per session, so that a click lands on the frame it was made on
@@ -39,7 +39,7 @@ class Close:
     """The connection is gone: give the stream back to the engine."""
 
 
-Command = Union[PromptRequest, RemoveRequest, Restart, Reset, Close]
+Command = Union[PromptRequest, RemoveRequest, TextRequest, Restart, Reset, Close]
 Deliver = Callable[[str, Optional[bytes]], None]  # (JSON text, binary message to send before it)
 
 
@@ -91,6 +91,7 @@ class Session:
         self.size: Optional[tuple[int, int]] = None  # (height, width) of this source's frames
         # The scheduler's alone:
         self.stream: Any = None
+        self.phrase: Any = None  # a SessionPhrase (concepts.py) while a phrase is tracked instead of clicks
         # Frames shown, for prompts: the scheduler adds them, the publisher swaps a server-side frame's pixels for
         # its JPEG once encoded; under `_recent_lock`.
         self._recent: OrderedDict[int, ReceivedFrame] = OrderedDict()

@@ -1,4 +1,5 @@
-// The sam2rt live app: pick a source, click objects, watch their masks follow them. Protocol: serve/protocol.py.
+// The sam2rt live app: pick a source, click objects (or type a phrase: SAM 3), watch their masks follow them.
+// Protocol: serve/protocol.py.
 "use strict";
 
 const HEADER_BYTES = 16, MAGIC = [0x53, 0x32, 0x52, 0x54];  // "S2RT"
@@ -16,7 +17,9 @@ const state = {
   frames: new Map(),  // frame id -> Promise<ImageBitmap>
   nextId: 0, lastAnswered: -1, sentAt: new Map(), skipped: 0, rtt: 0,
   shown: null,  // {id, bitmap, objects, centres}: what the view draws
-  objects: new Map(),  // id -> {score}
+  objects: new Map(),  // id -> {score, label}
+  phrase: null,  // the phrase tracked (SAM 3) instead of clicked objects, as the server confirmed it
+  text: false,  // whether the server has SAM 3
   selected: null, maxId: 0,
   press: null,  // {x, y, frame, shift, button} while the mouse is down: the view stays on that frame
   chain: Promise.resolve(),  // results are drawn in the order they came
@@ -43,6 +46,8 @@ function send(message) {
 function onText(message) {
   if (message.type === "session") {
     state.session = message.id;
+    state.text = Boolean(message.text);
+    if (!state.text) $("text-input").placeholder = "needs sam2rt serve --sam3";
     for (const [id, kind] of [["export-coco", "coco.json"], ["export-png", "masks.zip"], ["export-mp4", "overlay.mp4"]]) {
       $(id).href = `/api/export/${message.id}/${kind}`;
     }
@@ -52,6 +57,8 @@ function onText(message) {
     status(message.message);
   } else if (message.type === "source") {
     status(message.kind === "webcam" ? "" : `playing ${message.width} x ${message.height}`);
+  } else if (message.type === "text") {
+    showPhrase(message.phrase);
   } else if (message.type === "ended") {
     status(`source ended: ${message.reason}; click the last frame to go on`);
   }
@@ -81,9 +88,9 @@ async function onResult(message) {
   const pending = state.frames.get(message.frame);
   if (!pending) return;  // a frame too old to draw
   const bitmap = await pending;
-  const objects = message.objects.map((o) => ({ id: o.id, score: o.score, mask: decodeRle(o.rle) }));
+  const objects = message.objects.map((o) => ({ id: o.id, score: o.score, label: o.label, mask: decodeRle(o.rle) }));
   for (const o of message.objects) state.maxId = Math.max(state.maxId, o.id);
-  state.objects = new Map(message.objects.map((o) => [o.id, { score: o.score }]));
+  state.objects = new Map(message.objects.map((o) => [o.id, { score: o.score, label: o.label }]));
   if (!state.press) {  // while the mouse is down the view stays on the frame pressed on
     state.shown = { id: message.frame, bitmap, objects };
     draw();
@@ -106,13 +113,22 @@ function draw() {
   ctx.font = `bold ${Math.max(12, Math.round(height / 30))}px system-ui, sans-serif`;
   ctx.textAlign = "center"; ctx.textBaseline = "middle"; ctx.lineWidth = 3; ctx.strokeStyle = "#000";
   ctx.fillStyle = "#fff";
-  for (const c of centres) { ctx.strokeText(String(c.id), c.x, c.y); ctx.fillText(String(c.id), c.x, c.y); }
+  for (const c of centres) {
+    const label = objectLabel(shown.objects, c.id);
+    ctx.strokeText(label, c.x, c.y); ctx.fillText(label, c.x, c.y);
+  }
   if (state.press && state.press.box) {
     const { x0, y0, x1, y1 } = state.press.box;
     ctx.strokeStyle = "#fff"; ctx.lineWidth = 2; ctx.setLineDash([6, 4]);
     ctx.strokeRect(Math.min(x0, x1), Math.min(y0, y1), Math.abs(x1 - x0), Math.abs(y1 - y0));
     ctx.setLineDash([]);
   }
+}
+
+// An object's name on the view: its id, after its phrase's when a phrase found it.
+function objectLabel(objects, id) {
+  const found = objects.find((o) => o.id === id);
+  return found && found.label ? `${found.label} ${id}` : String(id);
 }
 
 function showObjects() {
@@ -126,11 +142,12 @@ function showObjects() {
     swatch.className = "swatch";
     swatch.style.background = `rgb(${objectColor(id).join(",")})`;
     const name = document.createElement("span");
-    name.className = "name"; name.textContent = `object ${id}`;
+    name.className = "name"; name.textContent = `${info.label || "object"} ${id}`;
     const score = document.createElement("span");
     score.className = "score"; score.textContent = info.score < 0.5 ? "absent" : `${Math.round(info.score * 100)}%`;
     const remove = document.createElement("button");
-    remove.textContent = "×"; remove.title = `Remove object ${id}`; remove.className = "remove";
+    remove.textContent = "×"; remove.className = "remove";
+    remove.title = info.label ? `Hide ${info.label} ${id} (still tracked)` : `Remove object ${id}`;
     remove.onclick = (event) => {
       event.stopPropagation();
       send({ type: "remove", obj_id: id });
@@ -241,6 +258,7 @@ function framePoint(event) {
 view.addEventListener("contextmenu", (event) => event.preventDefault());
 view.addEventListener("mousedown", (event) => {
   if (!state.shown) return;
+  if (state.phrase !== null) { status(`tracking "${state.phrase}": clear the phrase to click objects`); return; }
   const p = framePoint(event);
   state.press = { x: p.x, y: p.y, frame: state.shown.id, negative: event.shiftKey || event.button === 2, box: null };
 });
@@ -273,6 +291,26 @@ window.addEventListener("mouseup", (event) => {
   state.selected = objId;
   send(message);
 });
+
+// Text (SAM 3): every instance of a phrase, instead of clicked objects
+
+function showPhrase(phrase) {
+  state.phrase = phrase;
+  state.objects = new Map(); state.selected = null;
+  status("");
+  $("text-shown").textContent = phrase === null ? "" : `tracking every "${phrase}"`;
+  $("text-btn").classList.toggle("active", phrase !== null);
+  $("view").style.cursor = phrase === null ? "" : "default";
+  showObjects();
+}
+
+$("text-form").onsubmit = (event) => {
+  event.preventDefault();
+  const phrase = $("text-input").value.trim();
+  send({ type: "text", phrase: phrase || null });
+  status(phrase ? `finding "${phrase}" ...` : "");
+};
+$("text-clear").onclick = () => { $("text-input").value = ""; send({ type: "text", phrase: null }); status(""); };
 
 // Controls
 

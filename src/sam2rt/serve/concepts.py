@@ -1,0 +1,126 @@
+"""A session's phrase: SAM 3 finds and tracks every instance of it on the session's frames (the app's text box).
+
+The server loads SAM 3's detector, tracker and tokenizer once (`ConceptModels`); a session that sends a phrase
+gets a ConceptTracker of its own over those shared models (its tracks, memory and state), stepped by the scheduler
+on each new frame of the session, one session at a time. Its results go out as the clicked objects' do: each
+visible track under a small id of the session (1, 2, ... in the order tracks are first seen; after MAX_OBJECT_ID
+the ids of tracks gone are given again), so that the page, its colours and the exports take them unchanged.
+
+Batching several sessions' phrases into one pass (as the StreamPool does for clicks) would need a pool of concept
+streams: one trunk batch over the sessions' frames, the detector over a batch of (frame, phrase) pairs, and one
+propagation over every session's tracks, with their memory rings in one arena; ConceptTracker steps one stream.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional
+
+import torch
+
+from ..tracking.concepts import ConceptFrame, ConceptTracker
+from ..tracking.download import PendingFrame
+from .protocol import MAX_OBJECT_ID
+
+NO_SAM3 = (
+    "this server has no SAM 3 model, so it cannot find objects by text: start it with `sam2rt serve --sam3` "
+    "(SAM 3's sam3.pt from the Hugging Face cache) or `--sam3-checkpoint sam3.pt`"
+)
+
+
+class ConceptModels(NamedTuple):
+    """SAM 3's models, loaded once and shared by every session's ConceptTracker (only the scheduler runs them)."""
+
+    detector: Any  # Sam3Detector (its vision backbone is the tracker's image encoder)
+    tracker: Any  # SAM2Model of SAM 3's tracker variant
+    tokenizer: Any  # TextTokenizer
+
+
+class SessionIds:
+    """A session's wire ids of its phrase's tracks: small (1 to MAX_OBJECT_ID, as the exports hold them), given in
+    the order tracks are first visible; once all were given, those of tracks removed are given again."""
+
+    def __init__(self) -> None:
+        self._wire: dict[int, int] = {}  # the tracker's id -> the session's id
+        self._next = 1
+
+    def wire_id(self, track_id: int) -> Optional[int]:
+        """The session's id of a track, given on first asking; None when every id is held by a live track."""
+        if track_id not in self._wire:
+            if self._next <= MAX_OBJECT_ID:
+                self._wire[track_id], self._next = self._next, self._next + 1
+            else:
+                free = sorted(set(range(1, MAX_OBJECT_ID + 1)) - set(self._wire.values()))
+                if not free:
+                    return None
+                self._wire[track_id] = free[0]
+        return self._wire[track_id]
+
+    def held(self, wire_id: int) -> bool:
+        """Whether a live track has this session id."""
+        return wire_id in self._wire.values()
+
+    def forget(self, track_ids: list[int]) -> set[int]:
+        """Tracks removed: their session ids are returned, free to be given again once all were given."""
+        return {wire for wire in (self._wire.pop(track_id, None) for track_id in track_ids) if wire is not None}
+
+    def clear(self) -> None:
+        self._wire.clear()
+        self._next = 1
+
+
+class SessionPhrase:
+    """A session's phrase and its ConceptTracker (the scheduler's thread alone touches it)."""
+
+    def __init__(self, models: ConceptModels, phrase: str) -> None:
+        self.phrase = phrase
+        self.tracker = ConceptTracker(models.detector, models.tracker, models.tokenizer, phrase)
+        self.ids = SessionIds()
+        self.hidden: set[int] = set()  # session ids the user removed: still tracked, not shown
+        self.last: Optional[ConceptFrame] = None  # the newest frame's tracks, to show again when one is hidden
+
+    def reset(self) -> None:
+        """Forget every track: the phrase's instances are found again from the next frame."""
+        self.tracker.reset()
+        self.ids.clear()
+        self.hidden.clear()
+        self.last = None
+
+    def step(self, image) -> tuple[int, PendingFrame]:
+        """Track the phrase on the next frame (H, W, 3) uint8 RGB: the tracker's frame index and the visible tracks'
+        masks on their way to the CPU, under the session's ids."""
+        found = self.last = self.tracker.step(image)
+        pending = self.pending(found)
+        self.hidden -= self.ids.forget(found.removed_ids)  # removed on this frame: hidden on it already
+        return found.frame_idx, pending
+
+    def pending(self, found: ConceptFrame) -> PendingFrame:
+        """A ConceptFrame's visible tracks, not hidden by the user, as the publisher takes a result: session ids,
+        masks (K, H, W) bool, each pixel's owner (H, W) and detection scores (K,), copies to the CPU started."""
+        track_ids, masks = found.visible_masks()
+        rows = torch.nonzero(found.visible).flatten().tolist()
+        kept = []  # (position among the visible, session id)
+        for position, track_id in enumerate(track_ids):
+            wire = self.ids.wire_id(track_id)
+            if wire is not None and wire not in self.hidden:
+                kept.append((position, wire))
+        if not kept:
+            return PendingFrame([])
+        positions = [position for position, _ in kept]
+        masks = masks[positions]  # (K, H, W) bool, without overlaps (ConceptTracker resolves them)
+        scores = found.scores[[rows[p] for p in positions]].float()  # (K,) on the CPU
+        # One owner per pixel: masks do not overlap, so the first (only) mask that has the pixel.
+        owners = torch.where(masks.any(0), masks.int().argmax(0) + 1, 0).to(torch.uint8)  # (H, W)
+        copies = [tensor.to("cpu", non_blocking=True) for tensor in (masks, owners)] + [scores.cpu()]
+        copied = None
+        if masks.is_cuda:
+            copied = torch.cuda.Event()
+            copied.record()
+        return PendingFrame([wire for _, wire in kept], *copies, copied)
+
+    def hide(self, wire_id: int) -> bool:
+        """Stop showing one of the phrase's objects (it is still tracked, so it does not come back as new);
+        False if no track has that id."""
+        if not self.ids.held(wire_id):
+            return False
+        self.hidden.add(wire_id)
+        return True
