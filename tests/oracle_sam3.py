@@ -141,13 +141,29 @@ def _install_triton_kernel_standins() -> None:
         sys.modules.setdefault(name, _placeholders(types.ModuleType(name)))
 
 
+_ORIGINALS: dict = {}  # what the redirects replaced, while they are installed
+
+
 def _install_cpu_redirects() -> None:
-    if getattr(torch.zeros, "_sam3_cpu", False):
+    if _ORIGINALS:
         return
+    _ORIGINALS.update({name: getattr(torch, name) for name in _FACTORIES})
+    _ORIGINALS["Tensor.cuda"], _ORIGINALS["Tensor.pin_memory"] = torch.Tensor.cuda, torch.Tensor.pin_memory
     torch.Tensor.cuda = lambda self, *args, **kwargs: self
     torch.Tensor.pin_memory = lambda self, *args, **kwargs: self
     for name in _FACTORIES:
-        setattr(torch, name, _on_cpu(getattr(torch, name)))
+        setattr(torch, name, _on_cpu(_ORIGINALS[name]))
+
+
+def remove_cpu_redirects() -> None:
+    """Put torch back as it was: the redirects would break other tests (torch.jit cannot script a wrapped
+    `torch.tensor`, which the official SAM 2 predictor's transforms do). conftest.py calls this after each test
+    module; a module that runs Meta's SAM 3 calls `sam3_modules()` again, which installs them again."""
+    if not _ORIGINALS:
+        return
+    torch.Tensor.cuda, torch.Tensor.pin_memory = _ORIGINALS.pop("Tensor.cuda"), _ORIGINALS.pop("Tensor.pin_memory")
+    for name in _FACTORIES:
+        setattr(torch, name, _ORIGINALS.pop(name))
 
 
 def sam3_modules():
