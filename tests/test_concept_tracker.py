@@ -11,8 +11,8 @@ Meta is driven one frame at a time (`_run_single_frame_inference`, then `_postpr
 removed and suppressed ids: a stream has no hotstart buffer) on the same normalised frames as ours. Compared per
 frame: the output ids, which are visible, their masks (IoU >= 0.99), their scores.
 
-Meta's tracker runs without temporal disambiguation (`use_memory_selection=False`): our engine has no memory
-selection yet (see the report in the module docstring of tracking/concepts.py).
+Meta's tracker runs with temporal disambiguation (`use_memory_selection=True`), as its video model builds it; ours
+with SAM 3's tracker changes, which turn memory selection on (see the module docstring of tracking/concepts.py).
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def meta_video_model():
     # Meta casts the tracker's features to bfloat16 for its all-gather and the conv after it reads them as they
     # come: on the CPU (no autocast) they are made float32 again after the cast; ours get the same rounding.
     detector._gather_tensor = lambda x: ([x.float()], None)
-    tracker = meta_tracker(VARIANT, IMAGE_SIZE)
+    tracker = meta_tracker(VARIANT, IMAGE_SIZE, temporal_disambiguation=True)
     tracker.backbone = None  # the video model's tracker reads the detector's backbone
     tracker.init_state = functools.partial(tracker.init_state, offload_state_to_cpu=True)  # its state on the CPU
     o = OPTIONS

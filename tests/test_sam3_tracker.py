@@ -4,7 +4,10 @@ Meta's tracker is built as `build_tracker` configures it, with its official head
 vision backbone (a 64-wide ViT of two blocks over a 112 px image: an 8 x 8 feature map at stride 14). Both get
 the same perturbed random weights, ours through the key map of sam3.pt. Compared: the image encoder's features,
 one prompted frame, and a scripted stream (a click, tracking, a correction click, a second object) through our
-StreamTracker and Meta's predictor driven frame by frame; and the official sizes' state-dict keys.
+StreamTracker and Meta's predictor driven frame by frame, with SAM 3's memory selection (temporal disambiguation)
+as Meta's video model runs its tracker: on a short stream where every frame passes its bar, and on a longer one
+where the object is judged absent or unsure on several frames, which selection then skips; and the official
+sizes' state-dict keys.
 
 Not compared: mask prompts. Meta's SAM 3 predictor resizes a mask to 4 x the low-resolution side (1152 at 1008 px,
 not the 1008 input) and takes low-resolution logits of 1152 // 14 * 4 = 328 px from it, resized to 288 later; our
@@ -12,6 +15,8 @@ engine takes masks at the input size (SAM 2's numbers, where both sides are 1024
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -105,10 +110,15 @@ def as_sam3_checkpoint(tracker_state: dict[str, torch.Tensor]) -> dict[str, torc
 @pytest.fixture(scope="module")
 def models():
     """(Meta's tracker, ours) with the same perturbed weights, the object-score bias shifted."""
+    return _model_pair(SCORE_SHIFT)
+
+
+def _model_pair(score_shift: float):
+    """(Meta's tracker with memory selection, ours) with the same perturbed weights, the object-score bias shifted."""
     torch.manual_seed(0)
-    ref = meta_tracker(SMALL, IMAGE_SIZE)
+    ref = meta_tracker(SMALL, IMAGE_SIZE, temporal_disambiguation=True)
     weights = perturbed(ref, seed=1)
-    weights[OBJECT_SCORE_BIAS] = weights[OBJECT_SCORE_BIAS] + SCORE_SHIFT
+    weights[OBJECT_SCORE_BIAS] = weights[OBJECT_SCORE_BIAS] + score_shift
     ref.load_state_dict(weights)
     ours = SAM2Model(ModelConfig(SMALL, IMAGE_SIZE)).eval()
     ours.load_state_dict(tracker_state_dict({"model": as_sam3_checkpoint(weights)}), strict=True)
@@ -120,12 +130,12 @@ def frames() -> list[np.ndarray]:
     return smooth_frames()
 
 
-def smooth_frames() -> list[np.ndarray]:
+def smooth_frames(count: int = NUM_FRAMES) -> list[np.ndarray]:
     """Smooth random RGB frames (H, W, 3) uint8 that drift from one to the next."""
     generator = torch.Generator().manual_seed(3)
     base = torch.rand(3, 14, 14, generator=generator)
     out = []
-    for t in range(NUM_FRAMES):
+    for t in range(count):
         coarse = (base + 0.15 * t * torch.rand(3, 14, 14, generator=generator)).clamp(0, 1)
         image = torch.nn.functional.interpolate(coarse[None], size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear")[0]
         out.append((image.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy())
@@ -208,7 +218,7 @@ SCRIPT = {
 
 def _meta_state(ref, images: torch.Tensor):
     state = ref.init_state(
-        video_height=IMAGE_SIZE, video_width=IMAGE_SIZE, num_frames=META_NUM_FRAMES, offload_state_to_cpu=True
+        video_height=IMAGE_SIZE, video_width=IMAGE_SIZE, num_frames=images.shape[0], offload_state_to_cpu=True
     )
     state["images"] = images
     return state
@@ -223,11 +233,30 @@ def test_stream_matches_meta_tracker(models, frames):
     SAM 2.1's predictor does. Each object is therefore driven in a state of its own on Meta's side.
     """
     ref, ours = models
-    images = torch.cat([normalised(frame) for frame in frames])
-    images = torch.cat([images, images[-1:].expand(META_NUM_FRAMES - NUM_FRAMES, -1, -1, -1)])
     tracker = sam2rt.StreamTracker(ours, memory_dtype=torch.bfloat16, **SAM3_TRACKER_CHANGES)
+    run = _drive(ref, tracker, frames, SCRIPT, META_NUM_FRAMES)
+    assert tracker.object_ids == [1, 2]
+    assert run.compared == 7 + 2 + 3  # object 1 tracked on frames 1-7, object 2 on 6-7, and three prompts
+    assert all(score > 0 for score in run.scores), f"objects judged absent: every mask is a constant ({run.scores})"
+    assert min(run.memory_scores.values()) > META_MEMORY_THRESHOLD  # selection keeps every frame here
+
+
+class _Run(NamedTuple):
+    compared: int  # masks compared with Meta's
+    scores: list[float]  # our object scores of every mask compared
+    memory_scores: dict[tuple[int, int], float]  # (object id, tracked frame) -> Meta's memory score of that frame
+    masks: dict[tuple[int, int], torch.Tensor]  # (object id, frame) -> our logits (H, W) after the frame's prompts
+
+
+def _drive(ref, tracker, frames: list[np.ndarray], script: dict, num_frames: int, visible_only: bool = True) -> _Run:
+    """Drive our `tracker` and Meta's predictor `ref` (one state per object, told of `num_frames` frames) through
+    `frames` and the prompts of `script`, comparing every mask on the way; `visible_only`: every mask compared must
+    be a visible object's (not a constant)."""
+    images = torch.cat([normalised(frame) for frame in frames])
+    images = torch.cat([images, images[-1:].expand(num_frames - len(frames), -1, -1, -1)])
     states: dict[int, dict] = {}  # object id -> Meta's state
-    compared, scores = 0, []
+    run = _Run(0, [], {}, {})
+    compared = 0
     for t, frame in enumerate(frames):
         result = tracker.step(frame)
         expected = {}
@@ -235,26 +264,121 @@ def test_stream_matches_meta_tracker(models, frames):
             for obj_id, state in states.items():
                 outputs = list(ref.propagate_in_video(state, t, 0, False, tqdm_disable=True, propagate_preflight=True))
                 expected[obj_id] = outputs[-1][3][0, 0]  # (H, W) logits at the video's size
-        compared += _compare(result, expected, f"frame {t}", scores)
-        for obj_id, points, labels in SCRIPT.get(t, []):
+                tracked = state["output_dict"]["non_cond_frame_outputs"].get(t, {})
+                if "eff_iou_score" in tracked:
+                    run.memory_scores[obj_id, t] = float(tracked["eff_iou_score"])
+        compared += _compare(result, expected, f"frame {t}", run.scores, visible_only)
+        for obj_id, points, labels in script.get(t, []):
             result = tracker.add_prompt(obj_id, points=points, labels=labels)
             state = states.setdefault(obj_id, _meta_state(ref, images))
             with torch.no_grad():
                 _, _, _, video_masks = ref.add_new_points_or_box(
                     state, t, obj_id, points=points, labels=labels, rel_coordinates=False
                 )
-            compared += _compare(result, {obj_id: video_masks[0, 0]}, f"frame {t}, prompt on {obj_id}", scores)
-    assert tracker.object_ids == [1, 2]
-    assert compared == 7 + 2 + 3  # object 1 tracked on frames 1-7, object 2 on 6-7, and three prompts
-    assert all(score > 0 for score in scores), f"objects judged absent: every mask would be a constant ({scores})"
+            where = f"frame {t}, prompt on {obj_id}"
+            compared += _compare(result, {obj_id: video_masks[0, 0]}, where, run.scores, visible_only)
+        run.masks.update({(obj_id, t): result.mask_logits[row] for row, obj_id in enumerate(result.object_ids)})
+    return run._replace(compared=compared)
 
 
-def _compare(result, expected: dict[int, torch.Tensor], where: str, scores: list[float]) -> int:
+def _compare(
+    result, expected: dict[int, torch.Tensor], where: str, scores: list[float], visible_only: bool = True
+) -> int:
     """Compare our result's masks of the objects in `expected` with Meta's; returns how many were compared."""
     for obj_id, meta_logits in expected.items():
         row = result.object_ids.index(obj_id)
         got = result.mask_logits[row]
         assert_close_logits(got, meta_logits, what=where)
-        assert got.std() > 0.1 and (got > 0).any() and (got <= 0).any(), f"{where}: a constant mask"
+        visible = got.std() > 0.1 and (got > 0).any() and (got <= 0).any()
+        assert visible or not visible_only, f"{where}: a constant mask"
         scores.append(float(result.object_scores[row]))
     return len(expected)
+
+
+# Memory selection where it matters: the object-score bias shifted less, so that the presence logit hovers around 0
+# and the object is judged absent (memory score 0) or unsure (below the bar) on some frames of a longer stream.
+SELECTION_SCORE_SHIFT = 0.5
+SELECTION_FRAMES = 20
+META_MEMORY_THRESHOLD = 0.01  # Meta's mf_threshold
+SELECTION_SCRIPT = {
+    0: [(1, [[60.0, 40.0]], [1])],
+    4: [(2, [[90.0, 90.0], [20.0, 20.0]], [1, 0])],
+    13: [(1, [[30.0, 80.0]], [1])],  # a correction: a prompted frame among the selected ones
+}
+
+
+@pytest.fixture(scope="module")
+def unsure_models():
+    return _model_pair(SELECTION_SCORE_SHIFT)
+
+
+def test_stream_with_memory_selection_matches_meta(unsure_models):
+    """20 frames on which the objects come and go: the recent memories are the frames that passed the bar, some
+    far back; every mask equals Meta's, and the same stream without selection gives other masks."""
+    ref, ours = unsure_models
+    frames = smooth_frames(SELECTION_FRAMES)
+    tracker = sam2rt.StreamTracker(ours, memory_dtype=torch.bfloat16, **SAM3_TRACKER_CHANGES)
+    run = _drive(ref, tracker, frames, SELECTION_SCRIPT, SELECTION_FRAMES, visible_only=False)
+    assert run.compared == 19 + 15 + 3  # object 1 tracked on frames 1-19, object 2 on 5-19, and three prompts
+    # Selection skipped frames: scores at or below the bar, on frames that later ones would otherwise have read.
+    scores = run.memory_scores
+    skipped = sorted(key for key, score in scores.items() if score <= META_MEMORY_THRESHOLD)
+    assert len(skipped) >= 4 and any(score == 0.0 for score in scores.values()), scores
+    assert len([key for key in scores if key not in skipped]) >= 12
+    # No score so close to the bar that rounding could decide it: the test compares selections, not luck.
+    assert min(abs(score - META_MEMORY_THRESHOLD) for score in scores.values()) > 2e-4
+    assert sum(score > 0 for score in run.scores) >= 20, "most masks should be of a visible object"
+
+    without = sam2rt.StreamTracker(
+        ours, memory_dtype=torch.bfloat16, **{**SAM3_TRACKER_CHANGES, "use_memory_selection": False}
+    )
+    plain = _drive_ours(without, frames, SELECTION_SCRIPT)
+    differences = [(plain[key] - mask).abs().max().item() for key, mask in run.masks.items()]
+    assert max(differences) > 0.1, "memory selection changed nothing"
+
+
+def _drive_ours(tracker, frames: list[np.ndarray], script: dict) -> dict[tuple[int, int], torch.Tensor]:
+    """Our masks (object id, frame) -> (H, W) logits after each frame's prompts, the stream of `_drive`."""
+    masks = {}
+    for t, frame in enumerate(frames):
+        result = tracker.step(frame)
+        for obj_id, points, labels in script.get(t, []):
+            result = tracker.add_prompt(obj_id, points=points, labels=labels)
+        masks.update({(obj_id, t): result.mask_logits[row] for row, obj_id in enumerate(result.object_ids)})
+    return masks
+
+
+def test_video_predictor_with_memory_selection_matches_meta(unsure_models):
+    """The offline VideoPredictor with memory selection against Meta's predictor on a whole video: clicks on frames
+    0 and 12, propagated forward over all frames, then backward from the second click (the scan then reads the
+    frames after each frame, scored on either way). Not from the last frame: Meta's tracker on a CPU cannot
+    attend to bf16 memories without any pointer (no autocast there), which is what that frame would see."""
+    ref, ours = unsure_models
+    frames = smooth_frames(SELECTION_FRAMES)
+    images = torch.cat([normalised(frame) for frame in frames])
+    state = _meta_state(ref, images)
+    predictor = sam2rt.VideoPredictor(
+        ours, memory_dtype=torch.bfloat16, resize="bilinear-antialias", **SAM3_TRACKER_CHANGES
+    )
+    ours_state = predictor.init_state(frames)
+    clicks = {0: [[60.0, 40.0]], 12: [[30.0, 80.0]]}
+    with torch.no_grad():
+        for t, points in clicks.items():
+            ref.add_new_points_or_box(state, t, 1, points=points, labels=[1], rel_coordinates=False)
+            predictor.add_new_points_or_box(ours_state, t, 1, points=points, labels=[1])
+        compared, differences = 0, []
+        for reverse, start in ((False, 0), (True, 12)):
+            expected = {
+                t: masks[0, 0]
+                for t, _, _, masks, _ in ref.propagate_in_video(
+                    state, start, None, reverse, tqdm_disable=True, propagate_preflight=True
+                )
+            }
+            for t, obj_ids, masks in predictor.propagate_in_video(ours_state, start, reverse=reverse):
+                assert obj_ids == [1]
+                differences.append(assert_close_logits(masks[0, 0], expected[t], what=f"frame {t}, reverse {reverse}"))
+                compared += 1
+    assert compared == SELECTION_FRAMES + 13
+    scores = [out["eff_iou_score"] for out in state["output_dict"]["non_cond_frame_outputs"].values()]
+    assert sum(score <= META_MEMORY_THRESHOLD for score in scores) >= 3, "no frame skipped"
+    assert min(abs(float(score) - META_MEMORY_THRESHOLD) for score in scores) > 2e-4

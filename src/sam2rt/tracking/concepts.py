@@ -30,9 +30,11 @@ What differs from Meta's video predictor, and why:
   recent ring; Meta keeps every frame's memory and attends to the 4 conditioning frames closest in time, which
   on a forward stream are the newest (the first one aside).
 - Meta stores frames as float16 after normalising them; here they stay float32.
-- Not yet here: Meta's temporal disambiguation (`apply_temporal_disambiguation=True` officially: the tracker's
-  `use_memory_selection` skips recent frames whose memory score is below 0.01 when it picks the recent memories).
-  It changes results only where a track was judged absent or unsure on one of its recent frames.
+- Temporal disambiguation (memory selection, on officially): Meta scores a frame once per tracker state, over the
+  tracks found on one frame together (`group_score`), as here; but when a track of such a group is removed, Meta
+  scores the group's past frames again without it, which may let frames pass the bar (or fail it) afterwards. Here
+  the scores stay as they were when the frame was tracked, and a ring keeps only frames that passed: after such a
+  removal the two may read different memories. Tracks found alone on their frame are not affected.
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ from ..processing.masks import keep_highest_object, small_components
 from ..processing.text import TextTokenizer
 from .concept_plan import ConceptOptions, ConceptPlan, ConceptState, plan_frame
 from .engine import EncodedFrame, TrackingEngine
-from .memory_bank import MemoryArena, RingMemory
+from .memory_bank import MemoryArena, RingMemory, new_ring
+from .memory_selection import MemoryScore, group_score
 from .options import SAM3_TRACKER_CHANGES, STREAM_OPTIONS, TrackerOptions, tracker_options
 
 PROMPT_MASK_LOGIT = 1024.0  # Meta's NO_OBJ_SCORE, negated: a mask prompt's logits at the frame's size
@@ -122,7 +125,8 @@ class ConceptTracker:
         self.engine = TrackingEngine(tracker_model, engine_options, cached_frames=0)
         engine = self.engine
         placement = lambda: (engine.memory_dtype, engine.storage_device)  # noqa: E731 - read when slots are made
-        self.arena = MemoryArena(tracker_model.config, engine_options.max_cond_frames, placement)
+        threshold = engine_options.mf_threshold if engine_options.use_memory_selection else None
+        self.arena = MemoryArena(tracker_model.config, engine_options.max_cond_frames, placement, threshold)
         with torch.inference_mode():
             ids = tokenizer([phrase], detector.spec.text.context_length).to(engine.device)
             self._text = detector.encode_text(ids)
@@ -167,7 +171,8 @@ class ConceptTracker:
             position = track_ids.index(obj_id)
             pointers[position] = self._mask_prompts(encoded, det_masks[row : row + 1]).obj_ptr[0]
             conditioning_groups.add(self._tracks[obj_id].group)
-        self._write_tracked_memories(encoded, track_ids, plan.track_masks, pointers, conditioning_groups)
+        scores = self._group_scores(track_ids, [out.memory_score for out in propagated])
+        self._write_tracked_memories(encoded, track_ids, plan.track_masks, pointers, scores, conditioning_groups)
         self._add_tracks(encoded, plan.new_ids.tolist(), det_masks[plan.new_rows], size)
         for obj_id in plan.removed_ids.tolist():
             del self._tracks[obj_id]
@@ -201,12 +206,28 @@ class ConceptTracker:
         features = frame.features
         return self.model.mask_as_output(features.embed, features.high_res, binary[:, None])
 
+    def _group_scores(self, track_ids: list[int], scores: list[Optional[MemoryScore]]) -> list[Optional[MemoryScore]]:
+        """Each propagated track's memory score as Meta's tracker scores its frame: one score per group of tracks
+        found together (one tracker state there). None each without memory selection."""
+        if not scores or scores[0] is None:
+            return scores
+        groups: dict[int, list[int]] = {}
+        for row, obj_id in enumerate(track_ids):
+            groups.setdefault(self._tracks[obj_id].group, []).append(row)
+        by_row: list[Optional[MemoryScore]] = [None] * len(track_ids)
+        for rows in groups.values():
+            shared = group_score([scores[row] for row in rows])
+            for row in rows:
+                by_row[row] = shared
+        return by_row
+
     def _write_tracked_memories(
         self,
         frame: EncodedFrame,
         track_ids: list[int],
         track_masks: Tensor,
         pointers: list[Tensor],
+        scores: list[Optional[MemoryScore]],
         conditioning_groups: set[int],
     ) -> None:
         """The propagated tracks' memories from their planned masks (M, h, w), as Meta's video model encodes them."""
@@ -223,7 +244,7 @@ class ConceptTracker:
             if track.group in conditioning_groups:
                 track.memory.write_conditioning(frame.index, memories[row], pointers[row])
             else:
-                track.memory.write_tracked(frame.index, memories[row], pointers[row])
+                track.memory.write_tracked(frame.index, memories[row], pointers[row], scores[row])
 
     def _add_tracks(self, frame: EncodedFrame, new_ids: list[int], det_masks: Tensor, size: tuple[int, int]) -> None:
         """Start tracks from detections' mask logits (K, h, w): a conditioning frame each, its memory from the
@@ -242,7 +263,7 @@ class ConceptTracker:
         logits = keep_highest_object(logits)  # the tracks found together do not overlap in memory
         memories = self.engine.encode_masks([frame], logits, prediction.object_score_logits, binarize=True)
         for row, obj_id in enumerate(new_ids):
-            track = _Track(RingMemory(self.arena), group=frame.index)
+            track = _Track(new_ring(self.arena), group=frame.index)
             track.memory.write_conditioning(frame.index, memories[row], prediction.obj_ptr[row])
             self._tracks[obj_id] = track
 

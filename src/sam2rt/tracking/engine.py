@@ -21,6 +21,7 @@ from ..processing.masks import fill_holes, keep_highest_object
 from ..processing.preprocess import IMAGENET_MEAN, IMAGENET_STD, SAM3_MEAN, SAM3_STD, model_input
 from ..runtime.graphs import graphed_with_model, has_cuda_graphs
 from .memory_bank import MemoryView, ObjectOutput, gather
+from .memory_selection import MemoryScore, object_scores, score_factors
 from .options import TrackerOptions
 
 OBJECTS_PER_CHUNK = 16
@@ -155,8 +156,9 @@ class TrackingEngine:
             tracked = track_on_memory(fill_hole_area, memory_dtype, chunk, embed, high_res, memory)
         masks = tracked.masks.to(self.storage_device, non_blocking=True)
         memories = self._to_storage(tracked.memories)
+        scores = self._memory_scores(tracked.memory_scores, len(views))
         return [
-            ObjectOutput(masks[row], tracked.pointers[row], tracked.object_scores[row], memories[row])
+            ObjectOutput(masks[row], tracked.pointers[row], tracked.object_scores[row], memories[row], scores[row])
             for row in range(len(views))
         ]
 
@@ -170,8 +172,9 @@ class TrackingEngine:
         high_res = tuple(h.expand(len(views), -1, -1, -1) for h in features.high_res)  # views of (1 or B, ...)
         prediction = self.model.segment(conditioned, high_res, None, None, None, multimask=True)
         masks = prediction.best_mask.to(self.storage_device, non_blocking=True)  # (B, 1, 4h, 4w)
+        scores = self._memory_scores(score_factors(prediction.object_score_logits, prediction.iou_scores), len(views))
         return [
-            ObjectOutput(masks[row], prediction.obj_ptr[row], prediction.object_score_logits[row])
+            ObjectOutput(masks[row], prediction.obj_ptr[row], prediction.object_score_logits[row], None, scores[row])
             for row in range(len(views))
         ]
 
@@ -287,11 +290,19 @@ class TrackingEngine:
         if self.shape_buckets:  # at least one prompted frame's and full recent slots: every stream's once 16 frames old
             seen_frames, seen_pointers = self._slots
             slots = (max(seen_frames, self.config.num_maskmem), max(seen_pointers, self.config.max_obj_ptrs))
-        limit = self.options.max_cond_frames_in_attn
-        memory = gather(views, indices, reverse, self.config, self.device, limit, num_frames, slots)
+        limit, options = self.options.max_cond_frames_in_attn, self.options
+        threshold = options.mf_threshold if options.use_memory_selection else None
+        memory = gather(views, indices, reverse, self.config, self.device, limit, num_frames, slots, threshold)
         if self.shape_buckets:
             self._slots = (memory.spatial.shape[1], memory.pointers.shape[1])
         return memory
+
+    def _memory_scores(self, factors: Tensor, count: int) -> list[Optional[MemoryScore]]:
+        """Each of `count` tracked objects' memory score from the score factors (B, 2) of a pass, kept on the device
+        for memory selection to read when it plans the next frame; None each without memory selection."""
+        if not self.options.use_memory_selection:
+            return [None] * count
+        return object_scores(factors[:count])
 
     def _outputs(self, prediction: MaskPrediction) -> list[ObjectOutput]:
         masks = _filled(prediction.best_mask, self.options.fill_hole_area).to(self.storage_device, non_blocking=True)
@@ -314,6 +325,7 @@ class _TrackedBatch(NamedTuple):
     pointers: Tensor  # (B, C) object pointers
     object_scores: Tensor  # (B, 1) presence logits
     memories: Tensor  # (B, N, C_mem) spatial memories in the memory dtype
+    memory_scores: Tensor  # (B, 2) the factors of each frame's score as a memory (memory selection)
 
 
 def _track_on_memory(
@@ -375,7 +387,11 @@ def _track_conditioned(
     memories = model.encode_memory(embed, prediction.best_mask, prediction.object_score_logits, binarize)
     masks = _filled(prediction.best_mask, fill_hole_area)
     return _TrackedBatch(
-        masks, prediction.obj_ptr, prediction.object_score_logits, _stored_memory(memories, memory_dtype)
+        masks,
+        prediction.obj_ptr,
+        prediction.object_score_logits,
+        _stored_memory(memories, memory_dtype),
+        score_factors(prediction.object_score_logits, prediction.iou_scores),
     )
 
 

@@ -7,6 +7,9 @@ and object pointers. A frame t tracked in direction d sees, for each object:
 - the spatial memories of frames t-d, ..., t-6d, each with its own temporal encoding,
 - the object pointers of the conditioning frames on its past side and of frames t-d, ..., t-15d.
 
+With SAM 3's memory selection (`memory_threshold`), the recent frames are those whose memory score passed the
+bar instead, ranked by recency (tracking/memory_selection.py).
+
 `gather` packs these for a batch of objects, each on its own frame, into fixed-size slots with validity masks, so one
 memory-attention call serves all objects however different their histories are.
 
@@ -21,13 +24,14 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
-from typing import Callable, Mapping, Optional, Protocol, Sequence, Union
+from typing import Callable, Iterator, Mapping, Optional, Protocol, Sequence, Union
 
 import torch
 from torch import Tensor
 
 from ..model.sam2 import MemoryTokens
 from ..model.variants import ModelConfig
+from .memory_selection import MemoryScore, memory_frames, read_scores, retained_frames
 from .slot_policy import conditioning_slot
 
 
@@ -39,6 +43,7 @@ class ObjectOutput:
     pointer: Tensor  # (C,) object pointer
     object_score: Optional[Tensor]  # (1,) presence logit
     memory: Optional[Tensor] = None  # (N, C_mem) spatial memory tokens in storage dtype; None until encoded
+    memory_score: Optional[MemoryScore] = None  # a tracked frame's score as a memory (use_memory_selection only)
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,18 @@ class MemoryView(Protocol):
     def conditioning(self) -> Mapping[int, Stored]: ...
 
     def tracked(self, frame_idx: int) -> Optional[Stored]: ...
+
+
+class ScoredView(MemoryView, Protocol):
+    """The memories of one object with its tracked frames' memory scores, as memory selection reads them."""
+
+    def scored_frames(self, frame_idx: int, reverse: bool) -> Iterator[tuple[int, Optional[MemoryScore]]]:
+        """The tracked frames on the side of `frame_idx` already tracked, with their scores, nearest first."""
+        ...
+
+    def unread_scores(self, frame_idx: int, reverse: bool) -> list[MemoryScore]:
+        """Scores the plan of `frame_idx` will likely read that the host has not read yet."""
+        ...
 
 
 def select_conditioning(
@@ -103,6 +120,7 @@ def _plan(
     config: ModelConfig,
     max_cond_in_attn: int,
     num_frames: Optional[int],
+    memory_threshold: Optional[float] = None,
 ) -> _ObjectMemoryPlan:
     conditioning = view.conditioning()
     if not conditioning:
@@ -116,11 +134,6 @@ def _plan(
         return view.tracked(t) or unselected.get(t)
 
     spatial = [(out, config.num_maskmem - 1) for out in selected.values()]
-    for distance in range(1, recent_slots + 1):
-        out = earlier(distance)
-        if out is not None:
-            spatial.append((out, distance - 1))
-
     # Pointers of prompted frames on the past side only, then of the frames just before.
     pointers = [
         ((frame_idx - t) * direction, out)
@@ -128,6 +141,25 @@ def _plan(
         if (t >= frame_idx if reverse else t <= frame_idx)
     ]
     max_pointers = min(num_frames, config.max_obj_ptrs) if num_frames else config.max_obj_ptrs
+    if memory_threshold is not None:
+        _add_selected_frames(
+            view,
+            frame_idx,
+            reverse,
+            num_frames,
+            max_pointers,
+            memory_threshold,
+            unselected,
+            spatial,
+            pointers,
+            recent_slots,
+        )
+        return _ObjectMemoryPlan(spatial, pointers)
+
+    for distance in range(1, recent_slots + 1):
+        out = earlier(distance)
+        if out is not None:
+            spatial.append((out, distance - 1))
     for distance in range(1, max_pointers):
         t = frame_idx - direction * distance
         if t < 0 or (num_frames is not None and t >= num_frames):
@@ -136,6 +168,29 @@ def _plan(
         if out is not None:
             pointers.append((distance, out))
     return _ObjectMemoryPlan(spatial, pointers)
+
+
+def _add_selected_frames(
+    view: ScoredView,
+    frame_idx: int,
+    reverse: bool,
+    num_frames: Optional[int],
+    max_pointers: int,
+    threshold: float,
+    unselected: Mapping[int, Stored],
+    spatial: list[tuple[Stored, int]],
+    pointers: list[tuple[int, Stored]],
+    recent_slots: int,
+) -> None:
+    """Add the recent memories memory selection picks to a plan: the frames of `memory_frames` by rank (1: the
+    nearest), the spatial memories of ranks 1 to `recent_slots` (temporal index rank - 1), the pointers of every
+    rank but the farthest (position: the rank). A rank whose frame holds no memory stays empty."""
+    chosen = memory_frames(
+        view.scored_frames(frame_idx, reverse), frame_idx, reverse, num_frames, max_pointers, threshold
+    )
+    by_rank = [view.tracked(t) or unselected.get(t) for t in reversed(chosen)]  # rank 1 first
+    spatial += [(out, rank - 1) for rank, out in enumerate(by_rank[:recent_slots], 1) if out is not None]
+    pointers += [(rank, out) for rank, out in enumerate(by_rank[: len(by_rank) - 1], 1) if out is not None]
 
 
 def gather(
@@ -147,13 +202,18 @@ def gather(
     max_cond_in_attn: int = -1,
     num_frames: Optional[int] = None,
     slots: Optional[tuple[int, int]] = None,
+    memory_threshold: Optional[float] = None,
 ) -> MemoryTokens:
     """Pack the memories each object sees on its frame (`frame_indices`, one per view) into fixed-size slots:
     (B, F, ...) and (B, P, ...). With `slots` (F, P), at least that many: one shape whatever the objects' ages
     (a CUDA graph per shape, not per mix of ages). Validity masks only where a slot is empty: full memories
-    keep the attention's unmasked, faster kernels."""
+    keep the attention's unmasked, faster kernels. With `memory_threshold`, the recent frames are chosen by memory
+    selection: the scores still unread are read first, in one copy for all objects."""
+    if memory_threshold is not None:
+        unread = [s for view, t in zip(views, frame_indices, strict=True) for s in view.unread_scores(t, reverse)]
+        read_scores(unread, memory_threshold)
     plans = [
-        _plan(view, frame_idx, reverse, config, max_cond_in_attn, num_frames)
+        _plan(view, frame_idx, reverse, config, max_cond_in_attn, num_frames, memory_threshold)
         for view, frame_idx in zip(views, frame_indices, strict=True)
     ]
     batch = len(plans)
@@ -250,6 +310,22 @@ class OutputArchive:
         for t in range(frame_idx - radius, frame_idx + radius + 1):
             self.non_cond.pop(t, None)
 
+    def scored_frames(self, frame_idx: int, reverse: bool) -> Iterator[tuple[int, Optional[MemoryScore]]]:
+        """Tracked frames with their memory scores, nearest first: Meta's scan, frame by frame."""
+        if not self.non_cond:
+            return
+        end = max(self.non_cond) + 1 if reverse else -1
+        for t in range(frame_idx + 1, end) if reverse else range(frame_idx - 1, end, -1):
+            out = self.non_cond.get(t)
+            if out is not None:
+                yield t, out.memory_score
+
+    def unread_scores(self, frame_idx: int, reverse: bool) -> list[MemoryScore]:
+        """The score of the frame just tracked, when unread (older ones were read when it was planned)."""
+        out = self.non_cond.get(frame_idx + (1 if reverse else -1))
+        score = None if out is None else out.memory_score
+        return [score] if score is not None and score.passes is None else []
+
 
 class MemoryArena:
     """The memory slots of every RingMemory of a pool: a row holds one object's spatial memories
@@ -260,16 +336,25 @@ class MemoryArena:
     are freed once every row is back. `placement()` gives the (memory dtype, device) to allocate on,
     read whenever the arena starts from empty (a model moved before any object keeps its defaults).
     Like the pool, it is used from one thread at a time.
+
+    With a `memory_threshold` (SAM 3's memory selection), its rows are ScoredRingMemory's, which keep one pointer
+    more (`new_ring` makes the right kind).
     """
 
     def __init__(
-        self, config: ModelConfig, max_cond_frames: int, placement: Callable[[], tuple[torch.dtype, torch.device]]
+        self,
+        config: ModelConfig,
+        max_cond_frames: int,
+        placement: Callable[[], tuple[torch.dtype, torch.device]],
+        memory_threshold: Optional[float] = None,
     ) -> None:
         self.config = config
         self.max_cond_frames = max_cond_frames
         self.placement = placement
+        self.memory_threshold = memory_threshold
+        self.recent_pointer_slots = config.max_obj_ptrs + (0 if memory_threshold is None else 1)
         self.memory_slots = max_cond_frames + config.num_maskmem
-        self.pointer_slots = max_cond_frames + config.max_obj_ptrs
+        self.pointer_slots = max_cond_frames + self.recent_pointer_slots
         self._free: list[int] = []
         # Rows of dropped objects, queued by their finalizers, which may run at any allocation (the cycle
         # collector) or on another thread: only appended to there, taken in by `reclaim`.
@@ -353,7 +438,7 @@ class RingMemory:
         cond_slots = arena.max_cond_frames
         self.cond_frame = [-1] * cond_slots  # cond slot s: memory slot s, pointer slot s
         self.recent_memory_frame = [-1] * arena.config.num_maskmem  # memory slots after the cond slots
-        self.recent_pointer_frame = [-1] * arena.config.max_obj_ptrs  # pointer slots after the cond slots
+        self.recent_pointer_frame = [-1] * arena.recent_pointer_slots  # pointer slots after the cond slots
 
     def tensors(self) -> list[Tensor]:
         return [self.arena.memory[self.row], self.arena.pointers[self.row]]
@@ -370,7 +455,10 @@ class RingMemory:
         cond_slots = len(self.cond_frame)
         return RingSlot(self, cond_slots + memory_slot if kept else None, cond_slots + pointer_slot)
 
-    def write_tracked(self, frame_idx: int, memory: Tensor, pointer: Tensor) -> None:
+    def write_tracked(
+        self, frame_idx: int, memory: Tensor, pointer: Tensor, score: Optional[MemoryScore] = None
+    ) -> None:
+        """Store a tracked frame (its memory score is for memory selection only)."""
         memory_slot = frame_idx % len(self.recent_memory_frame)
         pointer_slot = frame_idx % len(self.recent_pointer_frame)
         self._write(len(self.cond_frame) + memory_slot, len(self.cond_frame) + pointer_slot, memory, pointer)
@@ -394,3 +482,81 @@ class RingMemory:
     def _write(self, memory_slot: int, pointer_slot: int, memory: Tensor, pointer: Tensor) -> None:
         self.arena.memory[self.row, memory_slot].copy_(memory)
         self.arena.pointers[self.row, pointer_slot].copy_(pointer)
+
+
+class ScoredRingMemory(RingMemory):
+    """One object's memory for a stream with SAM 3's memory selection: a RingMemory whose recent slots keep the
+    frames that selection may still read (tracking/memory_selection.py, `retained_frames`), however far back: the
+    newest frame and the one before it, the latest frames whose score passed the bar (max_obj_ptrs - 1 of them for
+    their pointers, num_maskmem - 1 of them for their spatial memories). Same fixed size: one pointer slot more.
+    """
+
+    def __init__(self, arena: MemoryArena) -> None:
+        super().__init__(arena)
+        self.recent_score: list[Optional[MemoryScore]] = [None] * len(self.recent_pointer_frame)  # by pointer slot
+
+    def tracked(self, frame_idx: int) -> Optional[RingSlot]:
+        if frame_idx < 0 or frame_idx not in self.recent_pointer_frame:
+            return None
+        pointer_slot = self.recent_pointer_frame.index(frame_idx)
+        kept = frame_idx in self.recent_memory_frame
+        memory_slot = self.recent_memory_frame.index(frame_idx) if kept else None
+        cond_slots = len(self.cond_frame)
+        return RingSlot(self, None if memory_slot is None else cond_slots + memory_slot, cond_slots + pointer_slot)
+
+    def scored_frames(self, frame_idx: int, reverse: bool) -> Iterator[tuple[int, Optional[MemoryScore]]]:
+        held = [(t, self.recent_score[slot]) for slot, t in enumerate(self.recent_pointer_frame) if t >= 0]
+        earlier = [(t, score) for t, score in held if (t > frame_idx if reverse else t < frame_idx)]
+        return iter(sorted(earlier, key=lambda item: abs(item[0] - frame_idx)))
+
+    def unread_scores(self, frame_idx: int, reverse: bool) -> list[MemoryScore]:
+        return [score for score in self.recent_score if score is not None and score.passes is None]
+
+    def write_tracked(
+        self, frame_idx: int, memory: Tensor, pointer: Tensor, score: Optional[MemoryScore] = None
+    ) -> None:
+        """Store the newest tracked frame (a stream writes frames in order), in a slot of a frame no longer kept."""
+        pointer_slot, memory_slot = self._slots_for(frame_idx)
+        cond_slots = len(self.cond_frame)
+        self._write(cond_slots + memory_slot, cond_slots + pointer_slot, memory, pointer)
+        self.recent_pointer_frame[pointer_slot] = frame_idx
+        self.recent_memory_frame[memory_slot] = frame_idx
+        self.recent_score[pointer_slot] = score
+
+    def forget_tracked(self, first: int, last: int) -> None:
+        super().forget_tracked(first, last)
+        self.recent_score = [s if t >= 0 else None for s, t in zip(self.recent_score, self.recent_pointer_frame)]
+
+    def _slots_for(self, frame_idx: int) -> tuple[int, int]:
+        """(pointer slot, memory slot) for frame `frame_idx`: its own, else a free one, else the oldest frame's
+        that is no longer kept; a frame losing its pointer slot loses its spatial memory too."""
+        threshold = self.arena.memory_threshold
+        read_scores(self.unread_scores(frame_idx, False), threshold)  # read already, unless no plan came between
+        held = {t: self.recent_score[slot] for slot, t in enumerate(self.recent_pointer_frame) if 0 <= t != frame_idx}
+        keep_pointers, keep_memories = retained_frames(
+            {t: score is not None and score.passes for t, score in held.items()},
+            frame_idx,
+            self.arena.config.num_maskmem,
+            self.arena.config.max_obj_ptrs,
+        )
+        pointer_slot = _slot_to_take(self.recent_pointer_frame, frame_idx, keep_pointers)
+        dropped = self.recent_pointer_frame[pointer_slot]
+        if dropped not in (-1, frame_idx):
+            self.forget_tracked(dropped, dropped)
+        memory_slot = _slot_to_take(self.recent_memory_frame, frame_idx, keep_memories)
+        return pointer_slot, memory_slot
+
+
+def _slot_to_take(frames: list[int], frame_idx: int, kept: set[int]) -> int:
+    """The slot of `frames` (each slot's frame, -1: empty) that frame `frame_idx` takes: its own, an empty one, or
+    that of the oldest frame not `kept`."""
+    if frame_idx in frames:
+        return frames.index(frame_idx)
+    if -1 in frames:
+        return frames.index(-1)
+    return min((slot for slot, t in enumerate(frames) if t not in kept), key=lambda slot: frames[slot])
+
+
+def new_ring(arena: MemoryArena) -> RingMemory:
+    """A row of `arena` for a new object: a ScoredRingMemory when the arena is for memory selection."""
+    return RingMemory(arena) if arena.memory_threshold is None else ScoredRingMemory(arena)

@@ -29,6 +29,10 @@ class TrackerOptions:
     memory_dtype: Optional[torch.dtype] = None  # spatial memories: None is bf16 on CUDA, fp32 elsewhere
     offload_state_to_cpu: bool = False  # keep memories and masks in CPU memory
     resize: Resize = "bilinear-antialias"  # how frames become the model's input (processing/preprocess.py)
+    # SAM 3's temporal disambiguation: the recent memories are the latest frames whose memory score (presence times
+    # predicted IoU) passes mf_threshold, however far back, instead of the frames just before.
+    use_memory_selection: bool = False
+    mf_threshold: float = 0.01
 
     def __post_init__(self) -> None:
         if self.max_cond_frames < 1:
@@ -50,13 +54,15 @@ VIDEO_OPTIONS = TrackerOptions(resize="pil-bicubic")  # VideoPredictor
 # What Meta's SAM 3 tracker (`build_tracker`, Sam3TrackerPredictor) does differently from SAM 2's video predictor,
 # as changes of a front-end's options: `StreamTracker(model, **SAM3_TRACKER_CHANGES)`. Corrections are segmented
 # without memory (its `use_prev_mem_frame=False`) and become prompted frames; at most 4 prompted frames are
-# attended to; no hole filling. Meta sets clear_non_cond_mem_around_input, but its predictor clears only the
-# per-object copies that its batched propagation does not read: the memories it tracks with are kept, as here.
+# attended to; no hole filling; memory selection (`apply_temporal_disambiguation`, on in Meta's video model). Meta
+# sets clear_non_cond_mem_around_input, but its predictor clears only the per-object copies that its batched
+# propagation does not read: the memories it tracks with are kept, as here.
 SAM3_TRACKER_CHANGES = {
     "fill_hole_area": 0,
     "add_all_frames_to_correct_as_cond": True,
     "max_cond_frames_in_attn": 4,
     "use_prev_mem_frame": False,
+    "use_memory_selection": True,
 }
 
 

@@ -37,7 +37,8 @@ class StreamPool:
         # Every object's memory slots, of all streams: a batch of objects is gathered in one indexing call.
         engine = self.engine
         placement = lambda: (engine.memory_dtype, engine.storage_device)  # noqa: E731 - read when slots are made
-        self.arena = MemoryArena(model.config, options.max_cond_frames, placement)
+        threshold = options.mf_threshold if options.use_memory_selection else None
+        self.arena = MemoryArena(model.config, options.max_cond_frames, placement, threshold)
 
     def open_stream(self) -> PooledStream:
         """A new stream, with no frame and no object yet."""

@@ -20,7 +20,7 @@ from torch import Tensor
 from ..processing.images import ImageLike, as_rgb_tensor
 from ..processing.prompts import mask_to_model_frame, object_clicks, object_id
 from .engine import EncodedFrame, TrackingEngine
-from .memory_bank import MemoryArena, ObjectOutput, RingMemory
+from .memory_bank import MemoryArena, ObjectOutput, RingMemory, new_ring
 
 
 class FrameResult(NamedTuple):
@@ -261,7 +261,7 @@ class PooledStream:
         self._frame = frame._replace(index=self.frame_idx + 1)
 
     def take_tracked(self, obj: _StreamObject, output: ObjectOutput) -> None:
-        obj.memory.write_tracked(self.frame_idx, output.memory, output.pointer)
+        obj.memory.write_tracked(self.frame_idx, output.memory, output.pointer, output.memory_score)
         obj.latest, obj.tracked_on_latest, obj.points = output, True, None
 
     def result(self) -> FrameResult:
@@ -299,7 +299,7 @@ class PooledStream:
         return self._frame
 
     def _new_object(self, obj_id: int) -> _StreamObject:
-        obj = _StreamObject(obj_id, RingMemory(self.pool.arena))
+        obj = _StreamObject(obj_id, new_ring(self.pool.arena))
         self._objects[obj_id] = obj
         return obj
 
