@@ -55,18 +55,7 @@ class Backbone(nn.Module):
 
     def __init__(self, spec: Sam3Spec, add_sam2_neck: bool = False) -> None:
         super().__init__()
-        vision = spec.vision
-        trunk = PerceptionViT(
-            vision.image_size,
-            vision.patch_size,
-            vision.width,
-            vision.depth,
-            vision.heads,
-            vision.mlp_ratio,
-            vision.window_size,
-            vision.global_blocks,
-            vision.pretrain_image_size,
-        )
+        trunk = PerceptionViT.of_spec(spec.vision)
         self.vision_backbone = DualViTDetNeck(trunk, spec.d_model, spec.neck_scales, add_sam2_neck)
         text = spec.text
         self.language_backbone = TextEncoder(

@@ -22,17 +22,7 @@ class Sam3TrackerImageEncoder(DualViTDetNeck):
     """SAM 3's ViT with both feature pyramids; `tracker_features` is what SAM 2's heads take."""
 
     def __init__(self, spec: VisionSpec, image_size: int, d_model: int = 256) -> None:
-        trunk = PerceptionViT(
-            image_size=image_size,
-            patch_size=spec.patch_size,
-            embed_dim=spec.width,
-            depth=spec.depth,
-            num_heads=spec.heads,
-            mlp_ratio=spec.mlp_ratio,
-            window_size=spec.window_size,
-            global_blocks=spec.global_blocks,
-            pretrain_image_size=spec.pretrain_image_size,
-        )
+        trunk = PerceptionViT.of_spec(spec, image_size)
         super().__init__(trunk, d_model, scale_factors=(4.0, 2.0, 1.0, 0.5), add_sam2_neck=True)
 
     @property

@@ -9,6 +9,7 @@ windows, a few over the whole grid. The global blocks squeeze their grid's posit
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -17,6 +18,7 @@ from ...runtime.kernels import apply_rotary, attention
 from ..hiera import from_windows, to_windows
 from ..layers import merge_heads
 from ..positional import rotary_tables
+from .config import VisionSpec
 
 # (cos, sin) of a rotary encoding, each (N, head_dim // 2)
 Rope = tuple[Tensor, Tensor]
@@ -162,6 +164,21 @@ class PerceptionViT(nn.Module):
         self.register_buffer("window_rope_sin", window_sin, persistent=False)
         self.register_buffer("global_rope_cos", global_cos, persistent=False)  # (grid*grid, head_dim // 2)
         self.register_buffer("global_rope_sin", global_sin, persistent=False)
+
+    @classmethod
+    def of_spec(cls, spec: VisionSpec, image_size: Optional[int] = None) -> PerceptionViT:
+        """The trunk of a `VisionSpec`, for images of `image_size` (the spec's own by default)."""
+        return cls(
+            image_size=spec.image_size if image_size is None else image_size,
+            patch_size=spec.patch_size,
+            embed_dim=spec.width,
+            depth=spec.depth,
+            num_heads=spec.heads,
+            mlp_ratio=spec.mlp_ratio,
+            window_size=spec.window_size,
+            global_blocks=spec.global_blocks,
+            pretrain_image_size=spec.pretrain_image_size,
+        )
 
     def forward(self, images: Tensor) -> Tensor:
         """images (B, 3, S, S), normalised -> features (B, C, S/p, S/p) (a channels-last view)."""
