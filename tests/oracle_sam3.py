@@ -9,6 +9,7 @@ Tests skip when the package is not installed.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import sys
@@ -164,6 +165,25 @@ def remove_cpu_redirects() -> None:
     torch.Tensor.cuda, torch.Tensor.pin_memory = _ORIGINALS.pop("Tensor.cuda"), _ORIGINALS.pop("Tensor.pin_memory")
     for name in _FACTORIES:
         setattr(torch, name, _ORIGINALS.pop(name))
+
+
+@contextlib.contextmanager
+def on_meta_device():
+    """`torch.device("meta")` for building Meta's SAM 3 at its official size without memory: its ViT reads its
+    drop-path rates with `.item()` from a `torch.linspace`, which on the meta device has no values, so linspace is
+    made on the CPU meanwhile (an explicit device is left alone by the meta device's mode)."""
+    linspace = torch.linspace
+
+    def cpu_linspace(*args, **kwargs):
+        kwargs.setdefault("device", "cpu")
+        return linspace(*args, **kwargs)
+
+    torch.linspace = cpu_linspace
+    try:
+        with torch.device("meta"):
+            yield
+    finally:
+        torch.linspace = linspace
 
 
 def sam3_modules():

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 from oracle import assert_close_logits
-from oracle_sam3 import SMALL_SPEC, meta_image_model, perturbed, sam3_modules
+from oracle_sam3 import SMALL_SPEC, meta_image_model, on_meta_device, perturbed, sam3_modules
 from sam3_vocab import open_clip_bpe_path
 
 from sam2rt.model.sam3.config import SAM3
@@ -127,7 +127,7 @@ def test_text_and_exemplars_together_equal_meta(models):
 
 def test_official_model_has_the_checkpoint_keys_and_shapes(bpe_path):
     # built on the meta device: the 840M parameters' shapes without their memory or initialisation
-    with torch.device("meta"):
+    with on_meta_device():
         meta = meta_image_model(SAM3, bpe_path)
         ours = Sam3Detector(SAM3)
     theirs, mine = meta.state_dict(), ours.state_dict()

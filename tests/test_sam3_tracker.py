@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 from oracle import OBJECT_SCORE_BIAS, assert_close_logits
-from oracle_sam3 import perturbed, sam3_modules
+from oracle_sam3 import on_meta_device, perturbed, sam3_modules
 
 import sam2rt
 from sam2rt.checkpoints.sam3_tracker_keys import tracker_state_dict
@@ -152,7 +152,7 @@ def test_keys_equal_sam3_checkpoint_at_official_sizes(oracle):
     """Every key and shape of Meta's official tracker (with the SAM 3 backbone) maps onto ours, none left over."""
     from sam3 import model_builder
 
-    with torch.device("meta"):
+    with on_meta_device():
         ref = model_builder.build_tracker(apply_temporal_disambiguation=True, with_backbone=True)
         ours = SAM2Model(ModelConfig(SAM3_TRACKER, 1008))
     mapped = tracker_state_dict(as_sam3_checkpoint(ref.state_dict()))
