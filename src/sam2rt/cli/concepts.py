@@ -8,7 +8,6 @@ vocab.json merges.txt --local-dir DIR`), else from the hub's cache, downloaded w
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import typer
@@ -93,20 +92,14 @@ def load_concept_tracks(model: ModelChoice, phrases: list[str], score_threshold:
     return PhraseTracks([ConceptTracker(detector, tracker_model, tokenizer, phrase, options) for phrase in phrases])
 
 
-def instance_labels(masks: np.ndarray) -> np.ndarray:
-    """(N, H, W) bool -> (H, W) instance number per pixel (1..N, 0 on none); smaller instances over larger."""
-    from .everything import labels_of
-
-    return labels_of(masks)
-
-
 def write_label_png(masks: np.ndarray, shape: tuple[int, int], path: Path) -> None:
     """Instances as one PNG of their numbers (8-bit up to 255 instances, else 16-bit)."""
     from PIL import Image
 
     from ..io.atomic import write_atomically
+    from .everything import labels_of
 
-    labels = instance_labels(masks) if len(masks) else np.zeros(shape, np.int32)
+    labels = labels_of(masks) if len(masks) else np.zeros(shape, np.int32)
     pixels = labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.uint16)
     write_atomically(path, lambda temporary: Image.fromarray(pixels).save(temporary, format="PNG"))
 
@@ -138,7 +131,3 @@ def summary(found: list) -> str:
             f"{instances.phrase}: {len(instances)} ({scores})" if len(instances) else f"{instances.phrase}: none"
         )
     return "; ".join(parts)
-
-
-def boxes_of(box: Optional[list[float]]) -> Optional[list[list[float]]]:
-    return None if box is None else [box]

@@ -28,16 +28,14 @@ from .common import (
 from .concepts import (
     SCORE_THRESHOLD,
     TEXT,
-    boxes_of,
     check_threshold,
     coco_of,
-    instance_labels,
     load_concept_predictor,
     parse_phrases,
     summary,
     write_label_png,
 )
-from .everything import EverythingSettings, image_files, segment_everything
+from .everything import EverythingSettings, image_files, labels_of, segment_everything
 from .model_choice import MODEL_OPTIONS, ModelChoice, model_options
 
 MASK_PROMPT_LOGIT = 10.0  # a binary mask given to the image predictor becomes logits of +-10
@@ -213,7 +211,7 @@ def _segment_concepts(
             check_prompts([make_prompt(0, 1, None, None, corners, None, "--box")], rgb.shape[:2], None, "")
         predictor = load_concept_predictor(model, score_threshold)
         predictor.set_image(rgb)
-        found = predictor.predict(phrases, boxes_of(corners))
+        found = predictor.predict(phrases, None if corners is None else [corners])
         typer.echo(summary(found))
         masks = np.concatenate([instances.masks for instances in found]) if found else np.zeros((0, *rgb.shape[:2]))
         if output is not None and output.suffix.lower() == ".json":
@@ -224,7 +222,7 @@ def _segment_concepts(
             write_label_png(masks, rgb.shape[:2], output)
             typer.echo(f"wrote instance numbers {output}")
         if overlay is not None:
-            labels = instance_labels(masks) if len(masks) else np.zeros(rgb.shape[:2], np.int32)
+            labels = labels_of(masks) if len(masks) else np.zeros(rgb.shape[:2], np.int32)
             _save_image(draw_overlay(rgb, labels, list(range(1, len(masks) + 1))), overlay)
             typer.echo(f"wrote overlay {overlay}")
 

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple, Optional
 import torch
 
 from ..tracking.concepts import ConceptFrame, ConceptTracker
-from ..tracking.download import PendingFrame
+from ..tracking.download import PendingFrame, start_copies
 from .protocol import MAX_OBJECT_ID
 
 NO_SAM3 = (
@@ -110,12 +110,7 @@ class SessionPhrase:
         scores = found.scores[[rows[p] for p in positions]].float()  # (K,) on the CPU
         # One owner per pixel: masks do not overlap, so the first (only) mask that has the pixel.
         owners = torch.where(masks.any(0), masks.int().argmax(0) + 1, 0).to(torch.uint8)  # (H, W)
-        copies = [tensor.to("cpu", non_blocking=True) for tensor in (masks, owners)] + [scores.cpu()]
-        copied = None
-        if masks.is_cuda:
-            copied = torch.cuda.Event()
-            copied.record()
-        return PendingFrame([wire for _, wire in kept], *copies, copied)
+        return start_copies([wire for _, wire in kept], masks, owners, scores)
 
     def hide(self, wire_id: int) -> bool:
         """Stop showing one of the phrase's objects (it is still tracked, so it does not come back as new);

@@ -59,10 +59,16 @@ def start_download(result: FrameResult) -> PendingFrame:
     owner_dtype = torch.uint8 if len(result.object_ids) < 256 else torch.int32
     # Where masks overlap, the pixel goes to the object with the highest logit.
     owners = torch.where(masks.any(0), logits.argmax(0) + 1, 0).to(owner_dtype)  # (H, W)
-    scores = torch.sigmoid(result.object_scores.float())
+    return start_copies(list(result.object_ids), masks, owners, torch.sigmoid(result.object_scores.float()))
+
+
+def start_copies(
+    object_ids: list[int], masks: torch.Tensor, owners: torch.Tensor, scores: torch.Tensor
+) -> PendingFrame:
+    """Start copying masks (N, H, W), owners (H, W) and scores (N,) to the CPU; an event marks their end on CUDA."""
     copies = [tensor.to("cpu", non_blocking=True) for tensor in (masks, owners, scores)]  # pinned on CUDA
     copied = None
-    if logits.is_cuda:
+    if masks.is_cuda:
         copied = torch.cuda.Event()
         copied.record()
-    return PendingFrame(list(result.object_ids), *copies, copied)
+    return PendingFrame(object_ids, *copies, copied)
