@@ -6,6 +6,7 @@ compiled, and on measurements noted beside each choice.
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from typing import Callable, Iterator, Optional
 
@@ -209,6 +210,13 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor, out: Optional[Tensor] = No
 
     A key sequence made of several frames of N tokens each is passed as (..., frames, N, d).
     """
+    fused = None if _traced() else _triton_kernels(x)
+    if fused is not None:
+        # One read and one write of x in its dtype: the forms below take an fp32 copy, a complex product and a
+        # cast back, 4.7 ms of a 32 ms step for 16 objects (tiny, bf16, graphs, H100).
+        rotated = fused.rotate_pairs(x, cos, sin, out)
+        if rotated is not None:
+            return rotated
     pairs = x.float().unflatten(-1, (-1, 2))  # (..., N, d // 2, 2)
     if _traced() or cos.dtype not in (torch.float32, torch.float64):
         # Real numbers only: exported graphs hold no complex operators, and inductor fuses this form into one
@@ -221,6 +229,16 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor, out: Optional[Tensor] = No
         complex_rotated = torch.view_as_complex(pairs) * torch.complex(cos, sin)  # (..., N, d // 2) complex
         rotated = torch.view_as_real(complex_rotated).flatten(-2)
     return rotated.type_as(x) if out is None else out.copy_(rotated)
+
+
+def _triton_kernels(x: Tensor):
+    """`runtime.triton_kernels` where its kernels can run on x's device, else None. Imported on first use on CUDA
+    (or under Triton's interpreter): importing Triton costs 0.1 s of a CPU user's start."""
+    if not (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+        return None
+    from . import triton_kernels
+
+    return triton_kernels if triton_kernels.available(x) else None
 
 
 def _traced() -> bool:
