@@ -5,7 +5,8 @@ the inverse of `sam3_tracker_keys`): tests/oracle_sam3.py's SMALL_SPEC widened t
 random weights with the detector's score bias shifted so that some queries pass the thresholds and the tracker's
 object-score bias so that tracks stay present (as tests/test_concept_tracker.py does). The command runs in this
 process with SAM 3's sizes patched to the small ones; its COCO masks and PNG masks must equal ConceptTracker's on
-the same decoded frames. A SAM 2 checkpoint, a SAM 3 file without the tracker, transformers' format, clicks with
+the same decoded frames. Several phrases share one backbone pass a frame, each tracked as its own ConceptTracker
+would alone. A SAM 2 checkpoint, a SAM 3 file without the tracker, transformers' format, clicks with
 --text, and no checkpoint cached offline are refused with messages that say what to do.
 """
 
@@ -227,6 +228,58 @@ def test_several_phrases_have_unique_ids_and_a_category_each(capsys, tmp_path, s
     assert f"tracked {count} frames" in done.stdout, done.stdout
     _assert_coco_matches(coco, expected, phrases)
     assert len(list(yolo.glob("*.txt"))) == count
+
+
+def test_phrases_share_one_backbone_pass_and_track_as_they_would_alone(small_sam3):
+    """PhraseTracks encodes each frame once for all its phrases; each phrase's tracks (ids, masks, scores, which are
+    visible, which removed) are those of its own ConceptTracker stepping alone, a backbone pass of its own a frame."""
+    from sam2rt.checkpoints.sam3 import load_sam3_video, load_text_tokenizer
+    from sam2rt.tracking.concept_run import PhraseTracks
+    from sam2rt.tracking.concepts import ConceptTracker
+
+    detector, tracker_model = load_sam3_video(small_sam3, "cpu")
+    tokenizer = load_text_tokenizer(beside=small_sam3)
+    phrases, count = ["thing", "red car"], 4
+    frames = _decoded_frames(small_sam3.parent / "clip.mp4")[:count]
+    passes = []  # one entry per run of the trunk, the backbone's costly part
+    counter = tracker_model.image_encoder.trunk.register_forward_hook(lambda *_: passes.append(1))
+    try:
+        alone = [ConceptTracker(detector, tracker_model, tokenizer, phrase) for phrase in phrases]
+        expected = [[tracker.step(frame) for tracker in alone] for frame in frames]
+        assert len(passes) == count * len(phrases)  # the counter counts: alone, a pass per phrase and frame
+        passes.clear()
+        tracks = PhraseTracks([ConceptTracker(detector, tracker_model, tokenizer, phrase) for phrase in phrases])
+        got = [tracks.concept_frames(frame) for frame in frames]
+    finally:
+        counter.remove()
+    assert len(passes) == count, f"{len(passes)} backbone passes for {count} frames of {len(phrases)} phrases"
+
+    for t, (ours, theirs) in enumerate(zip(got, expected)):
+        for phrase, shared, own in zip(phrases, ours, theirs):
+            where = f"frame {t}, {phrase!r}"
+            assert shared.object_ids == own.object_ids, where
+            assert torch.equal(shared.masks, own.masks), where
+            assert torch.equal(shared.scores, own.scores), where
+            assert torch.equal(shared.tracker_scores, own.tracker_scores), where
+            assert torch.equal(shared.visible, own.visible), where
+            assert shared.removed_ids == own.removed_ids, where
+    # the test must be able to fail: two phrases find objects, some followed over frames, masks neither empty nor full
+    visible = [(p, i) for frame in expected for p, found in enumerate(frame) for i in found.visible_masks()[0]]
+    assert len({p for p, _ in visible}) >= 2, visible
+    assert max(visible.count(obj) for obj in visible) >= 3, visible
+    areas = [float(mask.float().mean()) for frame in expected for found in frame for mask in found.visible_masks()[1]]
+    assert 0.05 < max(areas) < 0.95, areas  # (a visible track may lose every pixel to a likelier one)
+
+
+def test_phrase_tracks_refuse_trackers_of_other_models(small_sam3):
+    from sam2rt.checkpoints.sam3 import load_sam3_video, load_text_tokenizer
+    from sam2rt.tracking.concept_run import PhraseTracks
+    from sam2rt.tracking.concepts import ConceptTracker
+
+    tokenizer = load_text_tokenizer(beside=small_sam3)
+    trackers = [ConceptTracker(*load_sam3_video(small_sam3, "cpu"), tokenizer, phrase) for phrase in ("a", "b")]
+    with pytest.raises(ValueError, match="must share SAM 3's models"):
+        PhraseTracks(trackers)
 
 
 def test_track_text_with_a_sam2_checkpoint_is_refused(capsys, tmp_path, sam3_folder):

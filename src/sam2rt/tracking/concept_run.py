@@ -1,10 +1,12 @@
 """`sam2rt track --text`: every instance of some phrases followed through a source, into the outputs of `track`.
 
-One ConceptTracker per phrase, all over the same frames and the same models (the tracker takes one phrase): each
-frame costs one backbone pass per phrase. Each tracker numbers its tracks from 0; here an object gets a run-wide
-id from 1 the first time it is visible, in the order objects appear, so that ids are unique across phrases and
-small (an indexed PNG holds ids up to 255). The outputs get each frame's visible masks with their detection
-scores (Meta's `out_probs`); a COCO file has a category per phrase.
+One ConceptTracker per phrase, all over the same frames and the same models (the tracker takes one phrase): the
+backbone runs once a frame for all phrases (`ConceptTracker.encode`), and each phrase's tracker detects and tracks
+on that encoding (`step_encoded`) with its own tracks, memory and association state, as Meta's video model keeps a
+state per prompt; the detector and the tracker's heads still run once per phrase. Each tracker numbers its tracks
+from 0; here an object gets a run-wide id from 1 the first time it is visible, in the order objects appear, so
+that ids are unique across phrases and small (an indexed PNG holds ids up to 255). The outputs get each frame's
+visible masks with their detection scores (Meta's `out_probs`); a COCO file has a category per phrase.
 """
 
 from __future__ import annotations
@@ -25,11 +27,14 @@ from .stop_signals import StopSignals
 
 
 class PhraseTracks:
-    """ConceptTrackers of several phrases stepped together over one source's frames, under run-wide object ids."""
+    """ConceptTrackers of several phrases stepped together over one source's frames, under run-wide object ids;
+    one backbone pass a frame serves them all, so they must share their models and input resizing."""
 
     def __init__(self, trackers: Sequence[ConceptTracker]) -> None:
         if not trackers:
             raise ValueError("PhraseTracks needs at least one ConceptTracker")
+        if not all(trackers[0].encodes_like(tracker) for tracker in trackers):
+            raise ValueError("PhraseTracks' trackers must share SAM 3's models and input resizing (one encoding)")
         self.trackers = list(trackers)
         self.phrases = [tracker.phrase for tracker in self.trackers]
         self._ids: dict[tuple[int, int], int] = {}  # (phrase index, the tracker's id) -> run-wide id
@@ -49,8 +54,12 @@ class PhraseTracks:
 
     def step(self, index: int, name: str, image: np.ndarray) -> TrackedFrame:
         """Every tracker on source frame `index` (H, W, 3) uint8; their visible objects as the outputs take them."""
-        found = [tracker.step(image) for tracker in self.trackers]
-        return self.tracked(found, index, name, image)
+        return self.tracked(self.concept_frames(image), index, name, image)
+
+    def concept_frames(self, image: np.ndarray) -> list[ConceptFrame]:
+        """Every phrase's ConceptFrame of the next frame (H, W, 3) uint8, in phrase order, from one backbone pass."""
+        encoded = self.trackers[0].encode(image)
+        return [tracker.step_encoded(encoded) for tracker in self.trackers]
 
     def tracked(self, found: Sequence[ConceptFrame], index: int, name: str, image: np.ndarray) -> TrackedFrame:
         """The trackers' ConceptFrames of one frame (in phrase order) -> a TrackedFrame of their visible objects:

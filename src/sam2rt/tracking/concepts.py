@@ -4,10 +4,16 @@
     for frame in frames:
         found = tracker.step(frame)       # ConceptFrame: ids, masks at the frame's size, scores, which are visible
 
+    # several phrases over the same models: one backbone pass a frame, each phrase with its own tracks
+    for frame in frames:
+        encoded = trackers[0].encode(frame)
+        found = [tracker.step_encoded(encoded) for tracker in trackers]
+
 Each frame, in Meta's order (`Sam3VideoBase._det_track_one_frame`):
 
 1. One backbone pass: the trunk runs once and gives both pyramids, the detector's and the tracker's (the tracker's
-   image encoder is the detector's vision backbone: one module, one copy of its weights).
+   image encoder is the detector's vision backbone: one module, one copy of its weights). Several phrases on one
+   stream share it: `encode` the frame once, then `step_encoded` each phrase's tracker on it.
 2. Detection: the phrase's queries on this frame (scores, boxes, 288 x 288 mask logits at 1008 px).
 3. Propagation: every track's mask and object score on this frame from its memory, no memory written yet; masks
    tidied (holes and sprinkles up to `fill_hole_area` pixels).
@@ -67,6 +73,13 @@ SCORE_EPS = 1e-3  # Meta's detector scores pass through inverse_sigmoid with thi
 HOLE_VALUE, SPRINKLE_VALUE = 0.1, -0.1
 
 
+class EncodedConceptFrame(NamedTuple):
+    """A frame after its backbone pass, as every phrase's tracker over the same models reads it (only reads it)."""
+
+    tracker: EncodedFrame  # the tracker's features and the frame's size (index -1: each tracker numbers its frames)
+    detector: DetectorFeatures  # the detector's pyramid, its coarsest level dropped (Meta's scalp=1)
+
+
 class ConceptFrame(NamedTuple):
     """One frame's tracks, every track with an output on it, by ascending id."""
 
@@ -99,6 +112,9 @@ class ConceptTracker:
     the same weights, so that one trunk pass per frame serves both. `options` are the concept rules
     (`ConceptOptions`, Meta's official values); `tracker` the engine's options (StreamTracker's with SAM 3's
     tracker changes), changed by keywords of their names.
+
+    The phrase's text is encoded once, here. Its tracks, ids, memory and association state are its own: trackers of
+    several phrases may share the models and each frame's encoding (`encode`, `step_encoded`), nothing else.
     """
 
     def __init__(
@@ -148,15 +164,35 @@ class ConceptTracker:
         """Every tensor held between frames (the tracks' memory rows)."""
         return [t for track in self._tracks.values() for t in track.memory.tensors()]
 
+    def encodes_like(self, other: ConceptTracker) -> bool:
+        """Whether a frame `other` encodes is the one this tracker would encode: the same model, the same resizing."""
+        return other.model is self.model and other.engine.options.resize == self.engine.options.resize
+
     @torch.inference_mode()
     def step(self, frame: ImageLike) -> ConceptFrame:
         """Detect and track on the next frame; returns its ConceptFrame."""
-        rgb = as_rgb_tensor(frame)  # refused here, before anything changes
-        size = (rgb.shape[1], rgb.shape[2])
-        encoded, detected = self._encode_and_detect(rgb)
+        return self.step_encoded(self.encode(frame))  # a frame that is not an image is refused before any change
+
+    @torch.inference_mode()
+    def encode(self, frame: ImageLike) -> EncodedConceptFrame:
+        """One backbone pass over a frame: the trunk runs once and gives both pyramids, the tracker's features and
+        the detector's. Any tracker that `encodes_like` this one can step on the result (`step_encoded`)."""
+        rgb = as_rgb_tensor(frame)
+        model = self.model
+        image = self.engine.model_input(rgb).to(model.dtype)  # (1, 3, S, S)
+        vision = model.image_encoder(image)
+        backbone = BackboneFeatures(vision.sam2_levels[:TRACKER_LEVELS], model.image_encoder.pos_grid)
+        tracked = EncodedFrame(-1, model.features_from_backbone(backbone), (rgb.shape[1], rgb.shape[2]))
+        return EncodedConceptFrame(tracked, DetectorFeatures(vision.levels[:-1], vision.pos[:-1]))
+
+    @torch.inference_mode()
+    def step_encoded(self, frame: EncodedConceptFrame) -> ConceptFrame:
+        """Detect and track on the next frame, already encoded by `encode` of this tracker or of one that
+        `encodes_like` it (several phrases, one backbone pass); returns its ConceptFrame. `frame` is only read."""
         frame_idx = self.state.frame_idx
-        encoded = encoded._replace(index=frame_idx)
-        scores, det_masks, det_boxes = detected
+        encoded = frame.tracker._replace(index=frame_idx)
+        size = encoded.size
+        scores, det_masks, det_boxes = self._detect(frame.detector)
 
         track_ids = self.state.track_ids
         views = [self._tracks[i].memory for i in track_ids]
@@ -181,22 +217,17 @@ class ConceptTracker:
 
     # The steps
 
-    def _encode_and_detect(self, rgb: Tensor) -> tuple[EncodedFrame, tuple[Tensor, Tensor, Tensor]]:
-        """One trunk pass: the tracker's features of the frame and the detector's queries (scores (Q,) as Meta's
-        video model rounds them, mask logits (Q, h, w), boxes (Q, 4) normalised x0, y0, x1, y1)."""
-        model, detector = self.model, self.detector
-        image = self.engine.model_input(rgb).to(model.dtype)  # (1, 3, S, S)
-        vision = model.image_encoder(image)  # both pyramids from one trunk output
-        backbone = BackboneFeatures(vision.sam2_levels[:TRACKER_LEVELS], model.image_encoder.pos_grid)
-        encoded = EncodedFrame(-1, model.features_from_backbone(backbone), (rgb.shape[1], rgb.shape[2]))
-        found = detector.detect(DetectorFeatures(vision.levels[:-1], vision.pos[:-1]), self._text)
+    def _detect(self, image: DetectorFeatures) -> tuple[Tensor, Tensor, Tensor]:
+        """The phrase's queries on an encoded frame: scores (Q,) as Meta's video model rounds them, mask logits
+        (Q, h, w), boxes (Q, 4) normalised x0, y0, x1, y1."""
+        found = self.detector.detect(image, self._text)
         scores = found.scores[0].float()  # (Q,)
         # Meta's video detector keeps its scores as logits of (score clamped by its inverse_sigmoid's eps)
         low, high = scores.clamp(min=SCORE_EPS), (1 - scores).clamp(min=SCORE_EPS)
         scores = low / (low + high)
         cx, cy, w, h = found.boxes[0].float().unbind(-1)
         boxes = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)  # (Q, 4)
-        return encoded, (scores, found.mask_logits[0].float(), boxes)
+        return scores, found.mask_logits[0].float(), boxes
 
     def _mask_prompts(self, frame: EncodedFrame, mask_logits: Tensor):
         """Detections' mask logits (K, h, w) as the tracker's mask prompts: binarised at the memory encoder's size
