@@ -1,23 +1,27 @@
 """A session's phrase: SAM 3 finds and tracks every instance of it on the session's frames (the app's text box).
 
 The server loads SAM 3's detector, tracker and tokenizer once (`ConceptModels`); a session that sends a phrase
-gets a ConceptTracker of its own over those shared models (its tracks, memory and state), stepped by the scheduler
-on each new frame of the session, one session at a time. Its results go out as the clicked objects' do: each
-visible track under a small id of the session (1, 2, ... in the order tracks are first seen; after MAX_OBJECT_ID
-the ids of tracks gone are given again), so that the page, its colours and the exports take them unchanged.
+gets a ConceptTracker of its own over those shared models (its tracks, memory and state). Its results go out as
+the clicked objects' do: each visible track under a small id of the session (1, 2, ... in the order tracks are
+first seen; after MAX_OBJECT_ID the ids of tracks gone are given again), so that the page, its colours and the
+exports take them unchanged.
 
-Batching several sessions' phrases into one pass (as the StreamPool does for clicks) would need a pool of concept
-streams: one trunk batch over the sessions' frames, the detector over a batch of (frame, phrase) pairs, and one
-propagation over every session's tracks, with their memory rings in one arena; ConceptTracker steps one stream.
+The sessions with a phrase that have a new frame in one tick share one backbone pass, the biggest part of a
+frame's work (SAM 3's ViT at 1008 px): `encoding_groups` puts together the sessions whose trackers encode alike
+(at most PHRASE_FRAMES_PER_PASS a pass), `encode_frames` runs the trunk once over their frames (of any sizes), and
+each session's tracker steps on its own frame's part (`SessionPhrase.step_encoded`). The rest of a step (the
+detector, propagation, association, memory) still runs one session at a time: batching it too would need a pool of
+concept streams, the detector over a batch of (frame, phrase) pairs and one propagation over every session's
+tracks with their memory rings in one arena, while ConceptTracker steps one stream.
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, Sequence
 
 import torch
 
-from ..tracking.concepts import ConceptFrame, ConceptTracker
+from ..tracking.concepts import ConceptFrame, ConceptTracker, EncodedConceptFrame
 from ..tracking.download import PendingFrame, start_copies
 from .protocol import MAX_OBJECT_ID
 
@@ -25,6 +29,11 @@ NO_SAM3 = (
     "this server has no SAM 3 model, so it cannot find objects by text: start it with `sam2rt serve --sam3` "
     "(SAM 3's sam3.pt from the Hugging Face cache) or `--sam3-checkpoint sam3.pt`"
 )
+
+
+# A pass's frames stay encoded until its last session has stepped (about 66 MB a frame at 1008 px in bf16), and the
+# trunk's activations grow with its batch: 8 keeps what one pass holds near half a gigabyte.
+PHRASE_FRAMES_PER_PASS = 8
 
 
 class ConceptModels(NamedTuple):
@@ -88,7 +97,15 @@ class SessionPhrase:
     def step(self, image) -> tuple[int, PendingFrame]:
         """Track the phrase on the next frame (H, W, 3) uint8 RGB: the tracker's frame index and the visible tracks'
         masks on their way to the CPU, under the session's ids."""
-        found = self.last = self.tracker.step(image)
+        return self._published(self.tracker.step(image))
+
+    def step_encoded(self, encoded: EncodedConceptFrame) -> tuple[int, PendingFrame]:
+        """`step` on the next frame already encoded (`encode_frames`, by a tracker that encodes like this one)."""
+        return self._published(self.tracker.step_encoded(encoded))
+
+    def _published(self, found: ConceptFrame) -> tuple[int, PendingFrame]:
+        """The tracker's newest frame, kept to show again and turned into the publisher's result."""
+        self.last = found
         pending = self.pending(found)
         self.hidden -= self.ids.forget(found.removed_ids)  # removed on this frame: hidden on it already
         return found.frame_idx, pending
@@ -119,3 +136,26 @@ class SessionPhrase:
             return False
         self.hidden.add(wire_id)
         return True
+
+
+def encoding_groups(phrases: Sequence[SessionPhrase]) -> list[list[int]]:
+    """The positions of `phrases` whose frames one backbone pass encodes: each group's trackers encode alike (the
+    same model and resizing), at most PHRASE_FRAMES_PER_PASS, every position once, in order within a group."""
+    groups: list[list[int]] = []
+    for position, phrase in enumerate(phrases):
+        for group in groups:
+            if len(group) < PHRASE_FRAMES_PER_PASS and phrases[group[0]].tracker.encodes_like(phrase.tracker):
+                group.append(position)
+                break
+        else:
+            groups.append([position])
+    return groups
+
+
+def encode_frames(phrases: Sequence[SessionPhrase], images: Sequence[Any]) -> list[EncodedConceptFrame]:
+    """Each phrase's frame (H_i, W_i, 3) uint8 RGB, encoded in one backbone pass (one of `encoding_groups`' groups):
+    their EncodedConceptFrames, in order, for each phrase's `step_encoded`."""
+    first = phrases[0].tracker
+    if not all(first.encodes_like(phrase.tracker) for phrase in phrases):
+        raise ValueError("one backbone pass serves trackers that encode alike only (see encoding_groups)")
+    return first.encode_batch(images)

@@ -11,9 +11,10 @@ A prompt names the frame the user clicked on. When that frame is no longer the s
 (the stream went on while the click travelled), it is stepped again from the frames the session
 holds, so that it becomes the newest and the prompt lands on the pixels the user saw.
 
-A session with a phrase (SAM 3, concepts.py) is not stepped in the pool: its ConceptTracker runs on its new
-frame after the pool's pass, one session at a time; a phrase set on a session that has a frame is tracked on
-that frame at once, so that a paused or ended view shows the instances too.
+A session with a phrase (SAM 3, concepts.py) is not stepped in the pool: after the pool's pass, the new frames
+of the tick's sessions with a phrase are encoded in one backbone pass (up to PHRASE_FRAMES_PER_PASS a pass), then
+each session's ConceptTracker steps on its own frame, one session at a time; a phrase set on a session that has a
+frame is tracked on that frame at once, so that a paused or ended view shows the instances too.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import numpy as np
 
 from ..tracking.download import PendingFrame, start_download
 from ..tracking.stream import FrameResult
-from .concepts import NO_SAM3, ConceptModels, SessionPhrase
+from .concepts import NO_SAM3, ConceptModels, SessionPhrase, encode_frames, encoding_groups
 from .protocol import (
     MAX_OBJECTS,
     PromptRequest,
@@ -150,8 +151,8 @@ class Scheduler:
                     (batch if session.phrase is None else phrases)[session] = frame
             if batch:
                 self._step(batch)
-            for session, frame in phrases.items():
-                self._step_phrase(session, frame)
+            if phrases:
+                self._step_phrases(phrases)
 
     def _wait_for_gpu(self) -> None:
         """At most one tick queued on the GPU while the next is gathered: frames that come meanwhile step
@@ -222,21 +223,40 @@ class Scheduler:
             self.observer.observe_tick(len(batch), time.monotonic() - start)
             self.observer.observe_stage("engine", engine_seconds)
 
-    def _step_phrase(self, session: Session, frame: ReceivedFrame) -> None:
-        """A phrase's instances on a session's new frame (its ConceptTracker; one session per call)."""
+    def _step_phrases(self, phrases: dict[Session, ReceivedFrame]) -> None:
+        """The phrases' instances on their sessions' new frames: one backbone pass per group of sessions whose
+        trackers encode alike, then each session's tracker on its own frame."""
+        sessions = list(phrases)
+        for group in encoding_groups([session.phrase for session in sessions]):
+            self._step_phrase_group({sessions[i]: phrases[sessions[i]] for i in group})
+
+    def _step_phrase_group(self, group: dict[Session, ReceivedFrame]) -> None:
+        """One backbone pass over the group's frames, then each session's step on its part. A pass that fails (a
+        frame that is not an image, memory) leaves each session to encode its own frame, so that a failure is told
+        to its session alone and the others' results go out as they would."""
         start = time.monotonic()
-        try:
-            index, pending = session.phrase.step(frame.image)
-        except Exception:
-            log.exception("tracking the phrase of session %s failed", session.id[:6])
-            session.deliver(error_message("internal error while tracking the phrase (see the server log)"), None)
-            return
-        session.newest = frame.frame_id
-        session.stats.frame_done(frame.arrived)
-        self._ticks_in_flight.append(self._publish(session, frame, pending, index, prompted=False))
-        self.tracked_total += 1
-        if self.observer is not None:
-            self.observer.observe_tick(1, time.monotonic() - start)
+        encoded: list[Any] = [None] * len(group)  # None: the session's step encodes its frame itself
+        if len(group) > 1:
+            try:
+                encoded = encode_frames([session.phrase for session in group], [f.image for f in group.values()])
+            except Exception:
+                log.warning("encoding %d sessions' frames in one pass failed: one by one", len(group), exc_info=True)
+        stepped = 0
+        for (session, frame), own in zip(group.items(), encoded):
+            try:
+                phrase = session.phrase
+                index, pending = phrase.step(frame.image) if own is None else phrase.step_encoded(own)
+            except Exception:
+                log.exception("tracking the phrase of session %s failed", session.id[:6])
+                session.deliver(error_message("internal error while tracking the phrase (see the server log)"), None)
+                continue
+            session.newest = frame.frame_id
+            session.stats.frame_done(frame.arrived)
+            self._ticks_in_flight.append(self._publish(session, frame, pending, index, prompted=False))
+            self.tracked_total += 1
+            stepped += 1
+        if self.observer is not None and stepped:
+            self.observer.observe_tick(stepped, time.monotonic() - start)
             self.observer.observe_stage("concepts", time.monotonic() - start)
 
     # Requests

@@ -9,11 +9,16 @@
         encoded = trackers[0].encode(frame)
         found = [tracker.step_encoded(encoded) for tracker in trackers]
 
+    # trackers of several streams, one frame each (of any sizes), in one backbone pass: each on its own frame's part
+    encoded = trackers[0].encode_batch(stream_frames)
+    found = [tracker.step_encoded(own) for tracker, own in zip(trackers, encoded)]
+
 Each frame, in Meta's order (`Sam3VideoBase._det_track_one_frame`):
 
 1. One backbone pass: the trunk runs once and gives both pyramids, the detector's and the tracker's (the tracker's
    image encoder is the detector's vision backbone: one module, one copy of its weights). Several phrases on one
-   stream share it: `encode` the frame once, then `step_encoded` each phrase's tracker on it.
+   stream share it: `encode` the frame once, then `step_encoded` each phrase's tracker on it. Trackers of several
+   streams share it too: `encode_batch` runs the trunk once over their frames and splits the result by frame.
 2. Detection: the phrase's queries on this frame (scores, boxes, 288 x 288 mask logits at 1008 px).
 3. Propagation: every track's mask and object score on this frame from its memory, no memory written yet; masks
    tidied (holes and sprinkles up to `fill_hole_area` pixels).
@@ -46,13 +51,14 @@ What differs from Meta's video predictor, and why:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..model.neck import BackboneFeatures
+from ..model.sam2 import ImageFeatures as TrackerFeatures
 from ..model.sam2 import SAM2Model
 from ..model.sam3.detector import ImageFeatures as DetectorFeatures
 from ..model.sam3.detector import Sam3Detector
@@ -177,18 +183,34 @@ class ConceptTracker:
     def encode(self, frame: ImageLike) -> EncodedConceptFrame:
         """One backbone pass over a frame: the trunk runs once and gives both pyramids, the tracker's features and
         the detector's. Any tracker that `encodes_like` this one can step on the result (`step_encoded`)."""
-        rgb = as_rgb_tensor(frame)
+        return self.encode_batch([frame])[0]
+
+    @torch.inference_mode()
+    def encode_batch(self, frames: Sequence[ImageLike]) -> list[EncodedConceptFrame]:
+        """One backbone pass over several frames (other streams' too, of any sizes: each is resized to the model's
+        input), one trunk call of batch len(frames): each frame's EncodedConceptFrame, as `encode` makes it, in
+        order. A frame that is not an image is refused before the trunk runs."""
+        if not frames:
+            return []
+        rgbs = [as_rgb_tensor(frame) for frame in frames]  # each (3, H_i, W_i)
         model = self.model
-        image = self.engine.model_input(rgb).to(model.dtype)  # (1, 3, S, S)
-        vision = model.image_encoder(image)
+        images = torch.cat([self.engine.model_input(rgb) for rgb in rgbs]).to(model.dtype)  # (B, 3, S, S)
+        vision = model.image_encoder(images)
         backbone = BackboneFeatures(vision.sam2_levels[:TRACKER_LEVELS], model.image_encoder.pos_grid)
-        tracked = EncodedFrame(-1, model.features_from_backbone(backbone), (rgb.shape[1], rgb.shape[2]))
-        return EncodedConceptFrame(tracked, DetectorFeatures(vision.levels[:-1], vision.pos[:-1]))
+        # embed (B, C, h, w), high_res (B, C/8, 4h, 4w) and (B, C/4, 2h, 2w), pos (1, C, h, w)
+        tracked = model.features_from_backbone(backbone)
+        detected = DetectorFeatures(vision.levels[:-1], vision.pos[:-1])  # levels and pos (B, C, H_i, W_i) each
+        encoded = []
+        for row, rgb in enumerate(rgbs):
+            frame_features = EncodedFrame(-1, _tracker_row(tracked, row), (rgb.shape[1], rgb.shape[2]))
+            encoded.append(EncodedConceptFrame(frame_features, _detector_row(detected, row)))
+        return encoded
 
     @torch.inference_mode()
     def step_encoded(self, frame: EncodedConceptFrame) -> ConceptFrame:
-        """Detect and track on the next frame, already encoded by `encode` of this tracker or of one that
-        `encodes_like` it (several phrases, one backbone pass); returns its ConceptFrame. `frame` is only read."""
+        """Detect and track on the next frame, already encoded by `encode` (or `encode_batch`) of this tracker or of
+        one that `encodes_like` it (several phrases, one backbone pass); returns its ConceptFrame. `frame` is only
+        read."""
         frame_idx = self.state.frame_idx
         encoded = frame.tracker._replace(index=frame_idx)
         size = encoded.size
@@ -327,6 +349,19 @@ class ConceptTracker:
             plan.removed_ids.tolist(),
             plan,
         )
+
+
+def _tracker_row(features: TrackerFeatures, row: int) -> TrackerFeatures:
+    """One frame of a batch's tracker features: (B, ...) -> (1, ...) views; the position grid is every frame's."""
+    one = slice(row, row + 1)
+    return TrackerFeatures(features.embed[one], tuple(level[one] for level in features.high_res), features.pos)
+
+
+def _detector_row(features: DetectorFeatures, row: int) -> DetectorFeatures:
+    """One frame of a batch's detector pyramid: levels and position encodings (B, C, H_i, W_i) -> (1, C, H_i, W_i)
+    views (the encodings are views of one grid, so every row's is the same)."""
+    one = slice(row, row + 1)
+    return DetectorFeatures([level[one] for level in features.levels], [pos[one] for pos in features.pos])
 
 
 def _stacked_outputs(outputs, like: Tensor) -> tuple[Tensor, Tensor]:
