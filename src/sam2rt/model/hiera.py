@@ -151,7 +151,9 @@ class Hiera(nn.Module):
     def forward(self, images: Tensor) -> list[Tensor]:
         """(B, 3, S, S) -> the output of each stage, highest resolution first: (B, C_i, S/4/2**i, S/4/2**i)."""
         x = self.patch_embed(images)
-        x = x + self._position_embedding(x.shape[1], x.shape[2])
+        # Dense (B, H, W, C): the conv's map permuted is a channels-first layout that every later sum would keep,
+        # each layer norm then copying its input first.
+        x = (x + self._position_embedding(x.shape[1], x.shape[2])).contiguous()
         outputs = []
         for index, block in enumerate(self.blocks):
             x = block(x)
