@@ -2,6 +2,7 @@
 transformers' Sam3Model, in the same run, on the same frames and weights.
 
     python benchmarks/concepts.py --device cuda                    # bf16, 60 frames of the bedroom clip
+    python benchmarks/concepts.py --device cuda --impls ours,ours-graphs   # the detector from CUDA graphs or not
     python benchmarks/concepts.py --device cuda --frames 200 --impls ours,meta
     python benchmarks/concepts.py --device cpu --frames 2 --impls ours   # a smoke run (about 20 s a frame)
 
@@ -35,7 +36,7 @@ from tracking import load_frames  # noqa: E402
 from sam2rt.images.concepts import ConceptPredictor  # noqa: E402
 from sam2rt.model.sam3.config import SAM3  # noqa: E402
 from sam2rt.model.sam3.detector import Sam3Detector  # noqa: E402
-from sam2rt.runtime import to_inference_dtype  # noqa: E402
+from sam2rt.runtime import optimize_detector, to_inference_dtype  # noqa: E402
 
 THRESHOLD = 0.2  # random weights score near 0.25: low enough that instances are kept and their masks made
 
@@ -72,11 +73,17 @@ def tokenizer_for_benchmark(tmp: Path):
     return TextTokenizer.from_files(*write_clip_vocab(bpe, tmp)), bpe
 
 
-def ours(weights, tokenizer, device, phrase):
+def ours(weights, tokenizer, device, phrase, graphs: bool = False):
+    """ConceptPredictor as the commands run it (bf16 weights on CUDA), or with `graphs` its image encoding and
+    detection replayed from CUDA graphs (`runtime.optimize_detector`; not yet the commands' default)."""
+    if graphs and device.type != "cuda":
+        raise ImportError("CUDA graphs need a CUDA device")
     model = Sam3Detector(SAM3).eval()
     model.load_state_dict(weights, strict=True)
     model = model.to(device)
-    if device.type == "cuda":
+    if graphs:
+        optimize_detector(model)
+    elif device.type == "cuda":
         to_inference_dtype(model)
     predictor = ConceptPredictor(model, tokenizer, THRESHOLD)
 
@@ -138,7 +145,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--source", default=str(ROOT.parent / "shared" / "data" / "videos" / "bedroom"))
     parser.add_argument("--phrase", default="person")
-    parser.add_argument("--impls", default="ours,meta,transformers")
+    parser.add_argument("--impls", default="ours,ours-graphs,meta,transformers")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -158,8 +165,8 @@ def main() -> None:
     rows = []
     for impl in args.impls.split(","):
         try:
-            if impl == "ours":
-                run = ours(weights, tokenizer, device, args.phrase)
+            if impl in ("ours", "ours-graphs"):
+                run = ours(weights, tokenizer, device, args.phrase, graphs=impl == "ours-graphs")
             elif impl == "meta":
                 run = meta(weights, bpe, device, args.phrase)
             elif impl == "transformers":

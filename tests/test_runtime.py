@@ -12,7 +12,15 @@ from visible import assert_masks_match, assert_nontrivial, visible_model
 
 import sam2rt
 from sam2rt.runtime import graphed_with_model, optimize, to_inference_dtype, use_cuda_graphs
-from sam2rt.runtime.graphs import GraphedCallable, _ModelGraphs, captured_graphs, release_graphs
+from sam2rt.runtime.graphs import (
+    GRAPHED_METHODS,
+    GraphedCallable,
+    _flatten,
+    _ModelGraphs,
+    _rebuild,
+    captured_graphs,
+    release_graphs,
+)
 from sam2rt.tracking import engine
 from sam2rt.tracking.download import start_download
 
@@ -92,7 +100,9 @@ def test_code_around_the_model_is_graphed_only_with_its_graphs():
     model = sam2rt.build_model("sam2.1_hiera_tiny", image_size=64)
     plain = graphed_with_model(model, _pass)
     assert not isinstance(plain, GraphedCallable) and plain(3, torch.ones(2)).tolist() == [3.0, 3.0]
-    model._graphs = _ModelGraphs(pool=object())  # as use_cuda_graphs leaves it; no capture happens on CPU
+    model._graphs = _ModelGraphs(
+        pool=object(), methods=GRAPHED_METHODS
+    )  # as use_cuda_graphs leaves it; no capture on CPU
     shared = graphed_with_model(model, _pass)
     assert isinstance(shared, GraphedCallable) and shared.fn.args == (model,)
     assert graphed_with_model(model, _pass) is shared  # each tracker of the model replays the same graphs
@@ -101,6 +111,23 @@ def test_code_around_the_model_is_graphed_only_with_its_graphs():
     assert release_graphs(model) == 1 and captured_graphs(model) == 0 and not shared.graphs
     other = sam2rt.build_model("sam2.1_hiera_tiny", image_size=64)
     assert not isinstance(graphed_with_model(other, _pass), GraphedCallable)  # graphs stay with their model
+
+
+def test_graph_keys_and_static_inputs_follow_lists_inside_named_tuples():
+    """SAM 3's image features are a NamedTuple of lists of levels: graphed, each level is a static input of its own
+    and the replay's arguments keep the structure."""
+    from sam2rt.model.sam3.detector import ImageFeatures
+
+    features = ImageFeatures([torch.zeros(1, 4, 8, 8), torch.zeros(1, 4, 4, 4)], [torch.ones(1, 4, 8, 8)] * 2)
+    tensors = []
+    key = _flatten(((features, None), ()), tensors)
+    assert len(tensors) == 4
+    other = ImageFeatures([torch.zeros(1, 4, 8, 8)], [torch.ones(1, 4, 8, 8)])
+    assert _flatten(((other, None), ()), []) != key  # one level fewer: another graph
+    statics = [t.clone() + 1 for t in tensors]
+    (rebuilt, _), _ = _rebuild(((features, None), ()), iter(statics))
+    assert isinstance(rebuilt, ImageFeatures) and isinstance(rebuilt.levels, list)
+    assert rebuilt.levels[1] is statics[1] and rebuilt.pos[0] is statics[2]
 
 
 @cuda

@@ -30,12 +30,12 @@ class _Graph(NamedTuple):
 
 
 def _flatten(value, tensors: list[Tensor]) -> object:
-    """The key a graph is captured for: tensors by shape, dtype and device; tuples (NamedTuples too) element
-    by element; any other value (None, a flag, a size) as it is. Appends the tensors to `tensors`, depth first."""
+    """The key a graph is captured for: tensors by shape, dtype and device; tuples (NamedTuples too) and lists
+    element by element; any other value (None, a flag, a size) as it is. Appends the tensors to `tensors`, depth first."""
     if isinstance(value, Tensor):
         tensors.append(value)
         return (tuple(value.shape), value.dtype, value.device)
-    if isinstance(value, tuple):
+    if isinstance(value, (tuple, list)):
         return (type(value), tuple(_flatten(v, tensors) for v in value))
     return value
 
@@ -44,9 +44,9 @@ def _rebuild(value, tensors: Iterator[Tensor]):
     """`value` with each of its tensors replaced by the next of `tensors` (the graph's static copies)."""
     if isinstance(value, Tensor):
         return next(tensors)
-    if isinstance(value, tuple):
+    if isinstance(value, (tuple, list)):
         items = [_rebuild(v, tensors) for v in value]
-        return type(value)(*items) if hasattr(value, "_fields") else tuple(items)  # NamedTuple or tuple
+        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)  # NamedTuple, tuple, list
     return value
 
 
@@ -131,26 +131,31 @@ class GraphedCallable:
 # The model's steps, each a graph: its heavy module with the glue around it (positional encodings, pointers,
 # the padding point, the mask's resizing), which would otherwise run op by op from the CPU.
 GRAPHED_METHODS = ("encode_image", "decode", "segment", "condition_on_memory", "encode_memory")
+# SAM 3's detector: its image encoding and its detection pass for a batch of prompts (every shape fixed by the
+# image size, the text context and the queries): several thousand launches a frame otherwise.
+DETECTOR_METHODS = ("encode_image", "detect")
 
 
 class _ModelGraphs:
     """What `use_cuda_graphs` leaves on a model: the memory pool of its graphs, and the functions of code
     around the model graphed with it (`graphed_with_model`)."""
 
-    def __init__(self, pool) -> None:
+    def __init__(self, pool, methods: tuple[str, ...]) -> None:
         self.pool = pool
+        self.methods = methods
         self.functions: dict[Callable, GraphedCallable] = {}
 
 
-def use_cuda_graphs(model: nn.Module) -> nn.Module:
-    """Replay the model's GRAPHED_METHODS from CUDA graphs (the model must be on CUDA), and leave `model._graphs`
-    for `graphed_with_model`: the tracking engine's whole pass over a frame's objects then replays as one graph."""
-    if model.device.type != "cuda":
+def use_cuda_graphs(model: nn.Module, methods: tuple[str, ...] = GRAPHED_METHODS) -> nn.Module:
+    """Replay the model's `methods` (a SAM2Model's GRAPHED_METHODS; DETECTOR_METHODS for SAM 3's detector) from
+    CUDA graphs (the model must be on CUDA), and leave `model._graphs` for `graphed_with_model`: the tracking
+    engine's whole pass over a frame's objects then replays as one graph."""
+    if next(model.parameters()).device.type != "cuda":
         raise ValueError("CUDA graphs need the model on a CUDA device")
     pool = torch.cuda.graph_pool_handle()
-    for name in GRAPHED_METHODS:
+    for name in methods:
         setattr(model, name, GraphedCallable(getattr(model, name), pool))
-    model._graphs = _ModelGraphs(pool)
+    model._graphs = _ModelGraphs(pool, methods)
     return model
 
 
@@ -184,7 +189,7 @@ def _graphed_callables(model: nn.Module) -> list[GraphedCallable]:
     graphs: Optional[_ModelGraphs] = model.__dict__.get("_graphs")
     if graphs is None:
         return []
-    callables = [getattr(model, name) for name in GRAPHED_METHODS] + list(graphs.functions.values())
+    callables = [getattr(model, name) for name in graphs.methods] + list(graphs.functions.values())
     return [graphed for graphed in callables if isinstance(graphed, GraphedCallable)]
 
 
