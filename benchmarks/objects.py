@@ -3,6 +3,7 @@
     python benchmarks/objects.py --device cuda                                 # tiny and large, 1 to 128 objects
     python benchmarks/objects.py --device cuda --variants sam2.1_hiera_tiny --chunks none,8,16,32,64
     python benchmarks/objects.py --device cuda --profile 1,16,128              # GPU time per stage
+    python benchmarks/objects.py --device cuda --objects 1,16 --graph-kernels 1,16   # kernels of graphed steps
     python benchmarks/objects.py --device cpu --threads 2 --image-size 256 --objects 1,4 --frames 8
     python benchmarks/objects.py --device cuda --variants edgetam --objects 1,4     # Meta's EdgeTAM at 1 object
 
@@ -161,6 +162,54 @@ def stage_profile(model, frames, clicks, steps: int, kernels: int = 0) -> dict[s
     }
 
 
+KERNEL_FAMILIES = (  # (substring of a kernel's name, family), first match wins
+    ("sdpa", "attention (cuDNN)"),
+    ("flash", "attention (flash)"),
+    ("fmha", "attention (memory-efficient)"),
+    ("nvjet", "matmul"),
+    ("gemm", "matmul"),
+    ("layer_norm", "layer norm"),
+    ("conv", "convolution"),
+    ("_rotate_pairs", "rotary (Triton)"),
+    ("copy", "copies"),
+    ("elementwise", "other elementwise"),
+    ("reduce", "reductions"),
+    ("upsample", "resizing"),
+)
+
+
+def graphed_kernels(model, frames, clicks, steps: int, top: int) -> None:
+    """The GPU kernels a graphed step replays (the graphs already captured by the rows): wall and GPU ms a step, GPU
+    time by kernel family, and the `top` costliest kernels. Prints a table."""
+    from torch.profiler import ProfilerActivity, profile
+
+    tracker = sam2rt.StreamTracker(model, fill_hole_area=0)
+    tracker.step(frames[0])
+    for obj_id, click in enumerate(clicks, start=1):
+        tracker.add_prompt(obj_id, points=[click], labels=[1])
+    for frame in frames[1:-steps]:
+        tracker.step(frame)
+    synchronize(model.device)
+    with profile(activities=[ProfilerActivity.CUDA]) as trace:
+        start = time.perf_counter()
+        for frame in frames[-steps:]:
+            tracker.step(frame)
+        synchronize(model.device)
+        wall = (time.perf_counter() - start) * 1e3 / steps
+    kernels = [e for e in trace.key_averages() if e.device_type.name == "CUDA" and e.self_device_time_total > 0]
+    per_step = {e.key: e.self_device_time_total / 1e3 / steps for e in kernels}
+    families: dict[str, float] = {}
+    for name, ms in per_step.items():
+        family = next((label for key, label in KERNEL_FAMILIES if key in name.lower()), "other")
+        families[family] = families.get(family, 0.0) + ms
+    print(
+        f"\ngraphed step, {len(clicks)} objects: wall {wall:.2f} ms (profiled), GPU kernels {sum(per_step.values()):.2f} ms"
+    )
+    print("  " + ", ".join(f"{family} {ms:.2f}" for family, ms in sorted(families.items(), key=lambda kv: -kv[1])))
+    for name, ms in sorted(per_step.items(), key=lambda kv: -kv[1])[:top]:
+        print(f"  {ms:7.3f} ms  {name[:110]}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", default="sam2.1_hiera_tiny,sam2.1_hiera_large")
@@ -179,6 +228,7 @@ def main() -> None:
     parser.add_argument("--profile-steps", type=int, default=5)
     parser.add_argument("--kernels", type=int, default=0, help="with --profile: print the N most costly kernels")
     parser.add_argument("--attention", default="", help="objects per batch: cross-attention per kernel (CUDA)")
+    parser.add_argument("--graph-kernels", default="", help="object counts: the kernels a graphed step replays (CUDA)")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -236,6 +286,9 @@ def main() -> None:
                 clicks = grid_clicks(objects, height, width)
                 stages = stage_profile(eager, frames, clicks, args.profile_steps, args.kernels)
                 profiles.append((variant, objects, stages))
+            for objects in [int(n) for n in args.graph_kernels.split(",") if n and device.type == "cuda"]:
+                TrackingEngine.objects_per_chunk = chunks[0]
+                graphed_kernels(ours, frames, grid_clicks(objects, height, width), 10, max(args.kernels, 12))
             if args.attention and device.type == "cuda":
                 attention_kernels(ours.config, [int(n) for n in args.attention.split(",")])
             del base, ours, eager
