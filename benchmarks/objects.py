@@ -110,6 +110,19 @@ def run_stream(model, frames, clicks) -> tuple[list[float], object]:
     return times, result
 
 
+def tracked_up_to(model, frames, clicks) -> sam2rt.StreamTracker:
+    """A stream with every click an object on frame 0, stepped through `frames` (then synchronised): the memory
+    filled, ready for the steps to measure."""
+    tracker = sam2rt.StreamTracker(model, fill_hole_area=0)
+    tracker.step(frames[0])
+    for obj_id, click in enumerate(clicks, start=1):
+        tracker.add_prompt(obj_id, points=[click], labels=[1])
+    for frame in frames[1:]:
+        tracker.step(frame)
+    synchronize(model.device)
+    return tracker
+
+
 def stage_profile(model, frames, clicks, steps: int, kernels: int = 0) -> dict[str, float]:
     """GPU milliseconds per step of each stage, the model run eagerly (graphs hide the stages) with each stage's
     kernels under a profiler label; with `kernels`, the table of that many most costly operations is printed."""
@@ -134,13 +147,7 @@ def stage_profile(model, frames, clicks, steps: int, kernels: int = 0) -> dict[s
     for owner, name, label in patches:
         setattr(owner, name, labelled(getattr(owner, name), label))
     try:
-        tracker = sam2rt.StreamTracker(model, fill_hole_area=0)
-        tracker.step(frames[0])
-        for obj_id, click in enumerate(clicks, start=1):
-            tracker.add_prompt(obj_id, points=[click], labels=[1])
-        for frame in frames[1:-steps]:
-            tracker.step(frame)
-        synchronize(model.device)
+        tracker = tracked_up_to(model, frames[:-steps], clicks)
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if model.device.type == "cuda" else [])
         with profile(activities=activities) as prof:
             for frame in frames[-steps:]:
@@ -183,13 +190,7 @@ def graphed_kernels(model, frames, clicks, steps: int, top: int) -> None:
     time by kernel family, and the `top` costliest kernels. Prints a table."""
     from torch.profiler import ProfilerActivity, profile
 
-    tracker = sam2rt.StreamTracker(model, fill_hole_area=0)
-    tracker.step(frames[0])
-    for obj_id, click in enumerate(clicks, start=1):
-        tracker.add_prompt(obj_id, points=[click], labels=[1])
-    for frame in frames[1:-steps]:
-        tracker.step(frame)
-    synchronize(model.device)
+    tracker = tracked_up_to(model, frames[:-steps], clicks)
     with profile(activities=[ProfilerActivity.CUDA]) as trace:
         start = time.perf_counter()
         for frame in frames[-steps:]:
