@@ -23,6 +23,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from hf_sam2_heads import head_key
 from oracle import install_torchvision_standin
 from oracle_edgetam import perturbed_weights
 
@@ -106,46 +107,12 @@ def video_config(hf: SimpleNamespace, image_size: int):
     )
 
 
-# The official key -> transformers' key, by renaming each part (applied in order, every rule that matches).
+# EdgeTAM's own parts (the heads' are hf_sam2_heads'): the official key -> transformers' key, by renaming each part.
 _RENAMES = [
     (r"^image_encoder\.trunk\.body\.", "vision_encoder.backbone.timm_model."),
     (r"^image_encoder\.neck\.convs\.(\d+)\.conv\.", r"vision_encoder.neck.convs.\1."),
-    (r"^maskmem_tpos_enc$", "memory_temporal_positional_encoding"),
-    (r"^no_mem_embed$", "no_memory_embedding"),
-    (r"^no_mem_pos_enc$", "no_memory_positional_encoding"),
-    (r"^no_obj_ptr$", "no_object_pointer"),
-    (r"^obj_ptr_proj\.", "object_pointer_proj."),
-    # prompt encoder: the mask path's Sequential (conv, norm, GELU, conv, norm, GELU, conv) by name
-    (r"^sam_prompt_encoder\.", "prompt_encoder."),
-    (r"mask_downscaling\.0\.", "mask_embed.conv1."),
-    (r"mask_downscaling\.1\.", "mask_embed.layer_norm1."),
-    (r"mask_downscaling\.3\.", "mask_embed.conv2."),
-    (r"mask_downscaling\.4\.", "mask_embed.layer_norm2."),
-    (r"mask_downscaling\.6\.", "mask_embed.conv3."),
-    # mask decoder
-    (r"^sam_mask_decoder\.", "mask_decoder."),
-    (r"output_upscaling\.0\.", "upscale_conv1."),
-    (r"output_upscaling\.1\.", "upscale_layer_norm."),
-    (r"output_upscaling\.3\.", "upscale_conv2."),
-    (r"transformer\.layers\.(\d+)\.mlp\.layers\.0\.", r"transformer.layers.\1.mlp.proj_in."),
-    (r"transformer\.layers\.(\d+)\.mlp\.layers\.1\.", r"transformer.layers.\1.mlp.proj_out."),
-    (r"^(mask_decoder\.transformer\.layers\.\d+)\.norm(\d)\.", r"\1.layer_norm\2."),
-    (r"\.norm_final_attn\.", ".layer_norm_final_attn."),
-    (r"(attn\w*)\.out_proj\.", r"\1.o_proj."),  # every attention of the decoder and of the memory attention
-    # memory attention
-    (r"^memory_attention\.layers\.(\d+)\.norm(\d)\.", r"memory_attention.layers.\1.layer_norm\2."),
     (r"^memory_attention\.layers\.(\d+)\.linear1\.", r"memory_attention.layers.\1.mlp.up_proj."),
     (r"^memory_attention\.layers\.(\d+)\.linear2\.", r"memory_attention.layers.\1.mlp.down_proj."),
-    (r"^memory_attention\.norm\.", "memory_attention.layer_norm."),
-    # memory encoder: the mask downsampler's Sequential of (conv, norm, GELU) x 4 then a 1 x 1 conv, by name
-    (r"mask_downsampler\.encoder\.12\.", "mask_downsampler.final_conv."),
-    (r"^memory_encoder\.pix_feat_proj\.", "memory_encoder.feature_projection."),
-    (r"^memory_encoder\.out_proj\.", "memory_encoder.projection."),
-    (r"^memory_encoder\.fuser\.", "memory_encoder.memory_fuser."),
-    (r"memory_fuser\.layers\.(\d+)\.gamma$", r"memory_fuser.layers.\1.scale"),
-    (r"memory_fuser\.layers\.(\d+)\.dwconv\.", r"memory_fuser.layers.\1.depthwise_conv."),
-    (r"memory_fuser\.layers\.(\d+)\.norm\.", r"memory_fuser.layers.\1.layer_norm."),
-    (r"memory_fuser\.layers\.(\d+)\.pwconv(\d)\.", r"memory_fuser.layers.\1.pointwise_conv\2."),
     # spatial perceiver
     (r"^spatial_perceiver\.latents$", "spatial_perceiver.latents_1d"),
     (r"^spatial_perceiver\.norm\.", "spatial_perceiver.layer_norm."),
@@ -160,24 +127,12 @@ _RENAMES = [
     (r"\.(self_)?ff\.1\.", r".\1mlp.up_proj."),
     (r"\.(self_)?ff\.3\.", r".\1mlp.down_proj."),
 ]
-# The official MLP's layers 0, 1, 2 of a three-layer head are transformers' proj_in, layers.0, proj_out.
-_THREE_LAYER_HEADS = r"(output_hypernetworks_mlps\.\d+|iou_prediction_head|pred_obj_score_head|object_pointer_proj)"
-_HEAD_LAYERS = {"0": "proj_in", "1": "layers.0", "2": "proj_out"}
-_DOWNSAMPLER_PARTS = {0: "conv", 1: "layer_norm"}  # each stage's conv and norm (the GELU, 2, has no weights)
 
 
 def transformers_key(key: str) -> str:
     """An official EdgeTAM state-dict key as transformers' EdgeTamVideoModel names it (see `transformers_state`
     for the three that are not a plain rename)."""
-    for pattern, replacement in _RENAMES:
-        key = re.sub(pattern, replacement, key)
-    key = re.sub(_THREE_LAYER_HEADS + r"\.layers\.(\d)\.", lambda m: f"{m[1]}.{_HEAD_LAYERS[m[2]]}.", key)
-    stage = re.search(r"mask_downsampler\.encoder\.(\d+)\.", key)
-    if stage:  # indices 3i, 3i + 1 of the Sequential are stage i's conv and norm
-        index = int(stage[1])
-        part = f"layers.{index // 3}.{_DOWNSAMPLER_PARTS[index % 3]}."
-        key = key.replace(stage[0], f"mask_downsampler.{part}")
-    return key
+    return head_key(key, _RENAMES)
 
 
 def transformers_state(official: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
