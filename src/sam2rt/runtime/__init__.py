@@ -2,6 +2,7 @@
 
 - `kernels`: the kernels behind the model's operations (attention, depthwise conv, rotary encoding) and the
   choice among them, the one seam the model calls; the model's maths does not depend on which runs.
+  `triton_kernels` holds the hand-written Triton kernels it chooses on CUDA (the rotary encoding).
 - `to_inference_dtype` casts the parameters to bf16 (or fp16), which is faster than autocast:
   autocast converts weights and activations on every call. Positional tables and the prompt
   encoder's random Fourier matrix stay in fp32, and mask logits come back in fp32.
