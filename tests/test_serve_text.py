@@ -95,19 +95,24 @@ def expected_results(models: ConceptModels, images: list[np.ndarray]) -> list[di
     from sam2rt.tracking.concepts import ConceptTracker
 
     tracker = ConceptTracker(models.detector, models.tracker, models.tokenizer, PHRASE)
+    return as_sent([tracker.step(image) for image in images])
+
+
+def as_sent(per_frame) -> list[dict[int, tuple[np.ndarray, float]]]:
+    """A session's ConceptFrames as the session sends them: per frame, {session id (1, 2, ... in the order tracks
+    are first visible): (mask (H, W) bool, score)}."""
     session_ids: dict[int, int] = {}
-    per_frame = []
-    for image in images:
-        found = tracker.step(image)
+    sent = []
+    for found in per_frame:
         ids, masks = found.visible_masks()
         scores = found.scores[torch.nonzero(found.visible).flatten()]
-        per_frame.append(
+        sent.append(
             {
                 session_ids.setdefault(track_id, len(session_ids) + 1): (mask.numpy(), float(score))
                 for track_id, mask, score in zip(ids, masks, scores)
             }
         )
-    return per_frame
+    return sent
 
 
 def assert_result_is(result: dict, expected: dict[int, tuple[np.ndarray, float]], where: str) -> None:

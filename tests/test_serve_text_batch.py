@@ -19,7 +19,7 @@ import pytest
 import torch
 from cli_support import clip_frames
 from serve_support import decode_masks
-from test_serve_text import PHRASE, small_concept_models
+from test_serve_text import PHRASE, as_sent, small_concept_models
 
 from sam2rt.serve.concepts import PHRASE_FRAMES_PER_PASS, SessionPhrase, encoding_groups
 from sam2rt.serve.protocol import FORMAT_JPEG, ReceivedFrame, TextRequest
@@ -58,23 +58,6 @@ def alone(models, clips) -> list[list[ConceptFrame]]:
         assert 0.005 < max(areas) < 0.95, areas
     assert max(int(found.visible.sum()) for per_frame in per_session for found in per_frame) >= 2, found_ids
     return per_session
-
-
-def _as_sent(per_frame: list[ConceptFrame]) -> list[dict[int, tuple[np.ndarray, float]]]:
-    """A session's ConceptFrames as the session sends them: per frame, {session id (1, 2, ... in the order tracks
-    are first visible): (mask (H, W) bool, score)}."""
-    session_ids: dict[int, int] = {}
-    sent = []
-    for found in per_frame:
-        ids, masks = found.visible_masks()
-        scores = found.scores[torch.nonzero(found.visible).flatten()]
-        sent.append(
-            {
-                session_ids.setdefault(track_id, len(session_ids) + 1): (mask.numpy(), float(score))
-                for track_id, mask, score in zip(ids, masks, scores)
-            }
-        )
-    return sent
 
 
 class _TrunkCalls:
@@ -222,7 +205,7 @@ def scheduler(models):
 
 
 def test_phrase_sessions_due_in_one_tick_share_one_backbone_pass(models, clips, alone, scheduler):
-    expected_sent = [_as_sent(per_frame) for per_frame in alone]
+    expected_sent = [as_sent(per_frame) for per_frame in alone]
     sessions, inboxes = _phrase_sessions(scheduler)
     with _TrunkCalls(models) as calls:
         for tick in range(TICKS):
@@ -264,5 +247,5 @@ def test_a_failing_session_is_told_and_the_others_results_go_out(models, clips, 
     for number in (0, 2):
         assert not inboxes[number].of_type("error")
         result = inboxes[number].of_type("result")[0]
-        _assert_result_is(result, _as_sent(alone[number])[0], SIZES[number], f"session {number}")
+        _assert_result_is(result, as_sent(alone[number])[0], SIZES[number], f"session {number}")
     assert scheduler.tracked_total == 2
