@@ -16,7 +16,20 @@ pytest.importorskip("triton")
 CHECKS = textwrap.dedent(
     """
     import json
+    import numpy as np
     import torch
+    import triton.language as tl
+    from triton.runtime import interpreter
+
+    # Triton's interpreter (3.6) casts fp32 to bf16 by dropping the low bits, where compiled kernels round to
+    # nearest even, as PyTorch does: its casts round here as they do on the GPU, so bf16 sums compare exactly.
+    truncating_cast = interpreter.InterpreterBuilder.cast_impl
+    def rounding_cast(self, src, dst_type):
+        if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
+            rounded = torch.from_numpy(np.array(src.data, dtype=np.float32)).bfloat16().view(torch.uint16).numpy()
+            return interpreter.TensorHandle(rounded, tl.bfloat16)
+        return truncating_cast(self, src, dst_type)
+    interpreter.InterpreterBuilder.cast_impl = rounding_cast
     from sam2rt.model.memory_attention import MemoryAttention
     from sam2rt.model.positional import rotary_tables
     from sam2rt.runtime import kernels, triton_kernels
@@ -37,6 +50,15 @@ CHECKS = textwrap.dedent(
         launches += out is not None
         return out
     triton_kernels.rotate_pairs = counted
+
+    norm_launches = 0
+    add_layer_norm = triton_kernels.add_layer_norm
+    def counted_norm(*args, **kwargs):
+        global norm_launches
+        out = add_layer_norm(*args, **kwargs)
+        norm_launches += out is not None
+        return out
+    triton_kernels.add_layer_norm = counted_norm
 
     torch.manual_seed(0)
     cos, sin = rotary_tables(16, 4)  # 16 tokens, 8 pairs
@@ -63,17 +85,66 @@ CHECKS = textwrap.dedent(
     strided = torch.randn(2, 16, 32)[..., ::2]  # channels 2 apart: no dense rows
     report["strided declined"] = triton_kernels.rotate_pairs(strided, cos, sin) is None
 
-    attention = MemoryAttention(d_model=16, memory_dim=8, feature_size=4, num_layers=2).eval()
-    image, image_pos = torch.randn(1, 16, 16), torch.randn(1, 16, 16)
-    memory, memory_pos = torch.randn(2, 3 * 16 + 4, 8), torch.randn(2, 3 * 16 + 4, 8)
+    blocks = triton_kernels.NORM_ROWS_PER_PROGRAM
+    for channels, tokens in ((256, 2 * blocks + 3), (16, 5)):  # the model's width: 3 programs, the last partial
+        norm = torch.nn.LayerNorm(channels, eps=1e-6)
+        torch.nn.init.normal_(norm.weight, 1.0, 0.5), torch.nn.init.normal_(norm.bias, 0.0, 0.5)
+        for dtype in (torch.float32, torch.bfloat16):
+            norm = norm.to(dtype)
+            for x_batch in (1, 3):  # one frame shared by 3 objects, and one per object
+                x = torch.randn(x_batch, tokens, channels, dtype=dtype) * 4 + 1
+                y = torch.randn(3, tokens, channels, dtype=dtype)
+                with torch.no_grad():
+                    total, normed = kernels.add_layer_norm(x, y, norm)
+                    want = norm(x + y)
+                case = f"{channels} {str(dtype).split('.')[-1]} x batch {x_batch}"
+                report[f"sum equal {case}"] = torch.equal(total, x + y)
+                report[f"norm {case}"] = relative(normed, want)
+                report[f"norm share apart {case}"] = (normed != want).float().mean().item()
+                report[f"norm dense {case}"] = normed.is_contiguous() and normed.dtype == dtype
+    report["norm launches"] = norm_launches
+
+    norm = torch.nn.LayerNorm(12)
+    x, y = torch.randn(2, 5, 12), torch.randn(2, 5, 12)
+    report["norm odd channels declined"] = triton_kernels.add_layer_norm(x, y, norm.weight, norm.bias, 1e-5) is None
     with torch.no_grad():
-        before = launches
-        fused = attention(image, image_pos, memory, memory_pos, spatial_frames=3)
-        report["attention launches"] = launches - before
-        kernels._triton_kernels = lambda x: None  # the PyTorch forms only
-        plain = attention(image, image_pos, memory, memory_pos, spatial_frames=3)
+        total, normed = kernels.add_layer_norm(x, y, norm)
+    report["norm odd channels"] = torch.equal(total, x + y) and torch.equal(normed, norm(x + y))
+    norm = torch.nn.LayerNorm(16)
+    x, y = torch.randn(2, 5, 16), torch.randn(2, 5, 16)
+    declined = (
+        triton_kernels.add_layer_norm(x, y.bfloat16(), norm.weight, norm.bias, 1e-5),  # dtypes differ
+        triton_kernels.add_layer_norm(x, torch.randn(2, 5, 32)[..., ::2], norm.weight, norm.bias, 1e-5),  # strided
+        triton_kernels.add_layer_norm(x, y, None, None, 1e-5),  # no affine parameters
+    )
+    report["norm layouts declined"] = all(out is None for out in declined)
+    before = norm_launches
+    total, normed = kernels.add_layer_norm(x, y, norm)  # with autograd: the PyTorch form, which has a backward
+    report["norm with gradients"] = normed.requires_grad and norm_launches == before
+
+    def attend(attention, dtype, **tensors):  # (with the kernels, with the PyTorch forms only)
+        attention = attention.to(dtype)
+        inputs = {name: value.to(dtype) for name, value in tensors.items()}
+        find = kernels._triton_kernels
+        with torch.no_grad():
+            fused = attention(**inputs, spatial_frames=3)
+            kernels._triton_kernels = lambda x: None
+            plain = attention(**inputs, spatial_frames=3)
+        kernels._triton_kernels = find
+        return fused.float(), plain.float()
+
+    attention = MemoryAttention(d_model=16, memory_dim=8, feature_size=4, num_layers=2).eval()
+    inputs = dict(image=torch.randn(1, 16, 16), image_pos=torch.randn(1, 16, 16))
+    inputs.update(memory=torch.randn(2, 3 * 16 + 4, 8), memory_pos=torch.randn(2, 3 * 16 + 4, 8))
+    before, before_norm = launches, norm_launches
+    fused, plain = attend(attention, torch.float32, **inputs)
+    report["attention launches"] = launches - before
+    report["attention norm launches"] = norm_launches - before_norm
     report["attention"] = (fused - plain).abs().max().item()
     report["attention scale"] = plain.abs().max().item()
+    fused, plain = attend(attention, torch.bfloat16, **inputs)
+    report["attention bf16"] = relative(fused, plain)
+    report["attention bf16 share apart"] = (fused != plain).float().mean().item()
     print(json.dumps(report))
     """
 )
@@ -108,5 +179,34 @@ def test_layouts_the_kernel_cannot_take_fall_back(report):
 
 def test_memory_attention_with_the_kernel_equals_without(report):
     assert report["attention launches"] == 2 * 4  # per layer: queries and keys of the self- and the cross-attention
+    assert report["attention norm launches"] == 2 * 2  # per layer: the sums before norm2 and norm3
     assert report["attention scale"] > 0.1
     assert report["attention"] < 1e-5 * max(1.0, report["attention scale"])
+    # bf16: a value one rounding step apart may carry into later layers; at most 2^-7 of max(1, |value|) in at most
+    # 1% of the outputs (seen: equal)
+    assert report["attention bf16"] <= 2**-7 and report["attention bf16 share apart"] <= 0.01
+
+
+NORM_CASES = [
+    f"{channels} {dtype} x batch {batch}"
+    for channels in (256, 16)
+    for dtype in ("float32", "bfloat16")
+    for batch in (1, 3)
+]
+
+
+def test_residual_sum_and_layer_norm_equal_the_pytorch_form(report):
+    assert report["norm launches"] == len(NORM_CASES)  # the kernel ran for each, x broadcast or not
+    for case in NORM_CASES:
+        assert report[f"sum equal {case}"], case  # rounded to the dtype once, as PyTorch's sum is
+        assert report[f"norm dense {case}"], case
+        if "float32" in case:
+            assert report[f"norm {case}"] < 1e-6, case  # fp32 statistics summed in another order
+        else:  # at most one bf16 rounding step (2^-7 of max(1, |value|)) in at most 1% of the elements
+            assert report[f"norm {case}"] <= 2**-7 and report[f"norm share apart {case}"] <= 0.01, case
+
+
+def test_residual_sums_the_kernel_cannot_take_fall_back(report):
+    assert report["norm odd channels declined"] and report["norm odd channels"]
+    assert report["norm layouts declined"]
+    assert report["norm with gradients"]
