@@ -135,8 +135,11 @@ class GeometryEncoder(nn.Module):
         batch, count = boxes.shape[:2]
         height, width = pooled_map.shape[-2:]
         cx, cy, w, h = boxes.unbind(-1)
-        corners = torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1)
-        corners = corners * corners.new_tensor([width, height, width, height])  # pixels of the feature map
+        # corners in pixels of the feature map; scaled by Python numbers, as a tensor of them would be a host copy
+        # that a CUDA graph cannot capture
+        left, right = (cx - 0.5 * w) * width, (cx + 0.5 * w) * width
+        top, bottom = (cy - 0.5 * h) * height, (cy + 0.5 * h) * height
+        corners = torch.stack([left, top, right, bottom], dim=-1)
         pooled = roi_align(pooled_map, corners, self.roi_size)  # (B, Nb, C, roi, roi)
         pooled = self.boxes_pool_project(pooled.flatten(0, 1))  # (B*Nb, C, 1, 1)
         pooled = pooled.view(batch, count, self.d_model)  # (B*Nb, C, 1, 1) -> (B, Nb, C)
