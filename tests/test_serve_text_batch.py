@@ -249,3 +249,26 @@ def test_a_failing_session_is_told_and_the_others_results_go_out(models, clips, 
         result = inboxes[number].of_type("result")[0]
         _assert_result_is(result, as_sent(alone[number])[0], SIZES[number], f"session {number}")
     assert scheduler.tracked_total == 2
+
+
+def test_an_idle_server_gives_back_the_detectors_graphs_too(models, clips, monkeypatch):
+    """SAM 3's detector replays from CUDA graphs of its own (runtime.optimize_detector): an idle server drops them
+    with the pool's (on the CPU there are none: the call is what is checked)."""
+    released = []
+    monkeypatch.setattr("sam2rt.serve.scheduler.release_graphs", lambda model: released.append(model) or 2)
+    scheduler = Scheduler(_ClickEngine(), batch_wait_s=0.0, release_after_s=0.2, concepts=models)
+    scheduler.start()
+    try:
+        sessions, inboxes = _phrase_sessions(scheduler)
+        _offer_together(scheduler, sessions, [clip[0] for clip in clips], 0)
+        for inbox in inboxes:
+            inbox.wait_for("result", 1)
+        assert released == []  # sessions are open
+        for session in sessions:
+            session.request(Close())
+        deadline = time.monotonic() + WAIT_S
+        while not released and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        scheduler.stop()
+    assert released == [models.detector]

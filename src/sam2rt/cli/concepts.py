@@ -60,14 +60,14 @@ def load_concept_predictor(model: ModelChoice, score_threshold: float):
     """SAM 3's ConceptPredictor with the options' checkpoint and device (bf16 weights on CUDA under --fast)."""
     from ..checkpoints.sam3 import load_sam3_detector, load_text_tokenizer
     from ..images.concepts import ConceptPredictor
-    from ..runtime import to_inference_dtype
+    from ..runtime import optimize_detector
 
     check_sam3_choice(model)
     device = model.target_device()
     detector = load_sam3_detector(model.checkpoint, device)
     tokenizer = load_text_tokenizer(beside=model.checkpoint)
     if model.fast and device.type == "cuda":
-        to_inference_dtype(detector)  # parameters only: the rotary tables keep their precision
+        optimize_detector(detector)  # bf16 parameters (the rotary tables keep their precision), CUDA graphs
     return ConceptPredictor(detector, tokenizer, score_threshold)
 
 
@@ -76,7 +76,7 @@ def load_concept_tracks(model: ModelChoice, phrases: list[str], score_threshold:
     as a ConceptTracker per phrase (`PhraseTracks`); `score_threshold` is the detections' (Meta's
     score_threshold_detection)."""
     from ..checkpoints.sam3 import load_sam3_video, load_text_tokenizer
-    from ..runtime import to_inference_dtype
+    from ..runtime import optimize_detector, to_inference_dtype
     from ..tracking.concept_plan import ConceptOptions
     from ..tracking.concept_run import PhraseTracks
     from ..tracking.concepts import ConceptTracker
@@ -86,7 +86,7 @@ def load_concept_tracks(model: ModelChoice, phrases: list[str], score_threshold:
     detector, tracker_model = load_sam3_video(model.checkpoint, device)
     tokenizer = load_text_tokenizer(beside=model.checkpoint)
     if model.fast and device.type == "cuda":
-        to_inference_dtype(detector)  # parameters only: the rotary tables keep their precision
+        optimize_detector(detector)  # bf16 parameters (the rotary tables keep their precision), CUDA graphs
         to_inference_dtype(tracker_model)
     options = ConceptOptions(score_threshold_detection=score_threshold)
     return PhraseTracks([ConceptTracker(detector, tracker_model, tokenizer, phrase, options) for phrase in phrases])

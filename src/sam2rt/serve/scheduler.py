@@ -29,6 +29,7 @@ from typing import Any, Optional, Protocol
 
 import numpy as np
 
+from ..runtime.graphs import release_graphs
 from ..tracking.download import PendingFrame, start_download
 from ..tracking.stream import FrameResult
 from .concepts import NO_SAM3, ConceptModels, SessionPhrase, encode_frames, encoding_groups
@@ -168,6 +169,8 @@ class Scheduler:
     def _release(self) -> None:
         try:
             released = self.engine.release_memory()
+            if self.concepts is not None:  # SAM 3's detector replays from graphs of its own
+                released += release_graphs(self.concepts.detector)
         except Exception:
             log.exception("releasing the engine's memory failed")
             return
