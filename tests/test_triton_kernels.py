@@ -84,6 +84,9 @@ CHECKS = textwrap.dedent(
     report["odd channels"] = (kernels.apply_rotary(odd, odd_cos, odd_sin) - reference(odd, odd_cos, odd_sin)).abs().max().item()
     strided = torch.randn(2, 16, 32)[..., ::2]  # channels 2 apart: no dense rows
     report["strided declined"] = triton_kernels.rotate_pairs(strided, cos, sin) is None
+    before = launches
+    trained = torch.randn(3, 1, 16, 16, requires_grad=True)  # with autograd: the PyTorch form, which has a backward
+    report["rotary with gradients"] = kernels.apply_rotary(trained, cos, sin).requires_grad and launches == before
 
     blocks = triton_kernels.NORM_ROWS_PER_PROGRAM
     for channels, tokens in ((256, 2 * blocks + 3), (16, 5)):  # the model's width: 3 programs, the last partial
@@ -209,4 +212,7 @@ def test_residual_sum_and_layer_norm_equal_the_pytorch_form(report):
 def test_residual_sums_the_kernel_cannot_take_fall_back(report):
     assert report["norm odd channels declined"] and report["norm odd channels"]
     assert report["norm layouts declined"]
-    assert report["norm with gradients"]
+
+
+def test_training_runs_the_pytorch_forms_which_have_a_backward(report):
+    assert report["rotary with gradients"] and report["norm with gradients"]

@@ -13,10 +13,9 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..runtime.kernels import apply_rotary, attention
+from ..runtime.kernels import add_layer_norm, apply_rotary, attention, linear_relu
 from .layers import Attention, split_heads
 from .positional import rotary_tables
 
@@ -76,9 +75,11 @@ class MemoryAttentionLayer(nn.Module):
         key_mask: Optional[Tensor],
     ) -> Tensor:
         normed = self.norm1(x)
-        x = x + self.self_attn(normed, normed, normed, rope, rotary_frames=1)
-        x = x + self.cross_attn_image(self.norm2(x), memory_keys, memory, rope, rotary_frames, key_mask, memory_rope)
-        return x + self.linear2(F.relu(self.linear1(self.norm3(x))))
+        # Each residual sum and the norm after it in one pass over the (B, N, C) tokens on CUDA.
+        x, normed = add_layer_norm(x, self.self_attn(normed, normed, normed, rope, rotary_frames=1), self.norm2)
+        attended = self.cross_attn_image(normed, memory_keys, memory, rope, rotary_frames, key_mask, memory_rope)
+        x, normed = add_layer_norm(x, attended, self.norm3)  # x of batch 1 (the first layer) broadcast over objects
+        return x + self.linear2(linear_relu(normed, self.linear1))
 
 
 class MemoryAttention(nn.Module):
