@@ -18,6 +18,7 @@ CHECKS = textwrap.dedent(
     import json
     import numpy as np
     import torch
+    import torch.nn.functional as F
     import triton.language as tl
     from triton.runtime import interpreter
 
@@ -30,7 +31,9 @@ CHECKS = textwrap.dedent(
             return interpreter.TensorHandle(rounded, tl.bfloat16)
         return truncating_cast(self, src, dst_type)
     interpreter.InterpreterBuilder.cast_impl = rounding_cast
+    from sam2rt.model.layers import LayerNorm2d
     from sam2rt.model.memory_attention import MemoryAttention
+    from sam2rt.model.memory_encoder import MaskDownSampler
     from sam2rt.model.positional import rotary_tables
     from sam2rt.runtime import kernels, triton_kernels
 
@@ -148,6 +151,98 @@ CHECKS = textwrap.dedent(
     fused, plain = attend(attention, torch.bfloat16, **inputs)
     report["attention bf16"] = relative(fused, plain)
     report["attention bf16 share apart"] = (fused != plain).float().mean().item()
+
+    channel_launches = 0
+    channel_norm_gelu = triton_kernels.channel_norm_gelu
+    def counted_channels(*args, **kwargs):
+        global channel_launches
+        out = channel_norm_gelu(*args, **kwargs)
+        channel_launches += out is not None
+        return out
+    triton_kernels.channel_norm_gelu = counted_channels
+
+    def plain_norm(x, norm, gelu):  # LayerNorm2d then nn.GELU, as the downsampler ran them
+        normed = norm(x)
+        return F.gelu(normed) if gelu else normed
+
+    def norm_in(norm, dtype):  # a copy of a LayerNorm2d with parameters of that dtype
+        copy = LayerNorm2d(norm.weight.shape[0]).to(dtype)
+        copy.load_state_dict(norm.state_dict())
+        return copy
+
+    def beyond_one_step(got, want):  # the largest |got - want| beyond one bf16 step of want (2^-7 of 2^e <= |want|)
+        step = torch.ldexp(torch.ones_like(want.float()), torch.frexp(want.float())[1] - 8)
+        return ((got.float() - want.float()).abs() - step).max().item()
+
+    # Maps of the downsampler's widths, each 2 programs an image, the last partial (1024, 256, 64, 16 pixels a program)
+    for channels, side in ((4, 33), (16, 17), (64, 9), (256, 5)):
+        norm = LayerNorm2d(channels)
+        torch.nn.init.normal_(norm.weight, 1.0, 0.5), torch.nn.init.normal_(norm.bias, 0.0, 0.5)
+        x = torch.randn(2, channels, side, side) * 3 + 1
+        for gelu in (False, True):
+            case = f"{channels} gelu {gelu}"
+            with torch.no_grad():
+                got = kernels.layer_norm_2d(x, norm, gelu)
+                report[f"channels {case} float32"] = relative(got, plain_norm(x, norm, gelu))
+                bf16_norm, bf16_x = norm_in(norm, torch.bfloat16), x.bfloat16()
+                got = kernels.layer_norm_2d(bf16_x, bf16_norm, gelu)
+                # The kernel's arithmetic: fp32 from the bf16 values, one rounding at the end
+                want = plain_norm(bf16_x.float(), norm_in(bf16_norm, torch.float32), gelu).bfloat16()
+                report[f"channels {case} beyond one step"] = beyond_one_step(got, want)
+                report[f"channels {case} share apart"] = (got != want).float().mean().item()
+                report[f"channels {case} dense"] = got.is_contiguous() and got.dtype == torch.bfloat16
+                exact = plain_norm(bf16_x.double(), norm_in(bf16_norm, torch.float64), gelu)
+                pytorch_bf16 = plain_norm(bf16_x, bf16_norm, gelu)  # rounds to bf16 after each of its ops
+                report[f"channels {case} error"] = (got.double() - exact).abs().mean().item()
+                report[f"channels {case} pytorch bf16 error"] = (pytorch_bf16.double() - exact).abs().mean().item()
+    report["channel launches"] = channel_launches
+
+    norm = LayerNorm2d(12)
+    x = torch.randn(2, 12, 5, 5)
+    report["channels odd declined"] = triton_kernels.channel_norm_gelu(x, norm.weight, norm.bias, 1e-6, True) is None
+    with torch.no_grad():
+        report["channels odd"] = torch.equal(kernels.layer_norm_2d(x, norm, True), plain_norm(x, norm, True))
+    wide = LayerNorm2d(512)
+    x = torch.randn(1, 512, 2, 2)
+    report["channels wide declined"] = triton_kernels.channel_norm_gelu(x, wide.weight, wide.bias, 1e-6, True) is None
+    norm = LayerNorm2d(16)
+    x = torch.randn(2, 16, 6, 6)
+    last, strided = x.contiguous(memory_format=torch.channels_last), x[..., ::2]
+    declined = [triton_kernels.channel_norm_gelu(t, norm.weight, norm.bias, 1e-6, True) for t in (last, strided)]
+    report["channels layouts declined"] = all(out is None for out in declined)
+    with torch.no_grad():
+        before = channel_launches
+        same = [torch.equal(kernels.layer_norm_2d(t, norm, True), plain_norm(t, norm, True)) for t in (last, strided)]
+    report["channels layouts"] = all(same) and channel_launches == before
+    before = channel_launches
+    trained = kernels.layer_norm_2d(x, norm, True)  # parameters that learn, with autograd: the PyTorch form
+    report["channels with gradients"] = trained.requires_grad and channel_launches == before
+
+    downsampler = MaskDownSampler(embed_dim=32).eval()
+    for module in downsampler.encoder:
+        if isinstance(module, LayerNorm2d):  # not the initial ones and zeros
+            torch.nn.init.normal_(module.weight, 1.0, 0.5), torch.nn.init.normal_(module.bias, 0.0, 0.5)
+    mask = torch.randn(2, 1, 64, 64) * 10  # maps (2, 4, 32, 32), (2, 16, 16, 16), (2, 64, 8, 8), (2, 256, 4, 4)
+    find = kernels._triton_kernels
+    results = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        downsampler = downsampler.to(dtype)
+        with torch.no_grad():
+            before = channel_launches
+            fused = downsampler(mask.to(dtype)).float()
+            launched = channel_launches - before
+            kernels._triton_kernels = lambda x: None
+            plain = downsampler(mask.to(dtype)).float()
+            kernels._triton_kernels = find
+        results[dtype] = fused, plain
+        report[f"downsampler launches {dtype}"] = launched
+    fused, plain = results[torch.float32]
+    report["downsampler"] = relative(fused, plain)
+    report["downsampler scale"] = plain.abs().max().item()
+    report["downsampler spread"] = plain.std().item()
+    fused_bf16, plain_bf16 = results[torch.bfloat16]
+    report["downsampler bf16 error"] = (fused_bf16 - fused).abs().mean().item()
+    report["downsampler pytorch bf16 error"] = (plain_bf16 - fused).abs().mean().item()
     print(json.dumps(report))
     """
 )
@@ -216,3 +311,41 @@ def test_residual_sums_the_kernel_cannot_take_fall_back(report):
 
 def test_training_runs_the_pytorch_forms_which_have_a_backward(report):
     assert report["rotary with gradients"] and report["norm with gradients"]
+
+
+CHANNEL_CASES = [f"{channels} gelu {gelu}" for channels in (4, 16, 64, 256) for gelu in (False, True)]
+
+
+def test_layer_norm_over_channels_and_gelu_equal_the_pytorch_form(report):
+    assert report["channel launches"] == 2 * len(CHANNEL_CASES)  # the kernel ran for each case, fp32 and bf16
+    for case in CHANNEL_CASES:
+        assert report[f"channels {case} float32"] < 1e-5, case  # fp32 statistics summed in another order
+        assert report[f"channels {case} dense"], case
+        # bf16 against the kernel's arithmetic done by PyTorch (fp32 from the bf16 values, rounded once): at most one
+        # rounding step apart, in at most 1% of the elements (seen: 0.2% with GELU, none or 0.01% without). Beyond that
+        # step, 2^-20 where GELU's negative tail (|value| < 2^-10) is tiny: 1 + erf(x / sqrt 2) cancels in fp32 in
+        # both forms, its last bit 2^-24, times |x| / 2 <= 4 (seen: 2.7e-7). GELU's slope is at most 1.13: it
+        # amplifies no difference of the norms'.
+        assert report[f"channels {case} beyond one step"] <= 2**-20, case
+        assert report[f"channels {case} share apart"] <= 0.01, case
+        # PyTorch's bf16 form rounds after each of its ~10 ops (the mean, x - mean, ...): the kernel is nearer exact
+        assert report[f"channels {case} error"] < report[f"channels {case} pytorch bf16 error"], case
+
+
+def test_channel_norms_the_kernel_cannot_take_fall_back(report):
+    assert report["channels odd declined"] and report["channels odd"]  # 12 channels: not a power of two
+    assert report["channels wide declined"]  # 512 channels: more than a block holds
+    assert report["channels layouts declined"] and report["channels layouts"]  # channels last, strided
+
+
+def test_channel_norms_with_gradients_run_the_pytorch_form(report):
+    assert report["channels with gradients"]
+
+
+def test_mask_downsampler_with_the_kernel_equals_without(report):
+    for dtype in ("torch.float32", "torch.bfloat16"):
+        assert report[f"downsampler launches {dtype}"] == 4  # one a stage: each norm and its GELU in one call
+    assert report["downsampler scale"] > 0.1 and report["downsampler spread"] > 0.01  # not a constant map
+    assert report["downsampler"] < 1e-5
+    # bf16: not equal to PyTorch's bf16 form (its norms round each step), nearer the fp32 result (mean |difference|)
+    assert report["downsampler bf16 error"] < report["downsampler pytorch bf16 error"]

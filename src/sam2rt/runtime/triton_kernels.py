@@ -33,6 +33,16 @@ NORM_ROWS_PER_PROGRAM = 8
 NORM_WARPS = 4
 NORM_ELEMENTS = 4096
 NORM_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # computed in fp32: wider ones would lose bits
+# Layer norm over the channels of a channels-first map (the mask downsampler's 4, 16, 64 and 256 channels): a block is
+# C channels x P pixels, each channel's P pixels one dense run (a channel's plane is H*W apart from the next), so a
+# warp's loads stay coalesced whatever C is. P = CHANNEL_NORM_ELEMENTS // C keeps a block at 4096 values whatever C
+# is (32 fp32 registers a lane for x over 4 warps, as add_layer_norm's rows): 1024 pixels of 4 channels, 16 of 256.
+# Each of the downsampler's maps is then 256 programs an object (4096 for 16 objects), and C=256's dense runs of 16
+# bf16 pixels are 32 bytes, one memory sector. Untimed choices (written without a GPU): the benchmark's --elements
+# and --warps try others.
+CHANNEL_NORM_ELEMENTS = 4096
+CHANNEL_NORM_WARPS = 4
+CHANNEL_NORM_MAX_CHANNELS = 256  # the downsampler's widest; wider would take fewer pixels than a sector a run
 
 
 def available(x: Tensor) -> bool:
@@ -104,6 +114,36 @@ if triton is not None:
         bias = tl.load(bias_ptr + channel).to(tl.float32)
         normed = centered * tl.rsqrt(variance + eps)[:, None] * weight[None, :] + bias[None, :]
         tl.store(normed_ptr + out_offset, normed.to(normed_ptr.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _channel_norm_gelu(
+        x_ptr,
+        out_ptr,
+        weight_ptr,
+        bias_ptr,
+        pixels,
+        eps,
+        CHANNELS: tl.constexpr,
+        PIXELS: tl.constexpr,
+        GELU: tl.constexpr,
+    ):
+        """One program: PIXELS pixels of one image of a channels-first map, all CHANNELS values of each (one dense run
+        of pixels per channel, planes `pixels` apart), normalised over the channels, then exact GELU if asked."""
+        image = tl.program_id(1).to(tl.int64)
+        pixel = tl.program_id(0).to(tl.int64) * PIXELS + tl.arange(0, PIXELS)  # (PIXELS,)
+        mask = (pixel < pixels)[None, :]
+        channel = tl.arange(0, CHANNELS)
+        offset = (image * CHANNELS + channel[:, None]) * pixels + pixel[None, :]  # (CHANNELS, PIXELS)
+        x = tl.load(x_ptr + offset, mask=mask).to(tl.float32)
+        mean = tl.sum(x, axis=0) / CHANNELS  # (PIXELS,)
+        centered = x - mean[None, :]
+        variance = tl.sum(centered * centered, axis=0) / CHANNELS  # biased, as LayerNorm2d's
+        weight = tl.load(weight_ptr + channel).to(tl.float32)
+        bias = tl.load(bias_ptr + channel).to(tl.float32)
+        normed = centered * tl.rsqrt(variance + eps)[None, :] * weight[:, None] + bias[:, None]
+        if GELU:  # exact, as nn.GELU(): x/2 (1 + erf(x / sqrt 2)), on the fp32 value (one rounding, at the store)
+            normed = 0.5 * normed * (1.0 + tl.math.erf(normed * 0.7071067811865476))
+        tl.store(out_ptr + offset, normed.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def rows_of_tokens(x: Tensor) -> Optional[Tensor]:
@@ -188,3 +228,34 @@ def add_layer_norm(
         num_warps=NORM_WARPS,
     )
     return total, normed
+
+
+def channel_norm_gelu(x: Tensor, weight: Tensor, bias: Tensor, eps: float, gelu: bool) -> Optional[Tensor]:
+    """`runtime.kernels.layer_norm_2d` in one pass: the layer norm of x (B, C, H, W), dense channels first, over its C
+    channels (fp32 statistics, biased variance), scaled by weight and shifted by bias (C,), then exact GELU where
+    `gelu`; a new dense tensor of x's dtype. None, with nothing written, where x does not fit: C not a power of two
+    up to CHANNEL_NORM_MAX_CHANNELS, another layout (channels last takes `F.layer_norm`), another dtype."""
+    if x.dim() != 4 or x.dtype not in NORM_DTYPES or not x.is_contiguous() or x.numel() == 0:
+        return None
+    batch, channels, height, width = x.shape
+    if channels & (channels - 1) or channels > CHANNEL_NORM_MAX_CHANNELS:  # a pixel's channels: one block's column
+        return None
+    if weight.shape != (channels,) or bias.shape != (channels,) or any(t.device != x.device for t in (weight, bias)):
+        return None
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    pixels = height * width
+    pixels_per_program = max(1, CHANNEL_NORM_ELEMENTS // channels)
+    grid = (triton.cdiv(pixels, pixels_per_program), batch)
+    _channel_norm_gelu[grid](
+        x,
+        out,
+        weight.contiguous(),
+        bias.contiguous(),
+        pixels,
+        eps,
+        CHANNELS=channels,
+        PIXELS=pixels_per_program,
+        GELU=gelu,
+        num_warps=CHANNEL_NORM_WARPS,
+    )
+    return out
