@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..runtime.kernels import depthwise_conv
+from ..runtime.kernels import depthwise_conv, layer_norm_2d
 from .layers import LayerNorm2d
 from .positional import sine_grid
 
@@ -37,7 +37,14 @@ class MaskDownSampler(nn.Module):
         self.encoder = nn.Sequential(*layers)
 
     def forward(self, mask: Tensor) -> Tensor:
-        return self.encoder(mask)
+        *stages, projection = self.encoder
+        x = mask
+        # (conv, norm, GELU) triples: the norm and its exact GELU in one call (one kernel on CUDA). The nn.GELU
+        # modules stay in the Sequential, which keeps the parameters' indices (encoder.0, .1, .3, ... .12).
+        for index in range(0, len(stages), 3):
+            conv, norm = stages[index], stages[index + 1]
+            x = layer_norm_2d(conv(x), norm, gelu=True)
+        return projection(x)
 
 
 class CXBlock(nn.Module):

@@ -261,6 +261,21 @@ def add_layer_norm(x: Tensor, y: Tensor, norm: nn.LayerNorm) -> tuple[Tensor, Te
     return total, norm(total)
 
 
+def layer_norm_2d(x: Tensor, norm: nn.Module, gelu: bool = False) -> Tensor:
+    """`norm(x)`, then exact GELU where `gelu`, for x (B, C, H, W) and `norm` a LayerNorm2d (its weight, bias and eps):
+    the mask downsampler's norm and activation. On CUDA, channels first, one Triton kernel reads x once and writes
+    the result, where LayerNorm2d's broadcast ops and the GELU make about ten passes over the map (four maps of 16.7M
+    values for 16 objects at 1024 px; the downsampler took 2.92 ms in bf16 on an H100). fp32 statistics and one
+    rounding at the end, where PyTorch's bf16 form rounds each step: bf16 results closer to exact, not equal."""
+    fused = None if _traced() or _needs_gradients(x, norm.weight, norm.bias) else _triton_kernels(x)
+    if fused is not None:
+        done = fused.channel_norm_gelu(x, norm.weight, norm.bias, norm.eps, gelu)
+        if done is not None:
+            return done
+    normed = norm(x)
+    return F.gelu(normed) if gelu else normed
+
+
 def _triton_kernels(x: Tensor):
     """`runtime.triton_kernels` where its kernels can run on x's device, else None. Imported on first use on CUDA
     (or under Triton's interpreter): importing Triton costs 0.1 s of a CPU user's start."""
