@@ -12,6 +12,8 @@ p50 / p95 latency from frame sent to masks received. Two ways to stream:
 - flat out: each client sends as soon as its window allows (the server's best rate).
 `engine` is StreamTracker.step on the same decoded frames, masks fetched to the CPU each frame,
 one object, in a thread of this process, before the server starts. Random weights (the speed does not depend on them).
+The server warms up as `sam2rt serve` does (the graphs for the most clients captured before the first comes;
+`--cold`: captured as the ticks need them).
 With `--url ws://HOST:PORT/ws` the clients stream to a server started elsewhere (`sam2rt serve`, `--ray`
 too: the front's /metrics sums its replicas' figures); its own `--batch-wait-ms` holds.
 
@@ -180,14 +182,15 @@ def scrape(base: str) -> dict[str, float]:
 class LocalServer:
     """`sam2rt serve`'s app on a model built here, under uvicorn in a thread of this process."""
 
-    def __init__(self, model, max_sessions: int) -> None:
+    def __init__(self, model, max_sessions: int, warm_up: bool = True) -> None:
         import uvicorn
 
         from sam2rt.serve.app import ServerConfig, create_app
         from sam2rt.serve.scheduler import default_engine
 
         self.model = model
-        self.app = create_app(default_engine(model), ServerConfig(max_sessions=max_sessions))
+        # warmed up as `sam2rt serve` is: the graphs for max_sessions streams captured before any client comes
+        self.app = create_app(default_engine(model), ServerConfig(max_sessions=max_sessions, warm_up=warm_up))
         self.server = uvicorn.Server(
             uvicorn.Config(
                 self.app,
@@ -204,6 +207,11 @@ class LocalServer:
             time.sleep(0.05)
         port = self.server.servers[0].sockets[0].getsockname()[1]
         self.base, self.url = f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/ws"
+        start, scheduler = time.monotonic(), self.app.app.state.server.scheduler
+        if not scheduler.ready.wait(timeout=600):
+            raise SystemExit("the server did not warm up in 10 minutes")
+        if warm_up:
+            print(f"server warmed up for {max_sessions} sessions in {time.monotonic() - start:.1f} s", flush=True)
 
     def set_batch_wait(self, wait_ms: float) -> None:
         self.app.app.state.server.scheduler.batch_wait_s = wait_ms / 1000
@@ -281,6 +289,7 @@ def main() -> None:
     parser.add_argument("--batch-wait-ms", default="0,20", help="tick waits to compare, e.g. 0,20")
     parser.add_argument("--rate", type=float, default=30.0, help="frames/s of each paced client (a camera)")
     parser.add_argument("--modes", default="flat,paced", help="flat (out), paced, or both")
+    parser.add_argument("--cold", action="store_true", help="no warm-up: graphs captured as the ticks need them")
     parser.add_argument("--url", help="the /ws of a server started elsewhere (sam2rt serve, --ray too), not our own")
     args = parser.parse_args()
     if args.threads:
@@ -300,7 +309,7 @@ def main() -> None:
     print(f"{args.variant} at {args.image_size}, {width}x{height} JPEG frames, {device}; engine {bare:.1f} frames/s")
 
     counts = [int(c) for c in args.clients.split(",")]
-    server = RemoteServer(args.url) if args.url else LocalServer(model, max(counts) + 1)
+    server = RemoteServer(args.url) if args.url else LocalServer(model, max(counts) + 1, not args.cold)
     waits = [float(w) for w in args.batch_wait_ms.split(",")] if not args.url else [float("nan")]
     print(
         "| clients | streaming | wait ms | per-client FPS (mean) | all clients FPS | p50 latency ms | p95 latency ms "

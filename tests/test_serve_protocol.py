@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -273,3 +274,41 @@ def test_health_says_when_the_scheduler_has_stopped(model):
         with pytest.raises(urllib.error.HTTPError) as stopped:
             urllib.request.urlopen(f"{server.base}/healthz", timeout=30)
         assert stopped.value.code == 503 and "stopped" in stopped.value.read().decode()
+
+
+class _WarmingPool:
+    """The real pool, whose warm-up waits to be let go (as capturing graphs on a GPU takes seconds) or fails."""
+
+    def __init__(self, model, fails: bool = False) -> None:
+        self.pool = default_engine(model)
+        self.fails = fails
+        self.warmed_for: list[int] = []
+        self.go = threading.Event()
+
+    def warm_up(self, max_streams: int) -> int:
+        self.warmed_for.append(max_streams)
+        self.go.wait(30)
+        if self.fails:
+            raise RuntimeError("capture failed")
+        return 0
+
+    def __getattr__(self, name):  # every other method: the pool's
+        return getattr(self.pool, name)
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_health_says_warming_up_until_the_engine_is_warm_and_frames_wait_for_it(model, fails):
+    engine = _WarmingPool(model, fails)
+    with running_server(engine, ServerConfig(max_sessions=3, warm_up=True)) as server:
+        with pytest.raises(urllib.error.HTTPError) as warming:
+            urllib.request.urlopen(f"{server.base}/healthz", timeout=30)
+        assert warming.value.code == 503 and "warming up" in warming.value.read().decode()
+        client = Client(server.ws_url)  # a session may open meanwhile: its frames are stepped once warm
+        client.ws.send(png_frame(0, FRAMES[0]))
+        time.sleep(0.3)
+        assert server.state.scheduler.tracked_total == 0
+        engine.go.set()
+        assert client.next("result")["frame"] == 0  # a failed warm-up is logged; the server serves without it
+        assert urllib.request.urlopen(f"{server.base}/healthz", timeout=30).status == 200
+        client.close()
+    assert engine.warmed_for == [3]  # for --max-sessions streams

@@ -208,3 +208,51 @@ def test_shape_buckets_leave_few_shapes_to_capture(model, monkeypatch):
     assert any(batch & (batch - 1) for batch in encoded[False]), encoded[False]  # the prompts' exact counts
     assert {(frames, pointers) for _, frames, pointers in seen[True]} == {(7, 16)}, seen[True]  # one size
     assert len(seen[True]) < len(seen[False]), (sorted(seen[True]), sorted(seen[False]))
+
+
+def test_warm_up_captures_every_shape_that_paced_streams_then_bring(model, monkeypatch):
+    """`StreamPool.warm_up` (what `sam2rt serve` runs before it says ready): with shape buckets, every call of a
+    graphed step that streams of one object each bring later, joining at different ticks, clicked on their first
+    frame and stepped out of phase, has the key of a graph the warm-up captured. The warm-up leaves no stream
+    or memory row behind, and tracking after it gives what a fresh pool gives."""
+    from sam2rt.runtime import graphs
+
+    monkeypatch.setattr(TrackingEngine, "split_cpu_attention", False)
+    monkeypatch.setattr("sam2rt.tracking.pool.has_cuda_graphs", lambda model: True)
+    keys: list = []
+    for name in graphs.GRAPHED_METHODS:  # the key each call's graph is found by (runtime/graphs.py)
+
+        def recorded(*args, original=getattr(model, name), name=name, **kwargs):
+            keys.append((name, graphs._flatten((args, tuple(sorted(kwargs.items()))), [])))
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(model, name, recorded)
+
+    def live(pool):
+        streams, results = [], []
+        for tick in range(10):
+            if tick < 3:
+                streams.append(pool.open_stream())
+            stepped = [s for i, s in enumerate(streams) if (tick - i) % (i + 1) == 0]  # 1 to 3 streams a tick
+            results.append(pool.step({s: _frame("a", tick) for s in stepped}))
+            for i, stream in enumerate(streams):
+                if tick == i:  # a click on each stream's first frame
+                    stream.add_prompt(1, points=[[20 + 4 * i, 18]], labels=[1])
+        return [result for tick in results for result in tick.values()]
+
+    def pool_with_buckets():
+        pool = sam2rt.StreamPool(model)
+        pool.engine.shape_buckets = True  # as CUDA graphs set it
+        return pool
+
+    pool = pool_with_buckets()
+    assert pool.warm_up(3, frame_size=SIZES["a"]) == 0  # no graphs on the CPU: none captured
+    warmed = set(keys)
+    assert {name for name, _ in warmed} == set(graphs.GRAPHED_METHODS)  # each step taken
+    assert pool.arena.capacity == 0  # every stream closed, every memory row given back
+    keys.clear()
+    after_warm_up = live(pool)
+    new = set(keys) - warmed
+    assert not new, sorted(name for name, _ in new)
+    for got, expected in zip(after_warm_up, live(pool_with_buckets())):
+        _assert_same(got, expected, "after a warm-up", rel=1e-5)

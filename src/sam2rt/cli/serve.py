@@ -105,6 +105,7 @@ def serve(
         max_upload_bytes=max_upload_mb * 1024 * 1024,
         batch_wait_s=batch_wait_ms / 1000.0,
         release_after_s=release_after,
+        warm_up=True,  # the engine's graphs for --max-sessions streams before /healthz says ready (none: no-op)
     )
     if ray:
         with errors_as_messages():

@@ -63,6 +63,7 @@ class ServerConfig:
     max_upload_bytes: int = 512 * 1024 * 1024
     batch_wait_s: float = DEFAULT_BATCH_WAIT_S
     release_after_s: float = DEFAULT_RELEASE_AFTER_S
+    warm_up: bool = False  # capture the engine's graphs for max_sessions streams before serving (CUDA graphs)
 
 
 class Server:
@@ -71,7 +72,10 @@ class Server:
     def __init__(self, engine: StreamEngine, config: ServerConfig, concepts: Optional[ConceptModels] = None) -> None:
         self.config = config
         self.metrics = ServerMetrics(lambda: self.scheduler.figures())
-        self.scheduler = Scheduler(engine, config.batch_wait_s, self.metrics, config.release_after_s, concepts)
+        warm_up_streams = config.max_sessions if config.warm_up else 0
+        self.scheduler = Scheduler(
+            engine, config.batch_wait_s, self.metrics, config.release_after_s, concepts, warm_up_streams
+        )
         self.uploads = UploadStore(config.max_upload_bytes)
         self.sessions: dict[str, Session] = {}
 
@@ -271,10 +275,12 @@ class Server:
         return FileResponse(path, filename=f"sam2rt-{kind}", background=cleanup)
 
     async def health(self, request: Request) -> Response:
-        """200 while the model is loaded and the scheduler runs (a server is made with its model loaded), else 503."""
-        alive = self.scheduler.alive()
-        body = {"status": "ok" if alive else "the scheduler has stopped", "sessions": len(self.sessions)}
-        return JSONResponse(body, status_code=200 if alive else 503)
+        """200 once the model is loaded and warmed up and while the scheduler runs, else 503 (a server is made with
+        its model loaded; the warm-up runs first in the scheduler's thread)."""
+        alive, ready = self.scheduler.alive(), self.scheduler.ready.is_set()
+        status = "ok" if alive and ready else "warming up" if alive else "the scheduler has stopped"
+        body = {"status": status, "sessions": len(self.sessions)}
+        return JSONResponse(body, status_code=200 if alive and ready else 503)
 
     async def metrics_text(self, request: Request) -> Response:
         return Response(self.metrics.render(), media_type=CONTENT_TYPE)

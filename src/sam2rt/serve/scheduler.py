@@ -73,6 +73,8 @@ class StreamEngine(Protocol):
 
     def release_memory(self) -> int: ...
 
+    def warm_up(self, max_streams: int) -> int: ...
+
 
 class Scheduler:
     def __init__(
@@ -82,8 +84,11 @@ class Scheduler:
         observer: Optional[TickObserver] = None,
         release_after_s: float = DEFAULT_RELEASE_AFTER_S,
         concepts: Optional[ConceptModels] = None,
+        warm_up_streams: int = 0,
     ) -> None:
         self.engine = engine
+        self.warm_up_streams = warm_up_streams  # the engine's graphs for this many streams captured first (0: none)
+        self.ready = threading.Event()  # set once warmed up: what /healthz waits for
         self.concepts = concepts  # SAM 3's models, for sessions that track a phrase; None: phrases are refused
         self.batch_wait_s = batch_wait_s
         self.observer = observer
@@ -126,7 +131,27 @@ class Scheduler:
 
     # The loop
 
+    def _warm_up(self) -> None:
+        """Capture the engine's graphs for up to `warm_up_streams` streams before any session is stepped: the
+        captures would otherwise stall the first ticks of each new mix of sessions. A failure is logged, and the
+        server serves without (the graphs are then captured as ticks need them)."""
+        if self.warm_up_streams > 0:
+            start = time.monotonic()
+            try:
+                captured = self.engine.warm_up(self.warm_up_streams)
+            except Exception:
+                log.exception("warming up the engine failed; its graphs are captured as sessions need them")
+            else:
+                log.info(
+                    "warmed up for %d streams: %d CUDA graphs in %.1f s",
+                    self.warm_up_streams,
+                    captured,
+                    time.monotonic() - start,
+                )
+        self.ready.set()
+
     def _run(self) -> None:
+        self._warm_up()
         while True:
             self._wait_for_gpu()
             with self.lock:
