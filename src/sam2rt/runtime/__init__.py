@@ -1,8 +1,9 @@
 """The runtime: how the model runs, applied from outside the model's code.
 
-- `kernels`: the kernels behind the model's operations (attention, depthwise conv, rotary encoding) and the
-  choice among them, the one seam the model calls; the model's maths does not depend on which runs.
-  `triton_kernels` holds the hand-written Triton kernels it chooses on CUDA (the rotary encoding).
+- `kernels`: the kernels behind the model's operations (attention, depthwise conv, rotary encoding, residual
+  sums with their layer norms, the downsampler's norms and GELU, linear + relu) and the choice among them, the
+  one seam the model calls; the model's maths does not depend on which runs. `triton_kernels` holds the
+  hand-written Triton kernels it chooses on CUDA at inference (training keeps PyTorch's forms).
 - `to_inference_dtype` casts the parameters to bf16 (or fp16), which is faster than autocast:
   autocast converts weights and activations on every call. Positional tables and the prompt
   encoder's random Fourier matrix stay in fp32, and mask logits come back in fp32.
