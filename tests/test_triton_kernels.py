@@ -31,10 +31,12 @@ CHECKS = textwrap.dedent(
             return interpreter.TensorHandle(rounded, tl.bfloat16)
         return truncating_cast(self, src, dst_type)
     interpreter.InterpreterBuilder.cast_impl = rounding_cast
+    from sam2rt.model.hiera import Hiera
     from sam2rt.model.layers import LayerNorm2d
     from sam2rt.model.memory_attention import MemoryAttention
     from sam2rt.model.memory_encoder import MaskDownSampler
     from sam2rt.model.positional import rotary_tables
+    from sam2rt.model.variants import HieraSpec
     from sam2rt.runtime import kernels, triton_kernels
 
     def relative(got, want):  # the largest difference in units of the value's size (at least 1)
@@ -54,12 +56,13 @@ CHECKS = textwrap.dedent(
         return out
     triton_kernels.rotate_pairs = counted
 
-    norm_launches = 0
+    norm_launches = cropped_launches = 0
     add_layer_norm = triton_kernels.add_layer_norm
-    def counted_norm(*args, **kwargs):
-        global norm_launches
-        out = add_layer_norm(*args, **kwargs)
+    def counted_norm(x, y, *args):
+        global norm_launches, cropped_launches
+        out = add_layer_norm(x, y, *args)
         norm_launches += out is not None
+        cropped_launches += out is not None and not (x.is_contiguous() and y.is_contiguous())
         return out
     triton_kernels.add_layer_norm = counted_norm
 
@@ -91,39 +94,70 @@ CHECKS = textwrap.dedent(
     trained = torch.randn(3, 1, 16, 16, requires_grad=True)  # with autograd: the PyTorch form, which has a backward
     report["rotary with gradients"] = kernels.apply_rotary(trained, cos, sin).requires_grad and launches == before
 
-    blocks = triton_kernels.NORM_ROWS_PER_PROGRAM
-    for channels, tokens in ((256, 2 * blocks + 3), (16, 5)):  # the model's width: 3 programs, the last partial
-        norm = torch.nn.LayerNorm(channels, eps=1e-6)
+    def random_norm(channels, eps=1e-6):  # weights near 1 and biases near 0, not the initial ones and zeros
+        norm = torch.nn.LayerNorm(channels, eps=eps)
         torch.nn.init.normal_(norm.weight, 1.0, 0.5), torch.nn.init.normal_(norm.bias, 0.0, 0.5)
+        return norm
+
+    def check_norm(case, x, y, norm):  # the kernel against PyTorch's add and layer norm
+        with torch.no_grad():
+            total, normed = kernels.add_layer_norm(x, y, norm)
+            want = norm(x + y)
+        report[f"sum equal {case}"] = torch.equal(total, x + y)
+        report[f"norm {case}"] = relative(normed, want)
+        report[f"norm share apart {case}"] = (normed != want).float().mean().item()
+        report[f"norm dense {case}"] = normed.is_contiguous() and total.is_contiguous() and normed.dtype == x.dtype
+        report[f"norm shape {case}"] = normed.shape == total.shape == (x + y).shape
+
+    # The memory attention's 256 channels and Hiera's 96 and 384 (blocks of 128 and 512, lanes past C masked): 3
+    # programs, the last partial; 16, and 12 in a block of 16, 5 tokens in one program
+    rows = triton_kernels.norm_rows_per_program
+    widths = [(channels, 2 * rows(channels) + 3) for channels in (256, 96, 384)] + [(16, 5), (12, 5)]
+    for channels, tokens in widths:
+        norm = random_norm(channels)
         for dtype in (torch.float32, torch.bfloat16):
             norm = norm.to(dtype)
             for x_batch in (1, 3):  # one frame shared by 3 objects, and one per object
                 x = torch.randn(x_batch, tokens, channels, dtype=dtype) * 4 + 1
                 y = torch.randn(3, tokens, channels, dtype=dtype)
-                with torch.no_grad():
-                    total, normed = kernels.add_layer_norm(x, y, norm)
-                    want = norm(x + y)
-                case = f"{channels} {str(dtype).split('.')[-1]} x batch {x_batch}"
-                report[f"sum equal {case}"] = torch.equal(total, x + y)
-                report[f"norm {case}"] = relative(normed, want)
-                report[f"norm share apart {case}"] = (normed != want).float().mean().item()
-                report[f"norm dense {case}"] = normed.is_contiguous() and normed.dtype == dtype
+                check_norm(f"{channels} {str(dtype).split('.')[-1]} x batch {x_batch}", x, y, norm)
+
+    # Hiera's maps (B, H, W, C): dense, or cropped from a map padded to its windows (lines 9 tokens apart)
+    norm = random_norm(96)
+    for dtype in (torch.float32, torch.bfloat16):
+        norm = norm.to(dtype)
+        name = str(dtype).split(".")[-1]
+        dense = torch.randn(2, 5, 7, 96, dtype=dtype) * 4 + 1
+        cropped = torch.randn(2, 6, 9, 96, dtype=dtype)[:, :5, :7]
+        shared = torch.randn(1, 5, 7, 96, dtype=dtype)
+        other_cropped = torch.randn(2, 7, 8, 96, dtype=dtype)[:, 1:6, 1:]
+        maps = {"dense": (dense, cropped.contiguous()), "cropped": (dense, cropped)}
+        maps.update({"shared cropped": (shared, cropped), "both cropped": (other_cropped, cropped)})
+        for layout, (x, y) in maps.items():
+            check_norm(f"map {layout} {name}", x, y, norm)
+    report["norm cropped launches"] = cropped_launches
     report["norm launches"] = norm_launches
 
-    norm = torch.nn.LayerNorm(12)
-    x, y = torch.randn(2, 5, 12), torch.randn(2, 5, 12)
-    report["norm odd channels declined"] = triton_kernels.add_layer_norm(x, y, norm.weight, norm.bias, 1e-5) is None
+    wide = torch.nn.LayerNorm(triton_kernels.NORM_MAX_CHANNELS + 1)
+    x, y = torch.randn(1, 2, wide.weight.shape[0]), torch.randn(1, 2, wide.weight.shape[0])
+    report["norm wide declined"] = triton_kernels.add_layer_norm(x, y, wide.weight, wide.bias, 1e-5) is None
     with torch.no_grad():
-        total, normed = kernels.add_layer_norm(x, y, norm)
-    report["norm odd channels"] = torch.equal(total, x + y) and torch.equal(normed, norm(x + y))
+        total, normed = kernels.add_layer_norm(x, y, wide)
+    report["norm wide"] = torch.equal(total, x + y) and torch.equal(normed, wide(x + y))
     norm = torch.nn.LayerNorm(16)
     x, y = torch.randn(2, 5, 16), torch.randn(2, 5, 16)
+    transposed = torch.randn(2, 5, 7, 16).transpose(1, 2)  # (2, 7, 5, 16): a line's tokens 7 x 16 values apart
     declined = (
         triton_kernels.add_layer_norm(x, y.bfloat16(), norm.weight, norm.bias, 1e-5),  # dtypes differ
         triton_kernels.add_layer_norm(x, torch.randn(2, 5, 32)[..., ::2], norm.weight, norm.bias, 1e-5),  # strided
         triton_kernels.add_layer_norm(x, y, None, None, 1e-5),  # no affine parameters
+        triton_kernels.add_layer_norm(transposed.contiguous(), transposed, norm.weight, norm.bias, 1e-5),
+        triton_kernels.add_layer_norm(x, y[:, None], norm.weight, norm.bias, 1e-5),  # 3-d and 4-d
     )
     report["norm layouts declined"] = all(out is None for out in declined)
+    with torch.no_grad():
+        total, normed = kernels.add_layer_norm(transposed.contiguous(), transposed, norm)
+    report["norm transposed"] = torch.equal(normed, norm(transposed.contiguous() + transposed))
     before = norm_launches
     total, normed = kernels.add_layer_norm(x, y, norm)  # with autograd: the PyTorch form, which has a backward
     report["norm with gradients"] = normed.requires_grad and norm_launches == before
@@ -151,6 +185,32 @@ CHECKS = textwrap.dedent(
     fused, plain = attend(attention, torch.bfloat16, **inputs)
     report["attention bf16"] = relative(fused, plain)
     report["attention bf16 share apart"] = (fused != plain).float().mean().item()
+
+    # A small Hiera: widths 12, 24, 48 and 96 on maps of 16x16 to 2x2; windows that do not tile the maps of stages 3 and
+    # 4 (4x4 in windows of 6, 2x2 in windows of 3), whose blocks add a map cropped from the padded one
+    spec = HieraSpec(12, 1, (1, 2, 3, 2), global_attention_blocks=(5,), window_sizes=(4, 2, 6, 3), pos_embed_grid=4)
+    hiera = Hiera(spec).eval()
+    for module in hiera.modules():
+        if isinstance(module, torch.nn.LayerNorm):
+            torch.nn.init.normal_(module.weight, 1.0, 0.5), torch.nn.init.normal_(module.bias, 0.0, 0.5)
+    torch.nn.init.normal_(hiera.pos_embed, 0.0, 0.5), torch.nn.init.normal_(hiera.pos_embed_window, 0.0, 0.5)
+    images = torch.randn(2, 3, 64, 64)
+    find = kernels._triton_kernels
+    for dtype in (torch.float32, torch.bfloat16):
+        name = str(dtype).split(".")[-1]
+        hiera = hiera.to(dtype)
+        with torch.no_grad():
+            before, before_cropped = norm_launches, cropped_launches
+            fused = torch.cat([out.flatten() for out in hiera(images.to(dtype))]).float()
+            report[f"hiera launches {name}"] = norm_launches - before
+            report[f"hiera cropped launches {name}"] = cropped_launches - before_cropped
+            kernels._triton_kernels = lambda x: None
+            plain = torch.cat([out.flatten() for out in hiera(images.to(dtype))]).float()
+            kernels._triton_kernels = find
+        report[f"hiera {name}"] = relative(fused, plain)
+        report[f"hiera share apart {name}"] = (fused != plain).float().mean().item()
+        report[f"hiera scale {name}"] = plain.abs().max().item()
+    report["hiera blocks"] = len(hiera.blocks)
 
     channel_launches = 0
     channel_norm_gelu = triton_kernels.channel_norm_gelu
@@ -277,7 +337,9 @@ def test_layouts_the_kernel_cannot_take_fall_back(report):
 
 def test_memory_attention_with_the_kernel_equals_without(report):
     assert report["attention launches"] == 2 * 4  # per layer: queries and keys of the self- and the cross-attention
-    assert report["attention norm launches"] == 2 * 2  # per layer: the sums before norm2 and norm3
+    # per layer: the sums before norm2 and norm3, and its last sum with the next layer's norm1 (or the final norm); only
+    # the first layer's norm1 runs alone
+    assert report["attention norm launches"] == 2 * 3
     assert report["attention scale"] > 0.1
     assert report["attention"] < 1e-5 * max(1.0, report["attention scale"])
     # bf16: a value one rounding step apart may carry into later layers; at most 2^-7 of max(1, |value|) in at most
@@ -285,19 +347,37 @@ def test_memory_attention_with_the_kernel_equals_without(report):
     assert report["attention bf16"] <= 2**-7 and report["attention bf16 share apart"] <= 0.01
 
 
+def test_hiera_with_the_kernel_equals_without(report):
+    for dtype in ("float32", "bfloat16"):
+        assert report[f"hiera launches {dtype}"] == report["hiera blocks"] == 8  # each block's sum and norm2
+        # stage 3's windowed block (4x4 in windows of 6) and stage 4's two (the first pools 4x4 in windows of 6 to 2x2
+        # in 3s; then 2x2 in windows of 3): `out` cropped from the padded map, read where it lies
+        assert report[f"hiera cropped launches {dtype}"] == 3
+        assert report[f"hiera scale {dtype}"] > 0.1
+    assert report["hiera float32"] < 1e-5  # relative to max(1, |value|): fp32 statistics summed in another order
+    # bf16: a norm one rounding step apart carries through the blocks after it; at most 2^-7 of max(1, |value|) in at
+    # most 1% of the outputs of the four stages (seen: equal)
+    assert report["hiera bfloat16"] <= 2**-7 and report["hiera share apart bfloat16"] <= 0.01
+
+
 NORM_CASES = [
     f"{channels} {dtype} x batch {batch}"
-    for channels in (256, 16)
+    for channels in (256, 96, 384, 16, 12)
     for dtype in ("float32", "bfloat16")
     for batch in (1, 3)
+] + [
+    f"map {layout} {dtype}"
+    for layout in ("dense", "cropped", "shared cropped", "both cropped")
+    for dtype in ("float32", "bfloat16")
 ]
 
 
 def test_residual_sum_and_layer_norm_equal_the_pytorch_form(report):
-    assert report["norm launches"] == len(NORM_CASES)  # the kernel ran for each, x broadcast or not
+    assert report["norm launches"] == len(NORM_CASES)  # the kernel ran for each: any width, x broadcast, maps cropped
+    assert report["norm cropped launches"] == 3 * 2  # the maps with a cropped side, fp32 and bf16
     for case in NORM_CASES:
         assert report[f"sum equal {case}"], case  # rounded to the dtype once, as PyTorch's sum is
-        assert report[f"norm dense {case}"], case
+        assert report[f"norm dense {case}"] and report[f"norm shape {case}"], case
         if "float32" in case:
             assert report[f"norm {case}"] < 1e-6, case  # fp32 statistics summed in another order
         else:  # at most one bf16 rounding step (2^-7 of max(1, |value|)) in at most 1% of the elements
@@ -305,8 +385,8 @@ def test_residual_sum_and_layer_norm_equal_the_pytorch_form(report):
 
 
 def test_residual_sums_the_kernel_cannot_take_fall_back(report):
-    assert report["norm odd channels declined"] and report["norm odd channels"]
-    assert report["norm layouts declined"]
+    assert report["norm wide declined"] and report["norm wide"]  # more channels than a block holds
+    assert report["norm layouts declined"] and report["norm transposed"]
 
 
 def test_training_runs_the_pytorch_forms_which_have_a_backward(report):

@@ -67,19 +67,23 @@ class MemoryAttentionLayer(nn.Module):
     def forward(
         self,
         x: Tensor,
+        normed: Tensor,
         memory: Tensor,
         memory_keys: Tensor,
         rope: tuple[Tensor, Tensor],
         memory_rope: Optional[tuple[Tensor, Tensor]],
         rotary_frames: int,
         key_mask: Optional[Tensor],
-    ) -> Tensor:
-        normed = self.norm1(x)
+    ) -> tuple[Tensor, Tensor]:
+        """The layer on the residual stream x (1 or B, N, C) and its `norm1(x)`, `normed`, which the caller computed
+        with the sum that made x. Returns the stream before the layer's last residual sum and the MLP's output to add
+        to it (both (B, N, C)): the caller adds them with the norm after them, the next layer's norm1 or the final
+        norm, in one pass."""
         # Each residual sum and the norm after it in one pass over the (B, N, C) tokens on CUDA.
         x, normed = add_layer_norm(x, self.self_attn(normed, normed, normed, rope, rotary_frames=1), self.norm2)
         attended = self.cross_attn_image(normed, memory_keys, memory, rope, rotary_frames, key_mask, memory_rope)
         x, normed = add_layer_norm(x, attended, self.norm3)  # x of batch 1 (the first layer) broadcast over objects
-        return x + self.linear2(linear_relu(normed, self.linear1))
+        return x, self.linear2(linear_relu(normed, self.linear1))
 
 
 class MemoryAttention(nn.Module):
@@ -129,6 +133,10 @@ class MemoryAttention(nn.Module):
         memory_keys = memory + memory_pos
         rope = (self.rope_cos, self.rope_sin)
         memory_rope = None if self.shares_rope else (self.memory_rope_cos, self.memory_rope_sin)
-        for layer in self.layers:
-            x = layer(x, memory, memory_keys, rope, memory_rope, spatial_frames, key_mask)
-        return self.norm(x)
+        # Each layer's last sum and the norm that reads it, the next layer's norm1 or the final norm, in one call.
+        norms = [layer.norm1 for layer in self.layers] + [self.norm]
+        normed = norms[0](x)
+        for layer, next_norm in zip(self.layers, norms[1:]):
+            x, update = layer(x, normed, memory, memory_keys, rope, memory_rope, spatial_frames, key_mask)
+            x, normed = add_layer_norm(x, update, next_norm)
+        return normed

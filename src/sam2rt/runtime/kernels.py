@@ -246,12 +246,13 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor, out: Optional[Tensor] = No
 
 def add_layer_norm(x: Tensor, y: Tensor, norm: nn.LayerNorm) -> tuple[Tensor, Tensor]:
     """`(x + y, norm(x + y))`: a residual sum and its layer norm, for x and y (1 or B, N, C) (x of batch 1 is one
-    frame's tokens shared by every object). On CUDA one Triton kernel reads x and y once and writes both, where
-    PyTorch's add writes the sum and its layer norm reads it back (16 objects, tiny, bf16, graphs, H100: layer
-    norms 2.09 ms and bf16 adds about 2.4 ms of a step, mostly the memory attention's). (16, 4096, 256) in bf16,
-    H100, graphed: 0.046 ms against 0.119 (0.036 against 0.130 with x of batch 1), 2.8-3.0 TB/s. The same sum
-    either way; the norm's fp32 statistics are summed in another order: 0.002% of its bf16 values one rounding
-    step apart."""
+    frame's tokens shared by every object) or Hiera's channels-last maps (B, H, W, C); the results of that shape. On
+    CUDA one Triton kernel reads x and y once and writes both, where PyTorch's add writes the sum and its layer norm
+    reads it back (16 objects, tiny, bf16, graphs, H100: layer norms 2.09 ms and bf16 adds about 2.4 ms of a step,
+    mostly the memory attention's). (16, 4096, 256) in bf16, H100, graphed: 0.046 ms against 0.119 (0.036 against
+    0.130 with x of batch 1), 2.8-3.0 TB/s. Any C up to 4096 (Hiera's 96 to 1152); a map cropped from a padded one
+    (Hiera's windowed blocks) is read where it lies, a line of tokens at a time. The same sum either way; the norm's
+    fp32 statistics are summed in another order: 0.002% of its bf16 values one rounding step apart (C=256)."""
     fused = None if _traced() or _needs_gradients(x, y, norm.weight, norm.bias) else _triton_kernels(x)
     if fused is not None:
         done = fused.add_layer_norm(x, y, norm.weight, norm.bias, norm.eps)
