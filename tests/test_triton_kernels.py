@@ -15,6 +15,7 @@ pytest.importorskip("triton")
 
 CHECKS = textwrap.dedent(
     """
+    import collections
     import json
     import numpy as np
     import torch
@@ -47,24 +48,18 @@ CHECKS = textwrap.dedent(
         a, b = pairs[..., 0], pairs[..., 1]
         return torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2).to(x.dtype)
 
-    launches = 0
-    rotate_pairs = triton_kernels.rotate_pairs
-    def counted(*args, **kwargs):
-        global launches
-        out = rotate_pairs(*args, **kwargs)
-        launches += out is not None
-        return out
-    triton_kernels.rotate_pairs = counted
-
-    norm_launches = cropped_launches = 0
-    add_layer_norm = triton_kernels.add_layer_norm
-    def counted_norm(x, y, *args):
-        global norm_launches, cropped_launches
-        out = add_layer_norm(x, y, *args)
-        norm_launches += out is not None
-        cropped_launches += out is not None and not (x.is_contiguous() and y.is_contiguous())
-        return out
-    triton_kernels.add_layer_norm = counted_norm
+    launches = collections.Counter()  # each kernel's launches (a wrapper's None: the PyTorch form ran)
+    def count_launches(name):
+        kernel = getattr(triton_kernels, name)
+        def counted(*args, **kwargs):
+            out = kernel(*args, **kwargs)
+            launches[name] += out is not None
+            if name == "add_layer_norm":  # x or y a view cropped from a padded map (Hiera's windows)
+                launches["cropped"] += out is not None and not (args[0].is_contiguous() and args[1].is_contiguous())
+            return out
+        setattr(triton_kernels, name, counted)
+    for name in ("rotate_pairs", "add_layer_norm", "channel_norm_gelu"):
+        count_launches(name)
 
     torch.manual_seed(0)
     cos, sin = rotary_tables(16, 4)  # 16 tokens, 8 pairs
@@ -82,7 +77,7 @@ CHECKS = textwrap.dedent(
         report[f"frames in place {name}"] = relative(written, expected)
         report[f"pointers kept {name}"] = torch.equal(keys[:, :, 48:], pointers)
         report[f"written in place {name}"] = written.data_ptr() == keys.data_ptr()
-    report["launches"] = launches
+    report["launches"] = launches["rotate_pairs"]
 
     odd = torch.randn(2, 16, 12)  # 6 pairs: no power-of-two block of channels, the PyTorch form runs
     odd_cos, odd_sin = rotary_tables(12, 4)
@@ -90,9 +85,9 @@ CHECKS = textwrap.dedent(
     report["odd channels"] = (kernels.apply_rotary(odd, odd_cos, odd_sin) - reference(odd, odd_cos, odd_sin)).abs().max().item()
     strided = torch.randn(2, 16, 32)[..., ::2]  # channels 2 apart: no dense rows
     report["strided declined"] = triton_kernels.rotate_pairs(strided, cos, sin) is None
-    before = launches
+    before = launches["rotate_pairs"]
     trained = torch.randn(3, 1, 16, 16, requires_grad=True)  # with autograd: the PyTorch form, which has a backward
-    report["rotary with gradients"] = kernels.apply_rotary(trained, cos, sin).requires_grad and launches == before
+    report["rotary with gradients"] = kernels.apply_rotary(trained, cos, sin).requires_grad and launches["rotate_pairs"] == before
 
     def random_norm(channels, eps=1e-6):  # weights near 1 and biases near 0, not the initial ones and zeros
         norm = torch.nn.LayerNorm(channels, eps=eps)
@@ -135,8 +130,8 @@ CHECKS = textwrap.dedent(
         maps.update({"shared cropped": (shared, cropped), "both cropped": (other_cropped, cropped)})
         for layout, (x, y) in maps.items():
             check_norm(f"map {layout} {name}", x, y, norm)
-    report["norm cropped launches"] = cropped_launches
-    report["norm launches"] = norm_launches
+    report["norm cropped launches"] = launches["cropped"]
+    report["norm launches"] = launches["add_layer_norm"]
 
     wide = torch.nn.LayerNorm(triton_kernels.NORM_MAX_CHANNELS + 1)
     x, y = torch.randn(1, 2, wide.weight.shape[0]), torch.randn(1, 2, wide.weight.shape[0])
@@ -158,9 +153,9 @@ CHECKS = textwrap.dedent(
     with torch.no_grad():
         total, normed = kernels.add_layer_norm(transposed.contiguous(), transposed, norm)
     report["norm transposed"] = torch.equal(normed, norm(transposed.contiguous() + transposed))
-    before = norm_launches
+    before = launches["add_layer_norm"]
     total, normed = kernels.add_layer_norm(x, y, norm)  # with autograd: the PyTorch form, which has a backward
-    report["norm with gradients"] = normed.requires_grad and norm_launches == before
+    report["norm with gradients"] = normed.requires_grad and launches["add_layer_norm"] == before
 
     def attend(attention, dtype, **tensors):  # (with the kernels, with the PyTorch forms only)
         attention = attention.to(dtype)
@@ -176,10 +171,10 @@ CHECKS = textwrap.dedent(
     attention = MemoryAttention(d_model=16, memory_dim=8, feature_size=4, num_layers=2).eval()
     inputs = dict(image=torch.randn(1, 16, 16), image_pos=torch.randn(1, 16, 16))
     inputs.update(memory=torch.randn(2, 3 * 16 + 4, 8), memory_pos=torch.randn(2, 3 * 16 + 4, 8))
-    before, before_norm = launches, norm_launches
+    before, before_norm = launches["rotate_pairs"], launches["add_layer_norm"]
     fused, plain = attend(attention, torch.float32, **inputs)
-    report["attention launches"] = launches - before
-    report["attention norm launches"] = norm_launches - before_norm
+    report["attention launches"] = launches["rotate_pairs"] - before
+    report["attention norm launches"] = launches["add_layer_norm"] - before_norm
     report["attention"] = (fused - plain).abs().max().item()
     report["attention scale"] = plain.abs().max().item()
     fused, plain = attend(attention, torch.bfloat16, **inputs)
@@ -200,10 +195,10 @@ CHECKS = textwrap.dedent(
         name = str(dtype).split(".")[-1]
         hiera = hiera.to(dtype)
         with torch.no_grad():
-            before, before_cropped = norm_launches, cropped_launches
+            before, before_cropped = launches["add_layer_norm"], launches["cropped"]
             fused = torch.cat([out.flatten() for out in hiera(images.to(dtype))]).float()
-            report[f"hiera launches {name}"] = norm_launches - before
-            report[f"hiera cropped launches {name}"] = cropped_launches - before_cropped
+            report[f"hiera launches {name}"] = launches["add_layer_norm"] - before
+            report[f"hiera cropped launches {name}"] = launches["cropped"] - before_cropped
             kernels._triton_kernels = lambda x: None
             plain = torch.cat([out.flatten() for out in hiera(images.to(dtype))]).float()
             kernels._triton_kernels = find
@@ -212,14 +207,6 @@ CHECKS = textwrap.dedent(
         report[f"hiera scale {name}"] = plain.abs().max().item()
     report["hiera blocks"] = len(hiera.blocks)
 
-    channel_launches = 0
-    channel_norm_gelu = triton_kernels.channel_norm_gelu
-    def counted_channels(*args, **kwargs):
-        global channel_launches
-        out = channel_norm_gelu(*args, **kwargs)
-        channel_launches += out is not None
-        return out
-    triton_kernels.channel_norm_gelu = counted_channels
 
     def plain_norm(x, norm, gelu):  # LayerNorm2d then nn.GELU, as the downsampler ran them
         normed = norm(x)
@@ -255,7 +242,7 @@ CHECKS = textwrap.dedent(
                 pytorch_bf16 = plain_norm(bf16_x, bf16_norm, gelu)  # rounds to bf16 after each of its ops
                 report[f"channels {case} error"] = (got.double() - exact).abs().mean().item()
                 report[f"channels {case} pytorch bf16 error"] = (pytorch_bf16.double() - exact).abs().mean().item()
-    report["channel launches"] = channel_launches
+    report["channel launches"] = launches["channel_norm_gelu"]
 
     norm = LayerNorm2d(12)
     x = torch.randn(2, 12, 5, 5)
@@ -271,12 +258,12 @@ CHECKS = textwrap.dedent(
     declined = [triton_kernels.channel_norm_gelu(t, norm.weight, norm.bias, 1e-6, True) for t in (last, strided)]
     report["channels layouts declined"] = all(out is None for out in declined)
     with torch.no_grad():
-        before = channel_launches
+        before = launches["channel_norm_gelu"]
         same = [torch.equal(kernels.layer_norm_2d(t, norm, True), plain_norm(t, norm, True)) for t in (last, strided)]
-    report["channels layouts"] = all(same) and channel_launches == before
-    before = channel_launches
+    report["channels layouts"] = all(same) and launches["channel_norm_gelu"] == before
+    before = launches["channel_norm_gelu"]
     trained = kernels.layer_norm_2d(x, norm, True)  # parameters that learn, with autograd: the PyTorch form
-    report["channels with gradients"] = trained.requires_grad and channel_launches == before
+    report["channels with gradients"] = trained.requires_grad and launches["channel_norm_gelu"] == before
 
     downsampler = MaskDownSampler(embed_dim=32).eval()
     for module in downsampler.encoder:
@@ -288,9 +275,9 @@ CHECKS = textwrap.dedent(
     for dtype in (torch.float32, torch.bfloat16):
         downsampler = downsampler.to(dtype)
         with torch.no_grad():
-            before = channel_launches
+            before = launches["channel_norm_gelu"]
             fused = downsampler(mask.to(dtype)).float()
-            launched = channel_launches - before
+            launched = launches["channel_norm_gelu"] - before
             kernels._triton_kernels = lambda x: None
             plain = downsampler(mask.to(dtype)).float()
             kernels._triton_kernels = find
