@@ -9,7 +9,8 @@ exports take them unchanged.
 The sessions with a phrase that have a new frame in one tick share one backbone pass, the biggest part of a
 frame's work (SAM 3's ViT at 1008 px): `encoding_groups` puts together the sessions whose trackers encode alike
 (at most PHRASE_FRAMES_PER_PASS a pass), `encode_frames` runs the trunk once over their frames (of any sizes), and
-each session's tracker steps on its own frame's part (`SessionPhrase.step_encoded`). The rest of a step (the
+each session's tracker steps on its own frame's part (`SessionPhrase.step_encoded`): the scheduler runs a tick's
+phrase sessions through `phrase_groups` and `step_phrase_group`, and publishes each result. The rest of a step (the
 detector, propagation, association, memory) still runs one session at a time: batching it too would need a pool of
 concept streams, the detector over a batch of (frame, phrase) pairs and one propagation over every session's
 tracks with their memory rings in one arena, while ConceptTracker steps one stream.
@@ -17,18 +18,22 @@ tracks with their memory rings in one arena, while ConceptTracker steps one stre
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional, Sequence
+import logging
+from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence
 
 import torch
 
 from ..tracking.concepts import ConceptFrame, ConceptTracker, EncodedConceptFrame
 from ..tracking.download import PendingFrame, start_copies
-from .protocol import MAX_OBJECT_ID
+from .protocol import MAX_OBJECT_ID, ReceivedFrame, error_message
+from .sessions import Session
 
 NO_SAM3 = (
     "this server has no SAM 3 model, so it cannot find objects by text: start it with `sam2rt serve --sam3` "
     "(SAM 3's sam3.pt from the Hugging Face cache) or `--sam3-checkpoint sam3.pt`"
 )
+
+log = logging.getLogger("sam2rt.serve")
 
 
 # A pass's frames stay encoded until its last session has stepped (about 66 MB a frame at 1008 px in bf16), and the
@@ -103,6 +108,13 @@ class SessionPhrase:
         """`step` on the next frame already encoded (`encode_frames`, by a tracker that encodes like this one)."""
         return self._published(self.tracker.step_encoded(encoded))
 
+    def shown(self, pixels: Callable[[], Any]) -> tuple[int, PendingFrame]:
+        """`step`'s result for the frame shown: a new phrase's tracker steps on it (`pixels()`, its (H, W, 3) uint8
+        RGB); a phrase already tracked there gives it again (after an object is hidden)."""
+        if self.last is None:  # nothing tracked yet: this frame is its first
+            return self.step(pixels())
+        return self.last.frame_idx, self.pending(self.last)
+
     def _published(self, found: ConceptFrame) -> tuple[int, PendingFrame]:
         """The tracker's newest frame, kept to show again and turned into the publisher's result."""
         self.last = found
@@ -159,3 +171,36 @@ def encode_frames(phrases: Sequence[SessionPhrase], images: Sequence[Any]) -> li
     if not all(first.encodes_like(phrase.tracker) for phrase in phrases):
         raise ValueError("one backbone pass serves trackers that encode alike only (see encoding_groups)")
     return first.encode_batch(images)
+
+
+def phrase_groups(frames: dict[Session, ReceivedFrame]) -> list[dict[Session, ReceivedFrame]]:
+    """A tick's sessions with a phrase and their new frames, in the groups that one backbone pass encodes each
+    (`encoding_groups`)."""
+    sessions = list(frames)
+    groups = encoding_groups([session.phrase for session in sessions])
+    return [{sessions[i]: frames[sessions[i]] for i in group} for group in groups]
+
+
+def step_phrase_group(
+    group: dict[Session, ReceivedFrame],
+) -> Iterator[tuple[Session, ReceivedFrame, int, PendingFrame]]:
+    """One backbone pass over a group's frames (one of `phrase_groups`), then each session's step on its part: the
+    session, its frame, the tracker's frame index and the masks on their way to the CPU, yielded before the next
+    session steps so that the caller publishes each at once. A pass that fails (a frame that is not an image, memory)
+    leaves each session to encode its own frame, so that a failure is told to its session alone (and not yielded)
+    and the others' results go out as they would."""
+    encoded: list[Any] = [None] * len(group)  # None: the session's step encodes its frame itself
+    if len(group) > 1:
+        try:
+            encoded = encode_frames([session.phrase for session in group], [f.image for f in group.values()])
+        except Exception:
+            log.warning("encoding %d sessions' frames in one pass failed: one by one", len(group), exc_info=True)
+    for (session, frame), own in zip(group.items(), encoded):
+        try:
+            phrase = session.phrase
+            index, pending = phrase.step(frame.image) if own is None else phrase.step_encoded(own)
+        except Exception:
+            log.exception("tracking the phrase of session %s failed", session.id[:6])
+            session.deliver(error_message("internal error while tracking the phrase (see the server log)"), None)
+            continue
+        yield session, frame, index, pending

@@ -11,10 +11,9 @@ A prompt names the frame the user clicked on. When that frame is no longer the s
 (the stream went on while the click travelled), it is stepped again from the frames the session
 holds, so that it becomes the newest and the prompt lands on the pixels the user saw.
 
-A session with a phrase (SAM 3, concepts.py) is not stepped in the pool: after the pool's pass, the new frames
-of the tick's sessions with a phrase are encoded in one backbone pass (up to PHRASE_FRAMES_PER_PASS a pass), then
-each session's ConceptTracker steps on its own frame, one session at a time; a phrase set on a session that has a
-frame is tracked on that frame at once, so that a paused or ended view shows the instances too.
+A session with a phrase (SAM 3) is not stepped in the pool: after the pool's pass, concepts.py steps the tick's
+phrase sessions on their new frames (a backbone pass shared); a phrase set on a session that has a frame is
+tracked on that frame at once, so that a paused or ended view shows the instances too.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ import numpy as np
 from ..runtime.graphs import release_graphs
 from ..tracking.download import PendingFrame, start_download
 from ..tracking.stream import FrameResult
-from .concepts import NO_SAM3, ConceptModels, SessionPhrase, encode_frames, encoding_groups
+from .concepts import NO_SAM3, ConceptModels, SessionPhrase, phrase_groups, step_phrase_group
 from .protocol import (
     MAX_OBJECTS,
     PromptRequest,
@@ -252,40 +251,20 @@ class Scheduler:
             self.observer.observe_stage("engine", engine_seconds)
 
     def _step_phrases(self, phrases: dict[Session, ReceivedFrame]) -> None:
-        """The phrases' instances on their sessions' new frames: one backbone pass per group of sessions whose
-        trackers encode alike, then each session's tracker on its own frame."""
-        sessions = list(phrases)
-        for group in encoding_groups([session.phrase for session in sessions]):
-            self._step_phrase_group({sessions[i]: phrases[sessions[i]] for i in group})
-
-    def _step_phrase_group(self, group: dict[Session, ReceivedFrame]) -> None:
-        """One backbone pass over the group's frames, then each session's step on its part. A pass that fails (a
-        frame that is not an image, memory) leaves each session to encode its own frame, so that a failure is told
-        to its session alone and the others' results go out as they would."""
-        start = time.monotonic()
-        encoded: list[Any] = [None] * len(group)  # None: the session's step encodes its frame itself
-        if len(group) > 1:
-            try:
-                encoded = encode_frames([session.phrase for session in group], [f.image for f in group.values()])
-            except Exception:
-                log.warning("encoding %d sessions' frames in one pass failed: one by one", len(group), exc_info=True)
-        stepped = 0
-        for (session, frame), own in zip(group.items(), encoded):
-            try:
-                phrase = session.phrase
-                index, pending = phrase.step(frame.image) if own is None else phrase.step_encoded(own)
-            except Exception:
-                log.exception("tracking the phrase of session %s failed", session.id[:6])
-                session.deliver(error_message("internal error while tracking the phrase (see the server log)"), None)
-                continue
-            session.newest = frame.frame_id
-            session.stats.frame_done(frame.arrived)
-            self._ticks_in_flight.append(self._publish(session, frame, pending, index, prompted=False))
-            self.tracked_total += 1
-            stepped += 1
-        if self.observer is not None and stepped:
-            self.observer.observe_tick(stepped, time.monotonic() - start)
-            self.observer.observe_stage("concepts", time.monotonic() - start)
+        """The phrases' instances on their sessions' new frames, a group of sessions at a time (concepts.py: one
+        backbone pass, then each session's tracker on its own frame), each frame published once its session steps."""
+        for group in phrase_groups(phrases):
+            start = time.monotonic()
+            stepped = 0
+            for session, frame, index, pending in step_phrase_group(group):
+                session.newest = frame.frame_id
+                session.stats.frame_done(frame.arrived)
+                self._ticks_in_flight.append(self._publish(session, frame, pending, index, prompted=False))
+                self.tracked_total += 1
+                stepped += 1
+            if self.observer is not None and stepped:
+                self.observer.observe_tick(stepped, time.monotonic() - start)
+                self.observer.observe_stage("concepts", time.monotonic() - start)
 
     # Requests
 
@@ -347,19 +326,15 @@ class Scheduler:
             self._track_phrase_on_newest(session)
 
     def _track_phrase_on_newest(self, session: Session) -> None:
-        """Show the phrase's objects (or none, once it is cleared) on the frame shown, without waiting for the next:
-        a new phrase's tracker steps on it; a phrase already tracked there publishes it again (an object hidden)."""
+        """Show the phrase's objects (or none, once it is cleared) on the frame shown, without waiting for the next
+        (`SessionPhrase.shown`: a new phrase's tracker steps on it; one tracked there gives it again)."""
         frame = session.recalled(session.newest) if session.newest is not None else None
         if frame is None:
             return
-        phrase = session.phrase
-        if phrase is None:
+        if session.phrase is None:
             self._publish(session, frame, PendingFrame([]), -1, prompted=True)
             return
-        if phrase.last is None:  # nothing tracked yet: this frame is its first
-            index, pending = phrase.step(self._pixels(session, frame))
-        else:
-            index, pending = phrase.last.frame_idx, phrase.pending(phrase.last)
+        index, pending = session.phrase.shown(lambda: self._pixels(session, frame))
         self._publish(session, frame, pending, index, prompted=True)
 
     def _pixels(self, session: Session, frame: ReceivedFrame) -> np.ndarray:
