@@ -26,7 +26,9 @@ from image import timed  # noqa: E402
 from test_memory_arena import Unpooled  # noqa: E402 - a ring seen without its arena: stacked slot by slot
 
 from sam2rt.model.variants import ModelConfig, get_variant  # noqa: E402
-from sam2rt.tracking.memory_bank import MemoryArena, RingMemory, gather  # noqa: E402
+from sam2rt.tracking.memory_arena import MemoryArena  # noqa: E402
+from sam2rt.tracking.memory_gather import gather  # noqa: E402
+from sam2rt.tracking.object_memory import RingMemory  # noqa: E402
 
 
 class _CountOps(TorchDispatchMode):

@@ -10,7 +10,9 @@ import torch
 
 import sam2rt
 from sam2rt.model.variants import ModelConfig, get_variant
-from sam2rt.tracking.memory_bank import MemoryArena, RingMemory, gather
+from sam2rt.tracking.memory_arena import MemoryArena
+from sam2rt.tracking.memory_gather import gather
+from sam2rt.tracking.object_memory import RingMemory
 
 CONFIG = ModelConfig(get_variant("sam2.1_hiera_tiny"), 64)
 TOKENS = CONFIG.feature_size**2

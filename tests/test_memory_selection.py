@@ -11,8 +11,10 @@ import torch
 from oracle_sam3 import sam3_modules
 
 from sam2rt.model.variants import ModelConfig, get_variant
-from sam2rt.tracking.memory_bank import MemoryArena, ObjectOutput, OutputArchive, ScoredRingMemory, gather, new_ring
+from sam2rt.tracking.memory_arena import MemoryArena
+from sam2rt.tracking.memory_gather import gather
 from sam2rt.tracking.memory_selection import MemoryScore, group_score, memory_frames, object_scores, score_factors
+from sam2rt.tracking.object_memory import ObjectOutput, OutputArchive, ScoredRingMemory, new_ring
 
 CONFIG = ModelConfig(get_variant("sam2.1_hiera_tiny"), 64)
 TOKENS = CONFIG.feature_size**2

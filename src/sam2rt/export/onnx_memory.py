@@ -1,4 +1,4 @@
-"""One object's memory for the ONNX runner, in numpy: the bookkeeping of `tracking.memory_bank`'s RingMemory
+"""One object's memory for the ONNX runner, in numpy: the bookkeeping of `tracking.object_memory`'s RingMemory
 and `gather`, for one stream, without PyTorch.
 
 Slots: `max_cond_frames` prompted frames (the first prompt kept, the oldest other evicted), the spatial

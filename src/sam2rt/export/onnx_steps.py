@@ -83,7 +83,7 @@ class MaskPromptStep(nn.Module):
 class MemoryAttentionStep(nn.Module):
     """The frame's features (1, C, h, w) conditioned on each object's memory -> (B, C, h, w).
 
-    The memory comes in a fixed number of slots, as `tracking.memory_bank.gather` packs it: spatial (B, F, N,
+    The memory comes in a fixed number of slots, as `tracking.memory_gather.gather` packs it: spatial (B, F, N,
     C_mem) with spatial_tpos (B, F) int64 and spatial_valid (B, F) bool; pointers (B, P, C) with
     pointer_positions (B, P) float and pointer_valid (B, P) bool. Empty slots are masked out of the attention.
     """

@@ -68,8 +68,9 @@ from ..processing.masks import keep_highest_object, small_components
 from ..processing.text import TextTokenizer
 from .concept_plan import ConceptOptions, ConceptPlan, ConceptState, plan_frame
 from .engine import EncodedFrame, TrackingEngine
-from .memory_bank import MemoryArena, RingMemory, new_ring
+from .memory_arena import MemoryArena
 from .memory_selection import MemoryScore, group_score
+from .object_memory import RingMemory, new_ring
 from .options import SAM3_TRACKER_CHANGES, STREAM_OPTIONS, TrackerOptions, tracker_options
 
 PROMPT_MASK_LOGIT = 1024.0  # Meta's NO_OBJ_SCORE, negated: a mask prompt's logits at the frame's size

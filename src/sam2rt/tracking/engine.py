@@ -20,8 +20,9 @@ from ..model.sam2 import ImageFeatures, MaskPrediction, MemoryTokens, SAM2Model
 from ..processing.masks import fill_holes, keep_highest_object
 from ..processing.preprocess import IMAGENET_MEAN, IMAGENET_STD, SAM3_MEAN, SAM3_STD, model_input
 from ..runtime.graphs import graphed_with_model, has_cuda_graphs
-from .memory_bank import MemoryView, ObjectOutput, gather
+from .memory_gather import gather
 from .memory_selection import MemoryScore, object_scores, score_factors
+from .object_memory import MemoryView, ObjectOutput
 from .options import TrackerOptions
 
 OBJECTS_PER_CHUNK = 16

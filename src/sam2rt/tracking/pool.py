@@ -19,7 +19,7 @@ from ..model.sam2 import SAM2Model
 from ..processing.images import ImageLike
 from ..runtime.graphs import captured_graphs, has_cuda_graphs, release_graphs
 from .engine import EncodedFrame, TrackingEngine, bucket
-from .memory_bank import MemoryArena
+from .memory_arena import MemoryArena
 from .options import STREAM_OPTIONS, TrackerOptions, tracker_options
 from .pooled_stream import FrameResult, PooledStream
 

@@ -20,7 +20,8 @@ from torch import Tensor
 from ..processing.images import ImageLike, as_rgb_tensor
 from ..processing.prompts import mask_to_model_frame, object_clicks, object_id
 from .engine import EncodedFrame, TrackingEngine
-from .memory_bank import MemoryArena, ObjectOutput, RingMemory, new_ring
+from .memory_arena import MemoryArena
+from .object_memory import ObjectOutput, RingMemory, new_ring
 
 
 class FrameResult(NamedTuple):

@@ -1,5 +1,5 @@
 """Which slot a prompted frame takes in an object's memory: plain Python, shared by the PyTorch engine
-(memory_bank.RingMemory) and the onnxruntime tracker (export.onnx_memory), which must not import PyTorch."""
+(object_memory.RingMemory) and the onnxruntime tracker (export.onnx_memory), which must not import PyTorch."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ from ..processing.images import as_rgb_tensor
 from ..processing.prompts import frame_index, mask_to_model_frame, object_clicks, object_id
 from .engine import EncodedFrame, TrackingEngine
 from .lookahead import default_lookahead
-from .memory_bank import ObjectOutput, OutputArchive
+from .object_memory import ObjectOutput, OutputArchive
 from .options import VIDEO_OPTIONS, TrackerOptions, tracker_options
 
 
