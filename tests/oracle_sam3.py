@@ -203,6 +203,29 @@ def sam3_modules():
     return sam3
 
 
+def meta_stream_state(meta, images: torch.Tensor, frame_hw: tuple[int, int], phrase: str) -> dict:
+    """Meta's video state (`Sam3VideoInference`) over frames already normalised, `images` (T, 3, S, S) on the
+    model's device, with `phrase` set as its `add_prompt` sets a text prompt (no inference yet); `frame_hw` is the
+    original frames' size. Frames are then run one at a time (`_run_single_frame_inference`); a stream writes each
+    frame into `state["input_batch"].img_batch` before running it."""
+    state = {
+        "image_size": images.shape[-1],
+        "num_frames": images.shape[0],
+        "orig_height": frame_hw[0],
+        "orig_width": frame_hw[1],
+        "constants": {},
+    }
+    meta._construct_initial_input_batch(state, images)
+    state.update(
+        tracker_inference_states=[], tracker_metadata={}, feature_cache={}, cached_frame_outputs={},
+        action_history=[], is_image_only=False, text_prompt=phrase,
+    )  # fmt: skip
+    state["input_batch"].find_text_batch[0] = phrase
+    for stage in state["input_batch"].find_inputs:
+        stage.text_ids[...] = 0
+    return state
+
+
 def perturbed(module: nn.Module, seed: int = 0, scale: float = 0.05) -> dict[str, torch.Tensor]:
     """The module's own initialisation plus Gaussian noise on every floating tensor (no zero or one init hides a
     wrong path); loaded into the module and returned."""

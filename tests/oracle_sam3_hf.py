@@ -19,12 +19,14 @@ import importlib
 import re
 import sys
 from types import SimpleNamespace
+from typing import Optional
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from hf_sam2_heads import head_key
+from oracle_sam3 import perturbed
 from test_sam3_hf_weights import _hf_config, _import_transformers_sam3
 
 from sam2rt.checkpoints.sam3_keys import VIDEO_DETECTOR_PREFIX, detector_from_transformers
@@ -98,6 +100,30 @@ def video_config(hf: SimpleNamespace, spec: Sam3Spec, options: ConceptOptions = 
         high_conf_thresh=o.high_conf_thresh,
         high_iou_thresh=o.high_iou_thresh,
     )
+
+
+def shifted_video_weights(
+    model, seed: int, detector_shift: float, score_spread: float, tracker_shift: float, mask_gain: float
+) -> dict[str, torch.Tensor]:
+    """transformers' own initialisation of a Sam3VideoModel perturbed (`perturbed`), then shifted so that random
+    weights behave like trained ones where a stream needs it; loaded into `model` and returned:
+    `detector_shift` is added to the presence head's bias (queries pass the bars), the scoring's text projection is
+    scaled by `score_spread` (query scores far above and below them), `tracker_shift` is added to the tracker's
+    object-score bias (tracked objects present) and its mask hypernetworks' last layers are scaled by `mask_gain`
+    (mask logits far from 0: masks with edges)."""
+    weights = perturbed(model, seed=seed)
+    weights["detector_model.detr_decoder.presence_head.layer3.bias"] += detector_shift
+    for name in ("weight", "bias"):
+        weights[f"detector_model.dot_product_scoring.text_proj.{name}"] *= score_spread
+    weights["tracker_model.mask_decoder.pred_obj_score_head.proj_out.bias"] += tracker_shift
+    for key in [k for k in weights if k.startswith("tracker_model.mask_decoder.output_hypernetworks_mlps")]:
+        if ".proj_out." in key:
+            weights[key] = weights[key] * mask_gain
+    # transformers holds the prompt encoder's Fourier matrix twice: one matrix, as in every checkpoint
+    fourier = weights["tracker_model.shared_image_embedding.positional_embedding"]
+    weights["tracker_model.prompt_encoder.shared_embedding.positional_embedding"] = fourier
+    model.load_state_dict(weights, strict=True)
+    return weights
 
 
 # The tracker's pyramid (Meta's sam2_convs, transformers' tracker_neck): transformers numbers the up-sampling
@@ -219,8 +245,12 @@ class TransformersStream:
       masks are handed to its `_tracker_update_memories` at the memory encoder's size (bilinear, as Meta), where
       it then does what Meta does. (Reconditioning, every 16th frame, would then fail: its masks stay small.)
 
-    Each frame's detections (`detections`, after threshold and NMS) and the memories its `_tracker_update_memories`
-    encodes for the tracks propagated (`tracked_memories`, object order of the session then) are kept.
+    With every switch off (`cls_token=False, min_frames=None, streaming=True, memory_size_masks=False`) it is
+    transformers' own streaming, as a user runs it (benchmarks/concept_tracking.py times it so).
+
+    With `record`, each frame's detections (`detections`, after threshold and NMS) and the memories its
+    `_tracker_update_memories` encodes for the tracks propagated (`tracked_memories`, object order of the session
+    then) are kept. The session runs on `device`, its frames and state there too, in `dtype`.
     """
 
     def __init__(
@@ -230,17 +260,30 @@ class TransformersStream:
         ids: torch.Tensor,
         frame_hw,
         cls_token=True,
-        min_frames=16,
+        min_frames: Optional[int] = 16,
         streaming=False,
         memory_size_masks=True,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        record=True,
     ):
-        class Session(hf.Session):
-            @property
-            def num_frames(self):
-                return max(min_frames, len(self.processed_frames or {}))
+        Session = hf.Session
+        if min_frames is not None:
 
-        self.model, self.streaming = model, streaming
-        self.session = Session(video_height=frame_hw[0], video_width=frame_hw[1], dtype=torch.float32)
+            class Session(hf.Session):
+                @property
+                def num_frames(self):
+                    return max(min_frames, len(self.processed_frames or {}))
+
+        self.model, self.streaming, self.record = model, streaming, record
+        self.session = Session(
+            video_height=frame_hw[0],
+            video_width=frame_hw[1],
+            inference_device=device,
+            inference_state_device=device,
+            video_storage_device=device,
+            dtype=dtype,
+        )
         prompt = self.session.add_prompt("phrase")
         self.session.prompt_input_ids[prompt] = ids
         self.session.prompt_attention_masks[prompt] = (ids != 0).long()
@@ -276,7 +319,8 @@ class TransformersStream:
             masks = F.interpolate(low_res_masks[:, None], size=(side, side), mode="bilinear", align_corners=False)
             return update_memories(inference_session, frame_idx, masks[:, 0], reconditioned_masks)  # (M, S, S)
 
-        model.run_detection, model.run_memory_encoder = run_detection, run_memory_encoder
+        if self.record:
+            model.run_detection, model.run_memory_encoder = run_detection, run_memory_encoder
         if self._cls_token:
             model.detector_model.forward = with_cls_token
         if self._memory_size_masks:
@@ -287,8 +331,8 @@ class TransformersStream:
             index = self.session.add_new_frame(pixels)
             return model(inference_session=self.session, frame_idx=index)
         finally:  # the model's own methods back (instance attributes hid them)
-            del model.run_detection, model.run_memory_encoder
-            model.__dict__.pop("_tracker_update_memories", None)
+            for name in ("run_detection", "run_memory_encoder", "_tracker_update_memories"):
+                model.__dict__.pop(name, None)
             model.detector_model.__dict__.pop("forward", None)
 
     def frame_outputs(self, obj_id: int, frame_idx: int) -> dict:

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 from oracle import OBJECT_SCORE_BIAS
-from oracle_sam3 import SMALL_SPEC, meta_image_model, perturbed, sam3_modules
+from oracle_sam3 import SMALL_SPEC, meta_image_model, meta_stream_state, perturbed, sam3_modules
 from sam3_vocab import open_clip_bpe_path, write_clip_vocab
 
 from sam2rt.checkpoints.sam3_tracker_keys import tracker_state_dict
@@ -187,22 +187,7 @@ def meta_state(meta, frames: list[np.ndarray]) -> dict:
     """Meta's video state over our normalised frames, with the phrase set (what `add_prompt` does, no inference)."""
     images = torch.cat([normalised(frame) for frame in frames])
     images = torch.cat([images, images[-1:].expand(META_NUM_FRAMES - len(frames), -1, -1, -1)])
-    state = {
-        "image_size": IMAGE_SIZE,
-        "num_frames": META_NUM_FRAMES,
-        "orig_height": FRAME_SIZE[0],
-        "orig_width": FRAME_SIZE[1],
-        "constants": {},
-    }
-    meta._construct_initial_input_batch(state, images)
-    state.update(
-        tracker_inference_states=[], tracker_metadata={}, feature_cache={}, cached_frame_outputs={},
-        action_history=[], is_image_only=False, text_prompt=PHRASE,
-    )  # fmt: skip
-    state["input_batch"].find_text_batch[0] = PHRASE
-    for stage in state["input_batch"].find_inputs:
-        stage.text_ids[...] = 0
-    return state
+    return meta_stream_state(meta, images, FRAME_SIZE, PHRASE)
 
 
 def test_stream_matches_meta_video_model(models):

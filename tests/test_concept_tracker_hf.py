@@ -76,11 +76,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from oracle import assert_close_logits
-from oracle_sam3 import perturbed, sam3_modules
+from oracle_sam3 import sam3_modules
 from oracle_sam3_hf import (
     TransformersStream,
     import_transformers_sam3_video,
     install_cv_utils_standin,
+    shifted_video_weights,
     tracker_from_transformers,
     video_config,
 )
@@ -117,19 +118,7 @@ def hf():
 
 def _weights(model) -> dict[str, torch.Tensor]:
     """transformers' own initialisation perturbed, then shifted (see the constants)."""
-    weights = perturbed(model, seed=SEED)
-    weights["detector_model.detr_decoder.presence_head.layer3.bias"] += DETECTOR_SHIFT
-    for name in ("weight", "bias"):
-        weights[f"detector_model.dot_product_scoring.text_proj.{name}"] *= SCORE_SPREAD
-    weights["tracker_model.mask_decoder.pred_obj_score_head.proj_out.bias"] += TRACKER_SHIFT
-    for key in [k for k in weights if k.startswith("tracker_model.mask_decoder.output_hypernetworks_mlps")]:
-        if ".proj_out." in key:
-            weights[key] = weights[key] * MASK_GAIN
-    # transformers holds the prompt encoder's Fourier matrix twice: one matrix, as in every checkpoint
-    fourier = weights["tracker_model.shared_image_embedding.positional_embedding"]
-    weights["tracker_model.prompt_encoder.shared_embedding.positional_embedding"] = fourier
-    model.load_state_dict(weights, strict=True)
-    return weights
+    return shifted_video_weights(model, SEED, DETECTOR_SHIFT, SCORE_SPREAD, TRACKER_SHIFT, MASK_GAIN)
 
 
 @pytest.fixture(scope="module")
