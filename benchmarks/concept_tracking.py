@@ -70,9 +70,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 ROOT = Path(__file__).resolve().parents[1]
-# the oracles' helpers on the path, and not benchmarks/ (Python puts a script's folder first): its kernels.py would
-# hide the `kernels` package that transformers imports
-sys.path[:] = [str(ROOT / "tests")] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks"]
+sys.path.insert(0, str(ROOT / "tests"))  # the oracles' helpers: the same weights into every implementation
 
 from sam2rt.checkpoints.sam3 import tracker_config  # noqa: E402
 from sam2rt.checkpoints.sam3_keys import META_PREFIX, detector_from_transformers  # noqa: E402

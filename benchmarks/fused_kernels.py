@@ -11,7 +11,7 @@
   with `--elements` and `--warps`, one row for each block size (values a program) and warp count the kernel tries.
 - downsampler: the whole MaskDownSampler over masks (B, 1, 1024, 1024), with the kernel and without.
 
-    PYTHONPATH=src python benchmarks/kernels.py [--objects 1 16 64] [--downsampler-objects 1 16]
+    PYTHONPATH=src python benchmarks/fused_kernels.py [--objects 1 16 64] [--downsampler-objects 1 16]
         [--tables add hiera channels downsampler] [--elements 2048 4096 8192] [--warps 4 8]
         [--norm-elements 1024 2048 4096]
 
@@ -260,7 +260,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=200)
     args = parser.parse_args()
     if not torch.cuda.is_available():
-        sys.exit("benchmarks/kernels.py needs a CUDA GPU (with Triton); none is visible here.")
+        sys.exit("benchmarks/fused_kernels.py needs a CUDA GPU (with Triton); none is visible here.")
     from sam2rt.runtime import triton_kernels
 
     if not triton_kernels.available(torch.empty(0, device="cuda")):
