@@ -72,6 +72,8 @@ from torch import Tensor
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the oracles' helpers: the same weights into every implementation
 
+from concepts import synchronize_device, timed  # noqa: E402  (benchmarks/concepts.py: the image predictor's)
+
 from sam2rt.checkpoints.sam3 import tracker_config  # noqa: E402
 from sam2rt.checkpoints.sam3_keys import META_PREFIX, detector_from_transformers  # noqa: E402
 from sam2rt.checkpoints.sam3_tracker_keys import tracker_key  # noqa: E402
@@ -109,11 +111,6 @@ def importing(load):
         return load()
     except pytest.skip.Exception as skipped:
         raise Unavailable(str(skipped)) from None
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def clip_frames(source: Path, count: int) -> tuple[list[np.ndarray], str]:
@@ -385,21 +382,6 @@ class Row(NamedTuple):
     fps: float
 
 
-def timed(step: Step, frames: list[np.ndarray], device: torch.device, warmup: int) -> tuple[list[float], int]:
-    """Seconds of each frame after `warmup` untimed ones, and the tracks after the last."""
-    tracks = 0
-    for frame in frames[:warmup]:
-        tracks = step(frame)
-    times = []
-    for frame in frames[warmup:]:
-        synchronize(device)
-        start = time.perf_counter()
-        tracks = step(frame)
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return times, tracks
-
-
 def memory_now(device: torch.device) -> dict[str, float]:
     """MiB: allocated and reserved on the GPU, or the process's resident memory."""
     if device.type == "cuda":
@@ -422,7 +404,7 @@ def long_run(ours: Ours, clip: list[np.ndarray], count: int, instances: int, eve
         tracker.step(clip[index % len(clip)])
         if (index + 1) % every and index + 1 != count:
             continue
-        synchronize(device)
+        synchronize_device(device)
         now = time.perf_counter()
         memory = memory_now(device)
         held = sum(t.numel() * t.element_size() for t in tracker.state_tensors()) / 2**20
