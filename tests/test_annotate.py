@@ -110,6 +110,68 @@ def test_coco_detections_input(dataset, checkpoint, capsys):
     assert not (root / "out" / "labels").exists() and not (root / "out" / "images").exists()
 
 
+def _subfolder_detections(root, frames) -> list[str]:
+    """Two images of one name in two subfolders, given by a COCO detections JSON: their file_names."""
+    names = ["train/a/0001.png", "train/b/0001.png"]
+    for name, frame in zip(names, frames):
+        (root / "images" / name).parent.mkdir(parents=True)
+        Image.fromarray(frame).save(root / "images" / name)
+    detections = {
+        "images": [{"id": index + 1, "file_name": name} for index, name in enumerate(names)],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [40, 30, 50, 40]},
+            {"id": 2, "image_id": 2, "category_id": 1, "bbox": [60, 30, 50, 40]},
+        ],
+        "categories": [{"id": 1, "name": "square"}],
+    }
+    (root / "dets.json").write_text(json.dumps(detections))
+    return names
+
+
+def test_coco_images_of_one_name_in_subfolders_keep_their_own_outputs(dataset, checkpoint, capsys):
+    root, frames = dataset
+    names = _subfolder_detections(root, frames)
+    args = ("annotate", root / "images", "--coco", root / "dets.json", "-o", root / "out", *model_args(checkpoint))
+    result = invoke_in_process(capsys, *args)
+    assert result.returncode == 0, result.stderr
+    coco = json.loads((root / "out" / "annotations.json").read_text())
+    assert [image["file_name"] for image in coco["images"]] == names  # the input's names: tools map them back
+    masks = [decode_rle(a["segmentation"]) for a in coco["annotations"]]
+    assert len(masks) == 2 and all(0 < m.sum() < m.size for m in masks) and (masks[0] != masks[1]).any()
+    for name in names:  # labels/ and .parts/ mirror images/, as the YOLO trainers look for them
+        stem = name.removesuffix(".png")
+        assert (root / "out" / "images" / name).samefile(root / "images" / name)
+        assert len((root / "out" / "labels" / f"{stem}.txt").read_text().splitlines()) == 1
+        assert json.loads((root / "out" / ".parts" / f"{stem}.json").read_text())["file_name"] == name
+    assert not (root / "out" / "labels" / "0001.txt").exists() and not (root / "out" / "images" / "0001.png").exists()
+
+    done = {p: p.stat().st_mtime_ns for p in (root / "out" / ".parts").rglob("*.json")}
+    result = invoke_in_process(capsys, *args)
+    assert result.returncode == 0, result.stderr
+    assert "resuming: 2 of 2 images already done" in result.stdout and "masks\n" not in result.stdout
+    assert {p: p.stat().st_mtime_ns for p in (root / "out" / ".parts").rglob("*.json")} == done
+    assert json.loads((root / "out" / "annotations.json").read_text()) == coco
+
+
+@pytest.mark.parametrize(
+    ("file_names", "message"),
+    [
+        (["../x.png"], "file_name '../x.png' must lie inside the images folder"),
+        (["a/../../x.png"], "must lie inside the images folder (no absolute path, no '..')"),
+        (["/tmp/x.png"], "file_name '/tmp/x.png' must lie inside the images folder"),
+        (["f0.png", "f0.png"], "file_name 'f0.png' is listed twice"),
+        (["f0.png", "./f0.png"], "'./f0.png' and 'f0.png' would share outputs"),
+    ],
+)
+def test_coco_file_names_outside_the_folder_or_twice_are_refused(dataset, capsys, file_names, message):
+    root, _ = dataset
+    images = [{"id": index, "file_name": name} for index, name in enumerate(file_names)]
+    (root / "dets.json").write_text(json.dumps({"images": images, "annotations": [], "categories": []}))
+    result = invoke_in_process(capsys, "annotate", root / "images", "--coco", root / "dets.json", "-o", root / "out")
+    assert_clean_error(result, message)
+    assert "dets.json" in result.stderr and not (root / "out").exists()
+
+
 def test_class_names_from_the_labels_classes_txt_and_copied_images(dataset, checkpoint, capsys):
     root, _ = dataset
     (root / "labels" / "classes.txt").write_text("red square\ngreen: box\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,60 @@ def test_ray_writes_the_files_of_a_single_process_run_and_resumes(tmp_path, chec
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming: 1 of 3 images already done" in resumed.stdout and "f0.png" not in resumed.stdout
     assert _files(tmp_path / "ray") == expected
+
+
+def test_ray_keeps_coco_file_names_in_subfolders(tmp_path, checkpoint, cluster, capsys):
+    """Two images of one name in two subfolders: each its own outputs, named as the input names them."""
+    names = ["train/a/0001.png", "train/b/0001.png"]
+    for name, frame in zip(names, clip_frames(2)):
+        (tmp_path / "images" / name).parent.mkdir(parents=True)
+        Image.fromarray(frame).save(tmp_path / "images" / name)
+    images = [{"id": index + 1, "file_name": name} for index, name in enumerate(names)]
+    boxes = [{"id": i, "image_id": i, "category_id": 1, "bbox": [40, 30, 50, 40]} for i in (1, 2)]
+    detections = {"images": images, "annotations": boxes, "categories": [{"id": 1, "name": "square"}]}
+    (tmp_path / "dets.json").write_text(json.dumps(detections))
+    args = ("annotate", tmp_path / "images", "--coco", tmp_path / "dets.json", *model_args(checkpoint))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the Ray worker runs: the same masks
+    try:
+        local = invoke_in_process(capsys, *args, "-o", tmp_path / "local")
+    finally:
+        torch.set_num_threads(threads)
+    assert local.returncode == 0, local.stderr
+    distributed = invoke_in_process(capsys, *args, "-o", tmp_path / "ray", "--ray", "--workers", "1")
+    assert distributed.returncode == 0, distributed.stderr
+    assert sorted(line for line in distributed.stdout.splitlines() if line.endswith(" masks")) == [
+        f"{name}: 1 masks" for name in names
+    ]  # the relative names, not the shared "0001.png"
+    files = _files(tmp_path / "ray")
+    assert files == _files(tmp_path / "local")
+    for name in names:
+        stem = name.removesuffix(".png")
+        assert f"labels/{stem}.txt" in files and f".parts/{stem}.json" in files and f"images/{name}" in files
+    coco = json.loads(files["annotations.json"])
+    assert [image["file_name"] for image in coco["images"]] == names
+
+
+def test_rows_carry_the_items_relative_name():
+    from sam2rt.annotate.images import Detection, Item
+    from sam2rt.annotate.ray import item_of_row, row_of_item
+
+    items = [
+        Item(
+            Path("/data/images/train/a/0001.jpg"),
+            detections=[Detection(2, (1.0, 2.0, 3.5, 4.0))],
+            file_name="train/a/0001.jpg",
+        ),
+        Item(Path("/data/images/f0.png"), Path("/data/labels/f0.txt")),
+    ]
+    rebuilt = [item_of_row(**row_of_item(item)) for item in items]
+
+    def fields(item: Item) -> tuple:
+        return item.image, item.label_file, item.detections, item.relative_name
+
+    assert [fields(item) for item in rebuilt] == [fields(item) for item in items]
+    assert [item.relative_name for item in rebuilt] == ["train/a/0001.jpg", "f0.png"]
+    assert [item.name for item in rebuilt] == ["train/a/0001", "f0"]
 
 
 @pytest.mark.parametrize(

@@ -43,8 +43,9 @@ def class_names(records: Sequence[dict], given: Optional[Sequence[str]]) -> list
     return list(given)
 
 
-def place_images(sources: Sequence[Path], folder: Path, copy: bool) -> int:
-    """Each image as `<folder>/<its name>`: a hard link, or a copy (`copy`, or where no link can be made).
+def place_images(sources: Sequence[tuple[Path, str]], folder: Path, copy: bool) -> int:
+    """Each image (its file, its name relative to the images folder) as `<folder>/<relative name>`, subfolders
+    mirrored as the labels' are: a hard link, or a copy (`copy`, or where no link can be made).
 
     An image already in place (a resumed run) is left as it is. Returns how many were copied.
     """
@@ -61,8 +62,8 @@ def place_images(sources: Sequence[Path], folder: Path, copy: bool) -> int:
         shutil.copyfile(source, temporary)
         copied.append(source)
 
-    for source in sources:
-        target = folder / source.name
+    for source, relative in sources:
+        target = make_folder((folder / relative).parent) / Path(relative).name
         if target.exists() and (target.samefile(source) or target.stat().st_size == source.stat().st_size):
             continue
         write_atomically(target, lambda temporary, source=source: place(source, temporary))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
@@ -41,10 +41,17 @@ class Item:
     image: Path
     label_file: Optional[Path] = None  # YOLO boxes; None with COCO detections or a detector
     detections: Optional[list[Detection]] = None  # from a COCO file
+    file_name: Optional[str] = None  # its path in the images folder as the input names it; None: the file's name
+
+    @property
+    def relative_name(self) -> str:
+        """The image's name relative to the images folder, as given (a COCO file_name may hold subfolders)."""
+        return self.file_name if self.file_name is not None else self.image.name
 
     @property
     def name(self) -> str:
-        return self.image.stem
+        """The relative name without its suffix: its label file and record mirror the image's subfolders."""
+        return str(PurePosixPath(self.relative_name).with_suffix(""))
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -125,17 +132,43 @@ def coco_items(path: Path, images: Path) -> tuple[list[Item], list[str], list[in
         boxes[image_id].append(Detection(class_ids[category], (x, y, x + w, y + h)))
     items = []
     for image_id, name in files.items():
-        item = Item(images / name, detections=boxes[image_id])
+        check_file_name(path, image_id, name)
+        item = Item(images / name, detections=boxes[image_id], file_name=name)
         height, width = image_size(item.image)
         for detection in item.detections:
             x0, y0, x1, y1 = detection.box
             if x1 <= x0 or y1 <= y0 or x0 < 0 or y0 < 0 or x1 > width + 1e-3 or y1 > height + 1e-3:
                 raise LabelError(f"{path}: a box of {name} lies outside its {width}x{height} image: {detection.box}")
         items.append(item)
+    check_distinct(path, items)
     ids = [int(category["id"]) for category in categories]
     if min(ids, default=1) < 1:
         ids = list(range(1, len(ids) + 1))
     return items, [str(category.get("name", category["id"])) for category in categories], ids
+
+
+def check_file_name(path: Path, image_id, name) -> None:
+    """A file_name inside the images folder: an absolute one or one with `..` would put outputs outside <output>."""
+    where = f"{path}, image id {image_id}"
+    if not isinstance(name, str) or not name:
+        raise LabelError(f"{where}: file_name must be a path relative to the images folder, got {name!r}")
+    parsed = PureWindowsPath(name)  # both separators, and drive letters, wherever this runs
+    if parsed.anchor or ".." in parsed.parts:
+        raise LabelError(
+            f"{where}: file_name {name!r} must lie inside the images folder (no absolute path, no '..'): its "
+            "label file and record would be written outside the output folder"
+        )
+
+
+def check_distinct(path: Path, items: Sequence[Item]) -> None:
+    """Two images that would share a label file and a record: the second would overwrite the first."""
+    seen: dict[str, Item] = {}
+    for item in items:
+        earlier = seen.setdefault(item.name, item)
+        if earlier is not item:
+            other = earlier.relative_name
+            same = "is listed twice" if other == item.relative_name else f"and {other!r} would share outputs"
+            raise LabelError(f"{path}: the image file_name {item.relative_name!r} {same}: each image needs its own")
 
 
 class BoxSegmenter:
@@ -199,7 +232,7 @@ def image_record(item: Item, rgb: np.ndarray, detections: Sequence[Detection], m
         }
         for detection, rle, iou in zip(detections, rles, ious)
     ]
-    return {"file_name": item.image.name, "height": rgb.shape[0], "width": rgb.shape[1], "annotations": annotations}
+    return {"file_name": item.relative_name, "height": rgb.shape[0], "width": rgb.shape[1], "annotations": annotations}
 
 
 def part_path(output: Path, item: Item) -> Path:
@@ -222,9 +255,11 @@ def annotate_item(item: Item, segmenter, output: Path, yolo: bool, per_piece: bo
     if yolo:
         lines = yolo_lines([d.class_id for d in detections], masks, per_piece)
         text = "".join(line + "\n" for line in lines)
-        write_text_atomically(make_folder(output / "labels") / f"{item.name}.txt", text)
+        label_path = output / "labels" / f"{item.name}.txt"
+        write_text_atomically(make_folder(label_path.parent) / label_path.name, text)
     record = image_record(item, rgb, detections, masks, ious)
-    write_text_atomically(make_folder(output / PARTS) / f"{item.name}.json", json.dumps(record))
+    record_path = part_path(output, item)
+    write_text_atomically(make_folder(record_path.parent) / record_path.name, json.dumps(record))
     return record
 
 

@@ -99,16 +99,18 @@ def annotate(
                 segmenter = annotation.ConceptSegmenter(load_concept_predictor(model, score_threshold), phrases)
                 for item in todo:
                     record = annotation.annotate_item(item, segmenter, output, "yolo" in formats, yolo_pieces)
-                    typer.echo(f"{item.image.name}: {len(record['annotations'])} masks")
+                    typer.echo(f"{item.relative_name}: {len(record['annotations'])} masks")
             elif todo:
                 segmenter = annotation.BoxSegmenter(model.load())
                 for item in todo:
                     record = annotation.annotate_item(item, segmenter, output, "yolo" in formats, yolo_pieces)
-                    typer.echo(f"{item.image.name}: {len(record['annotations'])} masks")
+                    typer.echo(f"{item.relative_name}: {len(record['annotations'])} masks")
             records = annotation.finished_records(items, output)
             names = class_names(records, given_names)
             if "yolo" in formats:
-                copied = place_images([item.image for item in items], output / "images", copy_images)
+                copied = place_images(
+                    [(item.image, item.relative_name) for item in items], output / "images", copy_images
+                )
                 how = "copied" if copied == len(items) else f"linked ({copied} copied)" if copied else "linked"
                 typer.echo(f"wrote {write_data_yaml(output, names)} ({len(names)} classes; images {how})")
             if "coco" in formats:
