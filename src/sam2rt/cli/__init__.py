@@ -18,4 +18,20 @@ from . import annotate  # noqa: E402, F401
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    finally:
+        _quiet_exit()
+
+
+def _quiet_exit() -> None:
+    """The command is done and the process exits: a Ctrl+C (or SIGTERM, SIGHUP) from here on could only interrupt
+    Python's own exit, printing a traceback from an atexit callback (torch registers some) under a finished run's
+    summary. Ignored, as a run that was stopped by a signal already ignores them (tracking/stop_signals.py)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+            if hasattr(signal, name):  # SIGHUP: not on Windows
+                signal.signal(getattr(signal, name), signal.SIG_IGN)
