@@ -24,6 +24,17 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def _single_process_run(capsys, *args):
+    """`sam2rt annotate` in this process on one thread, as each Ray worker of one CPU runs: the same arithmetic,
+    the same masks."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return invoke_in_process(capsys, *args)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_ray_writes_the_files_of_a_single_process_run_and_resumes(tmp_path, checkpoint, cluster, capsys):
     (tmp_path / "images").mkdir()
     (tmp_path / "labels").mkdir()
@@ -31,12 +42,7 @@ def test_ray_writes_the_files_of_a_single_process_run_and_resumes(tmp_path, chec
         Image.fromarray(frame).save(tmp_path / "images" / f"f{index}.png")
         (tmp_path / "labels" / f"f{index}.txt").write_text("0 0.3 0.4 0.3 0.4\n1 0.6 0.5 0.5 0.6\n")
     args = ("annotate", tmp_path / "images", "--labels", tmp_path / "labels", *model_args(checkpoint))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each Ray worker of one CPU runs: the same arithmetic, the same masks
-    try:
-        local = invoke_in_process(capsys, *args, "-o", tmp_path / "local")
-    finally:
-        torch.set_num_threads(threads)
+    local = _single_process_run(capsys, *args, "-o", tmp_path / "local")
     assert local.returncode == 0, local.stderr
     distributed = invoke_in_process(capsys, *args, "-o", tmp_path / "ray", "--ray", "--workers", "2")
     assert distributed.returncode == 0, distributed.stderr
@@ -66,12 +72,7 @@ def test_ray_keeps_coco_file_names_in_subfolders(tmp_path, checkpoint, cluster, 
     detections = {"images": images, "annotations": boxes, "categories": [{"id": 1, "name": "square"}]}
     (tmp_path / "dets.json").write_text(json.dumps(detections))
     args = ("annotate", tmp_path / "images", "--coco", tmp_path / "dets.json", *model_args(checkpoint))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the Ray worker runs: the same masks
-    try:
-        local = invoke_in_process(capsys, *args, "-o", tmp_path / "local")
-    finally:
-        torch.set_num_threads(threads)
+    local = _single_process_run(capsys, *args, "-o", tmp_path / "local")
     assert local.returncode == 0, local.stderr
     distributed = invoke_in_process(capsys, *args, "-o", tmp_path / "ray", "--ray", "--workers", "1")
     assert distributed.returncode == 0, distributed.stderr
