@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from sam2rt.processing.masks import fill_holes, keep_highest_object, small_components, tidy_small_regions
+from sam2rt.processing.masks import (
+    fill_holes,
+    keep_highest_object,
+    non_overlapping,
+    small_components,
+    tidy_small_regions,
+)
 
 
 def _components(mask: np.ndarray) -> list[list[tuple[int, int]]]:
@@ -91,3 +97,19 @@ def test_keep_highest_object():
     logits = torch.tensor([[[[3.0, -1.0]]], [[[2.0, 4.0]]]])
     out = keep_highest_object(logits)
     assert out[:, 0, 0].tolist() == [[3.0, -10.0], [-10.0, 4.0]]
+
+
+def test_non_overlapping_gives_each_pixel_to_the_likeliest_covering_mask():
+    """Against the definition: per pixel, the argmax of the covering masks' probabilities (0 where not covering),
+    the lowest row on a tie, and nothing for a mask of probability 0."""
+    generator = torch.Generator().manual_seed(3)
+    masks = torch.rand(6, 40, 50, generator=generator) > 0.55  # (N, H, W): most pixels covered by 2 or more
+    probabilities = torch.tensor([0.3, 0.9, 0.3, 0.0, 0.9, 0.5])  # ties between rows 0 and 2, 1 and 4
+    scored = torch.where(masks, probabilities[:, None, None], 0.0)
+    winner = scored.argmax(0)  # (H, W), the first maximum on ties
+    expected = (torch.arange(6)[:, None, None] == winner) & (scored > 0)
+    out = non_overlapping(masks, probabilities)
+    assert torch.equal(out, expected)
+    assert (masks.sum(0) > 1).float().mean() > 0.3  # the overlaps it resolved are many
+    assert out.sum(0).max() == 1 and not out[3].any() and out[4].any()
+    assert torch.equal(out.any(0), (masks & (probabilities > 0)[:, None, None]).any(0))  # no covered pixel lost

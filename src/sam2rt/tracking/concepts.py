@@ -64,7 +64,7 @@ from ..model.sam3.detector import ImageFeatures as DetectorFeatures
 from ..model.sam3.detector import Sam3Detector
 from ..model.sam3.tracker_backbone import TRACKER_LEVELS
 from ..processing.images import ImageLike, as_rgb_tensor
-from ..processing.masks import keep_highest_object, small_components
+from ..processing.masks import keep_highest_object, non_overlapping, small_components
 from ..processing.text import TextTokenizer
 from .concept_plan import ConceptOptions, ConceptPlan, ConceptState, plan_frame
 from .engine import EncodedFrame, TrackingEngine
@@ -406,9 +406,3 @@ def suppress_shrunk_masks(masks: Tensor) -> Tensor:
     area_after = (keep_highest_object(masks) > 0).flatten(1).sum(1)
     kept = area_after / area.clamp(min=1) >= SHRINK_KEPT  # (N,)
     return torch.where(kept[:, None, None, None], masks, masks.clamp(max=-10.0))
-
-
-def non_overlapping(masks: Tensor, probabilities: Tensor) -> Tensor:
-    """Binary masks (N, H, W) with every pixel given to the likeliest track that covers it (the first on a tie)."""
-    scored = torch.where(masks, probabilities[:, None, None], 0.0)[:, None]  # (N, 1, H, W)
-    return (keep_highest_object(scored) > 0)[:, 0] & masks
