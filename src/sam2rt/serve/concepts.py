@@ -18,6 +18,7 @@ tracks with their memory rings in one arena, while ConceptTracker steps one stre
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence
 
@@ -25,7 +26,7 @@ import torch
 
 from ..tracking.concepts import ConceptFrame, ConceptTracker, EncodedConceptFrame
 from ..tracking.download import PendingFrame, start_copies
-from .protocol import MAX_OBJECT_ID, ReceivedFrame, error_message
+from .protocol import MAX_OBJECT_ID, ProtocolError, ReceivedFrame, error_message
 from .sessions import Session
 
 NO_SAM3 = (
@@ -148,6 +149,22 @@ class SessionPhrase:
             return False
         self.hidden.add(wire_id)
         return True
+
+
+def set_phrase(session: Session, models: Optional[ConceptModels], phrase: Optional[str]) -> bool:
+    """Track a phrase's instances on a session instead of its clicked objects (which are forgotten), or clear the
+    phrase (None), and tell the session. Returns whether the frame shown must be published again: not for a clear
+    without a phrase, which leaves the clicked objects as they are."""
+    if phrase is not None and models is None:
+        raise ProtocolError(NO_SAM3)
+    had_phrase = session.phrase is not None
+    if phrase is not None:
+        session.stream.reset()
+        session.phrase = SessionPhrase(models, phrase)
+    else:
+        session.phrase = None
+    session.deliver(json.dumps({"type": "text", "phrase": phrase}), None)
+    return phrase is not None or had_phrase
 
 
 def encoding_groups(phrases: Sequence[SessionPhrase]) -> list[list[int]]:

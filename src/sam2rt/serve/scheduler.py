@@ -18,7 +18,6 @@ tracked on that frame at once, so that a paused or ended view shows the instance
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -31,7 +30,7 @@ import numpy as np
 from ..runtime.graphs import release_graphs
 from ..tracking.download import PendingFrame, start_download
 from ..tracking.stream import FrameResult
-from .concepts import NO_SAM3, ConceptModels, SessionPhrase, phrase_groups, step_phrase_group
+from .concepts import ConceptModels, phrase_groups, set_phrase, step_phrase_group
 from .protocol import (
     MAX_OBJECTS,
     PromptRequest,
@@ -39,7 +38,6 @@ from .protocol import (
     ReceivedFrame,
     RemoveRequest,
     TextRequest,
-    decode_payload,
     error_message,
 )
 from .publisher import Outgoing, Publisher
@@ -281,7 +279,8 @@ class Scheduler:
             return
         stream = self._stream(session)
         if isinstance(command, TextRequest):
-            self._text(session, command.phrase)
+            if set_phrase(session, self.concepts, command.phrase):
+                self._track_phrase_on_newest(session)
         elif isinstance(command, PromptRequest):
             if session.phrase is not None:
                 raise ProtocolError(
@@ -311,20 +310,6 @@ class Scheduler:
                     self._dropped_retired += session.stats.dropped
                     session.stats = SessionStats()
 
-    def _text(self, session: Session, phrase: Optional[str]) -> None:
-        """Track a phrase's instances instead of the clicked objects (which are forgotten), or clear it (None)."""
-        if phrase is not None and self.concepts is None:
-            raise ProtocolError(NO_SAM3)
-        had_phrase = session.phrase is not None
-        if phrase is not None:
-            session.stream.reset()
-            session.phrase = SessionPhrase(self.concepts, phrase)
-        else:
-            session.phrase = None
-        session.deliver(json.dumps({"type": "text", "phrase": phrase}), None)
-        if phrase is not None or had_phrase:  # a clear without a phrase leaves the clicked objects as they are
-            self._track_phrase_on_newest(session)
-
     def _track_phrase_on_newest(self, session: Session) -> None:
         """Show the phrase's objects (or none, once it is cleared) on the frame shown, without waiting for the next
         (`SessionPhrase.shown`: a new phrase's tracker steps on it; one tracked there gives it again)."""
@@ -334,15 +319,8 @@ class Scheduler:
         if session.phrase is None:
             self._publish(session, frame, PendingFrame([]), -1, prompted=True)
             return
-        index, pending = session.phrase.shown(lambda: self._pixels(session, frame))
+        index, pending = session.phrase.shown(lambda: session.pixels(frame))
         self._publish(session, frame, pending, index, prompted=True)
-
-    def _pixels(self, session: Session, frame: ReceivedFrame) -> np.ndarray:
-        """A held frame's (H, W, 3) uint8 RGB, decoded again if it is kept encoded."""
-        if frame.image is not None:
-            return frame.image
-        height, width = session.size or (0, 0)
-        return decode_payload(frame.encoded, frame.format, width, height)
 
     def _prompt(self, session: Session, request: PromptRequest) -> None:
         stream = session.stream
@@ -354,7 +332,7 @@ class Scheduler:
                 f"frame {request.frame} is not held (the last {RECENT_FRAMES} frames shown are): click again"
             )
         if session.newest != request.frame or stream.frame_idx < 0:
-            frame = replace(frame, image=self._pixels(session, frame))  # kept encoded: decoded again
+            frame = replace(frame, image=session.pixels(frame))  # kept encoded: decoded again
             self.engine.step({stream: frame.image})  # the clicked frame becomes the stream's newest again
             session.newest = request.frame
             session.remember(frame)

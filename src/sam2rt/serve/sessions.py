@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional, Union
 
 from .export import Recorder
-from .protocol import PromptRequest, ReceivedFrame, RemoveRequest, TextRequest
+from .protocol import PromptRequest, ReceivedFrame, RemoveRequest, TextRequest, decode_payload
 from .ticks import Arrivals
 
 RECENT_FRAMES = 32  # processed frames kept per session, so that a click lands on the frame it was made on
@@ -161,6 +161,13 @@ class Session:
         """A frame kept for prompts, or None: encoded (image None), or a server-side frame not encoded yet."""
         with self._recent_lock:
             return self._recent.get(frame_id)
+
+    def pixels(self, frame: ReceivedFrame) -> Any:
+        """A held frame's (H, W, 3) uint8 RGB, decoded again if it is kept encoded."""
+        if frame.image is not None:
+            return frame.image
+        height, width = self.size or (0, 0)
+        return decode_payload(frame.encoded, frame.format, width, height)
 
     def keep_encoded(self, frame: ReceivedFrame, encoded: bytes, format: int) -> ReceivedFrame:
         """`frame` (a server-side frame, pixels only) with its encoding (publisher thread); the frame kept for
