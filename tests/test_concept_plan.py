@@ -19,14 +19,8 @@ import torch
 import torch.nn.functional as F
 from oracle_sam3 import sam3_modules
 
-from sam2rt.tracking.concept_plan import (
-    ConceptOptions,
-    ConceptState,
-    mask_iou,
-    near_boundary,
-    plan_frame,
-    select_detections,
-)
+from sam2rt.tracking.concept_matching import mask_iou, near_boundary, select_detections
+from sam2rt.tracking.concept_plan import ConceptOptions, ConceptState, plan_frame
 
 TRACK_SIZE = 32
 EMPTY_LOGIT = -6.0
