@@ -12,7 +12,8 @@ from visible import assert_masks_match, assert_nontrivial, visible_model
 
 import sam2rt
 from sam2rt.runtime import to_inference_dtype, use_cuda_graphs
-from sam2rt.tracking.engine import TrackingEngine, bucket
+from sam2rt.tracking.engine import TrackingEngine
+from sam2rt.tracking.object_batches import bucket
 
 IMAGE_SIZE = 64
 OBJECTS = 5

@@ -21,7 +21,7 @@ from sam2rt.runtime.graphs import (
     captured_graphs,
     release_graphs,
 )
-from sam2rt.tracking import engine
+from sam2rt.tracking import object_batches
 from sam2rt.tracking.download import start_download
 
 # bf16 against fp32 on `visible` weights, whose logits are smooth and near zero over wide areas. Measured on an
@@ -160,7 +160,7 @@ def test_cuda_graphs_replay_the_eager_results():
     # Tracking replays the engine's whole pass over the objects (hole filling included): the model's steps
     # called inside it were taken into its graphs. Prompts (on the first frame: no memory) replay the segment
     # step, decoding inside it.
-    assert graphed_with_model(graphed_model, engine._track_on_memory).graphs
+    assert graphed_with_model(graphed_model, object_batches.track_on_memory).graphs
     assert captured_graphs(graphed_model) >= 3 and captured_graphs(model) == 0
     assert len(graphed_model.condition_on_memory.graphs) == 1  # only the correction conditions outside the pass
     assert graphed_model.segment.graphs and not graphed_model.decode.graphs

@@ -10,7 +10,8 @@ import torch
 from visible import assert_nontrivial, visible_model
 
 import sam2rt
-from sam2rt.tracking.engine import HOLE_FILL_LOGIT, TrackingEngine
+from sam2rt.tracking.engine import TrackingEngine
+from sam2rt.tracking.object_batches import HOLE_FILL_LOGIT
 
 IMAGE_SIZE = 64
 

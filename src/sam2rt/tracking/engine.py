@@ -4,7 +4,8 @@ It runs the model in batched passes: the image encoder over a batch of frames, t
 objects that need it (one memory attention, one decoder, one memory encoder call, each object on
 its own frame: several streams step together), a prompt on one object, and the memory encoding
 of prompted frames. Which memories each object sees is the memory bank's job;
-where outputs are kept is the caller's.
+where outputs are kept is the caller's; how a batch of objects is padded to a
+fixed shape and run in chunks is object_batches.py's.
 """
 
 from __future__ import annotations
@@ -17,17 +18,27 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..model.sam2 import ImageFeatures, MaskPrediction, MemoryTokens, SAM2Model
-from ..processing.masks import fill_holes, keep_highest_object
+from ..processing.masks import keep_highest_object
 from ..processing.preprocess import IMAGENET_MEAN, IMAGENET_STD, SAM3_MEAN, SAM3_STD, model_input
 from ..runtime.graphs import graphed_with_model, has_cuda_graphs
 from .memory_gather import gather
 from .memory_selection import MemoryScore, object_scores, score_factors
+from .object_batches import (
+    bucket,
+    chunks,
+    filled,
+    object_rows,
+    padded_objects,
+    padded_rows,
+    stored_memory,
+    track_conditioned,
+    track_on_memory,
+)
 from .object_memory import MemoryView, ObjectOutput
 from .options import TrackerOptions
 
 OBJECTS_PER_CHUNK = 16
 PROMPT_MASK_LOGIT_CLAMP = 32.0  # previous logits fed back with new clicks are clamped for numerical safety
-HOLE_FILL_LOGIT = 0.1
 
 
 class EncodedFrame(NamedTuple):
@@ -95,7 +106,7 @@ class TrackingEngine:
         """Encode (index, RGB (3, H, W)) frames of any sizes in one image-encoder call; nothing is cached."""
         images = torch.cat([self.model_input(rgb) for _, rgb in frames])  # (B, 3, S, S)
         if self.shape_buckets:
-            images = _padded_rows(images, bucket(len(frames)))  # (B', 3, S, S), the last image repeated
+            images = padded_rows(images, bucket(len(frames)))  # (B', 3, S, S), the last image repeated
         features = self.model.encode_image(images)
         return [
             EncodedFrame(
@@ -140,7 +151,7 @@ class TrackingEngine:
         fill_hole_area, memory_dtype = self.options.fill_hole_area, self.memory_dtype
         if self._splits_attention(len(views)):
             conditioned = self._with_memory(frames, features.embed, views, reverse, num_frames)
-            tracked = _track_conditioned(
+            tracked = track_conditioned(
                 self.model, fill_hole_area, memory_dtype, features.embed, features.high_res, conditioned
             )
         else:
@@ -149,12 +160,11 @@ class TrackingEngine:
             chunk = self.objects_per_chunk
             if self.shape_buckets:  # the last object repeated up to the bucket; its copies' outputs are dropped
                 rows = bucket(len(views), chunk)
-                memory = MemoryTokens(*(_padded_rows(field, rows) for field in memory))
-                if embed.shape[0] > 1:
-                    embed, high_res = _padded_rows(embed, rows), tuple(_padded_rows(h, rows) for h in high_res)
+                memory = MemoryTokens(*(padded_objects(field, rows) for field in memory))
+                embed, high_res = padded_objects(embed, rows), tuple(padded_objects(h, rows) for h in high_res)
             # One graph for the pass when the model's steps are graphed: the glue between them replays too.
-            track_on_memory = graphed_with_model(self.model, _track_on_memory)
-            tracked = track_on_memory(fill_hole_area, memory_dtype, chunk, embed, high_res, memory)
+            graphed_pass = graphed_with_model(self.model, track_on_memory)
+            tracked = graphed_pass(fill_hole_area, memory_dtype, chunk, embed, high_res, memory)
         masks = tracked.masks.to(self.storage_device, non_blocking=True)
         memories = self._to_storage(tracked.memories)
         scores = self._memory_scores(tracked.memory_scores, len(views))
@@ -238,13 +248,12 @@ class TrackingEngine:
         chunk = self.objects_per_chunk
         if self.shape_buckets:  # as the tracking pass: a few batch shapes, not one graph per count of prompts
             rows = bucket(len(outputs), chunk)
-            masks, scores = _padded_rows(masks, rows), _padded_rows(scores, rows)
-            embed = _padded_rows(embed, rows) if embed.shape[0] > 1 else embed
+            masks, scores, embed = (padded_objects(value, rows) for value in (masks, scores, embed))
         binarize = torch.ones(masks.shape[0], dtype=torch.bool, device=self.device)
         memories = torch.cat(
             [
-                self.model.encode_memory(_object_rows(embed, rows), masks[rows], scores[rows], binarize[rows])
-                for rows in _chunks(masks.shape[0], chunk)
+                self.model.encode_memory(object_rows(embed, rows), masks[rows], scores[rows], binarize[rows])
+                for rows in chunks(masks.shape[0], chunk)
             ]
         )  # (B', N, C_mem)
         for output, spatial in zip(outputs, self._store_memory(memories[: len(outputs)])):
@@ -306,7 +315,7 @@ class TrackingEngine:
         return object_scores(factors[:count])
 
     def _outputs(self, prediction: MaskPrediction) -> list[ObjectOutput]:
-        masks = _filled(prediction.best_mask, self.options.fill_hole_area).to(self.storage_device, non_blocking=True)
+        masks = filled(prediction.best_mask, self.options.fill_hole_area).to(self.storage_device, non_blocking=True)
         return [
             ObjectOutput(masks[row], prediction.obj_ptr[row], prediction.object_score_logits[row])
             for row in range(masks.shape[0])
@@ -314,113 +323,11 @@ class TrackingEngine:
 
     def _store_memory(self, memories: Tensor) -> Tensor:
         """(B, N, C_mem) -> the same in the storage dtype and device."""
-        return self._to_storage(_stored_memory(memories, self.memory_dtype))
+        return self._to_storage(stored_memory(memories, self.memory_dtype))
 
     def _to_storage(self, memories: Tensor) -> Tensor:
         # Offloaded, the copy must have landed before the host copies it into its slot: no non_blocking.
         return memories.to(self.storage_device)
-
-
-class _TrackedBatch(NamedTuple):
-    masks: Tensor  # (B, 1, 4h, 4w) logits for output: the best mask, its small holes filled
-    pointers: Tensor  # (B, C) object pointers
-    object_scores: Tensor  # (B, 1) presence logits
-    memories: Tensor  # (B, N, C_mem) spatial memories in the memory dtype
-    memory_scores: Tensor  # (B, 2) the factors of each frame's score as a memory (memory selection)
-
-
-def _track_on_memory(
-    model: SAM2Model,
-    fill_hole_area: int,
-    memory_dtype: torch.dtype,
-    chunk: Optional[int],
-    embed: Tensor,
-    high_res: tuple[Tensor, ...],
-    memory: MemoryTokens,
-) -> _TrackedBatch:
-    """A tracking pass from the gathered memory, `chunk` objects at a time (None: all): the unit that replays as
-    one CUDA graph, in which each chunk's activations reuse the memory of the chunk before."""
-    batch = memory.spatial.shape[0]
-    if chunk is None or batch <= chunk:
-        conditioned = model.condition_on_memory(embed, memory)
-        return _track_conditioned(model, fill_hole_area, memory_dtype, embed, high_res, conditioned)
-    parts = []
-    for rows in _chunks(batch, chunk):
-        part_high_res = tuple(_object_rows(h, rows) for h in high_res)
-        part_memory = MemoryTokens(*(_object_rows(field, rows) for field in memory))
-        part_embed = _object_rows(embed, rows)
-        parts.append(
-            _track_on_memory(model, fill_hole_area, memory_dtype, None, part_embed, part_high_res, part_memory)
-        )
-    return _TrackedBatch(*(torch.cat(fields) for fields in zip(*parts)))  # each field (B, ...)
-
-
-def _chunks(count: int, chunk: Optional[int]) -> list[slice]:
-    """Consecutive slices of `count` rows, `chunk` rows each (None: one slice of all)."""
-    step = chunk or count
-    return [slice(start, start + step) for start in range(0, count, step)]
-
-
-def _object_rows(value: Optional[Tensor], rows: slice) -> Optional[Tensor]:
-    """The `rows` of a per-object `value` (B, ...); one frame's features shared by all (batch 1) as they are."""
-    if value is None or value.shape[0] == 1:
-        return value
-    return value[rows]
-
-
-def _track_conditioned(
-    model: SAM2Model,
-    fill_hole_area: int,
-    memory_dtype: torch.dtype,
-    embed: Tensor,
-    high_res: tuple[Tensor, ...],
-    conditioned: Tensor,
-) -> _TrackedBatch:
-    """Segment each object from its frame's features conditioned on its memory (B, C, h, w), and encode its
-    new memory from the unfilled mask (as the official does: holes are filled in the output only).
-
-    `embed` and `high_res` are one frame's (batch 1) or each object's own (batch B): a graph of the pass
-    then holds one frame's decoder skips as its static input, not B expanded copies."""
-    batch = conditioned.shape[0]
-    high_res = tuple(h.expand(batch, -1, -1, -1) for h in high_res)  # (1 or B, C, H, W) -> (B, C, H, W), a view
-    prediction = model.segment(conditioned, high_res, None, None, None, multimask=True)
-    binarize = torch.zeros(batch, dtype=torch.bool, device=conditioned.device)  # masks of tracking: not binarised
-    memories = model.encode_memory(embed, prediction.best_mask, prediction.object_score_logits, binarize)
-    masks = _filled(prediction.best_mask, fill_hole_area)
-    return _TrackedBatch(
-        masks,
-        prediction.obj_ptr,
-        prediction.object_score_logits,
-        _stored_memory(memories, memory_dtype),
-        score_factors(prediction.object_score_logits, prediction.iou_scores),
-    )
-
-
-def bucket(count: int, chunk: Optional[int] = None) -> int:
-    """The batch a pass of `count` rows is padded to: the next power of two, and past `chunk` rows (run a chunk
-    at a time) the next multiple of `chunk`: 40 objects in chunks of 16 run as 48, not 64."""
-    if chunk and count > chunk:
-        return -(-count // chunk) * chunk
-    return 1 << max(count - 1, 0).bit_length()
-
-
-def _padded_rows(value: Optional[Tensor], rows: int) -> Optional[Tensor]:
-    """`value` (B, ...) with its last row repeated up to `rows` rows."""
-    if value is None or value.shape[0] >= rows:
-        return value
-    return torch.cat([value, value[-1:].expand(rows - value.shape[0], *value.shape[1:])])  # (rows, ...)
-
-
-def _filled(mask_logits: Tensor, fill_hole_area: int) -> Tensor:
-    """Output logits (B, 1, 4h, 4w) with background holes of up to `fill_hole_area` pixels filled (0: none)."""
-    if fill_hole_area <= 0:
-        return mask_logits
-    return fill_holes(mask_logits, fill_hole_area, fill_value=HOLE_FILL_LOGIT)
-
-
-def _stored_memory(memories: Tensor, dtype: torch.dtype) -> Tensor:
-    """Memory tokens (B, N, C_mem), contiguous, in `dtype`."""
-    return memories.to(dtype).contiguous()
 
 
 def _per_object(frames: Sequence[EncodedFrame], batch: int) -> ImageFeatures:

@@ -18,8 +18,9 @@ from torch import Tensor
 from ..model.sam2 import SAM2Model
 from ..processing.images import ImageLike
 from ..runtime.graphs import captured_graphs, has_cuda_graphs, release_graphs
-from .engine import EncodedFrame, TrackingEngine, bucket
+from .engine import EncodedFrame, TrackingEngine
 from .memory_arena import MemoryArena
+from .object_batches import bucket
 from .options import STREAM_OPTIONS, TrackerOptions, tracker_options
 from .pooled_stream import FrameResult, PooledStream
 

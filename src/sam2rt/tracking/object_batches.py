@@ -1,0 +1,130 @@
+"""A batch of objects through the engine's passes: padded to a fixed-shape bucket, run a chunk at a time.
+
+Under CUDA graphs a pass is captured once per input shape, so a batch of B objects is padded (its last row
+repeated) to `bucket(B)`: the next power of two, then whole chunks. Streams of any number of objects then share
+a few shapes instead of capturing a graph for each new count; the padding rows' outputs are dropped. A pass runs
+its objects `chunk` at a time, since memory attention's activations grow with the batch while a larger batch
+gains no speed. One frame's features shared by all objects stay batch 1 through both (the pass broadcasts
+them). `track_on_memory` is the tracking pass itself, the unit the engine replays as one graph.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+from torch import Tensor
+
+from ..model.sam2 import MemoryTokens, SAM2Model
+from ..processing.masks import fill_holes
+from .memory_selection import score_factors
+
+HOLE_FILL_LOGIT = 0.1
+
+
+class TrackedBatch(NamedTuple):
+    masks: Tensor  # (B, 1, 4h, 4w) logits for output: the best mask, its small holes filled
+    pointers: Tensor  # (B, C) object pointers
+    object_scores: Tensor  # (B, 1) presence logits
+    memories: Tensor  # (B, N, C_mem) spatial memories in the memory dtype
+    memory_scores: Tensor  # (B, 2) the factors of each frame's score as a memory (memory selection)
+
+
+def track_on_memory(
+    model: SAM2Model,
+    fill_hole_area: int,
+    memory_dtype: torch.dtype,
+    chunk: Optional[int],
+    embed: Tensor,
+    high_res: tuple[Tensor, ...],
+    memory: MemoryTokens,
+) -> TrackedBatch:
+    """A tracking pass from the gathered memory, `chunk` objects at a time (None: all): the unit that replays as
+    one CUDA graph, in which each chunk's activations reuse the memory of the chunk before."""
+    batch = memory.spatial.shape[0]
+    if chunk is None or batch <= chunk:
+        conditioned = model.condition_on_memory(embed, memory)
+        return track_conditioned(model, fill_hole_area, memory_dtype, embed, high_res, conditioned)
+    parts = []
+    for rows in chunks(batch, chunk):
+        part_high_res = tuple(object_rows(h, rows) for h in high_res)
+        part_memory = MemoryTokens(*(object_rows(field, rows) for field in memory))
+        part_embed = object_rows(embed, rows)
+        parts.append(track_on_memory(model, fill_hole_area, memory_dtype, None, part_embed, part_high_res, part_memory))
+    return TrackedBatch(*(torch.cat(fields) for fields in zip(*parts)))  # each field (B, ...)
+
+
+def track_conditioned(
+    model: SAM2Model,
+    fill_hole_area: int,
+    memory_dtype: torch.dtype,
+    embed: Tensor,
+    high_res: tuple[Tensor, ...],
+    conditioned: Tensor,
+) -> TrackedBatch:
+    """Segment each object from its frame's features conditioned on its memory (B, C, h, w), and encode its
+    new memory from the unfilled mask (as the official does: holes are filled in the output only).
+
+    `embed` and `high_res` are one frame's (batch 1) or each object's own (batch B): a graph of the pass
+    then holds one frame's decoder skips as its static input, not B expanded copies."""
+    batch = conditioned.shape[0]
+    high_res = tuple(h.expand(batch, -1, -1, -1) for h in high_res)  # (1 or B, C, H, W) -> (B, C, H, W), a view
+    prediction = model.segment(conditioned, high_res, None, None, None, multimask=True)
+    binarize = torch.zeros(batch, dtype=torch.bool, device=conditioned.device)  # masks of tracking: not binarised
+    memories = model.encode_memory(embed, prediction.best_mask, prediction.object_score_logits, binarize)
+    masks = filled(prediction.best_mask, fill_hole_area)
+    return TrackedBatch(
+        masks,
+        prediction.obj_ptr,
+        prediction.object_score_logits,
+        stored_memory(memories, memory_dtype),
+        score_factors(prediction.object_score_logits, prediction.iou_scores),
+    )
+
+
+def chunks(count: int, chunk: Optional[int]) -> list[slice]:
+    """Consecutive slices of `count` rows, `chunk` rows each (None: one slice of all)."""
+    step = chunk or count
+    return [slice(start, start + step) for start in range(0, count, step)]
+
+
+def object_rows(value: Optional[Tensor], rows: slice) -> Optional[Tensor]:
+    """The `rows` of a per-object `value` (B, ...); one frame's features shared by all (batch 1) as they are."""
+    if value is None or value.shape[0] == 1:
+        return value
+    return value[rows]
+
+
+def bucket(count: int, chunk: Optional[int] = None) -> int:
+    """The batch a pass of `count` rows is padded to: the next power of two, and past `chunk` rows (run a chunk
+    at a time) the next multiple of `chunk`: 40 objects in chunks of 16 run as 48, not 64."""
+    if chunk and count > chunk:
+        return -(-count // chunk) * chunk
+    return 1 << max(count - 1, 0).bit_length()
+
+
+def padded_rows(value: Optional[Tensor], rows: int) -> Optional[Tensor]:
+    """`value` (B, ...) with its last row repeated up to `rows` rows."""
+    if value is None or value.shape[0] >= rows:
+        return value
+    return torch.cat([value, value[-1:].expand(rows - value.shape[0], *value.shape[1:])])  # (rows, ...)
+
+
+def padded_objects(value: Optional[Tensor], rows: int) -> Optional[Tensor]:
+    """A per-object `value` (B, ...) padded to `rows` rows as `padded_rows` does; one frame's features shared by
+    all (batch 1) as they are. (A batch of one object is never padded: its bucket is 1.)"""
+    if value is None or value.shape[0] == 1:
+        return value
+    return padded_rows(value, rows)
+
+
+def filled(mask_logits: Tensor, fill_hole_area: int) -> Tensor:
+    """Output logits (B, 1, 4h, 4w) with background holes of up to `fill_hole_area` pixels filled (0: none)."""
+    if fill_hole_area <= 0:
+        return mask_logits
+    return fill_holes(mask_logits, fill_hole_area, fill_value=HOLE_FILL_LOGIT)
+
+
+def stored_memory(memories: Tensor, dtype: torch.dtype) -> Tensor:
+    """Memory tokens (B, N, C_mem), contiguous, in `dtype`."""
+    return memories.to(dtype).contiguous()
