@@ -12,6 +12,8 @@ from visible import assert_nontrivial, visible_model
 
 import sam2rt
 from sam2rt.tracking.engine import TrackingEngine
+from sam2rt.tracking.object_batches import bucket
+from sam2rt.tracking.pool import warm_up_counts
 
 IMAGE_SIZE = 64
 TICKS = 8
@@ -256,3 +258,16 @@ def test_warm_up_captures_every_shape_that_paced_streams_then_bring(model, monke
     assert not new, sorted(name for name, _ in new)
     for got, expected in zip(after_warm_up, live(pool_with_buckets())):
         _assert_same(got, expected, "after a warm-up", rel=1e-5)
+
+
+@pytest.mark.parametrize("chunk", [None, 4, 16])
+def test_warm_up_counts_bring_every_padded_batch_pair_of_up_to_that_many_streams(chunk):
+    """Each count of one-object streams from 1 to the maximum pads to a pair (frames encoded, objects tracked)
+    that one of the warm-up's counts pads to as well; no count beyond the maximum is opened."""
+    for max_streams in (1, 3, 16, 20, 40, 70):
+        counts = warm_up_counts(max_streams, chunk)
+        warmed = {(bucket(count), bucket(count, chunk)) for count in counts}
+        needed = {(bucket(n), bucket(n, chunk)) for n in range(1, max_streams + 1)}
+        assert needed <= warmed, (max_streams, chunk, sorted(needed - warmed))
+        assert max(counts) == max_streams and len(counts) == len(warmed)  # none wasted
+    assert warm_up_counts(40, 16) == [1, 2, 4, 8, 16, 32, 40]  # 33-40 streams: 64 frames, 48 objects

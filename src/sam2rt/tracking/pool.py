@@ -58,18 +58,17 @@ class StreamPool:
         return release_graphs(self.model)
 
     def warm_up(self, max_streams: int, frame_size: tuple[int, int] = (720, 1280), steps: int = 3) -> int:
-        """Capture ahead the CUDA graphs that `max_streams` live streams of one object each will replay, so that no
-        live tick waits for a capture (0.2 s each on an H100). For each batch the engine pads to (1, 2, 4, ... up to
-        max_streams' bucket): that many streams of `frame_size` (H, W) frames, a click on each, `steps` tracked
-        ticks, then closed. Other counts of objects, and other frame sizes where the output depends on it, are
-        captured when they come. Returns the graphs captured; without graphs, nothing is done."""
+        """Capture ahead the CUDA graphs that up to `max_streams` live streams of one object each will replay, so
+        that no live tick waits for a capture (0.2 s each on an H100). For each count of `warm_up_counts`: that many
+        streams of `frame_size` (H, W) frames, a click on each, `steps` tracked ticks, then closed. Other counts of
+        objects, and other frame sizes where the output depends on it, are captured when they come. Returns the
+        graphs captured; without graphs, nothing is done."""
         if not has_cuda_graphs(self.model):
             return 0
         height, width = frame_size
         frame = np.full((height, width, 3), 127, np.uint8)
         before = captured_graphs(self.model)
-        count = 1
-        while count <= bucket(max_streams):
+        for count in warm_up_counts(max_streams, self.engine.objects_per_chunk):
             streams = [self.open_stream() for _ in range(count)]
             try:
                 self.step({stream: frame for stream in streams})
@@ -80,7 +79,6 @@ class StreamPool:
             finally:
                 for stream in streams:
                     self.close_stream(stream)
-            count *= 2
         return captured_graphs(self.model) - before
 
     @torch.inference_mode()
@@ -139,3 +137,12 @@ class StreamPool:
             raise RuntimeError("this stream was closed: open a new one with pool.open_stream()")
         if stream.pool is not self:
             raise ValueError("this stream belongs to another pool")
+
+
+def warm_up_counts(max_streams: int, chunk: Optional[int]) -> list[int]:
+    """The fewest counts of one-object streams whose ticks bring every pair of padded batches (frames to encode:
+    `bucket(n)`; objects to track: `bucket(n, chunk)`) that 1 to `max_streams` such streams bring: each bucket
+    up to `max_streams`, and `max_streams` itself for the buckets past it (40 streams in chunks of 16: 64 frames,
+    48 objects)."""
+    sizes = {bucket(n) for n in range(1, max_streams + 1)} | {bucket(n, chunk) for n in range(1, max_streams + 1)}
+    return sorted({min(size, max_streams) for size in sizes})
