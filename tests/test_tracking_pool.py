@@ -215,8 +215,9 @@ def test_shape_buckets_leave_few_shapes_to_capture(model, monkeypatch):
 def test_warm_up_captures_every_shape_that_paced_streams_then_bring(model, monkeypatch):
     """`StreamPool.warm_up` (what `sam2rt serve` runs before it says ready): with shape buckets, every call of a
     graphed step that streams of one object each bring later, joining at different ticks, clicked on their first
-    frame and stepped out of phase, has the key of a graph the warm-up captured. The warm-up leaves no stream
-    or memory row behind, and tracking after it gives what a fresh pool gives."""
+    frame and stepped out of phase, until one has full memory (no validity masks), has the key of a graph the
+    warm-up captured. The warm-up leaves no stream or memory row behind, and tracking after it gives what a fresh
+    pool gives."""
     from sam2rt.runtime import graphs
 
     monkeypatch.setattr(TrackingEngine, "split_cpu_attention", False)
@@ -232,7 +233,7 @@ def test_warm_up_captures_every_shape_that_paced_streams_then_bring(model, monke
 
     def live(pool):
         streams, results = [], []
-        for tick in range(10):
+        for tick in range(20):  # stream 0 fills its memory and pointer slots (masks then dropped), alone at tick 18
             if tick < 3:
                 streams.append(pool.open_stream())
             stepped = [s for i, s in enumerate(streams) if (tick - i) % (i + 1) == 0]  # 1 to 3 streams a tick

@@ -57,10 +57,14 @@ class StreamPool:
         self.arena.reclaim()
         return release_graphs(self.model)
 
-    def warm_up(self, max_streams: int, frame_size: tuple[int, int] = (720, 1280), steps: int = 3) -> int:
+    def warm_up(
+        self, max_streams: int, frame_size: tuple[int, int] = (720, 1280), steps: Optional[int] = None
+    ) -> int:
         """Capture ahead the CUDA graphs that up to `max_streams` live streams of one object each will replay, so
         that no live tick waits for a capture (0.2 s each on an H100). For each count of `warm_up_counts`: that many
-        streams of `frame_size` (H, W) frames, a click on each, `steps` tracked ticks, then closed. Other counts of
+        streams of `frame_size` (H, W) frames, a click on each, `steps` tracked ticks, then closed. By default the
+        ticks go on until every memory slot and pointer slot is full: full memories drop the validity masks, which
+        is another shape (and a live capture for each count, as the 8-camera benchmark saw). Other counts of
         objects, and other frame sizes where the output depends on it, are captured when they come. Returns the
         graphs captured; without graphs, nothing is done."""
         if not has_cuda_graphs(self.model):
@@ -68,6 +72,7 @@ class StreamPool:
         height, width = frame_size
         frame = np.full((height, width, 3), 127, np.uint8)
         before = captured_graphs(self.model)
+        steps = self.engine.config.max_obj_ptrs + 1 if steps is None else steps  # the pointers fill last
         for count in warm_up_counts(max_streams, self.engine.objects_per_chunk):
             streams = [self.open_stream() for _ in range(count)]
             try:
