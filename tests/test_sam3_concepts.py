@@ -131,3 +131,24 @@ def test_bad_prompts_are_refused(pair):
         predictor.predict(boxes=[[50, 10, 20, 40]])
     with pytest.raises(ValueError, match="one 0 or 1 per box"):
         predictor.predict(boxes=[[5, 10, 20, 40]], box_labels=[2])
+
+
+def test_phrases_are_encoded_once_and_give_what_a_fresh_encoding_gives(pair, monkeypatch):
+    """The predictor keeps the text encoder's output of the phrases asked: a second image with the same phrases
+    reads it (no encoding) and finds what a predictor without it finds; other phrases are encoded."""
+    _, predictor = pair
+    encoded = []
+    real = predictor.model.encode_text
+    monkeypatch.setattr(predictor.model, "encode_text", lambda ids: encoded.append(len(ids)) or real(ids))
+    predictor._texts.clear()
+    for seed in (3, 4):
+        predictor.set_image(_image(seed))
+        kept = predictor.predict(["red car", "a person"])
+    assert encoded == [2]
+    fresh = ConceptPredictor(predictor.model, predictor.tokenizer, predictor.score_threshold)
+    fresh.set_image(_image(4))
+    for got, expected in zip(kept, fresh.predict(["red car", "a person"])):
+        assert np.array_equal(got.scores, expected.scores) and np.array_equal(got.masks, expected.masks)
+    assert sum(len(found) for found in kept) > 0  # instances compared, not empty lists
+    predictor.predict("a person")
+    assert encoded == [2, 2, 1]  # the fresh predictor's, then the new phrase's

@@ -12,6 +12,7 @@ presence score), their masks upsampled bilinearly to the image, their boxes in i
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
@@ -22,12 +23,14 @@ from torch import Tensor
 
 from ..model.sam3.detector import ImageFeatures, Sam3Detector
 from ..model.sam3.geometry import GeometricPrompt
+from ..model.sam3.text import TextFeatures
 from ..processing.images import ImageLike, as_rgb_tensor, to_host
 from ..processing.preprocess import concept_model_input
 from ..processing.text import TextTokenizer
 
 BOXES_ONLY_PHRASE = "visual"  # the phrase Meta's processor pairs with exemplar boxes given without text
 DEFAULT_SCORE_THRESHOLD = 0.5
+TEXTS_KEPT = 16  # sets of phrases whose encodings a predictor keeps
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,9 @@ class ConceptPredictor:
         self.score_threshold = score_threshold
         self._features: Optional[ImageFeatures] = None
         self._size: Optional[tuple[int, int]] = None
+        # The phrases' encodings, kept: the same phrases come back image after image (a folder, a video's frames),
+        # and the text encoder is 24 eager layers (its weights do not change under a predictor).
+        self._texts: OrderedDict[tuple[str, ...], TextFeatures] = OrderedDict()
 
     @property
     def device(self) -> torch.device:
@@ -82,16 +88,26 @@ class ConceptPredictor:
         if self._features is None or self._size is None:
             raise RuntimeError("call set_image before predict")
         phrases = _phrases(text, boxes)
-        ids = self.tokenizer(phrases, self.model.spec.text.context_length).to(self.device)
         geometry = None
         if boxes is not None:
             geometry = _exemplars(boxes, box_labels, self._size, len(phrases), self.device)
-        found = self.model.detect(self._features, self.model.encode_text(ids), geometry)
+        found = self.model.detect(self._features, self._encoded_text(phrases), geometry)
         scores = found.scores.float()  # (B, Q)
         return [
             self._instances(phrase, scores[row], found.boxes[row], found.mask_logits[row])
             for row, phrase in enumerate(phrases)
         ]
+
+    def _encoded_text(self, phrases: list[str]) -> TextFeatures:
+        """The text encoder's output for `phrases`, from the last TEXTS_KEPT sets of phrases asked or encoded now."""
+        key = tuple(phrases)
+        if key not in self._texts:
+            ids = self.tokenizer(phrases, self.model.spec.text.context_length).to(self.device)
+            self._texts[key] = self.model.encode_text(ids)
+            if len(self._texts) > TEXTS_KEPT:
+                self._texts.popitem(last=False)
+        self._texts.move_to_end(key)
+        return self._texts[key]
 
     def _instances(self, phrase: str, scores: Tensor, boxes: Tensor, mask_logits: Tensor) -> Instances:
         """One prompt's queries above the threshold, best first: scores (Q,), boxes (Q, 4) cx, cy, w, h in [0, 1],
