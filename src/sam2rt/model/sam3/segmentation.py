@@ -12,6 +12,7 @@ from typing import NamedTuple
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...runtime.kernels import group_norm
 from ..layers import MLP
 from .attention import PackedAttention
 
@@ -41,7 +42,7 @@ class PixelDecoder(nn.Module):
         pixels = features[-1]
         for stage, finer in enumerate(reversed(features[:-1])):
             pixels = finer + F.interpolate(pixels, size=finer.shape[-2:], mode="nearest")
-            pixels = F.relu(self.norms[stage](self.conv_layers[stage](pixels)))
+            pixels = F.relu(group_norm(self.conv_layers[stage](pixels), self.norms[stage]))
         return pixels
 
 
