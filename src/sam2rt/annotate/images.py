@@ -102,7 +102,9 @@ def yolo_items(images: Path, labels: Path) -> list[Item]:
     files = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise LabelError(f"no images in {images}")
-    return [Item(path, labels / f"{path.stem}.txt") for path in files]
+    items = [Item(path, labels / f"{path.stem}.txt") for path in files]
+    check_distinct(images, items, "image")  # photo.jpg and photo.png would read one label file, write one output
+    return items
 
 
 def coco_items(path: Path, images: Path) -> tuple[list[Item], list[str], list[int]]:
@@ -160,15 +162,16 @@ def check_file_name(path: Path, image_id, name) -> None:
         )
 
 
-def check_distinct(path: Path, items: Sequence[Item]) -> None:
-    """Two images that would share a label file and a record: the second would overwrite the first."""
+def check_distinct(path: Path, items: Sequence[Item], what: str = "image file_name") -> None:
+    """Two images that would share a label file and a record (the same name but for the suffix: photo.jpg and
+    photo.png): the second would overwrite the first. `what` names an item in the message."""
     seen: dict[str, Item] = {}
     for item in items:
         earlier = seen.setdefault(item.name, item)
         if earlier is not item:
             other = earlier.relative_name
             same = "is listed twice" if other == item.relative_name else f"and {other!r} would share outputs"
-            raise LabelError(f"{path}: the image file_name {item.relative_name!r} {same}: each image needs its own")
+            raise LabelError(f"{path}: the {what} {item.relative_name!r} {same}: each image needs its own")
 
 
 class BoxSegmenter:
@@ -305,7 +308,9 @@ def folder_items(images: Path) -> list[Item]:
     """Every image of the folder `images`, with no boxes (a concept prompt finds them)."""
     if not images.is_dir():
         raise LabelError(f"no such image folder: {images}")
-    return [Item(path) for path in sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)]
+    items = [Item(path) for path in sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)]
+    check_distinct(images, items, "image")
+    return items
 
 
 def detector_items(images: Path, weights: str) -> tuple[list[Item], list[str]]:
@@ -319,9 +324,11 @@ def detector_items(images: Path, weights: str) -> tuple[list[Item], list[str]]:
         ) from None
     if not images.is_dir():
         raise LabelError(f"no such image folder: {images}")
+    files = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    check_distinct(images, [Item(path) for path in files], "image")  # before the detector runs on any
     detector = YOLO(weights)
     items = []
-    for path in sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+    for path in files:
         result = detector(str(path), verbose=False)[0]
         boxes = result.boxes.xyxy.cpu().numpy()  # (N, 4) pixels
         classes = result.boxes.cls.cpu().numpy().astype(int)
