@@ -1,8 +1,8 @@
-"""JPEG decoding of camera frames: the server's CPU path (PIL) against torchvision's decoders, CPU and CUDA.
+"""JPEG decoding of camera frames: the server's CPU path (OpenCV), PIL, and torchvision's decoders, CPU and CUDA.
 
     python benchmarks/jpeg_decode.py --source ../shared/data/videos/bedroom --size 720x1280
 
-`sam2rt serve` decodes each client's JPEG in a worker thread (PIL), off the model thread; this measures
+`sam2rt serve` decodes each client's JPEG in a worker thread (OpenCV; PIL before), off the model thread; this measures
 whether a GPU decoder would pay: milliseconds per frame, one frame at a time and in batches of 8 (a tick
 of 8 cameras), for photographic frames (the clip, re-encoded at quality 90) and for noise (the worst case,
 what the GPU benchmarks stream when the clip is absent). torchvision is not a dependency of sam2rt; this
@@ -65,7 +65,10 @@ def main() -> None:
     args = parser.parse_args()
     size = tuple(map(int, args.size.split("x")))
     kinds = encoded_frames(args.source, args.frames, size)
-    decoders = {"PIL (sam2rt serve), CPU": ("cpu", lambda payloads: [decode_image(p, "jpeg") for p in payloads])}
+    decoders = {
+        "sam2rt serve (OpenCV), CPU": ("cpu", lambda payloads: [decode_image(p, "jpeg") for p in payloads]),
+        "PIL, CPU": ("cpu", lambda payloads: [np.asarray(Image.open(io.BytesIO(p)).convert("RGB")) for p in payloads]),
+    }
     try:
         from torchvision.io import decode_jpeg
     except ImportError:
