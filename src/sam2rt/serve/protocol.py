@@ -238,9 +238,9 @@ def decode_image(payload: bytes, expected: str) -> np.ndarray:
     """A JPEG or PNG as (H, W, 3) uint8 RGB; its size is checked before the pixels are decoded.
 
     PIL reads the header (format, size, mode); an RGB image's pixels are decoded by OpenCV, which gives the same
-    pixels (both are libjpeg-turbo and libpng with their defaults) in one call that frees the GIL throughout:
-    PIL's decoder takes the GIL back for every chunk of the file, which the server's model thread, waiting for
-    the GIL after each of its calls, paid for (a third of its time in a profile of 8 cameras). Other modes
+    pixels (both are libjpeg-turbo and libpng with their defaults) in one call that frees the GIL throughout.
+    PIL's decoder takes the GIL back for every chunk of the file, and the server's model thread takes it back
+    after each of its hundreds of calls a tick: benchmarks/decode_gil.py measures what that costs it. Other modes
     (grey, palette, CMYK, 16-bit) are converted by PIL, as image files are."""
     try:
         with Image.open(io.BytesIO(payload)) as image:
