@@ -107,3 +107,28 @@ def test_unknown_resize_names_fail_with_the_list():
     assert sam2rt.VideoPredictor(model).options.resize == "pil-bicubic"
     assert sam2rt.StreamTracker(model).engine.options.resize == "bilinear-antialias"
     assert sam2rt.ImagePredictor(model).resize == "bilinear-antialias"
+
+
+def test_frames_go_to_a_gpu_as_their_pixels_lie_and_come_out_laid_out_as_given():
+    """`dense_upload` (what `to_device` runs for a GPU) hands the copy only contiguous tensors: a frame's (3, H, W)
+    view of its (H, W, 3) pixels goes up as the pixels lie, since PyTorch copies a non-contiguous host tensor through
+    a pageable temporary that waits for the GPU's queue. The result equals the input, with the input's strides
+    (so the kernels after it see what they saw before); an expanded grey frame is made contiguous first."""
+    from sam2rt.processing.images import dense_upload
+
+    seen = []
+
+    def upload(tensor):  # a stand-in for pin_memory().to("cuda", non_blocking=True)
+        seen.append(tensor)
+        return tensor.clone()
+
+    pixels = np.random.default_rng(0).integers(0, 256, (6, 10, 3), dtype=np.uint8)
+    grey = torch.from_numpy(pixels[..., 0].copy())[..., None].expand(-1, -1, 3)  # stride 0 on the channels
+    for frame in (as_rgb_tensor(pixels), as_rgb_tensor(pixels)[None], as_rgb_tensor(grey), torch.arange(5.0)):
+        seen.clear()
+        out = dense_upload(frame, upload)
+        assert torch.equal(out, frame)
+        assert len(seen) == 1 and seen[0].is_contiguous()
+        if frame.dim() == 3 and 0 not in frame.stride():
+            assert not frame.is_contiguous() and out.stride() == frame.stride()  # a permuted view, as given
+            assert seen[0].shape == (6, 10, 3)  # the pixels as they lie: no transpose on the host

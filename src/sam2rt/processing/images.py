@@ -10,7 +10,7 @@ clear meaning as a colour image (32-bit floats outside [0, 1], negative integers
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Callable, Union
 
 import numpy as np
 import torch
@@ -94,8 +94,22 @@ def to_device(tensor: Tensor, device: torch.device) -> Tensor:
     """Upload a host tensor (a frame, a few numbers) without stalling the GPU queue: through pinned
     memory, asynchronously. A plain copy from pageable memory waits for all queued GPU work."""
     if device.type == "cuda" and tensor.device.type == "cpu":
-        return tensor.pin_memory().to(device, non_blocking=True)
+        return dense_upload(tensor, lambda dense: dense.pin_memory().to(device, non_blocking=True))
     return tensor.to(device)
+
+
+def dense_upload(tensor: Tensor, upload: Callable[[Tensor], Tensor]) -> Tensor:
+    """`upload` (a copy to another device) of a tensor given only contiguous tensors, the result laid out as
+    `tensor` is. PyTorch copies a non-contiguous host tensor through a contiguous temporary in pageable memory,
+    which waits for the GPU's queue however the source was pinned: a frame's (3, H, W) view of its (H, W, 3)
+    pixels is such a tensor. A permutation of a dense tensor goes up as its bytes lie and is permuted back on
+    the device (no copy there); anything else is made contiguous on the host first."""
+    order = sorted(range(tensor.dim()), key=lambda dim: (-tensor.stride(dim), -tensor.shape[dim]))
+    dense = tensor.permute(order)  # the dims in the order they lie in memory
+    if not dense.is_contiguous():
+        return upload(tensor.contiguous())
+    inverse = sorted(range(tensor.dim()), key=order.__getitem__)
+    return upload(dense).permute(inverse)
 
 
 def to_host(tensor: Tensor) -> np.ndarray:
