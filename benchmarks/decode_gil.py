@@ -26,10 +26,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from sam2rt.serve.protocol import FORMAT_JPEG, decode_payload
 
-from sam2rt.serve.protocol import FORMAT_JPEG, decode_payload  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 CALLS_PER_TICK = 400
 

@@ -39,6 +39,7 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+_CV2_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)  # OpenCV 4.10 and later decode to RGB themselves
 FRAME_MAGIC = b"S2RT"
 FRAME_HEADER = struct.Struct("<4sBxxxIHH")  # magic, format, padding, frame id, width, height: 16 bytes
 FORMAT_JPEG, FORMAT_PNG, FORMAT_RGB = 1, 2, 3
@@ -264,10 +265,9 @@ def decode_image(payload: bytes, expected: str) -> np.ndarray:
 def _decode_rgb(payload: bytes) -> Optional[np.ndarray]:
     """OpenCV's decoding of an 8-bit colour image to (H, W, 3) RGB, or None where it cannot read it. EXIF
     orientation is ignored, as PIL ignores it: the frame is what the pixels stored are."""
-    rgb_flag = getattr(cv2, "IMREAD_COLOR_RGB", None)  # OpenCV 4.10 and later decode to RGB themselves
-    flags = (cv2.IMREAD_COLOR if rgb_flag is None else rgb_flag) | cv2.IMREAD_IGNORE_ORIENTATION
+    flags = (_CV2_RGB or cv2.IMREAD_COLOR) | cv2.IMREAD_IGNORE_ORIENTATION
     pixels = cv2.imdecode(np.frombuffer(payload, np.uint8), flags)
-    if pixels is not None and rgb_flag is None:
+    if pixels is not None and _CV2_RGB is None:
         pixels = cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
     return pixels
 
