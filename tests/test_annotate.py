@@ -172,7 +172,6 @@ def test_coco_file_names_outside_the_folder_or_twice_are_refused(dataset, capsys
     assert "dets.json" in result.stderr and not (root / "out").exists()
 
 
-
 @pytest.mark.parametrize("source", ["--labels", "--text"])
 def test_images_of_one_name_but_the_suffix_are_refused_before_anything_is_written(dataset, capsys, source):
     """photo.png and photo.jpg would read one label file and write one labels/photo.txt and one record: refused,
@@ -183,6 +182,7 @@ def test_images_of_one_name_but_the_suffix_are_refused_before_anything_is_writte
     result = invoke_in_process(capsys, "annotate", root / "images", *given, "-o", root / "out")
     assert_clean_error(result, "the image 'f0.png' and 'f0.jpg' would share outputs")
     assert not (root / "out").exists()
+
 
 def test_class_names_from_the_labels_classes_txt_and_copied_images(dataset, checkpoint, capsys):
     root, _ = dataset

@@ -57,9 +57,7 @@ class StreamPool:
         self.arena.reclaim()
         return release_graphs(self.model)
 
-    def warm_up(
-        self, max_streams: int, frame_size: tuple[int, int] = (720, 1280), steps: Optional[int] = None
-    ) -> int:
+    def warm_up(self, max_streams: int, frame_size: tuple[int, int] = (720, 1280), steps: Optional[int] = None) -> int:
         """Capture ahead the CUDA graphs that up to `max_streams` live streams of one object each will replay, so
         that no live tick waits for a capture (0.2 s each on an H100). For each count of `warm_up_counts`: that many
         streams of `frame_size` (H, W) frames, a click on each, `steps` tracked ticks, then closed. By default the
