@@ -14,8 +14,8 @@ asked, tracks on the last frame, the detection bar used (see below), ms per fram
 --warmup untimed ones; tracks start on the first frame, a warm-up one), FPS (frames over their total time), and
 the row's ms over ours' at the same count.
 
-Rows: `ours` as `sam2rt track --text` runs it (on CUDA bf16 weights, the detector replayed from CUDA graphs by
-`runtime.optimize_detector`, the tracker cast by `to_inference_dtype`); `meta`, Meta's video model driven a frame
+Rows: `ours` as `sam2rt track --text` runs it (on CUDA bf16 weights, the detector and the tracker replayed from
+CUDA graphs by `runtime.optimize_concept_models`); `meta`, Meta's video model driven a frame
 at a time (`_run_single_frame_inference`, then `_postprocess_output`: its predictor's work on a frame, without the
 hotstart buffer a stream cannot have), under bf16 autocast on CUDA as its README runs it; `transformers`,
 Sam3VideoModel's own streaming (`forward(frame=...)` through tests/oracle_sam3_hf.py's TransformersStream with
@@ -84,7 +84,7 @@ from sam2rt.model.sam3.detector import Sam3Detector  # noqa: E402
 from sam2rt.processing.images import as_rgb_tensor  # noqa: E402
 from sam2rt.processing.preprocess import SAM3_MEAN, SAM3_STD, model_input  # noqa: E402
 from sam2rt.processing.text import TextTokenizer  # noqa: E402
-from sam2rt.runtime import optimize_detector, to_inference_dtype  # noqa: E402
+from sam2rt.runtime import optimize_concept_models  # noqa: E402
 from sam2rt.tracking.concept_plan import ConceptOptions  # noqa: E402
 from sam2rt.tracking.concepts import ConceptTracker  # noqa: E402
 
@@ -218,9 +218,7 @@ class Ours:
         tracker.load_state_dict(weights.tracker, strict=True)
         detector.backbone.vision_backbone = tracker.image_encoder  # one module, as load_sam3_video makes it
         detector, tracker = detector.to(device), tracker.to(device)
-        optimize_detector(detector)  # bf16 parameters and CUDA graphs; nothing off CUDA
-        if device.type == "cuda":
-            to_inference_dtype(tracker)
+        optimize_concept_models(detector, tracker)  # bf16 parameters and CUDA graphs; nothing off CUDA
         self.detector, self.tracker, self.tokenizer, self.phrase = detector, tracker, tokenizer, phrase
 
     def concept_tracker(self, options: ConceptOptions = ConceptOptions()) -> ConceptTracker:

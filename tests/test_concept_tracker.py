@@ -225,3 +225,38 @@ def test_stream_matches_meta_video_model(models):
     assert removed, "no hotstart removal on this clip"
     assert 0.05 < min(areas) and max(areas) < 0.95, f"trivial masks: {areas}"
     assert tracker_scores and min(tracker_scores) > 0.5, "tracked objects judged absent"
+
+
+def test_the_graphs_padded_batches_in_chunks_change_no_track(models, monkeypatch):
+    """What CUDA graphs get (shape buckets: the tracks' batch padded to a power of two and run in chunks, memory
+    padded to full slots and masked) tracks as the plain pass does, one call per track on the CPU."""
+    _, detector, tracker_model, tokenizer = models
+    frames = clip()
+    runs, shapes = {}, {}
+    many = ConceptOptions(score_threshold_detection=0.01, new_det_thresh=0.01, det_nms_thresh=0.0, hotstart_delay=0)
+    for name in ("plain", "bucketed"):
+        tracker = ConceptTracker(detector, tracker_model, tokenizer, PHRASE, many, memory_dtype=torch.bfloat16)
+        if name == "bucketed":
+            tracker.engine.shape_buckets = True
+            tracker.engine.split_cpu_attention = False  # the batched attention of GPUs
+            tracker.engine.objects_per_chunk = 2
+        seen = shapes[name] = []
+        original = tracker_model.condition_on_memory
+
+        def record(embed, memory, original=original, seen=seen):
+            seen.append((memory.spatial.shape[0], memory.spatial.shape[1], memory.pointers.shape[1]))
+            return original(embed, memory)
+
+        monkeypatch.setattr(tracker_model, "condition_on_memory", record)
+        runs[name] = [tracker.step(frame) for frame in frames]
+        monkeypatch.undo()
+    for t, (plain, bucketed) in enumerate(zip(runs["plain"], runs["bucketed"])):
+        assert bucketed.object_ids == plain.object_ids, f"frame {t}: tracks"
+        assert torch.equal(bucketed.visible, plain.visible), f"frame {t}: visible"
+        assert (bucketed.masks != plain.masks).float().mean() < 1e-3, f"frame {t}: masks"
+        np.testing.assert_allclose(bucketed.scores.numpy(), plain.scores.numpy(), rtol=1e-4, atol=1e-5)
+    # the test must be able to fail: tracks followed with real masks, batches padded past the tracks and chunked
+    assert max(len(run.object_ids) for run in runs["plain"]) >= 3, [run.object_ids for run in runs["plain"]]
+    assert all(0 < float(run.masks.float().mean()) < 0.95 for run in runs["plain"][1:] if run.object_ids)
+    assert all(batch <= 2 for batch, _, _ in shapes["bucketed"]), shapes["bucketed"]  # chunks of 2
+    assert len({(frames, pointers) for _, frames, pointers in shapes["bucketed"]}) < len(set(shapes["plain"]))

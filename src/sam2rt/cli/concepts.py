@@ -76,7 +76,7 @@ def load_concept_tracks(model: ModelChoice, phrases: list[str], score_threshold:
     as a ConceptTracker per phrase (`PhraseTracks`); `score_threshold` is the detections' (Meta's
     score_threshold_detection)."""
     from ..checkpoints.sam3 import load_sam3_video, load_text_tokenizer
-    from ..runtime import optimize_detector, to_inference_dtype
+    from ..runtime import optimize_concept_models
     from ..tracking.concept_plan import ConceptOptions
     from ..tracking.concept_run import PhraseTracks
     from ..tracking.concepts import ConceptTracker
@@ -85,9 +85,8 @@ def load_concept_tracks(model: ModelChoice, phrases: list[str], score_threshold:
     device = model.target_device()
     detector, tracker_model = load_sam3_video(model.checkpoint, device)
     tokenizer = load_text_tokenizer(beside=model.checkpoint)
-    if model.fast and device.type == "cuda":
-        optimize_detector(detector)  # bf16 parameters (the rotary tables keep their precision), CUDA graphs
-        to_inference_dtype(tracker_model)
+    if model.fast:
+        optimize_concept_models(detector, tracker_model)  # on CUDA: bf16 parameters, CUDA graphs
     options = ConceptOptions(score_threshold_detection=score_threshold)
     return PhraseTracks([ConceptTracker(detector, tracker_model, tokenizer, phrase, options) for phrase in phrases])
 

@@ -144,15 +144,14 @@ class Sam3Choice:
         """SAM 3's detector, tracker and tokenizer (serve.concepts.ConceptModels) on the SAM 2 model's device, with
         bf16 weights on CUDA under --fast."""
         from ..checkpoints.sam3 import load_sam3_video, load_text_tokenizer
-        from ..runtime import optimize_detector, to_inference_dtype
+        from ..runtime import optimize_concept_models
         from ..serve.concepts import ConceptModels
 
         device = model.target_device()
         detector, tracker = load_sam3_video(self.checkpoint, device)
         tokenizer = load_text_tokenizer(beside=self.checkpoint)
-        if model.fast and device.type == "cuda":
-            optimize_detector(detector)  # bf16 parameters (the rotary tables keep their precision), CUDA graphs
-            to_inference_dtype(tracker)
+        if model.fast:
+            optimize_concept_models(detector, tracker)  # on CUDA: bf16 parameters, CUDA graphs
         return ConceptModels(detector, tracker, tokenizer)
 
     def resolved(self) -> Sam3Choice:

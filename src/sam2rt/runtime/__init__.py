@@ -26,11 +26,12 @@ import torch
 from torch import nn
 
 from .compile import use_compile
-from .graphs import DETECTOR_METHODS, graphed_with_model, use_cuda_graphs
+from .graphs import DETECTOR_METHODS, TRACKER_METHODS, graphed_with_model, use_cuda_graphs
 
 __all__ = [
     "graphed_with_model",
     "optimize",
+    "optimize_concept_models",
     "optimize_detector",
     "to_inference_dtype",
     "use_compile",
@@ -74,6 +75,18 @@ def optimize_detector(detector: nn.Module) -> nn.Module:
         return detector
     to_inference_dtype(detector)
     return use_cuda_graphs(detector, DETECTOR_METHODS)
+
+
+def optimize_concept_models(detector: nn.Module, tracker: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """SAM 3's detector and tracker (a SAM2Model whose image encoder is the detector's vision backbone) on CUDA:
+    bf16 parameters; the detector's steps and the tracker's tracking steps (propagation, memory encoding,
+    prompts) replayed from CUDA graphs. The shared image encoder runs inside the detector's graph. Elsewhere both
+    are left as they are. Returns (detector, tracker)."""
+    if next(tracker.parameters()).device.type != "cuda":
+        return detector, tracker
+    optimize_detector(detector)  # the rotary tables of the shared backbone keep their precision
+    to_inference_dtype(tracker)
+    return detector, use_cuda_graphs(tracker, TRACKER_METHODS)
 
 
 def with_speed_options(model: nn.Module, fast: bool, compile: bool) -> nn.Module:

@@ -134,6 +134,8 @@ GRAPHED_METHODS = ("encode_image", "decode", "segment", "condition_on_memory", "
 # SAM 3's detector: its image encoding and its detection pass for a batch of prompts (every shape fixed by the
 # image size, the text context and the queries): several thousand launches a frame otherwise.
 DETECTOR_METHODS = ("encode_image", "detect")
+# SAM 3's tracker: its image encoder is the detector's backbone, which the concept tracker runs as the detector's.
+TRACKER_METHODS = tuple(name for name in GRAPHED_METHODS if name != "encode_image")
 
 
 class _ModelGraphs:

@@ -22,7 +22,7 @@ from ..processing.masks import keep_highest_object
 from ..processing.preprocess import IMAGENET_MEAN, IMAGENET_STD, SAM3_MEAN, SAM3_STD, model_input
 from ..runtime.graphs import graphed_with_model, has_cuda_graphs
 from .memory_gather import gather
-from .memory_selection import MemoryScore, object_scores, score_factors
+from .memory_selection import MemoryScore, object_scores
 from .object_batches import (
     bucket,
     chunks,
@@ -30,6 +30,8 @@ from .object_batches import (
     object_rows,
     padded_objects,
     padded_rows,
+    propagate_conditioned,
+    propagate_on_memory,
     stored_memory,
     track_conditioned,
     track_on_memory,
@@ -156,15 +158,10 @@ class TrackingEngine:
             )
         else:
             memory = self._gather(frames, views, reverse, num_frames)
-            embed, high_res = features.embed, features.high_res
-            chunk = self.objects_per_chunk
-            if self.shape_buckets:  # the last object repeated up to the bucket; its copies' outputs are dropped
-                rows = bucket(len(views), chunk)
-                memory = MemoryTokens(*(padded_objects(field, rows) for field in memory))
-                embed, high_res = padded_objects(embed, rows), tuple(padded_objects(h, rows) for h in high_res)
+            embed, high_res, memory = self._bucketed(len(views), features, memory)
             # One graph for the pass when the model's steps are graphed: the glue between them replays too.
             graphed_pass = graphed_with_model(self.model, track_on_memory)
-            tracked = graphed_pass(fill_hole_area, memory_dtype, chunk, embed, high_res, memory)
+            tracked = graphed_pass(fill_hole_area, memory_dtype, self.objects_per_chunk, embed, high_res, memory)
         masks = tracked.masks.to(self.storage_device, non_blocking=True)
         memories = self._to_storage(tracked.memories)
         scores = self._memory_scores(tracked.memory_scores, len(views))
@@ -177,15 +174,20 @@ class TrackingEngine:
         """Track every object of `views` on its frame (one per view, or one for all) without encoding its memory:
         outputs with the best mask's raw logits (1, 4h, 4w) (no hole filling), pointer and object score; their
         memory is None, for the caller to encode from masks it decides on (`encode_masks`), as SAM 3's video
-        model does. Forward in time, memory attention one call for all (no CUDA graph of this pass)."""
+        model does. Forward in time; batched and replayed from a CUDA graph as `track` is."""
         features = _per_object(frames, len(views))
-        conditioned = self._with_memory(frames, features.embed, views, False, None)  # (B, C, h, w)
-        high_res = tuple(h.expand(len(views), -1, -1, -1) for h in features.high_res)  # views of (1 or B, ...)
-        prediction = self.model.segment(conditioned, high_res, None, None, None, multimask=True)
-        masks = prediction.best_mask.to(self.storage_device, non_blocking=True)  # (B, 1, 4h, 4w)
-        scores = self._memory_scores(score_factors(prediction.object_score_logits, prediction.iou_scores), len(views))
+        if self._splits_attention(len(views)):
+            conditioned = self._with_memory(frames, features.embed, views, False, None)  # (B, C, h, w)
+            propagated = propagate_conditioned(self.model, features.high_res, conditioned)
+        else:
+            memory = self._gather(frames, views, False, None)
+            embed, high_res, memory = self._bucketed(len(views), features, memory)
+            graphed_pass = graphed_with_model(self.model, propagate_on_memory)
+            propagated = graphed_pass(self.objects_per_chunk, embed, high_res, memory)
+        masks = propagated.masks.to(self.storage_device, non_blocking=True)  # (B, 1, 4h, 4w)
+        scores = self._memory_scores(propagated.memory_scores, len(views))
         return [
-            ObjectOutput(masks[row], prediction.obj_ptr[row], prediction.object_score_logits[row], None, scores[row])
+            ObjectOutput(masks[row], propagated.pointers[row], propagated.object_scores[row], None, scores[row])
             for row in range(len(views))
         ]
 
@@ -200,8 +202,7 @@ class TrackingEngine:
             return masks.new_zeros(0, self.config.memory_tokens, self.config.memory_dim)
         embed = _per_object(frames, masks.shape[0]).embed
         flags = torch.full((masks.shape[0],), binarize, dtype=torch.bool, device=self.device)
-        memories = self.model.encode_memory(embed, masks.to(self.device), object_scores.to(self.device), flags)
-        return self._store_memory(memories)
+        return self._store_memory(self._encode(embed, masks.to(self.device), object_scores.to(self.device), flags))
 
     def prompt_points(
         self,
@@ -245,18 +246,8 @@ class TrackingEngine:
         embed = _per_object(frames, len(outputs)).embed
         masks = torch.stack([out.mask_logits.to(self.device) for out in outputs])  # (B, 1, 4h, 4w)
         scores = torch.stack([out.object_score.to(self.device) for out in outputs])  # (B, 1)
-        chunk = self.objects_per_chunk
-        if self.shape_buckets:  # as the tracking pass: a few batch shapes, not one graph per count of prompts
-            rows = bucket(len(outputs), chunk)
-            masks, scores, embed = (padded_objects(value, rows) for value in (masks, scores, embed))
-        binarize = torch.ones(masks.shape[0], dtype=torch.bool, device=self.device)
-        memories = torch.cat(
-            [
-                self.model.encode_memory(object_rows(embed, rows), masks[rows], scores[rows], binarize[rows])
-                for rows in chunks(masks.shape[0], chunk)
-            ]
-        )  # (B', N, C_mem)
-        for output, spatial in zip(outputs, self._store_memory(memories[: len(outputs)])):
+        binarize = torch.ones(len(outputs), dtype=torch.bool, device=self.device)
+        for output, spatial in zip(outputs, self._store_memory(self._encode(embed, masks, scores, binarize))):
             output.memory = spatial
 
     def to_video_resolution(self, mask_logits: Tensor, size: tuple[int, int]) -> Tensor:
@@ -267,6 +258,32 @@ class TrackingEngine:
         if self.options.non_overlap_masks:
             logits = keep_highest_object(logits)
         return logits
+
+    def _bucketed(
+        self, count: int, features: ImageFeatures, memory: MemoryTokens
+    ) -> tuple[Tensor, tuple[Tensor, ...], MemoryTokens]:
+        """A pass's inputs for `count` objects: under shape buckets padded to their bucket, the last object repeated
+        (its copies' outputs are dropped); one frame's features shared by all stay batch 1."""
+        embed, high_res = features.embed, features.high_res
+        if not self.shape_buckets:
+            return embed, high_res, memory
+        rows = bucket(count, self.objects_per_chunk)
+        memory = MemoryTokens(*(padded_objects(field, rows) for field in memory))
+        return padded_objects(embed, rows), tuple(padded_objects(h, rows) for h in high_res), memory
+
+    def _encode(self, embed: Tensor, masks: Tensor, scores: Tensor, binarize: Tensor) -> Tensor:
+        """Memories (B, N, C_mem) of masks (B, 1, s, s) with their object scores (B, 1) and flags (B,), on `embed`
+        (1 or B, C, h, w): a chunk at a time and, under shape buckets, padded as the tracking pass is (a few batch
+        shapes, not one graph per count of masks)."""
+        count, chunk = masks.shape[0], self.objects_per_chunk
+        if self.shape_buckets:
+            rows = bucket(count, chunk)
+            embed, masks, scores, binarize = (padded_objects(value, rows) for value in (embed, masks, scores, binarize))
+        memories = [
+            self.model.encode_memory(object_rows(embed, rows), masks[rows], scores[rows], binarize[rows])
+            for rows in chunks(masks.shape[0], chunk)
+        ]
+        return torch.cat(memories)[:count]  # (B', N, C_mem) -> (B, N, C_mem)
 
     def _with_memory(
         self,

@@ -5,7 +5,8 @@ repeated) to `bucket(B)`: the next power of two, then whole chunks. Streams of a
 a few shapes instead of capturing a graph for each new count; the padding rows' outputs are dropped. A pass runs
 its objects `chunk` at a time, since memory attention's activations grow with the batch while a larger batch
 gains no speed. One frame's features shared by all objects stay batch 1 through both (the pass broadcasts
-them). `track_on_memory` is the tracking pass itself, the unit the engine replays as one graph.
+them). `track_on_memory` is the tracking pass itself, the unit the engine replays as one graph;
+`propagate_on_memory` the same without writing memory (SAM 3's concept tracking).
 """
 
 from __future__ import annotations
@@ -41,17 +42,55 @@ def track_on_memory(
 ) -> TrackedBatch:
     """A tracking pass from the gathered memory, `chunk` objects at a time (None: all): the unit that replays as
     one CUDA graph, in which each chunk's activations reuse the memory of the chunk before."""
-    batch = memory.spatial.shape[0]
-    if chunk is None or batch <= chunk:
+
+    def track(embed: Tensor, high_res: tuple[Tensor, ...], memory: MemoryTokens) -> TrackedBatch:
         conditioned = model.condition_on_memory(embed, memory)
         return track_conditioned(model, fill_hole_area, memory_dtype, embed, high_res, conditioned)
+
+    return _in_chunks(track, chunk, embed, high_res, memory)
+
+
+class PropagatedBatch(NamedTuple):
+    masks: Tensor  # (B, 1, 4h, 4w) raw logits of the best mask (no hole filling)
+    pointers: Tensor  # (B, C) object pointers
+    object_scores: Tensor  # (B, 1) presence logits
+    memory_scores: Tensor  # (B, 2) the factors of each frame's score as a memory (memory selection)
+
+
+def propagate_on_memory(
+    model: SAM2Model, chunk: Optional[int], embed: Tensor, high_res: tuple[Tensor, ...], memory: MemoryTokens
+) -> PropagatedBatch:
+    """A tracking pass that writes no memory (SAM 3's video model encodes it later, from the masks it decides on),
+    `chunk` objects at a time: like `track_on_memory`, the unit the engine replays as one CUDA graph."""
+
+    def propagate(embed: Tensor, high_res: tuple[Tensor, ...], memory: MemoryTokens) -> PropagatedBatch:
+        return propagate_conditioned(model, high_res, model.condition_on_memory(embed, memory))
+
+    return _in_chunks(propagate, chunk, embed, high_res, memory)
+
+
+def propagate_conditioned(model: SAM2Model, high_res: tuple[Tensor, ...], conditioned: Tensor) -> PropagatedBatch:
+    """Segment each object from its frame's features conditioned on its memory (B, C, h, w); `high_res` one
+    frame's (batch 1) or each object's own (batch B)."""
+    batch = conditioned.shape[0]
+    high_res = tuple(h.expand(batch, -1, -1, -1) for h in high_res)  # (1 or B, C, H, W) -> (B, C, H, W), a view
+    prediction = model.segment(conditioned, high_res, None, None, None, multimask=True)
+    factors = score_factors(prediction.object_score_logits, prediction.iou_scores)
+    return PropagatedBatch(prediction.best_mask, prediction.obj_ptr, prediction.object_score_logits, factors)
+
+
+def _in_chunks(run, chunk: Optional[int], embed: Tensor, high_res: tuple[Tensor, ...], memory: MemoryTokens):
+    """`run(embed, high_res, memory)` (a NamedTuple of per-object fields) over `chunk` objects at a time (None:
+    all at once), the chunks' fields concatenated."""
+    batch = memory.spatial.shape[0]
+    if chunk is None or batch <= chunk:
+        return run(embed, high_res, memory)
     parts = []
     for rows in chunks(batch, chunk):
         part_high_res = tuple(object_rows(h, rows) for h in high_res)
         part_memory = MemoryTokens(*(object_rows(field, rows) for field in memory))
-        part_embed = object_rows(embed, rows)
-        parts.append(track_on_memory(model, fill_hole_area, memory_dtype, None, part_embed, part_high_res, part_memory))
-    return TrackedBatch(*(torch.cat(fields) for fields in zip(*parts)))  # each field (B, ...)
+        parts.append(run(object_rows(embed, rows), part_high_res, part_memory))
+    return type(parts[0])(*(torch.cat(fields) for fields in zip(*parts)))  # each field (B, ...)
 
 
 def track_conditioned(
@@ -67,18 +106,15 @@ def track_conditioned(
 
     `embed` and `high_res` are one frame's (batch 1) or each object's own (batch B): a graph of the pass
     then holds one frame's decoder skips as its static input, not B expanded copies."""
-    batch = conditioned.shape[0]
-    high_res = tuple(h.expand(batch, -1, -1, -1) for h in high_res)  # (1 or B, C, H, W) -> (B, C, H, W), a view
-    prediction = model.segment(conditioned, high_res, None, None, None, multimask=True)
-    binarize = torch.zeros(batch, dtype=torch.bool, device=conditioned.device)  # masks of tracking: not binarised
-    memories = model.encode_memory(embed, prediction.best_mask, prediction.object_score_logits, binarize)
-    masks = filled(prediction.best_mask, fill_hole_area)
+    tracked = propagate_conditioned(model, high_res, conditioned)
+    binarize = torch.zeros(conditioned.shape[0], dtype=torch.bool, device=conditioned.device)  # not binarised
+    memories = model.encode_memory(embed, tracked.masks, tracked.object_scores, binarize)
     return TrackedBatch(
-        masks,
-        prediction.obj_ptr,
-        prediction.object_score_logits,
+        filled(tracked.masks, fill_hole_area),
+        tracked.pointers,
+        tracked.object_scores,
         stored_memory(memories, memory_dtype),
-        score_factors(prediction.object_score_logits, prediction.iou_scores),
+        tracked.memory_scores,
     )
 
 
