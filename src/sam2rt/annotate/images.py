@@ -95,16 +95,22 @@ def read_yolo_boxes(path: Path, image_hw: tuple[int, int]) -> list[Detection]:
 
 def yolo_items(images: Path, labels: Path) -> list[Item]:
     """Every image of the folder `images`, with its label file `<labels>/<stem>.txt`."""
-    if not images.is_dir():
-        raise LabelError(f"no such image folder: {images}")
+    files = image_files(images)
     if not labels.is_dir():
         raise LabelError(f"no such label folder: {labels}")
-    files = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise LabelError(f"no images in {images}")
-    items = [Item(path, labels / f"{path.stem}.txt") for path in files]
-    check_distinct(images, items, "image")  # photo.jpg and photo.png would read one label file, write one output
-    return items
+    return [Item(path, labels / f"{path.stem}.txt") for path in files]
+
+
+def image_files(images: Path) -> list[Path]:
+    """The image files of the folder `images`, sorted; refused when two would share a label file and a record
+    (photo.jpg and photo.png), before anything reads or writes them."""
+    if not images.is_dir():
+        raise LabelError(f"no such image folder: {images}")
+    files = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    check_distinct(images, [Item(path) for path in files], "image")
+    return files
 
 
 def coco_items(path: Path, images: Path) -> tuple[list[Item], list[str], list[int]]:
@@ -306,11 +312,7 @@ def check_same_phrases(output: Path, phrases: Sequence[str]) -> None:
 
 def folder_items(images: Path) -> list[Item]:
     """Every image of the folder `images`, with no boxes (a concept prompt finds them)."""
-    if not images.is_dir():
-        raise LabelError(f"no such image folder: {images}")
-    items = [Item(path) for path in sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)]
-    check_distinct(images, items, "image")
-    return items
+    return [Item(path) for path in image_files(images)]
 
 
 def detector_items(images: Path, weights: str) -> tuple[list[Item], list[str]]:
@@ -322,10 +324,7 @@ def detector_items(images: Path, weights: str) -> tuple[list[Item], list[str]]:
         raise LabelError(
             "--detector needs the ultralytics package, which is not installed (pip install ultralytics)"
         ) from None
-    if not images.is_dir():
-        raise LabelError(f"no such image folder: {images}")
-    files = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    check_distinct(images, [Item(path) for path in files], "image")  # before the detector runs on any
+    files = image_files(images)  # checked before the detector runs on any
     detector = YOLO(weights)
     items = []
     for path in files:
