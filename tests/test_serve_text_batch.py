@@ -251,9 +251,9 @@ def test_a_failing_session_is_told_and_the_others_results_go_out(models, clips, 
     assert scheduler.tracked_total == 2
 
 
-def test_an_idle_server_gives_back_the_detectors_graphs_too(models, clips, monkeypatch):
-    """SAM 3's detector replays from CUDA graphs of its own (runtime.optimize_detector): an idle server drops them
-    with the pool's (on the CPU there are none: the call is what is checked)."""
+def test_an_idle_server_gives_back_the_detectors_and_trackers_graphs_too(models, clips, monkeypatch):
+    """SAM 3's detector and tracker replay from CUDA graphs of their own (runtime.optimize_concept_models): an idle
+    server drops them with the pool's (on the CPU there are none: the calls are what is checked)."""
     released = []
     monkeypatch.setattr("sam2rt.serve.scheduler.release_graphs", lambda model: released.append(model) or 2)
     scheduler = Scheduler(_ClickEngine(), batch_wait_s=0.0, release_after_s=0.2, concepts=models)
@@ -267,8 +267,8 @@ def test_an_idle_server_gives_back_the_detectors_graphs_too(models, clips, monke
         for session in sessions:
             session.request(Close())
         deadline = time.monotonic() + WAIT_S
-        while not released and time.monotonic() < deadline:
+        while len(released) < 2 and time.monotonic() < deadline:
             time.sleep(0.02)
     finally:
         scheduler.stop()
-    assert released == [models.detector]
+    assert released == [models.detector, models.tracker]

@@ -191,8 +191,8 @@ class Scheduler:
     def _release(self) -> None:
         try:
             released = self.engine.release_memory()
-            if self.concepts is not None:  # SAM 3's detector replays from graphs of its own
-                released += release_graphs(self.concepts.detector)
+            if self.concepts is not None:  # SAM 3's detector and tracker replay from graphs of their own
+                released += release_graphs(self.concepts.detector) + release_graphs(self.concepts.tracker)
         except Exception:
             log.exception("releasing the engine's memory failed")
             return
