@@ -228,7 +228,7 @@ def test_stream_matches_meta_video_model(models):
 
 
 def test_the_graphs_padded_batches_in_chunks_change_no_track(models, monkeypatch):
-    """What CUDA graphs get (shape buckets: the tracks' batch padded to a power of two and run in chunks, memory
+    """What CUDA graphs get (shape buckets: the tracks' batch padded to a bucket and run in chunks, memory
     padded to full slots and masked) tracks as the plain pass does, one call per track on the CPU."""
     _, detector, tracker_model, tokenizer = models
     frames = clip()

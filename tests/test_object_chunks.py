@@ -127,9 +127,11 @@ def test_shared_frame_queries_equal_queries_of_each_object(model):
     "count, chunk, expected",
     [
         (1, None, 1),
-        (3, None, 4),
-        (5, 0, 8),
-        (5, 16, 8),
+        (3, None, 3),
+        (4, None, 4),
+        (5, 0, 6),
+        (7, 16, 8),
+        (13, None, 16),
         (16, 16, 16),
         (17, 16, 32),
         (40, 16, 48),
@@ -137,5 +139,5 @@ def test_shared_frame_queries_equal_queries_of_each_object(model):
         (9, 4, 12),
     ],
 )
-def test_batches_pad_to_a_power_of_two_then_to_whole_chunks(count, chunk, expected):
+def test_batches_pad_to_a_power_of_two_or_halfway_then_to_whole_chunks(count, chunk, expected):
     assert bucket(count, chunk) == expected

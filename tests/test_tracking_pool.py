@@ -76,7 +76,7 @@ def test_pool_matches_separate_stream_trackers(model, batched, buckets):
 
     batched: the pool attends for all objects of all streams in one call (the GPU's way: memories of
     different fill, padded and masked), the trackers one object at a time (the CPU's way). buckets: as with
-    CUDA graphs, batches padded to a power of two and memories to the most slots seen yet."""
+    CUDA graphs, batches padded to buckets and memories to the most slots seen yet."""
     pool = sam2rt.StreamPool(model)
     pool.engine.split_cpu_attention = not batched
     pool.engine.shape_buckets = buckets
@@ -172,7 +172,7 @@ def test_pool_errors(model):
 
 
 def test_shape_buckets_leave_few_shapes_to_capture(model, monkeypatch):
-    """With shape buckets (what CUDA graphs get), the passes see batches of powers of two and memories padded
+    """With shape buckets (what CUDA graphs get), the passes see batches of bucket sizes and memories padded
     to full slots from the first tracked frame: one shape per bucket while the streams fill their memories and
     after, where exact shapes follow every age and mix of streams stepped together."""
     monkeypatch.setattr(TrackingEngine, "split_cpu_attention", False)
@@ -195,19 +195,19 @@ def test_shape_buckets_leave_few_shapes_to_capture(model, monkeypatch):
         pool.engine.shape_buckets = buckets
         streams = {name: pool.open_stream() for name in SIZES}
         for tick in range(24):
-            # a, b and c out of step: 1 to 3 streams (1 to 5 objects) a pass
+            # a, b and c out of step: 1 to 3 streams (1, 3, 5 or 7 objects) a pass
             stepped = [n for n, every in zip(SIZES, (1, 2, 3)) if tick % every == 0]
             pool.step({streams[n]: _frame(n, tick) for n in stepped})
             if tick == 0:
-                for count, name in enumerate(SIZES, start=1):
+                for count, name in zip((1, 2, 4), SIZES):
                     for obj in range(count):
                         streams[name].add_prompt(obj, points=[[10 + 5 * obj, 20]], labels=[1])
         monkeypatch.setattr(model, "condition_on_memory", original)
         monkeypatch.setattr(model, "encode_memory", original_encode)
         seen[buckets], encoded[buckets] = set(shapes), set(encodes)
-    assert all(batch & (batch - 1) == 0 for batch, _, _ in seen[True]), seen[True]  # powers of two
-    assert all(batch & (batch - 1) == 0 for batch in encoded[True]), encoded[True]
-    assert any(batch & (batch - 1) for batch in encoded[False]), encoded[False]  # the prompts' exact counts
+    assert all(bucket(batch) == batch for batch, _, _ in seen[True]), seen[True]  # bucket sizes: 1, 2, 3, 4, 6, ...
+    assert all(bucket(batch) == batch for batch in encoded[True]), encoded[True]
+    assert any(bucket(batch) != batch for batch in encoded[False]), encoded[False]  # the prompts' exact counts
     assert {(frames, pointers) for _, frames, pointers in seen[True]} == {(7, 16)}, seen[True]  # one size
     assert len(seen[True]) < len(seen[False]), (sorted(seen[True]), sorted(seen[False]))
 
@@ -271,4 +271,4 @@ def test_warm_up_counts_bring_every_padded_batch_pair_of_up_to_that_many_streams
         needed = {(bucket(n), bucket(n, chunk)) for n in range(1, max_streams + 1)}
         assert needed <= warmed, (max_streams, chunk, sorted(needed - warmed))
         assert max(counts) == max_streams and len(counts) == len(warmed)  # none wasted
-    assert warm_up_counts(40, 16) == [1, 2, 4, 8, 16, 32, 40]  # 33-40 streams: 64 frames, 48 objects
+    assert warm_up_counts(40, 16) == [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 40]  # 33-40 streams: 48 frames and objects

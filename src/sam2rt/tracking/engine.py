@@ -61,8 +61,8 @@ class TrackingEngine:
         self.config = model.config
         self.cached_frames = cached_frames
         self._cache: OrderedDict[int, EncodedFrame] = OrderedDict()
-        # With CUDA graphs, a pass is captured once per shape: batches are padded to a power of two (then to
-        # whole chunks) and the memory to full slots from a stream's first tracked frame (empty slots masked),
+        # With CUDA graphs, a pass is captured once per shape: batches are padded to a bucket (1, 2, 3, 4, 6, 8, ...,
+        # then whole chunks) and the memory to full slots from a stream's first tracked frame (empty slots masked),
         # then to the most slots seen yet, so that streams of any age and number share a few shapes. Each shape's
         # graph holds its own copy of its inputs (470 MB of memory at 128 objects). Set when the model's steps
         # are graphed (runtime.optimize before the trackers).
