@@ -17,6 +17,7 @@ with SAM 3's tracker changes, which turn memory selection on (see the module doc
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 
@@ -35,6 +36,8 @@ from sam2rt.model.variants import ModelConfig, Variant
 from sam2rt.processing.images import as_rgb_tensor
 from sam2rt.processing.preprocess import SAM3_MEAN, SAM3_STD, model_input
 from sam2rt.processing.text import TextTokenizer
+from sam2rt.runtime import optimize_concept_models, use_cuda_graphs
+from sam2rt.runtime.graphs import DETECTOR_METHODS, TRACKER_METHODS
 from sam2rt.tracking.concept_plan import ConceptOptions
 from sam2rt.tracking.concepts import ConceptTracker
 
@@ -46,6 +49,8 @@ NUM_FRAMES = 10
 META_NUM_FRAMES = 16  # pointers normalised as in a long stream (min(16, frames)), as test_sam3_tracker does
 PHRASE = "a red square"
 OPTIONS = ConceptOptions()  # the official values
+# low bars, no NMS, no probation: about a dozen overlapping tracks from frame 0 on, batches of several tracks
+MANY_TRACKS = ConceptOptions(score_threshold_detection=0.01, new_det_thresh=0.01, det_nms_thresh=0.0, hotstart_delay=0)
 
 
 def _detector_score_key(keys) -> str:
@@ -233,9 +238,8 @@ def test_the_graphs_padded_batches_in_chunks_change_no_track(models, monkeypatch
     _, detector, tracker_model, tokenizer = models
     frames = clip()
     runs, shapes = {}, {}
-    many = ConceptOptions(score_threshold_detection=0.01, new_det_thresh=0.01, det_nms_thresh=0.0, hotstart_delay=0)
     for name in ("plain", "bucketed"):
-        tracker = ConceptTracker(detector, tracker_model, tokenizer, PHRASE, many, memory_dtype=torch.bfloat16)
+        tracker = ConceptTracker(detector, tracker_model, tokenizer, PHRASE, MANY_TRACKS, memory_dtype=torch.bfloat16)
         if name == "bucketed":
             tracker.engine.shape_buckets = True
             tracker.engine.split_cpu_attention = False  # the batched attention of GPUs
@@ -260,3 +264,45 @@ def test_the_graphs_padded_batches_in_chunks_change_no_track(models, monkeypatch
     assert all(0 < float(run.masks.float().mean()) < 0.95 for run in runs["plain"][1:] if run.object_ids)
     assert all(batch <= 2 for batch, _, _ in shapes["bucketed"]), shapes["bucketed"]  # chunks of 2
     assert len({(frames, pointers) for _, frames, pointers in shapes["bucketed"]}) < len(set(shapes["plain"]))
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.parametrize(
+    "device, setting, min_iou",
+    [
+        pytest.param("cuda", "graphs fp32", 0.999, marks=CUDA),  # the graphs' mechanics: static inputs, replays
+        pytest.param("cuda", "graphs bf16", 0.95, marks=CUDA),  # as the commands run it: cuDNN on masked memory
+    ],
+)
+def test_the_commands_graphed_models_track_as_eager_ones(models, device, setting, min_iou):
+    """ConceptTracker over models set up as `runtime.optimize_concept_models` does (detector and tracker replayed
+    from CUDA graphs; bf16 too as the commands run it) against the same models eager in fp32: the same tracks on
+    every frame, each track's propagated mask (before overlaps are resolved, which close scores may flip) within
+    `min_iou`, and their tracker scores close. (On the CPU, test_the_graphs_padded_batches_in_chunks_change_no_track
+    checks what graphs are given: padded batches in chunks, full memory slots.)"""
+    _, detector, tracker_model, tokenizer = models
+    frames = clip()
+    runs = {}
+    for optimized in (False, True):
+        det, tracker = copy.deepcopy(detector).to(device), copy.deepcopy(tracker_model).to(device)
+        del tracker.features_from_backbone  # the fixture's rounding to Meta's bf16, bound to the original model
+        if optimized and setting == "graphs bf16":
+            optimize_concept_models(det, tracker)
+        elif optimized and setting == "graphs fp32":
+            use_cuda_graphs(det, DETECTOR_METHODS), use_cuda_graphs(tracker, TRACKER_METHODS)
+        memory_dtype = torch.bfloat16 if setting == "graphs bf16" else torch.float32
+        concepts = ConceptTracker(det, tracker, tokenizer, PHRASE, MANY_TRACKS, memory_dtype=memory_dtype)
+        assert concepts.engine.shape_buckets == optimized
+        runs[optimized] = [concepts.step(frame) for frame in frames]
+    ious = []
+    for t, (eager, optimized) in enumerate(zip(runs[False], runs[True])):
+        assert optimized.object_ids == eager.object_ids, f"frame {t}: tracks"
+        ours, theirs = optimized.plan.track_masks.cpu() > 0, eager.plan.track_masks.cpu() > 0  # (M, H, W)
+        union = (ours | theirs).flatten(1).sum(1)
+        ious += ((ours & theirs).flatten(1).sum(1) / union.clamp(min=1))[union > 0].tolist()
+        scores = optimized.plan.output_tracker_scores.cpu(), eager.plan.output_tracker_scores.cpu()
+        torch.testing.assert_close(*scores, rtol=0, atol=0.02 if setting == "graphs bf16" else 1e-4)
+    assert len(ious) >= 8 * (len(frames) - 1), f"only {len(ious)} propagated masks compared"
+    assert min(ious) >= min_iou, f"propagated masks: min IoU {min(ious):.4f}, mean {sum(ious) / len(ious):.4f}"
