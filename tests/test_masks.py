@@ -13,8 +13,12 @@ from sam2rt.processing.masks import (
     keep_highest_object,
     non_overlapping,
     small_components,
+    small_components_by_pooling,
     tidy_small_regions,
 )
+
+# OpenCV's labelling (what masks on the CPU get) and the pooling form (what a GPU runs, in CUDA graphs too)
+IMPLEMENTATIONS = pytest.mark.parametrize("find", [small_components, small_components_by_pooling], ids=["cpu", "pool"])
 
 
 def _components(mask: np.ndarray) -> list[list[tuple[int, int]]]:
@@ -40,12 +44,13 @@ def _components(mask: np.ndarray) -> list[list[tuple[int, int]]]:
     return found
 
 
+@IMPLEMENTATIONS
 @pytest.mark.parametrize("density", [0.2, 0.45, 0.6])
-@pytest.mark.parametrize("max_area", [1, 4, 8, 30])
-def test_small_components_match_flood_fill(density, max_area):
+@pytest.mark.parametrize("max_area", [0, 1, 4, 8, 30])
+def test_small_components_match_flood_fill(find, density, max_area):
     rng = np.random.default_rng(int(density * 100) + max_area)
     masks = rng.random((3, 1, 40, 50)) < density
-    got = small_components(torch.from_numpy(masks), max_area).numpy()
+    got = find(torch.from_numpy(masks), max_area).numpy()
     for index in range(3):
         expected = np.zeros((40, 50), dtype=bool)
         for pixels in _components(masks[index, 0]):
@@ -55,14 +60,26 @@ def test_small_components_match_flood_fill(density, max_area):
         assert np.array_equal(got[index, 0], expected)
 
 
-def test_snake_longer_than_max_area_is_not_small():
+@IMPLEMENTATIONS
+def test_snake_longer_than_max_area_is_not_small(find):
     """A thin component of 60 pixels must not be taken for a small one even though few steps are run."""
     mask = torch.zeros(1, 1, 20, 20, dtype=torch.bool)
     mask[0, 0, 2, 1:19] = True
     mask[0, 0, 2:18, 18] = True
     mask[0, 0, 17, 1:19] = True
-    assert not small_components(mask, 8).any()
-    assert small_components(mask, 60).sum() == mask.sum()
+    assert not find(mask, 8).any()
+    assert find(mask, 60).sum() == mask.sum()
+
+
+def test_the_onnx_runners_hole_filling_is_the_engines():
+    """The runner's numpy form (no PyTorch) fills the holes the engine's fills, on masks with holes of every size."""
+    from sam2rt.export.numpy_ops import fill_holes as numpy_fill_holes
+
+    rng = np.random.default_rng(5)
+    logits = rng.normal(size=(2, 1, 64, 64)).astype(np.float32) + 0.8  # mostly foreground, holes of 1 to ~30 px
+    expected = fill_holes(torch.from_numpy(logits), max_area=8).numpy()
+    assert (expected != logits).any(), "no hole filled: the comparison would be trivial"
+    np.testing.assert_array_equal(numpy_fill_holes(logits, 8), expected)
 
 
 def test_fill_holes_and_remove_sprinkles():

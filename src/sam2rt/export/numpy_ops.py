@@ -10,6 +10,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from ..processing.components import small_components_on_host
+
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
@@ -106,45 +108,7 @@ def fill_holes(logits: np.ndarray, max_area: int, fill_value: float = 0.1) -> np
     """Background regions (logits <= 0) of at most `max_area` pixels set to `fill_value`; logits (N, 1, H, W)."""
     if max_area <= 0:
         return logits
-    return np.where(small_components(logits <= 0, max_area), np.float32(fill_value), logits)
-
-
-def small_components(mask: np.ndarray, max_area: int) -> np.ndarray:
-    """Pixels of `mask` (N, 1, H, W) bool in an 8-connected component of at most `max_area` pixels.
-
-    As `processing.masks.small_components`: labels spread by 3 x 3 maxima for `max_area` steps (enough to settle
-    a component that small), and a label counts only where none of its pixels borders another label.
-    """
-    batch, _, height, width = mask.shape
-    pixels = height * width
-    index = np.arange(1, pixels + 1, dtype=np.float64).reshape(1, 1, height, width)
-    labels = np.where(mask, index, 0.0)
-    for _ in range(min(max_area, pixels)):
-        labels = np.where(mask, _max3x3(labels, 0.0), 0.0)
-    outside = np.finfo(np.float64).max
-    neighbour_max = _max3x3(labels, 0.0)
-    neighbour_min = -_max3x3(-np.where(mask, labels, outside), -outside)
-    unsettled = mask & ((neighbour_max != labels) | (neighbour_min != labels))
-
-    flat = labels.reshape(batch, pixels).astype(np.int64)  # (N, H*W), 0 off the mask
-    small = np.zeros((batch, pixels + 1), dtype=bool)
-    for row in range(batch):
-        area = np.bincount(flat[row], minlength=pixels + 1)
-        broken = np.bincount(flat[row], weights=unsettled.reshape(batch, pixels)[row], minlength=pixels + 1)
-        small[row] = (area <= max_area) & (broken == 0)
-    small[:, 0] = False  # label 0 is the background of `mask`
-    return np.take_along_axis(small, flat, axis=1).reshape(mask.shape)
-
-
-def _max3x3(values: np.ndarray, padding: float) -> np.ndarray:
-    """The maximum over each pixel's 3 x 3 neighbourhood of (..., H, W), outside pixels at `padding`."""
-    height, width = values.shape[-2:]
-    padded = np.pad(values, [(0, 0)] * (values.ndim - 2) + [(1, 1), (1, 1)], constant_values=padding)
-    out = padded[..., 0:height, 0:width]
-    for dy in range(3):
-        for dx in range(3):
-            out = np.maximum(out, padded[..., dy : dy + height, dx : dx + width])
-    return out
+    return np.where(small_components_on_host(logits <= 0, max_area), np.float32(fill_value), logits)
 
 
 def keep_highest_object(logits: np.ndarray, floor: float = -10.0) -> np.ndarray:

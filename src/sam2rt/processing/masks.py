@@ -1,4 +1,4 @@
-"""Mask post-processing in plain PyTorch (CPU and GPU): small connected components, holes, sprinkles, overlap."""
+"""Mask post-processing (CPU and GPU): small connected components, holes, sprinkles, overlap."""
 
 from __future__ import annotations
 
@@ -6,9 +6,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .components import small_components_on_host
+
 
 def small_components(mask: Tensor, max_area: int) -> Tensor:
     """Pixels of `mask` (N, 1, H, W) bool that lie in an 8-connected component of at most `max_area` pixels.
+
+    On the CPU, OpenCV labels each mask in one pass (0.54 ms a 256 x 256 mask on this project's 2-core machines,
+    against 7.6 ms for `small_components_by_pooling` at an area of 8 and 54 ms at 100: its passes grow with the
+    area); on a GPU, and in code being traced or compiled, the pooling form, which runs inside CUDA graphs (no
+    round trip to the host).
+    """
+    if mask.device.type == "cpu" and not _traced():
+        return torch.from_numpy(small_components_on_host(mask.numpy(), max_area))
+    return small_components_by_pooling(mask, max_area)
+
+
+def small_components_by_pooling(mask: Tensor, max_area: int) -> Tensor:
+    """`small_components` by tensor operations alone, on any device.
 
     Labels are spread by max-pooling for `max_area` steps: enough to settle every component of
     that size, since its diameter is below its area. A label group then counts only if none of
@@ -37,6 +52,10 @@ def small_components(mask: Tensor, max_area: int) -> Tensor:
     small = (area <= max_area) & (broken == 0)
     small[:, 0] = False  # label 0 is the background of `mask`
     return small.gather(1, flat).reshape(mask.shape)
+
+
+def _traced() -> bool:
+    return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
 
 
 def fill_holes(logits: Tensor, max_area: int, threshold: float = 0.0, fill_value: float = 0.1) -> Tensor:
