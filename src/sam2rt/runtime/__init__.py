@@ -80,8 +80,9 @@ def optimize_detector(detector: nn.Module) -> nn.Module:
 def optimize_concept_models(detector: nn.Module, tracker: nn.Module) -> tuple[nn.Module, nn.Module]:
     """SAM 3's detector and tracker (a SAM2Model whose image encoder is the detector's vision backbone) on CUDA:
     bf16 parameters; the detector's steps and the tracker's tracking steps (propagation, memory encoding,
-    prompts) replayed from CUDA graphs. The shared image encoder runs inside the detector's graph. Elsewhere both
-    are left as they are. Returns (detector, tracker)."""
+    prompts) replayed from CUDA graphs (the tracker's own image encoding is not graphed: the concept tracker runs
+    the shared backbone once a frame for both pyramids). Elsewhere both are left as they are. Returns (detector,
+    tracker)."""
     if next(tracker.parameters()).device.type != "cuda":
         return detector, tracker
     optimize_detector(detector)  # the rotary tables of the shared backbone keep their precision

@@ -4,8 +4,8 @@ Under CUDA graphs a pass is captured once per input shape, so a batch of B objec
 repeated) to `bucket(B)`: the next of 1, 2, 3, 4, 6, 8, 12, ..., then whole chunks. Streams of any number of
 objects then share a few shapes instead of capturing a graph for each new count; the padding rows' outputs are
 dropped. A pass runs its objects `chunk` at a time, since memory attention's activations grow with the batch
-while a larger batch gains no speed. One frame's features shared by all objects stay batch 1 through both (the pass broadcasts
-them). `track_on_memory` is the tracking pass itself, the unit the engine replays as one graph;
+while a larger batch gains no speed. One frame's features shared by all objects stay batch 1 through both (the
+pass broadcasts them). `track_on_memory` is the tracking pass itself, the unit the engine replays as one graph;
 `propagate_on_memory` the same without writing memory (SAM 3's concept tracking).
 """
 
