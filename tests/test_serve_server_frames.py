@@ -106,7 +106,7 @@ def test_server_frames_are_encoded_off_the_model_thread_and_clicks_land_on_them(
     finally:
         release.set()
         scheduler.stop()
-    assert encoders and set(encoders) == {"sam2rt publisher"}, f"JPEGs encoded on {set(encoders)}"
+    assert len(set(encoders)) == 1 and encoders[0].startswith("sam2rt publisher"), f"JPEGs encoded on {set(encoders)}"
     # Each tracked frame's picture went to the client before its result, at the frame's size; none for prompts.
     assert len(inbox.pictures) == 3
     for picture in inbox.pictures:

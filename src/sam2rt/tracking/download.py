@@ -44,10 +44,23 @@ class PendingFrame:
             empty = np.zeros((0, height, width), dtype=bool)
             return TrackedFrame(index, name, image, [], empty, np.zeros(0), np.zeros((height, width), np.int32))
         self.wait()
-        ids = np.array([0, *self.object_ids], dtype=np.int32)
-        labels = ids[self._owners.numpy()]  # (H, W) object id per pixel
+        labels = object_labels(self._owners.numpy(), self.object_ids)
         masks, scores = self._masks.numpy(), self._scores.numpy()
         return TrackedFrame(index, name, image, list(self.object_ids), masks, scores, labels)
+
+
+def object_labels(owners: np.ndarray, object_ids: list[int]) -> np.ndarray:
+    """owners (H, W), 0 or 1 + an index into `object_ids` -> (H, W) int32 object id per pixel (0: none)."""
+    ids = np.array([0, *object_ids], dtype=np.int32)
+    if owners.dtype == np.uint8 and ids.max() <= 255:
+        import cv2  # on first use: 0.1 s of every command's start otherwise
+
+        # a table lookup, then the widening: 0.4 ms a 720p frame against 2.3 for numpy's gather (ids[owners]),
+        # time the server's publisher spends on every result
+        table = np.zeros(256, np.uint8)
+        table[: len(ids)] = ids
+        return cv2.LUT(owners, table).astype(np.int32)
+    return ids.take(owners)
 
 
 def start_download(result: FrameResult) -> PendingFrame:
