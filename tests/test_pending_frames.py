@@ -45,3 +45,25 @@ def test_no_object_gives_empty_masks_of_the_frame_size():
         0, "0", np.zeros((6, 9, 3), np.uint8)
     )
     assert tracked.masks.shape == (0, 6, 9) and tracked.labels.shape == (6, 9) and not tracked.labels.any()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_masks_laid_out_down_their_columns_encode_as_the_usual_ones(device):
+    """The server's downloads (column_major): the same masks, laid out as COCO's RLE reads them, so that their
+    encoding makes no transposing copy; the RLEs equal pycocotools' own of C-ordered masks and decode back."""
+    from pycocotools import mask as mask_utils
+
+    from sam2rt.io.rle import decode_rle, encode_rle
+
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.nn.functional.interpolate(torch.randn(1, 3, 6, 8, generator=generator), size=(30, 44))[0]
+    ids = [4, 9, 2]
+    result = FrameResult(2, ids, logits.to(device), torch.zeros(3).to(device))
+    masks = start_download(result, column_major=True).tracked(2, "00002", np.zeros((30, 44, 3), np.uint8)).masks
+    assert np.array_equal(masks, logits.numpy() > 0) and 0 < masks.mean() < 1
+    assert masks[0].flags.f_contiguous and not masks[0].flags.c_contiguous  # down the columns, on the host too
+    expected = mask_utils.encode(np.asfortranarray(np.ascontiguousarray(masks).transpose(1, 2, 0).astype(np.uint8)))
+    rles = encode_rle(masks)
+    assert [rle["counts"] for rle in rles] == [rle["counts"].decode("ascii") for rle in expected]
+    assert all(np.array_equal(decode_rle(rle), mask) for rle, mask in zip(rles, masks))
+    assert encode_rle(np.ascontiguousarray(masks)) == rles  # the usual layout encodes alike

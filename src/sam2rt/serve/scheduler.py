@@ -241,7 +241,7 @@ class Scheduler:
             session.newest = frame.frame_id
             session.stats.frame_done(frame.arrived)
             result = results[session.stream]
-            pending = self._publish(session, frame, start_download(result), result.frame_idx, prompted=False)
+            pending = self._publish(session, frame, _download(result), result.frame_idx, prompted=False)
             self.tracked_total += 1
         self._ticks_in_flight.append(pending)
         if self.observer is not None:
@@ -296,7 +296,7 @@ class Scheduler:
                 raise ProtocolError(f"no object {command.obj_id} to remove; objects: {stream.object_ids}")
             result = stream.remove_object(command.obj_id)
             frame = session.recalled(session.newest)
-            self._publish(session, frame, start_download(result), result.frame_idx, prompted=True)
+            self._publish(session, frame, _download(result), result.frame_idx, prompted=True)
         elif isinstance(command, (Reset, Restart)):
             stream.reset()
             if session.phrase is not None:
@@ -343,7 +343,7 @@ class Scheduler:
             box=request.box,
             clear_old_points=request.box is not None,  # clicks on one frame add up; a new box starts over
         )
-        self._publish(session, frame, start_download(result), result.frame_idx, prompted=True)
+        self._publish(session, frame, _download(result), result.frame_idx, prompted=True)
 
     def _close(self, session: Session) -> None:
         if session.stream is not None:
@@ -365,7 +365,7 @@ class Scheduler:
     def _publish(
         self, session: Session, frame: ReceivedFrame, pending: PendingFrame, index: int, prompted: bool
     ) -> PendingFrame:
-        """Hand a frame's masks, their copies to the CPU started (`start_download`), to the publisher, which waits
+        """Hand a frame's masks, their copies to the CPU started (`_download`), to the publisher, which waits
         for them, then encodes (a server-side frame's JPEG too), records and sends: this thread goes on with the
         next tick meanwhile. `index` is the tracker's frame index."""
         if not prompted:
@@ -377,6 +377,11 @@ class Scheduler:
             Outgoing(session, session.generation, frame, pending, size, index, prompted, stats, phrase)
         )
         return pending
+
+
+def _download(result: FrameResult) -> PendingFrame:
+    """A result's masks on their way to the publisher, laid out down their columns as its RLE encoding reads them."""
+    return start_download(result, column_major=True)
 
 
 def default_engine(model) -> StreamEngine:
