@@ -168,6 +168,19 @@ def remove_cpu_redirects() -> None:
 
 
 @contextlib.contextmanager
+def without_cpu_redirects():
+    """torch as it is meanwhile, for our models on CUDA in a module whose Meta models run on the CPU: the redirects
+    would put what our code makes with `device="cuda"` on the CPU (and make `pin_memory` do nothing)."""
+    installed = bool(_ORIGINALS)
+    remove_cpu_redirects()
+    try:
+        yield
+    finally:
+        if installed:
+            _install_cpu_redirects()
+
+
+@contextlib.contextmanager
 def on_meta_device():
     """`torch.device("meta")` for building Meta's SAM 3 at its official size without memory: its ViT reads its
     drop-path rates with `.item()` from a `torch.linspace`, which on the meta device has no values, so linspace is

@@ -25,7 +25,14 @@ import numpy as np
 import pytest
 import torch
 from oracle import OBJECT_SCORE_BIAS
-from oracle_sam3 import SMALL_SPEC, meta_image_model, meta_stream_state, perturbed, sam3_modules
+from oracle_sam3 import (
+    SMALL_SPEC,
+    meta_image_model,
+    meta_stream_state,
+    perturbed,
+    sam3_modules,
+    without_cpu_redirects,
+)
 from sam3_vocab import open_clip_bpe_path, write_clip_vocab
 
 from sam2rt.checkpoints.sam3_tracker_keys import tracker_state_dict
@@ -287,17 +294,8 @@ def test_the_commands_graphed_models_track_as_eager_ones(models, device, dtype, 
     frames = clip()
     runs = {}
     for graphed in (False, True):
-        det, tracker = copy.deepcopy(detector).to(device), copy.deepcopy(tracker_model).to(device)
-        del tracker.features_from_backbone  # the fixture's rounding to Meta's bf16, bound to the original model
-        if dtype == torch.bfloat16 and graphed:
-            optimize_concept_models(det, tracker)
-        elif dtype == torch.bfloat16:
-            to_inference_dtype(det), to_inference_dtype(tracker)
-        elif graphed:
-            use_cuda_graphs(det, DETECTOR_METHODS), use_cuda_graphs(tracker, TRACKER_METHODS)
-        concepts = ConceptTracker(det, tracker, tokenizer, PHRASE, MANY_TRACKS, memory_dtype=dtype)
-        assert concepts.engine.shape_buckets == graphed
-        runs[graphed] = [concepts.step(frame) for frame in frames]
+        with without_cpu_redirects():  # for Meta's models, which this test does not run
+            runs[graphed] = track_on(device, detector, tracker_model, tokenizer, frames, dtype, graphed)
     ious = []
     for t, (eager, replayed) in enumerate(zip(runs[False], runs[True])):
         assert replayed.object_ids == eager.object_ids, f"frame {t}: tracks"
@@ -308,3 +306,18 @@ def test_the_commands_graphed_models_track_as_eager_ones(models, device, dtype, 
         torch.testing.assert_close(*scores, rtol=0, atol=score_atol)
     assert len(ious) >= 8 * (len(frames) - 1), f"only {len(ious)} propagated masks compared"
     assert min(ious) >= min_iou, f"propagated masks: min IoU {min(ious):.4f}, mean {sum(ious) / len(ious):.4f}"
+
+
+def track_on(device, detector, tracker_model, tokenizer, frames, dtype, graphed: bool) -> list:
+    """Copies of the models on `device` in `dtype`, replayed from CUDA graphs or not, tracking PHRASE on `frames`."""
+    det, tracker = copy.deepcopy(detector).to(device), copy.deepcopy(tracker_model).to(device)
+    del tracker.features_from_backbone  # the fixture's rounding to Meta's bf16, bound to the original model
+    if dtype == torch.bfloat16 and graphed:
+        optimize_concept_models(det, tracker)
+    elif dtype == torch.bfloat16:
+        to_inference_dtype(det), to_inference_dtype(tracker)
+    elif graphed:
+        use_cuda_graphs(det, DETECTOR_METHODS), use_cuda_graphs(tracker, TRACKER_METHODS)
+    concepts = ConceptTracker(det, tracker, tokenizer, PHRASE, MANY_TRACKS, memory_dtype=dtype)
+    assert concepts.engine.shape_buckets == graphed
+    return [concepts.step(frame) for frame in frames]
