@@ -244,21 +244,26 @@ def test_the_graphs_padded_batches_in_chunks_change_no_track(models, monkeypatch
     padded to full slots and masked) tracks as the plain pass does, one call per track on the CPU."""
     _, detector, tracker_model, tokenizer = models
     frames = clip()
-    runs, shapes = {}, {}
+    runs, shapes, prompted = {}, {}, {}
     for name in ("plain", "bucketed"):
         tracker = ConceptTracker(detector, tracker_model, tokenizer, PHRASE, MANY_TRACKS, memory_dtype=torch.bfloat16)
         if name == "bucketed":
             tracker.engine.shape_buckets = True
             tracker.engine.split_cpu_attention = False  # the batched attention of GPUs
             tracker.engine.objects_per_chunk = 2
-        seen = shapes[name] = []
-        original = tracker_model.condition_on_memory
+        seen, prompts = shapes[name], prompted[name] = [], []
+        original, as_output = tracker_model.condition_on_memory, tracker_model.mask_as_output
 
         def record(embed, memory, original=original, seen=seen):
             seen.append((memory.spatial.shape[0], memory.spatial.shape[1], memory.pointers.shape[1]))
             return original(embed, memory)
 
+        def record_prompts(embed, high_res, mask, as_output=as_output, prompts=prompts):
+            prompts.append(mask.shape[0])  # new tracks' masks taken as outputs, per call
+            return as_output(embed, high_res, mask)
+
         monkeypatch.setattr(tracker_model, "condition_on_memory", record)
+        monkeypatch.setattr(tracker_model, "mask_as_output", record_prompts)
         runs[name] = [tracker.step(frame) for frame in frames]
         monkeypatch.undo()
     for t, (plain, bucketed) in enumerate(zip(runs["plain"], runs["bucketed"])):
@@ -270,6 +275,7 @@ def test_the_graphs_padded_batches_in_chunks_change_no_track(models, monkeypatch
     assert max(len(run.object_ids) for run in runs["plain"]) >= 3, [run.object_ids for run in runs["plain"]]
     assert all(0 < float(run.masks.float().mean()) < 0.95 for run in runs["plain"][1:] if run.object_ids)
     assert all(batch <= 2 for batch, _, _ in shapes["bucketed"]), shapes["bucketed"]  # chunks of 2
+    assert max(prompted["plain"]) >= 3 and max(prompted["bucketed"]) <= 2, prompted  # new tracks' masks too
     assert len({(frames, pointers) for _, frames, pointers in shapes["bucketed"]}) < len(set(shapes["plain"]))
 
 

@@ -257,8 +257,7 @@ class ConceptTracker:
         (Meta's input_mask_size, 1152 at 1008 px); the decoder makes their pointers. Returns the MaskPrediction."""
         side = self.model.config.memory_mask_size
         binary = _resized(mask_logits, (side, side)) > 0  # (K, M, M)
-        features = frame.features
-        return self.model.mask_as_output(features.embed, features.high_res, binary[:, None])
+        return self.engine.masks_as_outputs(frame, binary[:, None])
 
     def _group_scores(self, track_ids: list[int], scores: list[Optional[MemoryScore]]) -> list[Optional[MemoryScore]]:
         """Each propagated track's memory score as Meta's tracker scores its frame: one score per group of tracks

@@ -238,6 +238,20 @@ class TrackingEngine:
         prediction = self.model.mask_as_output(features.embed, features.high_res, mask.to(self.device))
         return self._outputs(prediction)[0]
 
+    def masks_as_outputs(self, frame: EncodedFrame, masks: Tensor) -> MaskPrediction:
+        """Take binary masks (K, 1, S, S) as K objects' segmentations of `frame` (their pointers from the decoder), a
+        chunk at a time and, under shape buckets, padded as the tracking pass is: a few graphs, not one per count."""
+        features = frame.features
+        count, chunk = masks.shape[0], self.objects_per_chunk
+        masks = masks.to(self.device)
+        if self.shape_buckets:
+            masks = padded_objects(masks, bucket(count, chunk))
+        parts = [
+            self.model.mask_as_output(features.embed, features.high_res, masks[rows])
+            for rows in chunks(masks.shape[0], chunk)
+        ]
+        return MaskPrediction(*(torch.cat(field)[:count] for field in zip(*parts)))  # each (K, ...)
+
     def encode_prompted(self, frames: Sequence[EncodedFrame], outputs: list[ObjectOutput]) -> None:
         """Give prompted outputs of `frames` (one per output, or one for all) their memory, with the masks
         binarised as the user shaped them."""
