@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -41,6 +42,15 @@ def outgoing(session: Session, frame_id: int, copied: threading.Event) -> Outgoi
     return Outgoing(session, session.generation, frame, HeldMasks(copied), SIZE, frame_id, False, {})
 
 
+@contextlib.contextmanager
+def running(publisher: Publisher):
+    publisher.start()
+    try:
+        yield publisher
+    finally:
+        publisher.stop()
+
+
 def wait_until(condition) -> None:
     deadline = time.monotonic() + WAIT_S
     while not condition():
@@ -50,9 +60,7 @@ def wait_until(condition) -> None:
 
 def test_a_session_waiting_for_its_masks_holds_up_no_other_and_each_keeps_its_order():
     lock, received = threading.Condition(), []
-    publisher = Publisher(lanes=2)
-    publisher.start()
-    try:
+    with running(Publisher(lanes=2)) as publisher:
         slow, fast = open_session(lock, received), open_session(lock, received)
         held, free = threading.Event(), threading.Event()
         free.set()
@@ -66,8 +74,6 @@ def test_a_session_waiting_for_its_masks_holds_up_no_other_and_each_keeps_its_or
         held.set()
         wait_until(lambda: len(received) == 7)
         assert [frame for session, frame in received if session is slow] == [0, 1]
-    finally:
-        publisher.stop()
 
 
 def test_sessions_spread_over_the_lanes_and_closed_ones_free_theirs():
@@ -90,9 +96,7 @@ def test_the_publisher_needs_a_lane():
 
 def test_a_result_after_its_session_closed_is_dropped():
     lock, received = threading.Condition(), []
-    publisher = Publisher(lanes=2)
-    publisher.start()
-    try:
+    with running(Publisher(lanes=2)) as publisher:
         closed, live = open_session(lock, received), open_session(lock, received)
         free = threading.Event()
         free.set()
@@ -103,5 +107,3 @@ def test_a_result_after_its_session_closed_is_dropped():
         time.sleep(0.05)
         assert received == [(live, 0)]
         assert live.recorder.frames == 1  # recorded for export as it was sent
-    finally:
-        publisher.stop()
