@@ -11,6 +11,7 @@ fixed shape and run in chunks is object_batches.py's.
 from __future__ import annotations
 
 from collections import OrderedDict
+from functools import partial
 from typing import Callable, NamedTuple, Optional, Sequence
 
 import torch
@@ -25,9 +26,9 @@ from .memory_gather import gather
 from .memory_selection import MemoryScore, object_scores
 from .object_batches import (
     bucket,
-    chunks,
+    each_tensor,
     filled,
-    object_rows,
+    padded_in_chunks,
     padded_objects,
     padded_rows,
     propagate_conditioned,
@@ -157,8 +158,7 @@ class TrackingEngine:
                 self.model, fill_hole_area, memory_dtype, features.embed, features.high_res, conditioned
             )
         else:
-            memory = self._gather(frames, views, reverse, num_frames)
-            embed, high_res, memory = self._bucketed(len(views), features, memory)
+            embed, high_res, memory = self._pass_inputs(frames, views, features, reverse, num_frames)
             # One graph for the pass when the model's steps are graphed: the glue between them replays too.
             graphed_pass = graphed_with_model(self.model, track_on_memory)
             tracked = graphed_pass(fill_hole_area, memory_dtype, self.objects_per_chunk, embed, high_res, memory)
@@ -180,8 +180,7 @@ class TrackingEngine:
             conditioned = self._with_memory(frames, features.embed, views, False, None)  # (B, C, h, w)
             propagated = propagate_conditioned(self.model, features.high_res, conditioned)
         else:
-            memory = self._gather(frames, views, False, None)
-            embed, high_res, memory = self._bucketed(len(views), features, memory)
+            embed, high_res, memory = self._pass_inputs(frames, views, features, False, None)
             graphed_pass = graphed_with_model(self.model, propagate_on_memory)
             propagated = graphed_pass(self.objects_per_chunk, embed, high_res, memory)
         masks = propagated.masks.to(self.storage_device, non_blocking=True)  # (B, 1, 4h, 4w)
@@ -241,16 +240,9 @@ class TrackingEngine:
     def masks_as_outputs(self, frame: EncodedFrame, masks: Tensor) -> MaskPrediction:
         """Take binary masks (K, 1, S, S) as K objects' segmentations of `frame` (their pointers from the decoder), a
         chunk at a time and, under shape buckets, padded as the tracking pass is: a few graphs, not one per count."""
-        features = frame.features
-        count, chunk = masks.shape[0], self.objects_per_chunk
+        run = partial(self.model.mask_as_output, frame.features.embed, frame.features.high_res)
         masks = masks.to(self.device)
-        if self.shape_buckets:
-            masks = padded_objects(masks, bucket(count, chunk))
-        parts = [
-            self.model.mask_as_output(features.embed, features.high_res, masks[rows])
-            for rows in chunks(masks.shape[0], chunk)
-        ]
-        return MaskPrediction(*(torch.cat(field)[:count] for field in zip(*parts)))  # each (K, ...)
+        return padded_in_chunks(run, masks.shape[0], self.objects_per_chunk, self.shape_buckets, masks)  # each (K, ...)
 
     def encode_prompted(self, frames: Sequence[EncodedFrame], outputs: list[ObjectOutput]) -> None:
         """Give prompted outputs of `frames` (one per output, or one for all) their memory, with the masks
@@ -273,31 +265,30 @@ class TrackingEngine:
             logits = keep_highest_object(logits)
         return logits
 
-    def _bucketed(
-        self, count: int, features: ImageFeatures, memory: MemoryTokens
+    def _pass_inputs(
+        self,
+        frames: Sequence[EncodedFrame],
+        views: list[MemoryView],
+        features: ImageFeatures,
+        reverse: bool,
+        num_frames: Optional[int],
     ) -> tuple[Tensor, tuple[Tensor, ...], MemoryTokens]:
-        """A pass's inputs for `count` objects: under shape buckets padded to their bucket, the last object repeated
-        (its copies' outputs are dropped); one frame's features shared by all stay batch 1."""
+        """A batched pass's inputs for the objects of `views`: their features and gathered memory, under shape
+        buckets padded to their bucket, the last object repeated (its copies' outputs are dropped); one frame's
+        features shared by all stay batch 1."""
         embed, high_res = features.embed, features.high_res
+        memory = self._gather(frames, views, reverse, num_frames)
         if not self.shape_buckets:
             return embed, high_res, memory
-        rows = bucket(count, self.objects_per_chunk)
-        memory = MemoryTokens(*(padded_objects(field, rows) for field in memory))
-        return padded_objects(embed, rows), tuple(padded_objects(h, rows) for h in high_res), memory
+        pad = partial(padded_objects, rows=bucket(len(views), self.objects_per_chunk))
+        return each_tensor(pad, (embed, high_res, memory))
 
     def _encode(self, embed: Tensor, masks: Tensor, scores: Tensor, binarize: Tensor) -> Tensor:
         """Memories (B, N, C_mem) of masks (B, 1, s, s) with their object scores (B, 1) and flags (B,), on `embed`
         (1 or B, C, h, w): a chunk at a time and, under shape buckets, padded as the tracking pass is (a few batch
         shapes, not one graph per count of masks)."""
-        count, chunk = masks.shape[0], self.objects_per_chunk
-        if self.shape_buckets:
-            rows = bucket(count, chunk)
-            embed, masks, scores, binarize = (padded_objects(value, rows) for value in (embed, masks, scores, binarize))
-        memories = [
-            self.model.encode_memory(object_rows(embed, rows), masks[rows], scores[rows], binarize[rows])
-            for rows in chunks(masks.shape[0], chunk)
-        ]
-        return torch.cat(memories)[:count]  # (B', N, C_mem) -> (B, N, C_mem)
+        args = (masks.shape[0], self.objects_per_chunk, self.shape_buckets, embed, masks, scores, binarize)
+        return padded_in_chunks(self.model.encode_memory, *args)  # (B, N, C_mem)
 
     def _with_memory(
         self,

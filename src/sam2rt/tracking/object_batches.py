@@ -11,6 +11,7 @@ pass broadcasts them). `track_on_memory` is the tracking pass itself, the unit t
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple, Optional
 
 import torch
@@ -47,7 +48,7 @@ def track_on_memory(
         conditioned = model.condition_on_memory(embed, memory)
         return track_conditioned(model, fill_hole_area, memory_dtype, embed, high_res, conditioned)
 
-    return _in_chunks(track, chunk, embed, high_res, memory)
+    return in_chunks(track, memory.spatial.shape[0], chunk, embed, high_res, memory)
 
 
 class PropagatedBatch(NamedTuple):
@@ -66,7 +67,7 @@ def propagate_on_memory(
     def propagate(embed: Tensor, high_res: tuple[Tensor, ...], memory: MemoryTokens) -> PropagatedBatch:
         return propagate_conditioned(model, high_res, model.condition_on_memory(embed, memory))
 
-    return _in_chunks(propagate, chunk, embed, high_res, memory)
+    return in_chunks(propagate, memory.spatial.shape[0], chunk, embed, high_res, memory)
 
 
 def propagate_conditioned(model: SAM2Model, high_res: tuple[Tensor, ...], conditioned: Tensor) -> PropagatedBatch:
@@ -79,18 +80,35 @@ def propagate_conditioned(model: SAM2Model, high_res: tuple[Tensor, ...], condit
     return PropagatedBatch(prediction.best_mask, prediction.obj_ptr, prediction.object_score_logits, factors)
 
 
-def _in_chunks(run, chunk: Optional[int], embed: Tensor, high_res: tuple[Tensor, ...], memory: MemoryTokens):
-    """`run(embed, high_res, memory)` (a NamedTuple of per-object fields) over `chunk` objects at a time (None:
-    all at once), the chunks' fields concatenated."""
-    batch = memory.spatial.shape[0]
+def in_chunks(run, batch: int, chunk: Optional[int], *inputs):
+    """`run(*inputs)` over `chunk` of `batch` objects at a time (None: all at once). Inputs are per-object tensors
+    (batch, ...), tensors shared by all objects (batch 1) or None, or (named) tuples of these; the output is a
+    tensor or a NamedTuple of tensors, the chunks' concatenated."""
     if chunk is None or batch <= chunk:
-        return run(embed, high_res, memory)
-    parts = []
-    for rows in chunks(batch, chunk):
-        part_high_res = tuple(object_rows(h, rows) for h in high_res)
-        part_memory = MemoryTokens(*(object_rows(field, rows) for field in memory))
-        parts.append(run(object_rows(embed, rows), part_high_res, part_memory))
-    return type(parts[0])(*(torch.cat(fields) for fields in zip(*parts)))  # each field (B, ...)
+        return run(*inputs)
+    parts = [
+        run(*(each_tensor(partial(object_rows, rows=rows), value) for value in inputs)) for rows in chunks(batch, chunk)
+    ]
+    if isinstance(parts[0], Tensor):
+        return torch.cat(parts)  # (batch, ...)
+    return type(parts[0])(*(torch.cat(fields) for fields in zip(*parts)))  # each field (batch, ...)
+
+
+def padded_in_chunks(run, count: int, chunk: Optional[int], padded: bool, *inputs):
+    """`run(*inputs)` for `count` objects as the tracking pass runs them: under shape buckets (`padded`) their
+    inputs padded to `bucket(count, chunk)` rows (a few graphs, not one per count), `chunk` rows at a time; the
+    outputs' first `count` rows. Inputs and output as `in_chunks`'."""
+    rows = bucket(count, chunk) if padded else count
+    inputs = tuple(each_tensor(partial(padded_objects, rows=rows), value) for value in inputs)
+    return each_tensor(lambda value: value[:count], in_chunks(run, rows, chunk, *inputs))
+
+
+def each_tensor(apply, value):
+    """`apply` to a tensor or None, or to each of a (named) tuple's, its type kept."""
+    if not isinstance(value, tuple):
+        return apply(value)
+    fields = (each_tensor(apply, field) for field in value)
+    return type(value)(*fields) if hasattr(value, "_fields") else tuple(fields)
 
 
 def track_conditioned(
