@@ -1,3 +1,5 @@
+import atexit
+import os
 import sys
 from pathlib import Path
 
@@ -29,3 +31,26 @@ def sam2rt(capsys):
     from cli_support import invoke_in_process
 
     return lambda *args: invoke_in_process(capsys, *args)
+
+
+_EXIT_STATUS = pytest.StashKey[int]()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    session.config.stash[_EXIT_STATUS] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    """The run is over and reported: the process ends here, with its exit handlers run but without the
+    interpreter's finalization. One full run in two on these machines ended there in a segmentation fault after
+    every test had passed (exit code 139, which fails CI; no traceback, pytest's fault handler is off by then):
+    that phase destroys the objects of the libraries the suite loads (torch, onnxruntime, Ray, Playwright) while
+    their own threads may still run."""
+    status = config.stash.get(_EXIT_STATUS, None)
+    if status is None:  # no session ran (--help, a usage error): pytest ends as it would
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    atexit._run_exitfuncs()  # e.g. the ONNX tests' export folder is removed, Ray shut down
+    os._exit(status)
