@@ -12,6 +12,7 @@ the official predictor under bf16 autocast with TF32 matmuls, as its own benchma
 - latency: p50 / p99 of one stream's step (1 object), each step synchronised;
 - memory: GPU memory allocated over a long stream (1 object), sampled every 1000 frames;
 - heavy: each object corrected on 8 frames (8 conditioning frames in its memory), 1 and 4 objects;
+- live: one stream, 3 objects, one corrected every 60 frames, default hole filling (sam2rt only);
 - profile: ms per frame by stage (CUDA events around the encoder, memory attention, decoder,
   memory encoder, memory gather, output upsampling; the rest of the step is "other"), each model step
   its own graph; then the step as it runs (the engine's tracking pass one graph);
@@ -156,6 +157,39 @@ def case_heavy(model, ref, frames, args, autocast) -> None:
             with autocast:
                 official = _official_fps_taking_turns(ref, frames, 1, objects, 5, corrections=8)
         print(f"heavy: {objects} object(s) x 8 conditioning frames: sam2rt {ours:.1f} FPS, official {official:.1f} FPS")
+
+
+LIVE_OBJECTS = 3
+LIVE_CORRECTION_EVERY = 60  # frames between corrections, each a click on one object (a new conditioning frame)
+LIVE_FILL_HOLE_AREA = 8  # the commands' default
+
+
+def case_live(model, frames, args) -> None:
+    """The live workload: one stream with the commands' default settings (hole filling 8), 3 objects clicked on its
+    first frame and one of them corrected every LIVE_CORRECTION_EVERY frames, in turn. Timed over `--live-frames`
+    (the clip looped) after `--warmup`, corrections included. Meta's predictor has no like-for-like row: a click
+    after propagation has started restarts its propagation."""
+    tracker = sam2rt.StreamTracker(model, fill_hole_area=LIVE_FILL_HOLE_AREA)
+    tracker.step(frames[0])
+    for obj in range(LIVE_OBJECTS):
+        tracker.add_prompt(obj + 1, points=_clicks(obj), labels=[1])
+    seconds, corrections = [], 0
+    for t in range(1, args.warmup + args.live_frames + 1):
+        start = time.perf_counter()
+        tracker.step(frames[t % len(frames)])
+        if t % LIVE_CORRECTION_EVERY == 0:
+            corrections += 1
+            obj = corrections % LIVE_OBJECTS
+            tracker.add_prompt(obj + 1, points=_clicks(obj, corrections), labels=[1])
+        synchronize(model.device)  # a camera's frame is done when its masks are
+        seconds.append(time.perf_counter() - start)
+    timed = sorted(seconds[args.warmup :])
+    p50, p99 = (1000 * timed[min(len(timed) - 1, int(q * len(timed)))] for q in (0.5, 0.99))
+    print(
+        f"live: {LIVE_OBJECTS} objects, one corrected every {LIVE_CORRECTION_EVERY} frames ({corrections} in all), hole"
+        f" filling {LIVE_FILL_HOLE_AREA}: {len(timed) / sum(timed):.1f} FPS over {len(timed)} frames,"
+        f" p50 {p50:.2f} ms, p99 {p99:.2f} ms"
+    )
 
 
 class StageTimer:
@@ -457,7 +491,7 @@ def case_cpu(model, ref, frames, args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", default="streams,latency,memory,heavy,profile,attention")
+    parser.add_argument("--cases", default="streams,latency,memory,heavy,live,profile,attention")
     parser.add_argument("--variant", default="sam2.1_hiera_tiny")
     parser.add_argument("--image-size", type=int, default=1024)
     parser.add_argument("--frames", type=int, default=100)
@@ -465,6 +499,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--latency-steps", type=int, default=500)
     parser.add_argument("--long-frames", type=int, default=10_000)
+    parser.add_argument("--live-frames", type=int, default=600, help="frames timed in the live case")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--label", default="this tree", help="names the code under test in the profile lines")
@@ -503,6 +538,8 @@ def main() -> None:
                 case_memory(model, frames, args)
             elif case == "heavy":
                 case_heavy(model, ref, frames, args, autocast)
+            elif case == "live":
+                case_live(model, frames, args)
             elif case == "profile":
                 case_profile(model, frames, args)
             elif case == "attention":
