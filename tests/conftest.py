@@ -1,4 +1,5 @@
 import atexit
+import faulthandler
 import os
 import sys
 from pathlib import Path
@@ -52,5 +53,6 @@ def pytest_unconfigure(config):
         return
     sys.stdout.flush()
     sys.stderr.flush()
+    faulthandler.enable()  # a fault in the exit handlers shows its threads' stacks
     atexit._run_exitfuncs()  # e.g. the ONNX tests' export folder is removed, Ray shut down
     os._exit(status)
