@@ -96,8 +96,9 @@ from sam2rt.model.sam3.config import SAM3
 from sam2rt.model.sam3.detector import Sam3Detector
 from sam2rt.model.variants import SAM3_TRACKER, ModelConfig
 from sam2rt.processing.text import TextTokenizer
+from sam2rt.tracking.concept_masks import tidy_masks
 from sam2rt.tracking.concept_plan import ConceptOptions
-from sam2rt.tracking.concepts import ConceptFrame, ConceptTracker, tidy_masks
+from sam2rt.tracking.concepts import ConceptFrame, ConceptTracker
 
 NUM_FRAMES = 12
 SEED = 9

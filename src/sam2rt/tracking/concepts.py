@@ -64,8 +64,9 @@ from ..model.sam3.detector import ImageFeatures as DetectorFeatures
 from ..model.sam3.detector import Sam3Detector
 from ..model.sam3.tracker_backbone import TRACKER_LEVELS
 from ..processing.images import ImageLike, as_rgb_tensor
-from ..processing.masks import keep_highest_object, non_overlapping, small_components
+from ..processing.masks import keep_highest_object, non_overlapping
 from ..processing.text import TextTokenizer
+from .concept_masks import suppress_shrunk_masks, tidy_masks
 from .concept_plan import ConceptOptions, ConceptPlan, ConceptState, plan_frame
 from .engine import EncodedFrame, TrackingEngine
 from .memory_arena import MemoryArena
@@ -75,9 +76,7 @@ from .options import SAM3_TRACKER_CHANGES, STREAM_OPTIONS, TrackerOptions, track
 
 PROMPT_MASK_LOGIT = 1024.0  # Meta's NO_OBJ_SCORE, negated: a mask prompt's logits at the frame's size
 PRESENT_LOGIT = 10.0  # object score of a mask with any pixel (and its negation for an empty one)
-SHRINK_KEPT = 0.3  # a track keeps its memory mask if resolving overlaps leaves at least this share of its area
 SCORE_EPS = 1e-3  # Meta's detector scores pass through inverse_sigmoid with this eps: probabilities clamped to it
-HOLE_VALUE, SPRINKLE_VALUE = 0.1, -0.1
 
 
 class EncodedConceptFrame(NamedTuple):
@@ -379,29 +378,3 @@ def _resized(masks: Tensor, size) -> Tensor:
     if tuple(masks.shape[-2:]) == tuple(size):
         return masks
     return F.interpolate(masks[:, None].float(), size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
-
-
-def tidy_masks(logits: Tensor, max_area: int) -> Tensor:
-    """Meta's hole filling of SAM 3's video masks, logits (N, h, w): background regions of at most `max_area`
-    pixels become 0.1, then foreground regions of at most min(`max_area`, half the mask's area) become -0.1."""
-    if max_area <= 0 or logits.shape[0] == 0:
-        return logits
-    holes = small_components((logits <= 0)[:, None], max_area)[:, 0]
-    logits = torch.where(holes, HOLE_VALUE, logits)
-    foreground = logits > 0
-    limits = (foreground.flatten(1).sum(1) // 2).clamp(max=max_area).tolist()  # per mask
-    sprinkles = torch.stack(
-        [small_components(foreground[i : i + 1, None], limit)[0, 0] for i, limit in enumerate(limits)]
-    )  # (N, h, w)
-    return torch.where(sprinkles, SPRINKLE_VALUE, logits)
-
-
-def suppress_shrunk_masks(masks: Tensor) -> Tensor:
-    """Masks (N, 1, H, W) logits for memory: a mask that resolving pixel-wise overlaps (the highest logit wins)
-    would shrink below SHRINK_KEPT of its area is cleared (capped at -10); the others stay as they are."""
-    if masks.shape[0] <= 1:
-        return masks
-    area = (masks > 0).flatten(1).sum(1)
-    area_after = (keep_highest_object(masks) > 0).flatten(1).sum(1)
-    kept = area_after / area.clamp(min=1) >= SHRINK_KEPT  # (N,)
-    return torch.where(kept[:, None, None, None], masks, masks.clamp(max=-10.0))
