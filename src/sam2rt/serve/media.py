@@ -66,10 +66,12 @@ class UploadStore:
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self.folder = Path(tempfile.mkdtemp(prefix="sam2rt-uploads-"))
+        self.folder: Optional[Path] = None  # made on the first upload: a server that gets none leaves no folder
         self._owners: dict[str, str] = {}  # upload id -> session id
 
     def new_path(self, session_id: str, suffix: str) -> tuple[str, Path]:
+        if self.folder is None:
+            self.folder = Path(tempfile.mkdtemp(prefix="sam2rt-uploads-"))
         upload_id = secrets.token_urlsafe(16)
         suffix = suffix.lower() if suffix.lower() in VIDEO_SUFFIXES else ".bin"
         self._owners[upload_id] = session_id
@@ -77,7 +79,7 @@ class UploadStore:
 
     def path(self, session_id: str, upload_id: str) -> Path:
         """The file of an upload of this session; another session's upload is as unknown as a missing one."""
-        if self._owners.get(upload_id) != session_id:
+        if self._owners.get(upload_id) != session_id or self.folder is None:
             raise MediaError("no such upload in this session")
         matches = [p for p in self.folder.glob(f"{upload_id}.*") if p.stem == upload_id]
         if not matches:
@@ -86,7 +88,7 @@ class UploadStore:
 
     def discard(self, upload_id: str) -> None:
         self._owners.pop(upload_id, None)
-        for path in self.folder.glob(f"{upload_id}.*"):
+        for path in self.folder.glob(f"{upload_id}.*") if self.folder is not None else []:
             path.unlink(missing_ok=True)
 
     def discard_session(self, session_id: str) -> None:
@@ -94,4 +96,5 @@ class UploadStore:
             self.discard(upload_id)
 
     def close(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
