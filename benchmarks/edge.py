@@ -3,6 +3,7 @@
     python benchmarks/edge.py                                  # 2 threads, 1024 and 512 px, 24 frames
     python benchmarks/edge.py --threads 0 --sizes 512          # every core
     python benchmarks/edge.py --onnx --sizes 512               # also `sam2rt export` + OnnxStreamTracker
+    python benchmarks/edge.py --bf16 --skip-official           # also sam2rt with bf16 weights, its masks against fp32
 
 One object clicked on frame 0 of the bedroom clip (noise frames of its size without ../shared), fp32, random
 weights (the same perturbed ones in both implementations; no weights can be downloaded here). Columns: FPS over
@@ -10,6 +11,8 @@ all frames after the prompted one, and FPS once the memory is full (frames 8 on:
 most EdgeTAM attends to, and pointers growing to 16 by frame 16). Meta's: its SAM2VideoPredictor
 (propagate_in_video; frames preprocessed in advance, as its loader does); sam2rt: StreamTracker.step on each
 raw frame; onnxruntime: OnnxStreamTracker on the same raw frames, the export made first (its time stated).
+bf16: the same weights cast by `runtime.to_inference_dtype` (oneDNN's bf16 kernels, fast where the CPU has AMX or
+AVX512-BF16), with each frame's mask IoU against the fp32 run.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -35,6 +39,7 @@ from tracking import load_frames  # noqa: E402
 
 import sam2rt  # noqa: E402
 from sam2rt.export.onnx_tracker import OnnxStreamTracker  # noqa: E402
+from sam2rt.runtime import to_inference_dtype  # noqa: E402
 
 CLICK = (210, 350)  # (x, y) on the bedroom clip's 960x540 frames
 FULL_FROM = 8  # the first frame whose memory holds seven earlier frames
@@ -47,16 +52,29 @@ def fps(times: list[float], first: int = 1) -> float:
     return len(spans) / sum(spans) if spans else float("nan")
 
 
-def timed_stream(tracker, frames) -> list[float]:
-    """Each frame's seconds through `tracker` (StreamTracker or OnnxStreamTracker), the object clicked on frame 0."""
+def timed_stream(tracker, frames, masks: Optional[list] = None) -> list[float]:
+    """Each frame's seconds through `tracker` (StreamTracker or OnnxStreamTracker), the object clicked on frame 0;
+    each frame's masks (N, H, W) bool appended to `masks` when given."""
     times = []
     for index, frame in enumerate(frames):
         start = time.perf_counter()
-        tracker.step(frame)
+        result = tracker.step(frame)
         if index == 0:
-            tracker.add_prompt(1, points=[CLICK], labels=[1])
+            result = tracker.add_prompt(1, points=[CLICK], labels=[1])
         times.append(time.perf_counter() - start)
+        if masks is not None:
+            masks.append(np.asarray(result.mask_logits > 0))
     return times
+
+
+def mask_ious(expected: list, got: list) -> list[float]:
+    """IoU of each object's mask on each frame (frames with an empty union count as 1)."""
+    ious = []
+    for a, b in zip(expected, got):
+        for mask_a, mask_b in zip(a, b):
+            union = np.logical_or(mask_a, mask_b).sum()
+            ious.append(np.logical_and(mask_a, mask_b).sum() / union if union else 1.0)
+    return ious
 
 
 def official(predictor, frames) -> list[float]:
@@ -93,6 +111,9 @@ def main() -> None:
     parser.add_argument("--skip-official", action="store_true")
     parser.add_argument("--onnx", action="store_true", help="also export and run the tracker on onnxruntime")
     parser.add_argument(
+        "--bf16", action="store_true", help="also sam2rt with bf16 weights (fast on CPUs with AMX or AVX512-BF16)"
+    )
+    parser.add_argument(
         "--max-cond-frames", type=int, default=8, help="the export's prompted-frame capacity (1: 7 memory frames)"
     )
     args = parser.parse_args()
@@ -107,7 +128,16 @@ def main() -> None:
     with torch.inference_mode(), tempfile.TemporaryDirectory(prefix="sam2rt-edge-") as scratch:
         for size in [int(s) for s in args.sizes.split(",")]:
             model = our_model(size, OBJECT_SCORE_SHIFT)
-            row = {"size": size, "ours": timed_stream(sam2rt.StreamTracker(model, fill_hole_area=0), frames)}
+            fp32_masks: list = []
+            row = {
+                "size": size,
+                "ours": timed_stream(sam2rt.StreamTracker(model, fill_hole_area=0), frames, fp32_masks),
+            }
+            if args.bf16:
+                bf16_model, bf16_masks = to_inference_dtype(our_model(size, OBJECT_SCORE_SHIFT)), []
+                row["bf16"] = timed_stream(sam2rt.StreamTracker(bf16_model, fill_hole_area=0), frames, bf16_masks)
+                row["bf16_iou"] = np.asarray(mask_ious(fp32_masks, bf16_masks))  # not a list: not timings
+                row["fp32_cover"] = float(np.mean([masks.mean() for masks in fp32_masks]))  # a weak check when ~1
             if not args.skip_official:
                 row["official"] = official(oracle_model(size, OBJECT_SCORE_SHIFT, video=True, fill_hole_area=0), frames)
             if args.onnx:
@@ -136,6 +166,13 @@ def main() -> None:
             line += f" {runtime[0]:>6.2f} {runtime[1]:>6.2f} {runtime[1] / got[1]:>8.2f}x"
             line += f"  (export {row['export_s']:.0f} s)"
         print(line)
+        if "bf16" in row:
+            bf16, ious = (fps(row["bf16"]), fps(row["bf16"], FULL_FROM)), row["bf16_iou"]
+            print(
+                f"{'':>5} sam2rt bf16 weights: {bf16[0]:.2f} / {bf16[1]:.2f} FPS ({bf16[1] / got[1]:.2f}x fp32 with full"
+                f" memory); mask IoU against fp32 median {np.median(ious):.3f}, min {np.min(ious):.3f}, fp32 masks"
+                f" cover {row['fp32_cover']:.1%} of the frame"
+            )
     if not np.isfinite([fps(row["ours"], FULL_FROM) for row in rows]).all():
         print(f"(full memory from frame {FULL_FROM}: give --frames above it)")
 
