@@ -18,6 +18,7 @@ AVX512-BF16), with each frame's mask IoU against the fp32 run.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import subprocess
 import sys
@@ -36,6 +37,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from cli_support import variant_env  # noqa: E402
 from oracle_edgetam import oracle_model, oracle_video_state, our_model  # noqa: E402
 from tracking import load_frames  # noqa: E402
+from visible import mask_ious  # noqa: E402
 
 import sam2rt  # noqa: E402
 from sam2rt.export.onnx_tracker import OnnxStreamTracker  # noqa: E402
@@ -65,16 +67,6 @@ def timed_stream(tracker, frames, masks: Optional[list] = None) -> list[float]:
         if masks is not None:
             masks.append(np.asarray(result.mask_logits > 0))
     return times
-
-
-def mask_ious(expected: list, got: list) -> list[float]:
-    """IoU of each object's mask on each frame (frames with an empty union count as 1)."""
-    ious = []
-    for a, b in zip(expected, got):
-        for mask_a, mask_b in zip(a, b):
-            union = np.logical_or(mask_a, mask_b).sum()
-            ious.append(np.logical_and(mask_a, mask_b).sum() / union if union else 1.0)
-    return ious
 
 
 def official(predictor, frames) -> list[float]:
@@ -134,9 +126,9 @@ def main() -> None:
                 "ours": timed_stream(sam2rt.StreamTracker(model, fill_hole_area=0), frames, fp32_masks),
             }
             if args.bf16:
-                bf16_model, bf16_masks = to_inference_dtype(our_model(size, OBJECT_SCORE_SHIFT)), []
+                bf16_model, bf16_masks = to_inference_dtype(copy.deepcopy(model)), []
                 row["bf16"] = timed_stream(sam2rt.StreamTracker(bf16_model, fill_hole_area=0), frames, bf16_masks)
-                row["bf16_iou"] = np.asarray(mask_ious(fp32_masks, bf16_masks))  # not a list: not timings
+                row["bf16_iou"] = mask_ious(np.stack(bf16_masks), np.stack(fp32_masks))  # each frame's, each object's
                 row["fp32_cover"] = float(np.mean([masks.mean() for masks in fp32_masks]))  # a weak check when ~1
             if not args.skip_official:
                 row["official"] = official(oracle_model(size, OBJECT_SCORE_SHIFT, video=True, fill_hole_area=0), frames)

@@ -110,6 +110,11 @@ def case_streams(model, ref, frames, args, autocast) -> None:
     print(f"streams: {args.streams} official predictors taking turns: {official:.1f} FPS per stream")
 
 
+def percentiles(ordered: list[float], *shares: float) -> list[float]:
+    """The values at these shares (0.5: the median) of an ascending list."""
+    return [ordered[min(len(ordered) - 1, int(share * len(ordered)))] for share in shares]
+
+
 def case_latency(model, frames, args) -> None:
     tracker = sam2rt.StreamTracker(model, fill_hole_area=0)
     tracker.step(frames[0])
@@ -122,7 +127,7 @@ def case_latency(model, frames, args) -> None:
         synchronize(model.device)
         times.append(1000 * (time.perf_counter() - start))
     times = sorted(times[args.warmup :])
-    p50, p99 = times[len(times) // 2], times[min(len(times) - 1, int(0.99 * len(times)))]
+    p50, p99 = percentiles(times, 0.5, 0.99)
     print(f"latency: one stream, 1 object, {len(times)} steps: p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {times[-1]:.2f}")
 
 
@@ -184,7 +189,7 @@ def case_live(model, frames, args) -> None:
         synchronize(model.device)  # a camera's frame is done when its masks are
         seconds.append(time.perf_counter() - start)
     timed = sorted(seconds[args.warmup :])
-    p50, p99 = (1000 * timed[min(len(timed) - 1, int(q * len(timed)))] for q in (0.5, 0.99))
+    p50, p99 = (1000 * value for value in percentiles(timed, 0.5, 0.99))
     print(
         f"live: {LIVE_OBJECTS} objects, one corrected every {LIVE_CORRECTION_EVERY} frames ({corrections} in all), hole"
         f" filling {LIVE_FILL_HOLE_AREA}: {len(timed) / sum(timed):.1f} FPS over {len(timed)} frames,"

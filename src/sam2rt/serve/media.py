@@ -88,7 +88,9 @@ class UploadStore:
 
     def discard(self, upload_id: str) -> None:
         self._owners.pop(upload_id, None)
-        for path in self.folder.glob(f"{upload_id}.*") if self.folder is not None else []:
+        if self.folder is None:  # nothing was ever uploaded
+            return
+        for path in self.folder.glob(f"{upload_id}.*"):
             path.unlink(missing_ok=True)
 
     def discard_session(self, session_id: str) -> None:
