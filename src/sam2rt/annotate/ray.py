@@ -23,6 +23,7 @@ class ModelSpec(NamedTuple):
     device: str  # as the driver resolved it: "cpu", "cuda" (the GPU Ray assigns), "mps"
     fast: bool
     compile: bool
+    cpu_bf16: bool = False
 
 
 class _Worker:
@@ -34,7 +35,7 @@ class _Worker:
         from .images import BoxSegmenter
 
         model = load_model(spec.variant, spec.checkpoint and Path(spec.checkpoint), spec.device, spec.image_size)
-        self.segmenter = BoxSegmenter(with_speed_options(model, spec.fast, spec.compile))
+        self.segmenter = BoxSegmenter(with_speed_options(model, spec.fast, spec.compile, spec.cpu_bf16))
         self.output = Path(output)
         self.yolo, self.per_piece = yolo, per_piece
 

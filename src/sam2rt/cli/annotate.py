@@ -136,6 +136,7 @@ def _model_spec(model: ModelChoice):
         "cuda" if device.type == "cuda" else str(device),
         model.fast,
         model.compile,
+        model.cpu_bf16,
     )
 
 

@@ -6,7 +6,9 @@
   hand-written Triton kernels it chooses on CUDA at inference (training keeps PyTorch's forms).
 - `to_inference_dtype` casts the parameters to bf16 (or fp16), which is faster than autocast:
   autocast converts weights and activations on every call. Positional tables and the prompt
-  encoder's random Fourier matrix stay in fp32, and mask logits come back in fp32.
+  encoder's random Fourier matrix stay in fp32, and mask logits come back in fp32. On a CPU it is an
+  opt-in (`optimize(..., cpu_bf16=True)`): about twice the FPS where the CPU has bf16 matrix instructions
+  (`cpu_has_native_bf16`), slower where it has not.
 - `graphs.use_cuda_graphs` replays the model's steps (encoding images, decoding prompts, segmenting for
   tracking, conditioning on memory, encoding memory: each heavy module with the glue around it) from
   CUDA graphs, one graph per input shape (a batch of frames, a number of objects, of clicks), captured
@@ -22,6 +24,9 @@ The model is passed as an nn.Module (a SAM2Model): the runtime sits below the mo
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -29,6 +34,7 @@ from .compile import use_compile
 from .graphs import DETECTOR_METHODS, TRACKER_METHODS, graphed_with_model, use_cuda_graphs
 
 __all__ = [
+    "cpu_has_native_bf16",
     "graphed_with_model",
     "optimize",
     "optimize_concept_models",
@@ -50,15 +56,34 @@ def to_inference_dtype(model: nn.Module, dtype: torch.dtype = torch.bfloat16) ->
     return model
 
 
-def optimize(model: nn.Module, compile: bool = False) -> nn.Module:
-    """On CUDA, bf16 parameters and CUDA graphs, and with `compile` torch.compile under the graphs; elsewhere
-    the model is left as it is, and `compile` is refused: it is set up and measured for CUDA (on CPU inductor
-    needs a C++ compiler, and tiny's memory attention alone took 30 to 40 s to compile on 2 cores; `use_compile`
-    does it if asked). Returns the model."""
+# The /proc/cpuinfo flags of bf16 matrix instructions: Intel's AMX (Sapphire Rapids on) and AVX512-BF16 (Intel
+# Cooper Lake on, AMD Zen 4 on). Elsewhere oneDNN emulates bf16 from fp32 and runs slower than fp32.
+NATIVE_BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
+
+
+def cpu_has_native_bf16(cpuinfo: Optional[str] = None) -> bool:
+    """Whether this CPU (or the given /proc/cpuinfo text) reports bf16 matrix instructions; False where Linux's
+    /proc/cpuinfo is absent (other systems: not known, so not claimed)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = {
+        flag for line in cpuinfo.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[-1].split()
+    }
+    return bool(flags & NATIVE_BF16_FLAGS)
+
+
+def optimize(model: nn.Module, compile: bool = False, cpu_bf16: bool = False) -> nn.Module:
+    """On CUDA, bf16 parameters and CUDA graphs, and with `compile` torch.compile under the graphs. Elsewhere
+    the model keeps fp32 parameters unless `cpu_bf16` (bf16 on the CPU: no graphs there), and `compile` is
+    refused: it is set up and measured for CUDA (on CPU inductor needs a C++ compiler, and tiny's memory attention
+    alone took 30 to 40 s to compile on 2 cores; `use_compile` does it if asked). Returns the model."""
     if model.device.type != "cuda":
         if compile:
             raise ValueError(f"compile needs the model on a CUDA device, not {model.device.type}")
-        return model
+        return to_inference_dtype(model) if cpu_bf16 and model.device.type == "cpu" else model
     to_inference_dtype(model)
     if compile:
         use_compile(model)
@@ -90,9 +115,9 @@ def optimize_concept_models(detector: nn.Module, tracker: nn.Module) -> tuple[nn
     return detector, use_cuda_graphs(tracker, TRACKER_METHODS)
 
 
-def with_speed_options(model: nn.Module, fast: bool, compile: bool) -> nn.Module:
-    """The commands' --fast/--exact and --compile: `optimize(model, compile)` when fast, else only compile if
-    asked (fp32 weights, no graphs). Returns the model."""
+def with_speed_options(model: nn.Module, fast: bool, compile: bool, cpu_bf16: bool = False) -> nn.Module:
+    """The commands' --fast/--exact, --compile and --cpu-bf16: `optimize(model, compile, cpu_bf16)` when fast,
+    else only compile if asked (fp32 weights, no graphs). Returns the model."""
     if fast:
-        return optimize(model, compile)
+        return optimize(model, compile, cpu_bf16)
     return use_compile(model) if compile else model
