@@ -297,6 +297,7 @@ def test_the_commands_graphed_models_track_as_eager_ones(models, device, dtype, 
     `min_iou`, and their tracker scores close. (On the CPU, test_the_graphs_padded_batches_in_chunks_change_no_track
     checks what graphs are given: padded batches in chunks, full memory slots.)"""
     _, detector, tracker_model, tokenizer = models
+    assert not torch.is_autocast_enabled("cuda")  # Meta's tracker, built by the fixture, enters it (meta_tracker)
     frames = clip()
     runs = {}
     for graphed in (False, True):

@@ -93,6 +93,10 @@ def meta_tracker(variant: Variant, image_size: int, temporal_disambiguation: boo
         },
         clear_non_cond_mem_around_input=True, fill_hole_area=0, use_memory_selection=temporal_disambiguation,
     )  # fmt: skip
+    # Its constructor enters CUDA bf16 autocast and never leaves it ("for the entire model process"): every CUDA
+    # test after it in the process then ran in bf16 (fp32 graphs against eager failed at bf16's rounding). The
+    # oracle runs on the CPU, where that context does nothing, so it is left at once.
+    model.bf16_context.__exit__(None, None, None)
     return model.eval()
 
 
