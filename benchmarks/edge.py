@@ -11,8 +11,8 @@ all frames after the prompted one, and FPS once the memory is full (frames 8 on:
 most EdgeTAM attends to, and pointers growing to 16 by frame 16). Meta's: its SAM2VideoPredictor
 (propagate_in_video; frames preprocessed in advance, as its loader does); sam2rt: StreamTracker.step on each
 raw frame; onnxruntime: OnnxStreamTracker on the same raw frames, the export made first (its time stated).
-bf16: the same weights cast by `runtime.to_inference_dtype` (oneDNN's bf16 kernels, fast where the CPU has AMX or
-AVX512-BF16), with each frame's mask IoU against the fp32 run.
+bf16: the same weights cast to bf16 as `--cpu-bf16` casts them (`runtime.to_inference_dtype`; oneDNN's bf16
+kernels, fast where the CPU has AMX or AVX512-BF16), with each frame's mask IoU against the fp32 run.
 """
 
 from __future__ import annotations
