@@ -62,6 +62,7 @@ def test_text_usage_errors(tmp_path, image_file):
         (["--text", "car,car"], "given twice"),
         (["--text", "car", "--point", "3,4"], "--text takes no clicks"),
         (["--text", "car", "--score-threshold", "1.5"], "must be in [0, 1)"),
+        (["--text", "car", "--cpu-bf16"], "SAM 3 runs fp32 on a CPU"),
     ):
         done = run_sam2rt("image", image_file, *args, "--device", "cpu", env=_offline_env(tmp_path))
         assert done.returncode == 2 and message in done.stderr, (args, done.stderr)

@@ -41,7 +41,7 @@ def check_threshold(value: float) -> float:
 
 
 def check_sam3_choice(model: ModelChoice) -> None:
-    """Usage errors of the model options with --text: another variant, --image-size, --compile."""
+    """Usage errors of the model options with --text: another variant, --image-size, --compile, --cpu-bf16."""
     if model.variant is not None and model.variant != SAM3_VARIANT:
         raise typer.BadParameter(
             f"--text needs SAM 3 ('--variant {SAM3_VARIANT}' or SAM 3's checkpoint); {model.variant} has no text "
@@ -54,6 +54,8 @@ def check_sam3_choice(model: ModelChoice) -> None:
         )
     if model.compile:
         raise typer.BadParameter("--compile is not available for SAM 3 yet", param_hint="--compile")
+    if model.cpu_bf16:
+        raise typer.BadParameter("SAM 3 runs fp32 on a CPU (bf16 on CUDA under --fast)", param_hint="--cpu-bf16")
 
 
 def load_concept_predictor(model: ModelChoice, score_threshold: float):
