@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -24,50 +23,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the perturbed weights with objects present
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from graph_keys import KeyRecorder, record_graph_keys  # noqa: E402
 from tracking import CLICKS  # noqa: E402
 from visible import visible_model  # noqa: E402
 
 import sam2rt  # noqa: E402
-from sam2rt.runtime import graphs  # noqa: E402
-from sam2rt.tracking.engine import TrackingEngine  # noqa: E402
-
-
-class KeyRecorder:
-    """A GraphedCallable's stand-in: runs `fn` eagerly and records each new key with the frame it came on."""
-
-    depth = 0  # recorded calls under way: inner steps are part of the outer one's graph
-    frame = ""  # the frame being stepped, as printed
-    new_keys: list[tuple[str, str, list[tuple[int, ...]]]] = []
-
-    def __init__(self, fn, pool=None, **_) -> None:
-        self.fn = fn
-        self.name = getattr(getattr(fn, "func", fn), "__name__", "a function")
-        self.graphs: OrderedDict[object, bool] = OrderedDict()
-
-    def __call__(self, *args, **kwargs):
-        if KeyRecorder.depth:
-            return self.fn(*args, **kwargs)
-        tensors: list[torch.Tensor] = []
-        key = graphs._flatten((args, tuple(sorted(kwargs.items()))), tensors)
-        if key not in self.graphs:
-            self.graphs[key] = True
-            KeyRecorder.new_keys.append((KeyRecorder.frame, self.name, [tuple(t.shape) for t in tensors]))
-        KeyRecorder.depth += 1
-        try:
-            return self.fn(*args, **kwargs)
-        finally:
-            KeyRecorder.depth -= 1
 
 
 def recorded_model(image_size: int):
     """Tiny with objects present, its graphed steps (and `graphed_with_model`'s functions) recorded, not captured."""
-    graphs.GraphedCallable = KeyRecorder  # graphed_with_model makes its functions' callables from this name
-    model = visible_model(image_size=image_size)
-    for name in graphs.GRAPHED_METHODS:
-        setattr(model, name, KeyRecorder(getattr(model, name)))
-    model._graphs = graphs._ModelGraphs(None, graphs.GRAPHED_METHODS)  # has_cuda_graphs: shape buckets on
-    TrackingEngine._splits_attention = lambda self, objects: False  # the CPU's per-object split: no GPU pass
-    return model
+    return record_graph_keys(visible_model(image_size=image_size))
 
 
 def main() -> None:
@@ -85,17 +50,17 @@ def main() -> None:
     frames = [(torch.rand(720, 1280, 3, generator=generator) * 255).to(torch.uint8).numpy() for _ in range(8)]
     clicks = [CLICKS[obj % len(CLICKS)] for obj in range(args.objects)]
     tracker = sam2rt.StreamTracker(model, fill_hole_area=args.fill_hole_area)
-    KeyRecorder.frame = "0"
+    KeyRecorder.moment = "0"
     tracker.step(frames[0])
     for obj, click in enumerate(clicks):
         tracker.add_prompt(obj + 1, points=[click], labels=[1])
     corrections = 0
     for t in range(1, args.frames + 1):
-        KeyRecorder.frame = str(t)
+        KeyRecorder.moment = str(t)
         tracker.step(frames[t % len(frames)])
         if args.correct_every and t % args.correct_every == 0:
             corrections += 1
-            KeyRecorder.frame = f"{t} (correction)"
+            KeyRecorder.moment = f"{t} (correction)"
             obj = corrections % args.objects
             x, y = clicks[obj]
             tracker.add_prompt(obj + 1, points=[(x + 3 * corrections, y + 2 * corrections)], labels=[1])
