@@ -30,11 +30,6 @@ from visible import visible_model  # noqa: E402
 import sam2rt  # noqa: E402
 
 
-def recorded_model(image_size: int):
-    """Tiny with objects present, its graphed steps (and `graphed_with_model`'s functions) recorded, not captured."""
-    return record_graph_keys(visible_model(image_size=image_size))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=130)
@@ -45,7 +40,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(2)
-    model = recorded_model(args.image_size)
+    model = record_graph_keys(visible_model(image_size=args.image_size))  # steps recorded, not captured
     generator = torch.Generator().manual_seed(0)
     frames = [(torch.rand(720, 1280, 3, generator=generator) * 255).to(torch.uint8).numpy() for _ in range(8)]
     clicks = [CLICKS[obj % len(CLICKS)] for obj in range(args.objects)]

@@ -2,16 +2,12 @@
 
 `record_graph_keys(model)` puts a `KeyRecorder` where `runtime.use_cuda_graphs` puts its graphed callables (and
 where `graphed_with_model` makes them): it runs each step eagerly and records the key it would be captured under
-(`runtime.graphs`' own: shapes, dtypes, which inputs are given), with the label of the moment it came. The model
+(`runtime.graphs.call_key`: shapes, dtypes, which inputs are given), with the label of the moment it came. The model
 then counts as graphed, so the engine pads batches to buckets and memory to slots as it does under graphs.
 Steps called inside another recorded step are no keys of their own: on a GPU the outer graph takes them in.
 """
 
 from __future__ import annotations
-
-from collections import OrderedDict
-
-import torch
 
 from sam2rt.runtime import graphs
 from sam2rt.tracking.engine import TrackingEngine
@@ -27,15 +23,14 @@ class KeyRecorder:
     def __init__(self, fn, pool=None, **_) -> None:
         self.fn = fn
         self.name = getattr(getattr(fn, "func", fn), "__name__", "a function")
-        self.graphs: OrderedDict[object, bool] = OrderedDict()
+        self.graphs: set[object] = set()  # the keys met, as GraphedCallable's graphs (len, clear)
 
     def __call__(self, *args, **kwargs):
         if KeyRecorder.depth:
             return self.fn(*args, **kwargs)
-        tensors: list[torch.Tensor] = []
-        key = graphs._flatten((args, tuple(sorted(kwargs.items()))), tensors)
+        _, key, tensors = graphs.call_key(args, kwargs)  # the key GraphedCallable captures under
         if key not in self.graphs:
-            self.graphs[key] = True
+            self.graphs.add(key)
             KeyRecorder.new_keys.append((KeyRecorder.moment, self.name, [tuple(t.shape) for t in tensors]))
         KeyRecorder.depth += 1
         try:

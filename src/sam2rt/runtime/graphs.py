@@ -40,6 +40,13 @@ def _flatten(value, tensors: list[Tensor]) -> object:
     return value
 
 
+def call_key(args: tuple, kwargs: dict) -> tuple[tuple, object, list[Tensor]]:
+    """A call's arguments as a graph replays them, the key its graph is captured for, and its tensors in key order."""
+    arguments = (args, tuple(sorted(kwargs.items())))
+    tensors: list[Tensor] = []
+    return arguments, _flatten(arguments, tensors), tensors
+
+
 def _rebuild(value, tensors: Iterator[Tensor]):
     """`value` with each of its tensors replaced by the next of `tensors` (the graph's static copies)."""
     if isinstance(value, Tensor):
@@ -86,9 +93,7 @@ class GraphedCallable:
     def __call__(self, *args, **kwargs):
         if capturing_graphs():
             return self.fn(*args, **kwargs)
-        arguments = (args, tuple(sorted(kwargs.items())))
-        tensors: list[Tensor] = []
-        key = _flatten(arguments, tensors)
+        arguments, key, tensors = call_key(args, kwargs)
         entry = self.graphs.get(key)
         if entry is None:
             entry = self.graphs[key] = self._capture(arguments, tensors)
